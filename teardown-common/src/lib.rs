@@ -1,0 +1,194 @@
+//! Types shared by the kernel programs (`teardown-ebpf`) and the agent (`teardown-user`).
+//!
+//! Everything here is `#[repr(C)]` and plain data: the kernel writes these bytes into the ring
+//! buffer and the agent reads them back, so both sides must agree on the layout to the byte.
+#![no_std]
+
+/// What produced an [`Event`].
+pub mod kind {
+    /// `sock:inet_sock_set_state`: the socket changed TCP state.
+    pub const STATE: u8 = 1;
+    /// `tcp:tcp_retransmit_skb`: a segment was retransmitted (a FIN, when closing).
+    pub const RETRANSMIT: u8 = 2;
+    /// `tcp:tcp_send_reset`: this socket sent a RST.
+    pub const SEND_RESET: u8 = 3;
+    /// `tcp:tcp_receive_reset`: this socket received a RST.
+    pub const RECV_RESET: u8 = 4;
+}
+
+/// Bits of [`Event::flags`].
+pub mod flags {
+    /// The sequence fields (`snd_una`, `snd_nxt`, `rcv_nxt`, `write_seq`) were read.
+    pub const SEQ_VALID: u8 = 1 << 0;
+    /// `sk_flags` and `sk_err` were read.
+    pub const SOCK_VALID: u8 = 1 << 1;
+}
+
+/// `sk_flags` bits the validator looks at (include/net/sock.h, `enum sock_flags`).
+pub mod sock_flag {
+    /// The socket is orphaned: the application closed it.
+    pub const DEAD: u32 = 1 << 0;
+    /// A FIN was received from the peer.
+    pub const DONE: u32 = 1 << 1;
+}
+
+/// One record in the ring buffer. 104 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()`: monotonic nanoseconds since boot.
+    pub ts_ns: u64,
+    /// Address of the kernel `struct sock`; reused after the socket is freed.
+    pub skaddr: u64,
+    /// Thread-group id (the user-visible pid) of the task that was running.
+    pub pid: u32,
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    pub rcv_nxt: u32,
+    pub write_seq: u32,
+    /// Low 32 bits of `sk_flags`.
+    pub sk_flags: u32,
+    /// `sk_err` (a positive errno), 0 when none.
+    pub sk_err: i32,
+    /// Source and destination address; IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Local port in host byte order (0 once the socket is unhashed).
+    pub sport: u16,
+    /// Remote port in host byte order.
+    pub dport: u16,
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u16,
+    /// One of [`kind`].
+    pub kind: u8,
+    /// TCP states as the kernel numbers them (`TCP_ESTABLISHED` = 1 ...). For events that are not
+    /// state changes, `oldstate == newstate` is the state the socket was in.
+    pub oldstate: u8,
+    pub newstate: u8,
+    /// Bits of [`flags`].
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// `comm` of the task that was running.
+    pub comm: [u8; 16],
+}
+
+impl Event {
+    pub const ZERO: Event = Event {
+        ts_ns: 0,
+        skaddr: 0,
+        pid: 0,
+        snd_una: 0,
+        snd_nxt: 0,
+        rcv_nxt: 0,
+        write_seq: 0,
+        sk_flags: 0,
+        sk_err: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        family: 0,
+        kind: 0,
+        oldstate: 0,
+        newstate: 0,
+        flags: 0,
+        _pad: [0; 2],
+        comm: [0; 16],
+    };
+}
+
+/// An offset that could not be resolved from the kernel's BTF.
+pub const OFFSET_UNKNOWN: u32 = u32::MAX;
+
+/// Byte offsets into `struct sock` / `struct tcp_sock` of the running kernel, resolved from its
+/// BTF by the agent and handed to the kernel programs as a read-only global. Never hard-coded:
+/// they differ between kernel builds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOffsets {
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_flags: u32,
+    pub sk_protocol: u32,
+    pub sk_err: u32,
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    pub rcv_nxt: u32,
+    pub write_seq: u32,
+}
+
+impl SockOffsets {
+    pub const UNKNOWN: SockOffsets = SockOffsets {
+        skc_family: OFFSET_UNKNOWN,
+        skc_num: OFFSET_UNKNOWN,
+        skc_dport: OFFSET_UNKNOWN,
+        skc_rcv_saddr: OFFSET_UNKNOWN,
+        skc_daddr: OFFSET_UNKNOWN,
+        skc_v6_rcv_saddr: OFFSET_UNKNOWN,
+        skc_v6_daddr: OFFSET_UNKNOWN,
+        skc_flags: OFFSET_UNKNOWN,
+        sk_protocol: OFFSET_UNKNOWN,
+        sk_err: OFFSET_UNKNOWN,
+        snd_una: OFFSET_UNKNOWN,
+        snd_nxt: OFFSET_UNKNOWN,
+        rcv_nxt: OFFSET_UNKNOWN,
+        write_seq: OFFSET_UNKNOWN,
+    };
+}
+
+/// Offsets into the classic tracepoint's record, read from its `format` file in tracefs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    pub skaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub protocol: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+}
+
+impl TracepointOffsets {
+    pub const UNKNOWN: TracepointOffsets = TracepointOffsets {
+        skaddr: OFFSET_UNKNOWN,
+        oldstate: OFFSET_UNKNOWN,
+        newstate: OFFSET_UNKNOWN,
+        sport: OFFSET_UNKNOWN,
+        dport: OFFSET_UNKNOWN,
+        family: OFFSET_UNKNOWN,
+        protocol: OFFSET_UNKNOWN,
+        saddr: OFFSET_UNKNOWN,
+        daddr: OFFSET_UNKNOWN,
+        saddr_v6: OFFSET_UNKNOWN,
+        daddr_v6: OFFSET_UNKNOWN,
+    };
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` data with no pointers, every bit pattern valid.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::SockOffsets {}
+    unsafe impl aya::Pod for super::TracepointOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_layout_is_stable() {
+        assert_eq!(core::mem::size_of::<Event>(), 104);
+        assert_eq!(core::mem::align_of::<Event>(), 8);
+    }
+}

@@ -1,0 +1,257 @@
+//! Kernel programs of teardown.
+//!
+//! Every TCP state change (`sock:inet_sock_set_state`), and with BTF also every retransmission
+//! and reset, becomes one [`Event`] in the `EVENTS` ring buffer. The socket's sequence fields and
+//! flags are read at that moment, at offsets the agent resolved from the running kernel's BTF.
+//! Events that find the ring buffer full are counted per CPU in `LOST`; nothing is dropped
+//! silently.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map, tracepoint},
+    maps::{PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use teardown_common::{flags, kind, Event, SockOffsets, TracepointOffsets, OFFSET_UNKNOWN};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+
+/// Sized for bursts: at ~150k events/s this holds more than a second of events.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// Events that could not be reserved in `EVENTS`, per CPU.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Set by the agent at load time from the kernel's BTF.
+#[no_mangle]
+static SOCK_OFFSETS: SockOffsets = SockOffsets::UNKNOWN;
+
+/// Set by the agent at load time from the tracepoint's format file (classic tracepoint only).
+#[no_mangle]
+static TP_OFFSETS: TracepointOffsets = TracepointOffsets::UNKNOWN;
+
+/// Set by the agent: the offset of `skc_state` in `struct sock_common`.
+#[no_mangle]
+static SKC_STATE_OFFSET: u32 = OFFSET_UNKNOWN;
+
+#[inline(always)]
+fn offsets() -> SockOffsets {
+    // Volatile so the compiler does not fold the placeholder value: the loader rewrites it.
+    unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) }
+}
+
+#[inline(always)]
+unsafe fn read_at<T: Copy>(base: *const u8, off: u32) -> Option<T> {
+    if off == OFFSET_UNKNOWN {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T).ok() }
+}
+
+#[inline(always)]
+fn count_lost() {
+    if let Some(n) = LOST.get_ptr_mut(0) {
+        unsafe { *n += 1 };
+    }
+}
+
+#[inline(always)]
+fn emit(ev: &Event) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*ev);
+            entry.submit(0);
+        }
+        None => count_lost(),
+    }
+}
+
+/// Common header of every event: time, task, and the socket's sequence fields and flags.
+#[inline(always)]
+fn fill_task_and_sock(ev: &mut Event, sk: *const u8, offs: &SockOffsets) {
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.skaddr = sk as u64;
+    ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.comm = comm;
+    }
+    unsafe {
+        if let (Some(una), Some(nxt), Some(rcv), Some(wseq)) = (
+            read_at::<u32>(sk, offs.snd_una),
+            read_at::<u32>(sk, offs.snd_nxt),
+            read_at::<u32>(sk, offs.rcv_nxt),
+            read_at::<u32>(sk, offs.write_seq),
+        ) {
+            ev.snd_una = una;
+            ev.snd_nxt = nxt;
+            ev.rcv_nxt = rcv;
+            ev.write_seq = wseq;
+            ev.flags |= flags::SEQ_VALID;
+        }
+        if let (Some(f), Some(err)) = (
+            read_at::<u32>(sk, offs.skc_flags),
+            read_at::<i32>(sk, offs.sk_err),
+        ) {
+            ev.sk_flags = f;
+            ev.sk_err = err;
+            ev.flags |= flags::SOCK_VALID;
+        }
+    }
+}
+
+/// Reads family, ports and addresses from the socket itself (BTF programs).
+/// Returns false when the socket is not TCP or its family is neither IPv4 nor IPv6.
+#[inline(always)]
+fn fill_tuple_from_sock(ev: &mut Event, sk: *const u8, offs: &SockOffsets) -> bool {
+    unsafe {
+        let Some(protocol) = read_at::<u16>(sk, offs.sk_protocol) else {
+            return false;
+        };
+        if protocol != IPPROTO_TCP {
+            return false;
+        }
+        let Some(family) = read_at::<u16>(sk, offs.skc_family) else {
+            return false;
+        };
+        ev.family = family;
+        ev.sport = read_at::<u16>(sk, offs.skc_num).unwrap_or(0);
+        ev.dport = u16::from_be(read_at::<u16>(sk, offs.skc_dport).unwrap_or(0));
+        if family == AF_INET {
+            if let Some(a) = read_at::<[u8; 4]>(sk, offs.skc_rcv_saddr) {
+                ev.saddr[..4].copy_from_slice(&a);
+            }
+            if let Some(a) = read_at::<[u8; 4]>(sk, offs.skc_daddr) {
+                ev.daddr[..4].copy_from_slice(&a);
+            }
+        } else if family == AF_INET6 {
+            if let Some(a) = read_at::<[u8; 16]>(sk, offs.skc_v6_rcv_saddr) {
+                ev.saddr = a;
+            }
+            if let Some(a) = read_at::<[u8; 16]>(sk, offs.skc_v6_daddr) {
+                ev.daddr = a;
+            }
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)` through BTF.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let oldstate: i32 = ctx.arg(1);
+    let newstate: i32 = ctx.arg(2);
+    let offs = offsets();
+    let mut ev = Event::ZERO;
+    if !fill_tuple_from_sock(&mut ev, sk, &offs) {
+        return 0;
+    }
+    ev.kind = kind::STATE;
+    ev.oldstate = oldstate as u8;
+    ev.newstate = newstate as u8;
+    fill_task_and_sock(&mut ev, sk, &offs);
+    emit(&ev);
+    0
+}
+
+/// Retransmissions, resets sent and resets received share one shape: the socket is argument 0
+/// and its current state is read from it.
+#[inline(always)]
+fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    if sk.is_null() {
+        // A RST sent for no socket (e.g. a SYN to a closed port): nothing to attach it to.
+        return 0;
+    }
+    let offs = offsets();
+    let mut ev = Event::ZERO;
+    if !fill_tuple_from_sock(&mut ev, sk, &offs) {
+        return 0;
+    }
+    let state_off = unsafe { core::ptr::read_volatile(&SKC_STATE_OFFSET) };
+    let state = unsafe { read_at::<u8>(sk, state_off) }.unwrap_or(0);
+    ev.kind = event_kind;
+    ev.oldstate = state;
+    ev.newstate = state;
+    fill_task_and_sock(&mut ev, sk, &offs);
+    emit(&ev);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit_skb_btf(ctx: BtfTracePointContext) -> i32 {
+    sock_event(&ctx, kind::RETRANSMIT)
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    sock_event(&ctx, kind::SEND_RESET)
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
+    sock_event(&ctx, kind::RECV_RESET)
+}
+
+/// The classic tracepoint, for kernels without BTF: the record carries the 4-tuple itself, at
+/// offsets the agent read from the tracepoint's format file.
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
+    let tp = unsafe { core::ptr::read_volatile(&TP_OFFSETS) };
+    let _ = try_tracepoint(&ctx, &tp);
+    0
+}
+
+#[inline(always)]
+fn tp_read<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
+    if off == OFFSET_UNKNOWN {
+        return None;
+    }
+    unsafe { ctx.read_at::<T>(off as usize).ok() }
+}
+
+#[inline(always)]
+fn try_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Option<()> {
+    let protocol: u16 = tp_read(ctx, tp.protocol)?;
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let mut ev = Event::ZERO;
+    let sk: u64 = tp_read(ctx, tp.skaddr)?;
+    ev.family = tp_read(ctx, tp.family)?;
+    ev.oldstate = tp_read::<i32>(ctx, tp.oldstate)? as u8;
+    ev.newstate = tp_read::<i32>(ctx, tp.newstate)? as u8;
+    ev.sport = tp_read(ctx, tp.sport)?;
+    ev.dport = tp_read(ctx, tp.dport)?;
+    if ev.family == AF_INET {
+        let s: [u8; 4] = tp_read(ctx, tp.saddr)?;
+        let d: [u8; 4] = tp_read(ctx, tp.daddr)?;
+        ev.saddr[..4].copy_from_slice(&s);
+        ev.daddr[..4].copy_from_slice(&d);
+    } else {
+        ev.saddr = tp_read(ctx, tp.saddr_v6)?;
+        ev.daddr = tp_read(ctx, tp.daddr_v6)?;
+    }
+    ev.kind = kind::STATE;
+    fill_task_and_sock(&mut ev, sk as *const u8, &offsets());
+    emit(&ev);
+    Some(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

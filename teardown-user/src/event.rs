@@ -1,0 +1,453 @@
+//! Decoded events: the kernel's raw [`teardown_common::Event`] turned into typed values.
+//!
+//! Decoding allocates nothing: an [`Event`] is `Copy`, so the hot path moves plain values.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use serde::{Deserialize, Serialize};
+use teardown_common as raw;
+
+/// TCP states, numbered as the Linux kernel numbers them (`include/net/tcp_states.h`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[repr(u8)]
+pub enum TcpState {
+    Established = 1,
+    SynSent = 2,
+    SynRecv = 3,
+    FinWait1 = 4,
+    FinWait2 = 5,
+    TimeWait = 6,
+    Close = 7,
+    CloseWait = 8,
+    LastAck = 9,
+    Listen = 10,
+    Closing = 11,
+    NewSynRecv = 12,
+    BoundInactive = 13,
+}
+
+impl TcpState {
+    pub fn from_kernel(n: u8) -> Option<TcpState> {
+        use TcpState::*;
+        Some(match n {
+            1 => Established,
+            2 => SynSent,
+            3 => SynRecv,
+            4 => FinWait1,
+            5 => FinWait2,
+            6 => TimeWait,
+            7 => Close,
+            8 => CloseWait,
+            9 => LastAck,
+            10 => Listen,
+            11 => Closing,
+            12 => NewSynRecv,
+            13 => BoundInactive,
+            _ => return None,
+        })
+    }
+
+    /// The name `ss` and the RFC use, e.g. `FIN_WAIT1`.
+    pub fn name(self) -> &'static str {
+        use TcpState::*;
+        match self {
+            Established => "ESTABLISHED",
+            SynSent => "SYN_SENT",
+            SynRecv => "SYN_RECV",
+            FinWait1 => "FIN_WAIT1",
+            FinWait2 => "FIN_WAIT2",
+            TimeWait => "TIME_WAIT",
+            Close => "CLOSE",
+            CloseWait => "CLOSE_WAIT",
+            LastAck => "LAST_ACK",
+            Listen => "LISTEN",
+            Closing => "CLOSING",
+            NewSynRecv => "NEW_SYN_RECV",
+            BoundInactive => "BOUND_INACTIVE",
+        }
+    }
+
+    /// States a connection passes through while it is being torn down.
+    pub fn is_closing(self) -> bool {
+        use TcpState::*;
+        matches!(self, FinWait1 | FinWait2 | Closing | CloseWait | LastAck | TimeWait)
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// What happened to the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The socket moved from one TCP state to another.
+    State { old: TcpState, new: TcpState },
+    /// A segment was retransmitted while the socket was in `state`.
+    Retransmit { state: TcpState },
+    /// This socket sent a RST while in `state`.
+    ResetSent { state: TcpState },
+    /// This socket received a RST while in `state`.
+    ResetReceived { state: TcpState },
+}
+
+impl EventKind {
+    /// The state the socket is in after this event.
+    pub fn state_after(self) -> TcpState {
+        match self {
+            EventKind::State { new, .. } => new,
+            EventKind::Retransmit { state }
+            | EventKind::ResetSent { state }
+            | EventKind::ResetReceived { state } => state,
+        }
+    }
+}
+
+/// The task that was running on the CPU when the event fired. Only meaningful for transitions
+/// made in process context (see [`Event::in_process_context`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Task {
+    pub pid: u32,
+    pub comm: Comm,
+}
+
+impl fmt::Debug for Task {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.pid, self.comm)
+    }
+}
+
+/// A task's `comm`: up to 15 bytes, NUL-padded, kept inline so events stay `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    pub fn new(s: &str) -> Comm {
+        let mut b = [0u8; 16];
+        let n = s.len().min(15);
+        b[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Comm(b)
+    }
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        let end = self.0.iter().position(|&c| c == 0).unwrap_or(self.0.len());
+        String::from_utf8_lossy(&self.0[..end])
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Comm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Comm, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(Comm::new(&s))
+    }
+}
+
+/// The socket's sequence fields at the moment of the event (see teardown-sequence.md, 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqSnapshot {
+    /// Oldest unacknowledged sequence number: our FIN is ACKed once this is FIN seq + 1.
+    pub snd_una: u32,
+    /// Next sequence number to send.
+    pub snd_nxt: u32,
+    /// Next sequence number expected from the peer: the peer's FIN seq + 1 once it arrived.
+    pub rcv_nxt: u32,
+    /// Sequence number after the last byte queued by the application: the FIN's seq at the
+    /// transition into FIN_WAIT1 or LAST_ACK.
+    pub write_seq: u32,
+}
+
+/// The socket's flags and pending error at the moment of the event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockSnapshot {
+    /// Low bits of `sk_flags`: see [`teardown_common::sock_flag`].
+    pub flags: u32,
+    /// `sk_err`: a positive errno such as ECONNRESET (104) or EPIPE (32), 0 when none.
+    pub err: i32,
+}
+
+impl SockSnapshot {
+    /// The application closed the socket (it is orphaned).
+    pub fn dead(&self) -> bool {
+        self.flags & raw::sock_flag::DEAD != 0
+    }
+    /// A FIN was received from the peer.
+    pub fn done(&self) -> bool {
+        self.flags & raw::sock_flag::DONE != 0
+    }
+}
+
+/// One decoded kernel event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Monotonic kernel time (CLOCK_MONOTONIC), nanoseconds.
+    pub ts_ns: u64,
+    /// Address of the kernel socket: with the 4-tuple, the key of a connection.
+    pub sk: u64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub pid: u32,
+    pub comm: Comm,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<SeqSnapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sock: Option<SockSnapshot>,
+}
+
+/// Why a raw record could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes, expected {expected}", expected = std::mem::size_of::<raw::Event>())]
+    Size(usize),
+    #[error("unknown event kind {0}")]
+    Kind(u8),
+    #[error("unknown TCP state {0}")]
+    State(u8),
+    #[error("unknown address family {0}")]
+    Family(u16),
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+impl Event {
+    /// Decodes one ring-buffer record.
+    pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+        if bytes.len() < std::mem::size_of::<raw::Event>() {
+            return Err(DecodeError::Size(bytes.len()));
+        }
+        // SAFETY: the length was checked and `raw::Event` is plain old data (any bit pattern is
+        // valid); read_unaligned because ring-buffer records are only 8-byte aligned by contract.
+        let r: raw::Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        Event::from_raw(&r)
+    }
+
+    pub fn from_raw(r: &raw::Event) -> Result<Event, DecodeError> {
+        let state = |n| TcpState::from_kernel(n).ok_or(DecodeError::State(n));
+        let kind = match r.kind {
+            raw::kind::STATE => EventKind::State {
+                old: state(r.oldstate)?,
+                new: state(r.newstate)?,
+            },
+            raw::kind::RETRANSMIT => EventKind::Retransmit {
+                state: state(r.newstate)?,
+            },
+            raw::kind::SEND_RESET => EventKind::ResetSent {
+                state: state(r.newstate)?,
+            },
+            raw::kind::RECV_RESET => EventKind::ResetReceived {
+                state: state(r.newstate)?,
+            },
+            k => return Err(DecodeError::Kind(k)),
+        };
+        let (local, remote) = match r.family {
+            AF_INET => {
+                let ip = |b: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+                (ip(&r.saddr), ip(&r.daddr))
+            }
+            AF_INET6 => (
+                IpAddr::V6(Ipv6Addr::from(r.saddr)),
+                IpAddr::V6(Ipv6Addr::from(r.daddr)),
+            ),
+            f => return Err(DecodeError::Family(f)),
+        };
+        let seq = (r.flags & raw::flags::SEQ_VALID != 0).then_some(SeqSnapshot {
+            snd_una: r.snd_una,
+            snd_nxt: r.snd_nxt,
+            rcv_nxt: r.rcv_nxt,
+            write_seq: r.write_seq,
+        });
+        let sock = (r.flags & raw::flags::SOCK_VALID != 0).then_some(SockSnapshot {
+            flags: r.sk_flags,
+            err: r.sk_err,
+        });
+        Ok(Event {
+            ts_ns: r.ts_ns,
+            sk: r.skaddr,
+            kind,
+            local: SocketAddr::new(local, r.sport),
+            remote: SocketAddr::new(remote, r.dport),
+            pid: r.pid,
+            comm: Comm(r.comm),
+            seq,
+            sock,
+        })
+    }
+
+    /// True when the running task is the socket's owner: the transition is made by a system call
+    /// (connect, listen, close, shutdown). Other transitions run in softirq or timer context,
+    /// where the current task is whoever happened to be on the CPU (on loopback, often the peer).
+    pub fn in_process_context(&self) -> bool {
+        use TcpState::*;
+        matches!(
+            self.kind,
+            EventKind::State {
+                old: Close,
+                new: SynSent | Listen
+            } | EventKind::State {
+                old: Listen,
+                new: Close
+            } | EventKind::State {
+                old: Established,
+                new: FinWait1
+            } | EventKind::State {
+                old: CloseWait,
+                new: LastAck
+            } | EventKind::State {
+                old: FinWait2,
+                new: FinWait2
+            }
+        )
+    }
+
+    /// The task, when the event was made in process context.
+    pub fn task(&self) -> Option<Task> {
+        self.in_process_context().then_some(Task {
+            pid: self.pid,
+            comm: self.comm,
+        })
+    }
+
+    /// True when this event begins a new life of the socket address: `connect()`, `listen()`,
+    /// or a child socket created for an incoming SYN.
+    pub fn starts_connection(&self) -> bool {
+        use TcpState::*;
+        matches!(
+            self.kind,
+            EventKind::State {
+                old: Close,
+                new: SynSent | Listen
+            } | EventKind::State {
+                old: Listen,
+                new: SynRecv
+            }
+        )
+    }
+
+    /// The 4-tuple is usable (not yet zeroed by unhashing).
+    pub fn has_tuple(&self) -> bool {
+        self.local.port() != 0 && self.remote.port() != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_event() -> raw::Event {
+        let mut r = raw::Event::ZERO;
+        r.ts_ns = 42;
+        r.skaddr = 0xffff_8880_1234_5678;
+        r.kind = raw::kind::STATE;
+        r.oldstate = 1;
+        r.newstate = 4;
+        r.family = AF_INET;
+        r.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        r.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        r.sport = 40000;
+        r.dport = 8080;
+        r.pid = 77;
+        r.comm[..4].copy_from_slice(b"curl");
+        r.flags = raw::flags::SEQ_VALID | raw::flags::SOCK_VALID;
+        r.write_seq = 1000;
+        r.sk_flags = raw::sock_flag::DEAD;
+        r
+    }
+
+    fn bytes(r: &raw::Event) -> Vec<u8> {
+        // SAFETY: raw::Event is plain data of a fixed size.
+        unsafe {
+            std::slice::from_raw_parts(
+                (r as *const raw::Event).cast::<u8>(),
+                std::mem::size_of::<raw::Event>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_ipv4_state_change() {
+        let ev = Event::decode(&bytes(&raw_event())).unwrap();
+        assert_eq!(
+            ev.kind,
+            EventKind::State {
+                old: TcpState::Established,
+                new: TcpState::FinWait1
+            }
+        );
+        assert_eq!(ev.local, "127.0.0.1:40000".parse().unwrap());
+        assert_eq!(ev.remote, "10.1.2.3:8080".parse().unwrap());
+        assert_eq!(ev.comm.as_str(), "curl");
+        assert_eq!(ev.seq.unwrap().write_seq, 1000);
+        assert!(ev.sock.unwrap().dead());
+        assert!(!ev.sock.unwrap().done());
+        assert!(ev.in_process_context());
+        assert_eq!(ev.task().unwrap().pid, 77);
+    }
+
+    #[test]
+    fn decodes_ipv6_and_missing_seq() {
+        let mut r = raw_event();
+        r.family = AF_INET6;
+        r.saddr = Ipv6Addr::LOCALHOST.octets();
+        r.daddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        r.flags = 0;
+        r.oldstate = 8;
+        r.newstate = 7;
+        let ev = Event::decode(&bytes(&r)).unwrap();
+        assert_eq!(ev.local, "[::1]:40000".parse().unwrap());
+        assert_eq!(ev.remote, "[2001:db8::1]:8080".parse().unwrap());
+        assert_eq!(ev.seq, None);
+        assert_eq!(ev.sock, None);
+        // CLOSE_WAIT -> CLOSE may run in softirq (a RST): the task is not the owner.
+        assert_eq!(ev.task(), None);
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert_eq!(Event::decode(&[0u8; 10]), Err(DecodeError::Size(10)));
+        let mut r = raw_event();
+        r.newstate = 99;
+        assert_eq!(Event::decode(&bytes(&r)), Err(DecodeError::State(99)));
+        let mut r = raw_event();
+        r.kind = 9;
+        assert_eq!(Event::decode(&bytes(&r)), Err(DecodeError::Kind(9)));
+        let mut r = raw_event();
+        r.family = 1;
+        assert_eq!(Event::decode(&bytes(&r)), Err(DecodeError::Family(1)));
+    }
+
+    #[test]
+    fn event_round_trips_through_json() {
+        let ev = Event::decode(&bytes(&raw_event())).unwrap();
+        let s = serde_json::to_string(&ev).unwrap();
+        assert!(s.contains("\"old\":\"ESTABLISHED\""), "{s}");
+        let back: Event = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, ev);
+    }
+}

@@ -1,0 +1,20 @@
+//! teardown: watch every TCP connection on a host close, and check each teardown against the
+//! documented close sequence.
+//!
+//! The pipeline, top-down:
+//!
+//! ```text
+//! kernel ring buffer ── kernel::EventStream (tokio AsyncFd)
+//!   -> event::Event::decode            raw bytes to typed, Copy values
+//!   -> bounded channel                 (pipeline)
+//!   -> tracker::Tracker                events grouped per connection, both ends paired
+//!   -> validate::judge                 the documented sequence as a state machine: a Verdict
+//!   -> sink::Sink                      terminal text, JSON Lines, recording, summary
+//! ```
+//!
+//! `record` writes events to a versioned file, `replay` feeds such a file through the same
+//! pipeline without a kernel.
+
+pub mod event;
+pub mod tracker;
+pub mod validate;

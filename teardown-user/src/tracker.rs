@@ -1,0 +1,537 @@
+//! Groups events into connections.
+//!
+//! A connection is one life of a kernel socket: from `connect()` (CLOSE -> SYN_SENT), `listen()`,
+//! or a child socket made for an incoming SYN (LISTEN -> SYN_RECV), to its `-> CLOSE`. Two kernel
+//! facts shape this module (teardown-sequence.md, section 3):
+//! - the 4-tuple is already zero at the last transition (the socket was unhashed), so connections
+//!   are keyed by socket address and keep the tuple seen at earlier transitions;
+//! - a socket address is reused after free, so a connection-starting event on a known address
+//!   begins a new connection.
+//!
+//! A closed connection *settles* for a short while before it is handed on: a RST sent by
+//! `close()` is traced just after the `-> CLOSE`, and the peer's socket usually closes a moment
+//! later, so that both ends can be judged together.
+
+use std::{
+    collections::{hash_map::Entry, HashMap},
+    net::SocketAddr,
+};
+
+use serde::Serialize;
+
+use crate::event::{Event, EventKind, TcpState, Task};
+
+/// How a connection's record ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordEnd {
+    /// Its `-> CLOSE` transition was seen.
+    Closed,
+    /// It was still open when the trace stopped.
+    StillOpen,
+    /// Its socket address began a new connection before a `-> CLOSE` was seen (events lost).
+    Superseded,
+    /// Dropped from a full connection table.
+    Evicted,
+}
+
+/// One connection's events, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// Order of first appearance in this trace, from 1.
+    pub id: u64,
+    pub sk: u64,
+    /// The 4-tuple from the first event that had one (zero ports when none had).
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The owning process, from the first event made in process context.
+    pub process: Option<Task>,
+    pub events: Vec<Event>,
+    /// The connection's beginning was seen (it was not first seen mid-life).
+    pub seen_from_start: bool,
+    /// Events may have been lost while it was open (the kernel's loss counter moved).
+    pub events_maybe_lost: bool,
+    pub end: RecordEnd,
+}
+
+impl Connection {
+    fn new(id: u64, ev: &Event) -> Connection {
+        let mut c = Connection {
+            id,
+            sk: ev.sk,
+            local: ev.local,
+            remote: ev.remote,
+            process: None,
+            events: Vec::with_capacity(8),
+            seen_from_start: ev.starts_connection(),
+            events_maybe_lost: false,
+            end: RecordEnd::StillOpen,
+        };
+        c.push(*ev);
+        c
+    }
+
+    fn push(&mut self, ev: Event) {
+        if self.local.port() == 0 && ev.local.port() != 0 {
+            self.local = ev.local;
+        }
+        if self.remote.port() == 0 && ev.remote.port() != 0 {
+            self.remote = ev.remote;
+        }
+        if self.process.is_none() {
+            self.process = ev.task();
+        }
+        self.events.push(ev);
+    }
+
+    /// A listening socket rather than a connection.
+    pub fn is_listener(&self) -> bool {
+        self.events.iter().any(|e| {
+            matches!(e.kind, EventKind::State { old, new } if old == TcpState::Listen && new == TcpState::Close
+                || new == TcpState::Listen)
+        })
+    }
+
+    /// State the connection was last seen in.
+    pub fn last_state(&self) -> Option<TcpState> {
+        self.events.last().map(|e| e.kind.state_after())
+    }
+
+    pub fn first_ts(&self) -> u64 {
+        self.events.first().map_or(0, |e| e.ts_ns)
+    }
+
+    pub fn last_ts(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.ts_ns)
+    }
+
+    /// The tuple as seen from the other end.
+    pub fn mirrored(&self) -> (SocketAddr, SocketAddr) {
+        (self.remote, self.local)
+    }
+
+    fn has_tuple(&self) -> bool {
+        self.local.port() != 0 && self.remote.port() != 0
+    }
+}
+
+/// A connection handed on by the tracker, with the other end when it is on this host too.
+#[derive(Debug)]
+pub struct Finished {
+    pub conn: Connection,
+    /// The socket with the mirrored 4-tuple, when both ends were traced (a copy when it is
+    /// still open).
+    pub peer: Option<Connection>,
+}
+
+/// Counters of the tracker's own work, reported in the summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TrackerStats {
+    pub events: u64,
+    pub connections: u64,
+    /// Connections dropped because the table was full.
+    pub evicted: u64,
+    /// Events of timewait sockets that matched no traced connection.
+    pub unattached: u64,
+}
+
+/// Tracker settings.
+#[derive(Clone, Copy, Debug)]
+pub struct TrackerConfig {
+    /// Open connections kept at most; beyond that the oldest is evicted (and counted).
+    pub max_open: usize,
+    /// How long a closed connection waits for trailing events and its peer, in nanoseconds.
+    pub settle_ns: u64,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        TrackerConfig {
+            max_open: 262_144,
+            settle_ns: 200_000_000,
+        }
+    }
+}
+
+/// The per-connection tracker: feed it events in order, it hands back finished connections.
+pub struct Tracker {
+    cfg: TrackerConfig,
+    open: HashMap<u64, Connection>,
+    /// Closed connections waiting out the settle time, by socket address.
+    settling: HashMap<u64, (u64, Connection)>,
+    /// 4-tuple -> socket address, for open and settling connections.
+    by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
+    next_id: u64,
+    lost: u64,
+    stats: TrackerStats,
+}
+
+impl Tracker {
+    pub fn new(cfg: TrackerConfig) -> Tracker {
+        Tracker {
+            cfg,
+            open: HashMap::new(),
+            settling: HashMap::new(),
+            by_tuple: HashMap::new(),
+            next_id: 1,
+            lost: 0,
+            stats: TrackerStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> TrackerStats {
+        self.stats
+    }
+
+    /// Connections currently open.
+    pub fn open_connections(&self) -> impl Iterator<Item = &Connection> {
+        self.open.values()
+    }
+
+    /// The kernel's loss counter now reads `total`: connections open now may miss events.
+    pub fn on_lost(&mut self, total: u64) {
+        if total > self.lost {
+            self.lost = total;
+            for c in self.open.values_mut() {
+                c.events_maybe_lost = true;
+            }
+        }
+    }
+
+    /// Takes one event; finished connections go to `out`.
+    pub fn on_event(&mut self, ev: Event, out: &mut impl FnMut(Finished)) {
+        self.stats.events += 1;
+        self.flush_settled(ev.ts_ns, out);
+        let state = ev.kind.state_after();
+        if matches!(state, TcpState::TimeWait | TcpState::NewSynRecv)
+            && !matches!(ev.kind, EventKind::State { .. })
+        {
+            // A timewait or request socket (a RST it sent): attach by tuple, it has no life of
+            // its own here.
+            self.attach_by_tuple(ev);
+            return;
+        }
+        if ev.starts_connection() {
+            if let Some(mut old) = self.open.remove(&ev.sk) {
+                self.unindex(&old);
+                old.end = RecordEnd::Superseded;
+                self.emit(old, out);
+            }
+            if let Some((_, old)) = self.settling.remove(&ev.sk) {
+                self.unindex(&old);
+                self.emit(old, out);
+            }
+            self.open_new(ev, out);
+        } else if let Some(c) = self.open.get_mut(&ev.sk) {
+            c.push(ev);
+            let tuple_now = c.has_tuple().then_some((c.local, c.remote));
+            if let Some(t) = tuple_now {
+                self.by_tuple.entry(t).or_insert(ev.sk);
+            }
+        } else if let Some((_, c)) = self.settling.get_mut(&ev.sk) {
+            if matches!(ev.kind, EventKind::State { .. }) {
+                // A state change after CLOSE that does not start a connection: the previous
+                // life is over, this one was first seen mid-way.
+                if let Some((_, old)) = self.settling.remove(&ev.sk) {
+                    self.unindex(&old);
+                    self.emit(old, out);
+                }
+                self.open_new(ev, out);
+            } else {
+                c.push(ev);
+                return;
+            }
+        } else {
+            self.open_new(ev, out);
+        }
+        if ev.kind.state_after() == TcpState::Close {
+            if let Some(mut c) = self.open.remove(&ev.sk) {
+                c.end = RecordEnd::Closed;
+                if let Some((_, old)) = self.settling.remove(&ev.sk) {
+                    self.unindex(&old);
+                    self.emit(old, out);
+                }
+                self.settling.insert(ev.sk, (ev.ts_ns, c));
+            }
+        }
+    }
+
+    /// Hands on connections that have settled by monotonic time `now_ns`.
+    pub fn tick(&mut self, now_ns: u64, out: &mut impl FnMut(Finished)) {
+        self.flush_settled(now_ns, out);
+    }
+
+    /// End of the trace: everything is handed on, open connections as [`RecordEnd::StillOpen`].
+    pub fn finish(&mut self, out: &mut impl FnMut(Finished)) {
+        self.flush_settled(u64::MAX, out);
+        let mut rest: Vec<Connection> = self.open.drain().map(|(_, c)| c).collect();
+        self.by_tuple.clear();
+        rest.sort_by_key(|c| c.id);
+        for c in rest {
+            out(Finished {
+                conn: c,
+                peer: None,
+            });
+        }
+    }
+
+    fn open_new(&mut self, ev: Event, out: &mut impl FnMut(Finished)) {
+        if self.open.len() >= self.cfg.max_open {
+            // Evict the oldest open connection: bounded memory, and the count is reported.
+            if let Some(&victim) = self.open.iter().min_by_key(|(_, c)| c.last_ts()).map(|(k, _)| k) {
+                if let Some(mut c) = self.open.remove(&victim) {
+                    self.unindex(&c);
+                    c.end = RecordEnd::Evicted;
+                    self.stats.evicted += 1;
+                    out(Finished {
+                        conn: c,
+                        peer: None,
+                    });
+                }
+            }
+        }
+        let c = Connection::new(self.next_id, &ev);
+        self.next_id += 1;
+        self.stats.connections += 1;
+        if c.has_tuple() {
+            self.by_tuple.insert((c.local, c.remote), c.sk);
+        }
+        self.open.insert(ev.sk, c);
+    }
+
+    fn attach_by_tuple(&mut self, ev: Event) {
+        let Some(&sk) = self.by_tuple.get(&(ev.local, ev.remote)) else {
+            self.stats.unattached += 1;
+            return;
+        };
+        if let Some(c) = self.open.get_mut(&sk) {
+            c.events.push(ev);
+        } else if let Some((_, c)) = self.settling.get_mut(&sk) {
+            c.events.push(ev);
+        } else {
+            self.stats.unattached += 1;
+        }
+    }
+
+    fn unindex(&mut self, c: &Connection) {
+        if let Entry::Occupied(e) = self.by_tuple.entry((c.local, c.remote)) {
+            if *e.get() == c.sk {
+                e.remove();
+            }
+        }
+    }
+
+    fn flush_settled(&mut self, now_ns: u64, out: &mut impl FnMut(Finished)) {
+        if self.settling.is_empty() {
+            return;
+        }
+        let settle = self.cfg.settle_ns;
+        let mut due: Vec<u64> = self
+            .settling
+            .iter()
+            .filter(|(_, (closed_at, _))| now_ns == u64::MAX || closed_at.saturating_add(settle) <= now_ns)
+            .map(|(&sk, _)| sk)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        due.sort_by_key(|sk| self.settling.get(sk).map_or(0, |(_, c)| c.id));
+        for sk in due {
+            if let Some((_, c)) = self.settling.remove(&sk) {
+                self.unindex(&c);
+                self.emit(c, out);
+            }
+        }
+    }
+
+    /// Hands on a finished connection together with its peer: a settling peer goes with it
+    /// (both ends are then done), an open one is copied.
+    fn emit(&mut self, conn: Connection, out: &mut impl FnMut(Finished)) {
+        let peer_sk = if conn.has_tuple() {
+            self.by_tuple.get(&conn.mirrored()).copied()
+        } else {
+            None
+        };
+        let peer = match peer_sk {
+            Some(sk) if self.settling.contains_key(&sk) => {
+                let p = self.settling.remove(&sk).map(|(_, p)| p);
+                if let Some(p) = &p {
+                    self.unindex(p);
+                }
+                p
+            }
+            Some(sk) => self.open.get(&sk).cloned(),
+            None => None,
+        };
+        match peer {
+            Some(p) if p.end == RecordEnd::Closed => {
+                // Both ends are finished: hand on each, each knowing the other.
+                let first = Finished {
+                    conn: conn.clone(),
+                    peer: Some(p.clone()),
+                };
+                let second = Finished {
+                    conn: p,
+                    peer: Some(conn),
+                };
+                let (a, b) = if first.conn.id <= second.conn.id {
+                    (first, second)
+                } else {
+                    (second, first)
+                };
+                out(a);
+                out(b);
+            }
+            peer => out(Finished { conn, peer }),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::event::{Comm, EventKind};
+
+    pub(crate) fn ev(ts: u64, sk: u64, old: TcpState, new: TcpState, l: &str, r: &str) -> Event {
+        Event {
+            ts_ns: ts,
+            sk,
+            kind: EventKind::State { old, new },
+            local: l.parse().unwrap(),
+            remote: r.parse().unwrap(),
+            pid: 100,
+            comm: Comm::new("app"),
+            seq: None,
+            sock: None,
+        }
+    }
+
+    fn run(events: &[Event]) -> Vec<Finished> {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        for e in events {
+            t.on_event(*e, &mut |f| out.push(f));
+        }
+        t.finish(&mut |f| out.push(f));
+        out
+    }
+
+    use TcpState::*;
+    const C: &str = "127.0.0.1:40000";
+    const S: &str = "127.0.0.1:8080";
+    const Z: &str = "0.0.0.0:0";
+
+    #[test]
+    fn groups_both_ends_and_pairs_them() {
+        let events = [
+            ev(1, 0xa, Close, SynSent, C, S),
+            ev(2, 0xb, Listen, SynRecv, S, C),
+            ev(3, 0xa, SynSent, Established, C, S),
+            ev(4, 0xb, SynRecv, Established, S, C),
+            ev(5, 0xa, Established, FinWait1, C, S),
+            ev(6, 0xb, Established, CloseWait, S, C),
+            ev(7, 0xa, FinWait1, FinWait2, C, S),
+            ev(8, 0xb, CloseWait, LastAck, S, C),
+            // The 4-tuple is zero at the last transitions.
+            ev(9, 0xa, FinWait2, Close, Z, S),
+            ev(10, 0xb, LastAck, Close, Z, C),
+        ];
+        let out = run(&events);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].conn.sk, 0xa);
+        assert_eq!(out[0].conn.local, C.parse().unwrap());
+        assert_eq!(out[0].conn.events.len(), 5);
+        assert_eq!(out[0].conn.end, RecordEnd::Closed);
+        assert!(out[0].conn.seen_from_start);
+        assert_eq!(out[0].peer.as_ref().unwrap().sk, 0xb);
+        assert_eq!(out[1].conn.sk, 0xb);
+        assert_eq!(out[1].peer.as_ref().unwrap().sk, 0xa);
+        assert_eq!(out[1].conn.process.unwrap().pid, 100);
+    }
+
+    #[test]
+    fn socket_address_reuse_starts_a_new_connection() {
+        let other = "127.0.0.1:40001";
+        let events = [
+            ev(1, 0xa, Close, SynSent, C, S),
+            ev(2, 0xa, SynSent, Close, C, S),
+            // Same address, reused by the next connect() at once.
+            ev(3, 0xa, Close, SynSent, other, S),
+            ev(4, 0xa, SynSent, Established, other, S),
+        ];
+        let out = run(&events);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].conn.events.len(), 2);
+        assert_eq!(out[0].conn.end, RecordEnd::Closed);
+        assert_eq!(out[1].conn.local, other.parse().unwrap());
+        assert_eq!(out[1].conn.end, RecordEnd::StillOpen);
+    }
+
+    #[test]
+    fn a_new_life_without_a_close_supersedes_the_old() {
+        let events = [
+            ev(1, 0xa, Close, SynSent, C, S),
+            ev(2, 0xa, SynSent, Established, C, S),
+            ev(3, 0xa, Close, SynSent, "127.0.0.1:40002", S),
+        ];
+        let out = run(&events);
+        assert_eq!(out[0].conn.end, RecordEnd::Superseded);
+        assert_eq!(out[1].conn.end, RecordEnd::StillOpen);
+    }
+
+    #[test]
+    fn first_seen_mid_life_and_loss_are_marked() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        t.on_event(ev(1, 0xa, Established, FinWait1, C, S), &mut |f| out.push(f));
+        t.on_lost(3);
+        t.on_event(ev(2, 0xa, FinWait1, Close, C, S), &mut |f| out.push(f));
+        t.finish(&mut |f| out.push(f));
+        assert!(!out[0].conn.seen_from_start);
+        assert!(out[0].conn.events_maybe_lost);
+    }
+
+    #[test]
+    fn trailing_reset_joins_the_closed_connection() {
+        let mut rst = ev(3, 0xa, Close, Close, Z, S);
+        rst.kind = EventKind::ResetSent { state: Close };
+        let events = [
+            ev(1, 0xa, Close, SynSent, C, S),
+            ev(2, 0xa, SynSent, Established, C, S),
+            ev(3, 0xa, Established, Close, C, S),
+            rst,
+        ];
+        let out = run(&events);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].conn.events.len(), 4);
+    }
+
+    #[test]
+    fn settled_connections_are_handed_on_after_the_settle_time() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        t.on_event(ev(1, 0xa, Close, SynSent, C, S), &mut |f| out.push(f));
+        t.on_event(ev(2, 0xa, SynSent, Close, C, S), &mut |f| out.push(f));
+        t.tick(2 + 100_000_000, &mut |f| out.push(f));
+        assert!(out.is_empty(), "handed on before the settle time");
+        t.tick(2 + 200_000_000, &mut |f| out.push(f));
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn table_is_bounded_and_evictions_counted() {
+        let mut t = Tracker::new(TrackerConfig {
+            max_open: 2,
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        for i in 0..3u64 {
+            let l = format!("127.0.0.1:{}", 40000 + i);
+            t.on_event(ev(i + 1, i + 1, Close, SynSent, &l, S), &mut |f| out.push(f));
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].conn.end, RecordEnd::Evicted);
+        assert_eq!(out[0].conn.sk, 1);
+        assert_eq!(t.stats().evicted, 1);
+    }
+}
