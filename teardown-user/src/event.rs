@@ -74,7 +74,10 @@ impl TcpState {
     /// States a connection passes through while it is being torn down.
     pub fn is_closing(self) -> bool {
         use TcpState::*;
-        matches!(self, FinWait1 | FinWait2 | Closing | CloseWait | LastAck | TimeWait)
+        matches!(
+            self,
+            FinWait1 | FinWait2 | Closing | CloseWait | LastAck | TimeWait
+        )
     }
 }
 
@@ -197,6 +200,20 @@ impl SockSnapshot {
     /// A FIN was received from the peer.
     pub fn done(&self) -> bool {
         self.flags & raw::sock_flag::DONE != 0
+    }
+}
+
+/// The symbolic name of an errno the teardown paths set, e.g. `ECONNRESET`.
+pub fn errno_name(err: i32) -> std::borrow::Cow<'static, str> {
+    match err {
+        libc::EPIPE => "EPIPE".into(),
+        libc::ECONNRESET => "ECONNRESET".into(),
+        libc::ECONNREFUSED => "ECONNREFUSED".into(),
+        libc::ETIMEDOUT => "ETIMEDOUT".into(),
+        libc::ECONNABORTED => "ECONNABORTED".into(),
+        libc::EHOSTUNREACH => "EHOSTUNREACH".into(),
+        libc::ENETUNREACH => "ENETUNREACH".into(),
+        n => format!("errno {n}").into(),
     }
 }
 

@@ -15,6 +15,15 @@
 //! `record` writes events to a versioned file, `replay` feeds such a file through the same
 //! pipeline without a kernel.
 
+pub mod clock;
+pub mod commands;
+pub mod diag;
 pub mod event;
+pub mod kernel;
+pub mod monitor;
+pub mod pipeline;
+pub mod recording;
+pub mod sink;
 pub mod tracker;
+pub mod tui;
 pub mod validate;

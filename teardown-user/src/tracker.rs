@@ -19,7 +19,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::event::{Event, EventKind, TcpState, Task};
+use crate::event::{Event, EventKind, Task, TcpState};
 
 /// How a connection's record ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -278,7 +278,12 @@ impl Tracker {
     fn open_new(&mut self, ev: Event, out: &mut impl FnMut(Finished)) {
         if self.open.len() >= self.cfg.max_open {
             // Evict the oldest open connection: bounded memory, and the count is reported.
-            if let Some(&victim) = self.open.iter().min_by_key(|(_, c)| c.last_ts()).map(|(k, _)| k) {
+            if let Some(&victim) = self
+                .open
+                .iter()
+                .min_by_key(|(_, c)| c.last_ts())
+                .map(|(k, _)| k)
+            {
                 if let Some(mut c) = self.open.remove(&victim) {
                     self.unindex(&c);
                     c.end = RecordEnd::Evicted;
@@ -329,7 +334,9 @@ impl Tracker {
         let mut due: Vec<u64> = self
             .settling
             .iter()
-            .filter(|(_, (closed_at, _))| now_ns == u64::MAX || closed_at.saturating_add(settle) <= now_ns)
+            .filter(|(_, (closed_at, _))| {
+                now_ns == u64::MAX || closed_at.saturating_add(settle) <= now_ns
+            })
             .map(|(&sk, _)| sk)
             .collect();
         if due.is_empty() {
@@ -483,7 +490,9 @@ pub(crate) mod tests {
     fn first_seen_mid_life_and_loss_are_marked() {
         let mut t = Tracker::new(TrackerConfig::default());
         let mut out = Vec::new();
-        t.on_event(ev(1, 0xa, Established, FinWait1, C, S), &mut |f| out.push(f));
+        t.on_event(ev(1, 0xa, Established, FinWait1, C, S), &mut |f| {
+            out.push(f)
+        });
         t.on_lost(3);
         t.on_event(ev(2, 0xa, FinWait1, Close, C, S), &mut |f| out.push(f));
         t.finish(&mut |f| out.push(f));
@@ -527,7 +536,9 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         for i in 0..3u64 {
             let l = format!("127.0.0.1:{}", 40000 + i);
-            t.on_event(ev(i + 1, i + 1, Close, SynSent, &l, S), &mut |f| out.push(f));
+            t.on_event(ev(i + 1, i + 1, Close, SynSent, &l, S), &mut |f| {
+                out.push(f)
+            });
         }
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].conn.end, RecordEnd::Evicted);

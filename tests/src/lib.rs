@@ -1,1 +1,5 @@
-
+//! Harness for the root/kernel integration tests: the kernel gate, the real tracer, and
+//! network namespaces.
+pub mod kernel;
+pub mod netns;
+pub mod tracer;

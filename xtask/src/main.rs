@@ -1,1 +1,82 @@
-fn main() {}
+//! Developer tasks that a build script should not do: set up the eBPF toolchain, run the agent
+//! as root, run the kernel tests, the scenario lab and the benchmark.
+//!
+//! `cargo xtask <task>` (the alias is in .cargo/config.toml).
+
+mod setup;
+mod sh;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "teardown's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Find or install the eBPF toolchain (compiler with core source, bpf-linker). Idempotent.
+    Setup,
+    /// Set up, build the release binary, and run it as root: `cargo xtask run -- trace --port 80`.
+    /// With no arguments it runs `teardown trace`.
+    Run {
+        /// Arguments for `teardown` (default: trace).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: unit tests, and the root/kernel integration tests. Under
+    /// CI=true the kernel tests fail, never skip, when they cannot run.
+    Test {
+        /// Extra arguments passed to the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::setup(false).map(drop),
+        Task::Run { args } => run(args),
+        Task::Test { args } => test(args),
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(mut args: Vec<String>) -> Result<()> {
+    setup::setup(true)?;
+    sh::run(cargo().args(["build", "--release", "--package", "teardown-user"]))
+        .context("building teardown failed")?;
+    if args.is_empty() {
+        args.push("trace".into());
+    }
+    let bin = "target/release/teardown";
+    let mut cmd = if setup::is_root() {
+        Command::new(bin)
+    } else {
+        println!("xtask: tracing needs root: running it with sudo");
+        let mut c = Command::new("sudo");
+        c.arg(bin);
+        c
+    };
+    sh::run(cmd.args(&args))
+}
+
+fn test(args: Vec<String>) -> Result<()> {
+    setup::setup(true)?;
+    // Unit tests and the library's own tests: no root needed.
+    let mut unit = cargo();
+    unit.args(["test", "--workspace", "--exclude", "teardown-ebpf"]);
+    if !args.is_empty() {
+        unit.arg("--").args(&args);
+    }
+    sh::run(&mut unit).context("tests failed")
+}

@@ -31,7 +31,8 @@ pub struct Finding {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Verdict {
     pub role: Role,
-    pub variant: &'static str,
+    pub variant: Variant,
+    pub incomplete: Option<String>,
     pub conforms: bool,
     pub findings: Vec<Finding>,
     /// Nanoseconds spent in each closing state.
@@ -43,9 +44,31 @@ pub fn judge(conn: &Connection, _peer: Option<&Connection>) -> Verdict {
     let _ = conn;
     Verdict {
         role: Role::Unknown,
-        variant: "unknown",
+        variant: Variant::Unknown,
+        incomplete: None,
         conforms: true,
         findings: Vec::new(),
         closing_times: Vec::new(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variant {
+    Unknown,
+}
+
+impl Variant {
+    pub fn name(&self) -> &'static str {
+        "unknown"
+    }
+}
+
+impl Verdict {
+    pub fn headline(&self) -> String {
+        format!("{:?}", self.role)
+    }
+    pub fn write_text(&self, _w: &mut dyn std::fmt::Write) -> std::fmt::Result {
+        Ok(())
     }
 }

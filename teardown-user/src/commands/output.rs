@@ -1,0 +1,89 @@
+//! Options shared by `trace`, `record` and `replay`: output format and destination, filters.
+
+use std::{
+    fs::File,
+    io::{self, BufWriter},
+    net::IpAddr,
+    path::PathBuf,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    pipeline::Filter,
+    sink::{JsonlSink, Sink, TextSink},
+    tracker::TrackerConfig,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One block per connection: its 4-tuple, process, states with times, and the verdict.
+    Text,
+    /// One JSON object per connection timeline, then a summary object (schema in the README).
+    Jsonl,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write to this file instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct FilterArgs {
+    /// Only connections with this local or remote port (repeatable).
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<u16>,
+    /// Only connections with this local or remote address (repeatable).
+    #[arg(long, value_name = "IP")]
+    pub addr: Vec<IpAddr>,
+    /// Only connections owned by this process (repeatable). The owner is known from the
+    /// process's own connect/close calls, so a connection it never closed may not match.
+    #[arg(long, value_name = "PID")]
+    pub pid: Vec<u32>,
+    /// Report listening sockets too (hidden by default).
+    #[arg(long)]
+    pub listeners: bool,
+    /// Most connections tracked at once; beyond it the oldest is evicted (and counted).
+    #[arg(long, value_name = "N", default_value_t = TrackerConfig::default().max_open)]
+    pub max_connections: usize,
+}
+
+impl FilterArgs {
+    pub fn filter(&self) -> Filter {
+        Filter {
+            ports: self.port.clone(),
+            addrs: self.addr.clone(),
+            pids: self.pid.clone(),
+            listeners: self.listeners,
+        }
+    }
+
+    pub fn tracker(&self) -> TrackerConfig {
+        TrackerConfig {
+            max_open: self.max_connections.max(1),
+            ..TrackerConfig::default()
+        }
+    }
+}
+
+impl OutputArgs {
+    pub fn sink(&self) -> anyhow::Result<Box<dyn Sink + Send>> {
+        let out: Box<dyn io::Write + Send> = match &self.output {
+            Some(path) => Box::new(
+                File::create(path)
+                    .with_context(|| format!("cannot create the output file {}", path.display()))?,
+            ),
+            None => Box::new(io::stdout()),
+        };
+        let out = BufWriter::with_capacity(64 * 1024, out);
+        Ok(match self.format {
+            Format::Text => Box::new(TextSink::new(out)),
+            Format::Jsonl => Box::new(JsonlSink::new(out)),
+        })
+    }
+}

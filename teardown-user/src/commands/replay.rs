@@ -1,0 +1,83 @@
+//! `teardown replay`: a recording through the same pipeline as a live trace, no kernel needed.
+
+use std::{
+    fs::File,
+    io::{self, BufReader},
+    path::PathBuf,
+};
+
+use anyhow::Context as _;
+
+use super::output::{FilterArgs, OutputArgs};
+use crate::{
+    pipeline::{Pipeline, Summary},
+    recording::{ReadError, Reader, Record},
+};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// A recording made by `teardown record` ("-" reads standard input).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Skip lines that cannot be read, and count them, instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_lines: bool,
+}
+
+pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
+    let input: Box<dyn io::Read> = if args.file.as_os_str() == "-" {
+        Box::new(io::stdin())
+    } else {
+        Box::new(
+            File::open(&args.file)
+                .with_context(|| format!("cannot open the recording {}", args.file.display()))?,
+        )
+    };
+    let mut reader = Reader::new(BufReader::new(input))
+        .with_context(|| format!("{} cannot be replayed", args.file.display()))?;
+    let sink = args.output.sink()?;
+    let mut pipeline = Pipeline::new(
+        args.filters.tracker(),
+        args.filters.filter(),
+        vec![sink],
+        reader.header.wall_offset_ns,
+    );
+    if !reader.header.seq {
+        eprintln!("note: this recording has no sequence numbers: its sequence checks are skipped");
+    }
+    let mut skipped = 0u64;
+    loop {
+        match reader.next_record() {
+            Ok(Some(Record::Event(ev))) => pipeline.on_event(ev),
+            Ok(Some(Record::Lost { ts_ns, total })) => {
+                pipeline.tick(ts_ns);
+                pipeline.on_lost(total);
+            }
+            Ok(None) => break,
+            Err(e @ ReadError::Line { .. }) if args.skip_bad_lines => {
+                log::debug!("skipped: {e}");
+                skipped += 1;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "{} cannot be replayed (--skip-bad-lines skips such lines)",
+                    args.file.display()
+                )))
+            }
+        }
+        if pipeline.failed() {
+            break;
+        }
+    }
+    if args.skip_bad_lines {
+        pipeline.set_skipped_lines(skipped);
+    }
+    let summary = pipeline.finish().context("cannot write the output")?;
+    if args.output.output.is_some() || args.output.format != super::output::Format::Text {
+        eprintln!("{}", summary.to_text());
+    }
+    Ok(summary)
+}

@@ -1,0 +1,1 @@
+//! `teardown top`.

@@ -1,0 +1,220 @@
+//! `teardown trace` and `teardown record`: the live pipeline.
+//!
+//! ring buffer -> decode -> bounded channel -> tracker -> validator -> sinks. The reader task
+//! and the pipeline share one thread; the bounded channel between them means a slow pipeline
+//! makes the ring buffer fill, and the kernel counts what it could not deliver: loss is
+//! reported, never silent.
+
+use std::{fs::File, io::BufWriter, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::{mpsc, oneshot},
+};
+
+use super::output::{FilterArgs, OutputArgs};
+use crate::{
+    clock,
+    event::Event,
+    kernel::{Hook, Probe, ProbeConfig},
+    pipeline::{Pipeline, Summary},
+    recording::{self, Record},
+};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub filters: FilterArgs,
+    /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
+    #[arg(long, short, value_parser = clock::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Kernel hook for state changes.
+    #[arg(long, value_enum, default_value_t = Hook::Auto)]
+    pub hook: Hook,
+    /// Ring buffer size in MiB (a power of two). Raise it if events are lost in bursts.
+    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
+    pub ring_size: u32,
+}
+
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of MiB"))?;
+    if n == 0 || !n.is_power_of_two() || n > 1024 {
+        return Err("the ring buffer size must be a power of two between 1 and 1024 MiB".into());
+    }
+    Ok(n)
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct RecordArgs {
+    /// File to write the raw events to (versioned JSON Lines; replay it with `teardown replay`).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// A batch of decoded records from one wake-up of the reader.
+struct Batch {
+    events: Vec<Event>,
+    undecodable: u64,
+}
+
+pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Summary> {
+    let cfg = ProbeConfig {
+        hook: args.hook,
+        ring_bytes: args.ring_size << 20,
+    };
+    let mut probe = Probe::load(cfg).context("cannot start tracing")?;
+    for note in &probe.caps.notes {
+        eprintln!("note: {note}");
+    }
+    let mut stream = probe.events().context("cannot read the ring buffer")?;
+    let wall_offset_ns = clock::wall_offset_ns();
+
+    let mut recorder = match &record {
+        Some(path) => {
+            let file = File::create(path)
+                .with_context(|| format!("cannot create the recording {}", path.display()))?;
+            let header = recording::Header {
+                format: recording::FORMAT.into(),
+                version: recording::VERSION,
+                wall_offset_ns,
+                hook: probe.caps.hook.into(),
+                seq: probe.caps.seq,
+            };
+            Some(recording::Writer::new(BufWriter::new(file), &header)?)
+        }
+        None => None,
+    };
+
+    let sink = args.output.sink()?;
+    let mut pipeline = Pipeline::new(
+        args.filters.tracker(),
+        args.filters.filter(),
+        vec![sink],
+        wall_offset_ns,
+    );
+
+    let (tx, mut rx) = mpsc::channel::<Batch>(256);
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        let decode =
+            |events: &mut Vec<Event>, undecodable: &mut u64, bytes: &[u8]| match Event::decode(
+                bytes,
+            ) {
+                Ok(e) => events.push(e),
+                Err(_) => *undecodable += 1,
+            };
+        loop {
+            let mut batch = Batch {
+                events: Vec::with_capacity(256),
+                undecodable: 0,
+            };
+            tokio::select! {
+                biased;
+                _ = &mut stop_rx => {
+                    // Last read: what is already in the ring buffer is still reported.
+                    stream.drain_now(|b| decode(&mut batch.events, &mut batch.undecodable, b));
+                    let _ = tx.send(batch).await;
+                    return Ok::<(), std::io::Error>(());
+                }
+                r = stream.next_batch(4096, |b| decode(&mut batch.events, &mut batch.undecodable, b)) => {
+                    r?;
+                    if tx.send(batch).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    });
+
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    eprintln!(
+        "tracing TCP teardowns (hook: {}{}); stop with Ctrl-C",
+        probe.caps.hook,
+        if probe.caps.seq {
+            ", with sequence numbers"
+        } else {
+            ", without sequence numbers"
+        }
+    );
+
+    let mut last_lost = 0u64;
+    let handle = |pipeline: &mut Pipeline,
+                  recorder: &mut Option<recording::Writer<BufWriter<File>>>,
+                  batch: Batch|
+     -> anyhow::Result<()> {
+        for _ in 0..batch.undecodable {
+            pipeline.on_undecodable();
+        }
+        for ev in batch.events {
+            if let Some(r) = recorder.as_mut() {
+                r.write(&Record::Event(ev))
+                    .context("cannot write to the recording")?;
+            }
+            pipeline.on_event(ev);
+        }
+        Ok(())
+    };
+    let mut check_lost = |pipeline: &mut Pipeline,
+                          recorder: &mut Option<recording::Writer<BufWriter<File>>>|
+     -> anyhow::Result<()> {
+        let total = probe.lost().context("cannot read the lost-event counter")?;
+        if total != last_lost {
+            last_lost = total;
+            if let Some(r) = recorder.as_mut() {
+                r.write(&Record::Lost {
+                    ts_ns: clock::monotonic_ns(),
+                    total,
+                })?;
+            }
+            pipeline.on_lost(total);
+        }
+        Ok(())
+    };
+
+    loop {
+        tokio::select! {
+            Some(batch) = rx.recv() => handle(&mut pipeline, &mut recorder, batch)?,
+            _ = tick.tick() => {
+                check_lost(&mut pipeline, &mut recorder)?;
+                pipeline.tick(clock::monotonic_ns());
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+        }
+        if pipeline.failed() {
+            break;
+        }
+    }
+
+    // Clean stop: the reader drains the ring buffer once more, then everything is flushed.
+    let _ = stop_tx.send(());
+    while let Some(batch) = rx.recv().await {
+        handle(&mut pipeline, &mut recorder, batch)?;
+    }
+    match reader.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => eprintln!("warning: reading the ring buffer failed: {e}"),
+        Err(e) => eprintln!("warning: the ring-buffer reader stopped: {e}"),
+    }
+    check_lost(&mut pipeline, &mut recorder)?;
+    if let Some(mut r) = recorder {
+        r.flush().context("cannot write to the recording")?;
+    }
+    let summary = pipeline.finish().context("cannot write the output")?;
+    if args.output.output.is_some() || args.output.format != super::output::Format::Text {
+        // The summary went to the output; say it on the terminal too.
+        eprintln!("{}", summary.to_text());
+    }
+    Ok(summary)
+}

@@ -1,0 +1,69 @@
+//! Running the poller inside another network namespace.
+//!
+//! sock_diag and `/proc/sys/net` answer for the network namespace of the calling *thread*, so
+//! observing a namespace means doing the work on a thread that entered it with `setns(2)`.
+//! [`run_in`] does that on a scoped helper thread, leaving the caller's namespace alone.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::DiagError;
+
+/// The path of a namespace named by `ip netns add NAME`, or `name` itself if it is a path
+/// (`/proc/PID/ns/net` works too).
+pub fn path_for(name: &str) -> PathBuf {
+    if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new("/var/run/netns").join(name)
+    }
+}
+
+/// Moves the calling thread into the network namespace at `path` (needs CAP_SYS_ADMIN).
+pub fn enter(path: &Path) -> Result<(), DiagError> {
+    let err = |e| DiagError::Netns(path.display().to_string(), e);
+    let f = File::open(path).map_err(err)?;
+    // SAFETY: setns on a valid, open descriptor; it only changes this thread's namespace.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Runs `f` on a helper thread that entered the namespace at `path`, and returns its result.
+/// A panic in `f` is propagated to the caller.
+pub fn run_in<F, T>(path: &Path, f: F) -> Result<T, DiagError>
+where
+    F: FnOnce() -> T + Send,
+    T: Send,
+{
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            enter(path)?;
+            Ok(f())
+        });
+        match h.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_paths() {
+        assert_eq!(path_for("x"), PathBuf::from("/var/run/netns/x"));
+        assert_eq!(path_for("/proc/1/ns/net"), PathBuf::from("/proc/1/ns/net"));
+    }
+
+    #[test]
+    fn missing_namespace_is_an_error() {
+        let r = run_in(Path::new("/var/run/netns/does-not-exist-teardown"), || 1);
+        assert!(matches!(r, Err(DiagError::Netns(_, _))));
+    }
+}

@@ -1,0 +1,167 @@
+//! Field offsets of `struct sock` and `struct tcp_sock`, resolved from the running kernel's BTF.
+//!
+//! The layout of these structures changes between kernel builds, so nothing is hard-coded: each
+//! field is found by name, through anonymous unions and structs, and embedded structures.
+
+use std::path::Path;
+
+use btf_rs::{Btf, Type};
+use teardown_common::{SockOffsets, OFFSET_UNKNOWN};
+
+/// The kernel's own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read the kernel's BTF at {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("struct {0} is not in the kernel's BTF")]
+    NoStruct(&'static str),
+}
+
+/// Offsets resolved, plus the fields that could not be (each named).
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub offsets: SockOffsets,
+    /// Offset of `skc_state` (a byte), for events that are not state changes.
+    pub skc_state: u32,
+    pub missing: Vec<&'static str>,
+}
+
+impl Resolved {
+    /// The sequence fields could all be read.
+    pub fn has_seq(&self) -> bool {
+        let o = &self.offsets;
+        [o.snd_una, o.snd_nxt, o.rcv_nxt, o.write_seq]
+            .iter()
+            .all(|&x| x != OFFSET_UNKNOWN)
+    }
+}
+
+/// Strips typedefs and qualifiers down to a struct or union.
+fn as_struct(btf: &Btf, mut t: Type) -> Option<btf_rs::Struct> {
+    for _ in 0..16 {
+        t = match t {
+            Type::Struct(s) | Type::Union(s) => return Some(s),
+            Type::Typedef(x) => btf.resolve_chained_type(&x).ok()?,
+            Type::Const(x) => btf.resolve_chained_type(&x).ok()?,
+            Type::Volatile(x) => btf.resolve_chained_type(&x).ok()?,
+            _ => return None,
+        };
+    }
+    None
+}
+
+/// Bit offset of member `name` in `s`, looking into anonymous members too.
+fn member_bits(btf: &Btf, s: &btf_rs::Struct, name: &str, depth: u32) -> Option<(u32, Type)> {
+    if depth > 8 {
+        return None;
+    }
+    for m in &s.members {
+        let mname = btf.resolve_name(m).unwrap_or_default();
+        if mname == name {
+            let ty = btf.resolve_chained_type(m).ok()?;
+            return Some((m.bit_offset(), ty));
+        }
+        if mname.is_empty() {
+            let inner = btf
+                .resolve_chained_type(m)
+                .ok()
+                .and_then(|t| as_struct(btf, t));
+            if let Some(inner) = inner {
+                if let Some((bits, ty)) = member_bits(btf, &inner, name, depth + 1) {
+                    return Some((m.bit_offset() + bits, ty));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Byte offset of `path` (e.g. `["__sk_common", "skc_family"]`) from the start of struct `root`.
+pub fn offset_of(btf: &Btf, root: &str, path: &[&str]) -> Option<u32> {
+    let types = btf.resolve_types_by_name(root).ok()?;
+    let mut cur = types.into_iter().find_map(|t| match t {
+        Type::Struct(s) => Some(s),
+        _ => None,
+    })?;
+    let mut bits = 0u32;
+    for (i, field) in path.iter().enumerate() {
+        let (b, ty) = member_bits(btf, &cur, field, 0)?;
+        bits += b;
+        if i + 1 < path.len() {
+            cur = as_struct(btf, ty)?;
+        }
+    }
+    (bits % 8 == 0).then_some(bits / 8)
+}
+
+/// Resolves every offset the kernel programs use.
+pub fn resolve(path: &Path) -> Result<Resolved, BtfError> {
+    let btf = Btf::from_file(path).map_err(|e| BtfError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    resolve_from(&btf)
+}
+
+pub fn resolve_from(btf: &Btf) -> Result<Resolved, BtfError> {
+    if btf.resolve_types_by_name("sock").is_err() {
+        return Err(BtfError::NoStruct("sock"));
+    }
+    let mut missing = Vec::new();
+    let mut get = |name: &'static str, root: &str, path: &[&str]| {
+        offset_of(btf, root, path).unwrap_or_else(|| {
+            missing.push(name);
+            OFFSET_UNKNOWN
+        })
+    };
+    let common = |f: &'static str| ["__sk_common", f];
+    let offsets = SockOffsets {
+        skc_family: get("skc_family", "sock", &common("skc_family")),
+        skc_num: get("skc_num", "sock", &common("skc_num")),
+        skc_dport: get("skc_dport", "sock", &common("skc_dport")),
+        skc_rcv_saddr: get("skc_rcv_saddr", "sock", &common("skc_rcv_saddr")),
+        skc_daddr: get("skc_daddr", "sock", &common("skc_daddr")),
+        skc_v6_rcv_saddr: get("skc_v6_rcv_saddr", "sock", &common("skc_v6_rcv_saddr")),
+        skc_v6_daddr: get("skc_v6_daddr", "sock", &common("skc_v6_daddr")),
+        skc_flags: get("skc_flags", "sock", &common("skc_flags")),
+        sk_protocol: get("sk_protocol", "sock", &["sk_protocol"]),
+        sk_err: get("sk_err", "sock", &["sk_err"]),
+        // struct tcp_sock begins with its struct sock, so these are offsets from the socket too.
+        snd_una: get("snd_una", "tcp_sock", &["snd_una"]),
+        snd_nxt: get("snd_nxt", "tcp_sock", &["snd_nxt"]),
+        rcv_nxt: get("rcv_nxt", "tcp_sock", &["rcv_nxt"]),
+        write_seq: get("write_seq", "tcp_sock", &["write_seq"]),
+    };
+    let skc_state = get("skc_state", "sock", &common("skc_state"));
+    Ok(Resolved {
+        offsets,
+        skc_state,
+        missing,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads the running kernel's BTF; kernels without it skip (nothing to check against).
+    #[test]
+    fn resolves_the_running_kernels_sock_layout() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("skipped: this kernel has no BTF at {VMLINUX_BTF}");
+            return;
+        }
+        let r = resolve(path).unwrap();
+        assert!(r.missing.is_empty(), "unresolved: {:?}", r.missing);
+        let o = r.offsets;
+        // sock_common comes first in struct sock, so its fields are at small offsets, and the
+        // TCP sequence fields lie far beyond it, within a few KiB.
+        assert!(o.skc_family < 64 && o.skc_num < 64 && o.skc_dport < 64);
+        assert!(o.snd_una > o.sk_err && o.snd_una < 8192);
+        assert!(o.rcv_nxt != o.snd_nxt && o.snd_una != o.write_seq);
+        assert!(r.has_seq());
+    }
+}

@@ -1,0 +1,261 @@
+//! The kernel side, seen from the agent: checks the host can run the programs, loads the
+//! embedded eBPF object, resolves kernel facts (BTF offsets, tracepoint layout), attaches, and
+//! streams ring-buffer records.
+
+pub mod btf;
+mod preflight;
+mod stream;
+pub mod tracefs;
+
+use std::path::Path;
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use teardown_common::{SockOffsets, TracepointOffsets, OFFSET_UNKNOWN};
+
+pub use preflight::{check_kernel_version, check_privileges};
+pub use stream::EventStream;
+
+/// The compiled kernel programs, embedded at build time by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/teardown"));
+
+/// Which hook carries the state changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    /// The BTF raw tracepoint when the kernel has BTF, else the classic tracepoint.
+    Auto,
+    /// `tp_btf/inet_sock_set_state`: needs kernel BTF; gives sequence numbers and flags.
+    Btf,
+    /// `tracepoint/sock/inet_sock_set_state`: needs tracefs; state changes and 4-tuples only.
+    Tracepoint,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Preflight(#[from] preflight::PreflightError),
+    #[error("--hook btf needs kernel BTF, and {path} is not readable; use --hook tracepoint, or a kernel built with CONFIG_DEBUG_INFO_BTF=y", path = btf::VMLINUX_BTF)]
+    NoBtf,
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error(
+        "the eBPF object has no program or map named {0} (a build mismatch: rebuild teardown)"
+    )]
+    Missing(&'static str),
+    #[error("{what} failed: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot poll the ring buffer (is this running inside a tokio runtime?): {0}")]
+    Stream(std::io::Error),
+    #[error("reading the map {name} failed: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Options of the kernel side.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeConfig {
+    pub hook: Hook,
+    /// Ring buffer size in bytes (a power of two, a multiple of the page size).
+    pub ring_bytes: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            hook: Hook::Auto,
+            ring_bytes: 16 << 20,
+        }
+    }
+}
+
+/// What the loaded probe can see, for the user and for the output.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Capabilities {
+    /// "btf" or "tracepoint".
+    pub hook: &'static str,
+    /// Sequence numbers and socket flags are read at each event.
+    pub seq: bool,
+    /// Retransmissions and resets are traced.
+    pub retransmits_and_resets: bool,
+    /// Things the user should know (fallbacks, missing fields), in plain words.
+    pub notes: Vec<String>,
+}
+
+/// The loaded and attached kernel programs.
+pub struct Probe {
+    ebpf: Ebpf,
+    lost: PerCpuArray<MapData, u64>,
+    pub caps: Capabilities,
+}
+
+impl Probe {
+    /// Checks the host, loads and attaches. Errors say what to do.
+    pub fn load(cfg: ProbeConfig) -> Result<Probe, KernelError> {
+        preflight::check_kernel_version()?;
+        preflight::check_privileges()?;
+        preflight::raise_memlock_limit();
+
+        let btf_path = Path::new(btf::VMLINUX_BTF);
+        let have_btf = btf_path.exists();
+        let use_btf = match cfg.hook {
+            Hook::Btf if !have_btf => return Err(KernelError::NoBtf),
+            Hook::Btf => true,
+            Hook::Tracepoint => false,
+            Hook::Auto => have_btf,
+        };
+        let mut caps = Capabilities::default();
+        if !have_btf {
+            caps.notes.push(format!(
+                "this kernel has no BTF ({}): using the classic tracepoint; events carry no \
+                 sequence numbers or socket flags, and retransmissions and resets are not traced",
+                btf::VMLINUX_BTF
+            ));
+        }
+
+        let (sock_offsets, skc_state) = if have_btf {
+            let r = btf::resolve(btf_path)?;
+            if !r.missing.is_empty() {
+                caps.notes.push(format!(
+                    "fields not found in this kernel's BTF: {}; events carry no {} data",
+                    r.missing.join(", "),
+                    if r.has_seq() {
+                        "socket flag"
+                    } else {
+                        "sequence"
+                    }
+                ));
+            }
+            caps.seq = r.has_seq();
+            (r.offsets, r.skc_state)
+        } else {
+            (SockOffsets::UNKNOWN, OFFSET_UNKNOWN)
+        };
+        let tp_offsets = if use_btf {
+            TracepointOffsets::UNKNOWN
+        } else {
+            tracefs::ensure_mounted()?;
+            tracefs::tracepoint_offsets()?
+        };
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SOCK_OFFSETS", &sock_offsets, true)
+            .override_global("TP_OFFSETS", &tp_offsets, true)
+            .override_global("SKC_STATE_OFFSET", &skc_state, true)
+            .map_max_entries("EVENTS", cfg.ring_bytes)
+            .load(EBPF_OBJECT)?;
+
+        if use_btf {
+            let kbtf = aya::Btf::from_sys_fs().map_err(|_| KernelError::NoBtf)?;
+            attach_btf(
+                &mut ebpf,
+                "inet_sock_set_state_btf",
+                "inet_sock_set_state",
+                &kbtf,
+            )?;
+            caps.hook = "btf";
+            let mut all = true;
+            for (prog, tp) in [
+                ("tcp_retransmit_skb_btf", "tcp_retransmit_skb"),
+                ("tcp_send_reset_btf", "tcp_send_reset"),
+                ("tcp_receive_reset_btf", "tcp_receive_reset"),
+            ] {
+                if let Err(e) = attach_btf(&mut ebpf, prog, tp, &kbtf) {
+                    all = false;
+                    caps.notes.push(format!("{tp} is not traced: {e}"));
+                }
+            }
+            caps.retransmits_and_resets = all;
+        } else {
+            let prog: &mut TracePoint = program(&mut ebpf, "inet_sock_set_state_tp")?;
+            prog.load().map_err(|source| KernelError::Program {
+                what: "loading the tracepoint program".into(),
+                source,
+            })?;
+            prog.attach("sock", "inet_sock_set_state")
+                .map_err(|source| KernelError::Program {
+                    what: "attaching to tracepoint sock:inet_sock_set_state".into(),
+                    source,
+                })?;
+            caps.hook = "tracepoint";
+            if have_btf {
+                caps.notes.push(
+                    "classic tracepoint chosen: retransmissions and resets are not traced".into(),
+                );
+            }
+        }
+
+        let lost_map = ebpf.take_map("LOST").ok_or(KernelError::Missing("LOST"))?;
+        let lost = PerCpuArray::try_from(lost_map).map_err(|source| KernelError::Map {
+            name: "LOST",
+            source,
+        })?;
+        Ok(Probe { ebpf, lost, caps })
+    }
+
+    /// The ring buffer, as an async stream of records. Call once.
+    pub fn events(&mut self) -> Result<EventStream, KernelError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(KernelError::Missing("EVENTS"))?;
+        let ring = RingBuf::try_from(map).map_err(|source| KernelError::Map {
+            name: "EVENTS",
+            source,
+        })?;
+        EventStream::new(ring).map_err(KernelError::Stream)
+    }
+
+    /// Events the kernel could not put in the ring buffer, summed over CPUs, since load.
+    pub fn lost(&self) -> Result<u64, KernelError> {
+        let per_cpu = self.lost.get(&0, 0).map_err(|source| KernelError::Map {
+            name: "LOST",
+            source,
+        })?;
+        Ok(per_cpu.iter().sum())
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, KernelError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or(KernelError::Missing(name))?;
+    p.try_into().map_err(|source| KernelError::Program {
+        what: format!("program {name}"),
+        source,
+    })
+}
+
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoint: &str,
+    btf: &aya::Btf,
+) -> Result<(), KernelError> {
+    let prog: &mut BtfTracePoint = program(ebpf, name)?;
+    prog.load(tracepoint, btf)
+        .map_err(|source| KernelError::Program {
+            what: format!("loading tp_btf/{tracepoint}"),
+            source,
+        })?;
+    prog.attach().map_err(|source| KernelError::Program {
+        what: format!("attaching tp_btf/{tracepoint}"),
+        source,
+    })?;
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! The agent's pipeline after decoding: events -> tracker -> validator -> sinks, with the
+//! user's filters and the running summary. Live tracing and replay both drive this, so a
+//! recording replays to the same output as the live trace that made it.
+
+use std::{collections::BTreeMap, fmt::Write as _, io, net::IpAddr};
+
+use serde::Serialize;
+
+use crate::{
+    event::Event,
+    sink::{Report, Sink},
+    tracker::{Connection, Finished, Tracker, TrackerConfig, TrackerStats},
+    validate,
+};
+
+/// Which connections to report. A connection matches when every given filter matches.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Local or remote port.
+    pub ports: Vec<u16>,
+    /// Local or remote address.
+    pub addrs: Vec<IpAddr>,
+    /// Owning process (from a process-context event).
+    pub pids: Vec<u32>,
+    /// Report listening sockets too.
+    pub listeners: bool,
+}
+
+impl Filter {
+    pub fn matches(&self, c: &Connection) -> bool {
+        if !self.listeners && c.is_listener() {
+            return false;
+        }
+        let port_ok = self.ports.is_empty()
+            || self
+                .ports
+                .iter()
+                .any(|&p| p == c.local.port() || p == c.remote.port());
+        let addr_ok = self.addrs.is_empty()
+            || self
+                .addrs
+                .iter()
+                .any(|&a| a == c.local.ip() || a == c.remote.ip());
+        let pid_ok = self.pids.is_empty() || c.process.is_some_and(|t| self.pids.contains(&t.pid));
+        port_ok && addr_ok && pid_ok
+    }
+}
+
+/// What the trace saw, printed at the end and written as the last JSON line.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    /// Connections reported (after filters).
+    pub connections: u64,
+    /// Connections seen in all, reported or not.
+    pub connections_seen: u64,
+    /// Kernel events received.
+    pub events: u64,
+    /// Events the kernel could not deliver (ring buffer full). Never silent.
+    pub lost_events: u64,
+    /// Records that could not be decoded.
+    pub undecodable: u64,
+    /// Connections dropped from a full table.
+    pub evicted: u64,
+    /// Events of timewait sockets matching no traced connection.
+    pub unattached: u64,
+    /// Replay: bad lines skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_lines: Option<u64>,
+    pub by_variant: BTreeMap<&'static str, u64>,
+    pub by_finding: BTreeMap<&'static str, u64>,
+    pub conforming: u64,
+    pub deviating: u64,
+    pub incomplete: u64,
+}
+
+impl Summary {
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "summary: {} connections reported ({} seen), {} events, {} lost events{}",
+            self.connections,
+            self.connections_seen,
+            self.events,
+            self.lost_events,
+            if self.lost_events > 0 {
+                " (ring buffer full: raise --ring-size or narrow the filters)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  verdicts: {} conform, {} deviate, {} incomplete",
+            self.conforming, self.deviating, self.incomplete
+        );
+        if !self.by_variant.is_empty() {
+            let _ = writeln!(s, "  by variant:");
+            for (k, v) in &self.by_variant {
+                let _ = writeln!(s, "    {v:>8}  {k}");
+            }
+        }
+        if !self.by_finding.is_empty() {
+            let _ = writeln!(s, "  by finding:");
+            for (k, v) in &self.by_finding {
+                let _ = writeln!(s, "    {v:>8}  {k}");
+            }
+        }
+        if self.undecodable + self.evicted + self.unattached > 0 {
+            let _ = writeln!(
+                s,
+                "  also: {} undecodable records, {} connections evicted from a full table, {} unattached timewait events",
+                self.undecodable, self.evicted, self.unattached
+            );
+        }
+        if let Some(n) = self.skipped_lines {
+            let _ = writeln!(s, "  {n} bad lines skipped");
+        }
+        s.trim_end().to_owned()
+    }
+}
+
+pub struct Pipeline {
+    tracker: Tracker,
+    filter: Filter,
+    sinks: Vec<Box<dyn Sink + Send>>,
+    summary: Summary,
+    wall_offset_ns: i64,
+    /// The first sink error; the pipeline stops writing but keeps counting.
+    error: Option<io::Error>,
+}
+
+impl Pipeline {
+    pub fn new(
+        cfg: TrackerConfig,
+        filter: Filter,
+        sinks: Vec<Box<dyn Sink + Send>>,
+        wall_offset_ns: i64,
+    ) -> Pipeline {
+        Pipeline {
+            tracker: Tracker::new(cfg),
+            filter,
+            sinks,
+            summary: Summary::default(),
+            wall_offset_ns,
+            error: None,
+        }
+    }
+
+    pub fn on_event(&mut self, ev: Event) {
+        let mut done = Vec::new();
+        self.tracker.on_event(ev, &mut |f| done.push(f));
+        self.report_all(done);
+    }
+
+    pub fn on_undecodable(&mut self) {
+        self.summary.undecodable += 1;
+    }
+
+    /// The kernel's loss counter reads `total`.
+    pub fn on_lost(&mut self, total: u64) {
+        self.summary.lost_events = self.summary.lost_events.max(total);
+        self.tracker.on_lost(total);
+    }
+
+    /// Monotonic time moved on to `now_ns` with no event: hand on settled connections.
+    pub fn tick(&mut self, now_ns: u64) {
+        let mut done = Vec::new();
+        self.tracker.tick(now_ns, &mut |f| done.push(f));
+        self.report_all(done);
+    }
+
+    pub fn set_skipped_lines(&mut self, n: u64) {
+        self.summary.skipped_lines = Some(n);
+    }
+
+    /// A sink failed (e.g. the output pipe closed); the trace should stop.
+    pub fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Ends the trace: connections still open are reported, the summary is written, sinks are
+    /// flushed. Returns the summary, or the first output error.
+    pub fn finish(mut self) -> Result<Summary, io::Error> {
+        let mut done = Vec::new();
+        self.tracker.finish(&mut |f| done.push(f));
+        self.report_all(done);
+        let TrackerStats {
+            events,
+            connections,
+            evicted,
+            unattached,
+        } = self.tracker.stats();
+        self.summary.events = events;
+        self.summary.connections_seen = connections;
+        self.summary.evicted = evicted;
+        self.summary.unattached = unattached;
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        for s in &mut self.sinks {
+            s.finish(&self.summary)?;
+        }
+        Ok(self.summary)
+    }
+
+    fn report_all(&mut self, done: Vec<Finished>) {
+        for f in done {
+            self.report(&f);
+        }
+    }
+
+    fn report(&mut self, f: &Finished) {
+        if !self.filter.matches(&f.conn) {
+            return;
+        }
+        let verdict = validate::judge(&f.conn, f.peer.as_ref());
+        self.summary.connections += 1;
+        *self
+            .summary
+            .by_variant
+            .entry(verdict.variant.name())
+            .or_default() += 1;
+        for finding in &verdict.findings {
+            *self.summary.by_finding.entry(finding.code).or_default() += 1;
+        }
+        if verdict.incomplete.is_some() {
+            self.summary.incomplete += 1;
+        } else if verdict.conforms {
+            self.summary.conforming += 1;
+        } else {
+            self.summary.deviating += 1;
+        }
+        if self.error.is_some() {
+            return;
+        }
+        let report = Report {
+            conn: &f.conn,
+            peer_id: f.peer.as_ref().map(|p| p.id),
+            verdict: &verdict,
+            wall_offset_ns: self.wall_offset_ns,
+        };
+        for s in &mut self.sinks {
+            if let Err(e) = s.connection(&report) {
+                self.error = Some(e);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The documented close sequence and the TCP state diagram, written as data, and the one
+//! transition function that folds a connection's events into a [`Trace`].
+//!
+//! Read this file top-down to read the model:
+//! 1. [`STEPS`]: the four documented waves (teardown-sequence.md, section 1);
+//! 2. [`TRANSITIONS`]: every legal state change (RFC 9293's diagram plus the Linux facts of
+//!    section 3), each with the [`Meaning`] it carries for the close;
+//! 3. [`Trace::apply`]: the transition function.
+//!
+//! What a `-> CLOSE` means (TIME_WAIT, a timewait socket, a RST, a timeout) is decided from the
+//! socket's flags and error by the classification in `verdict.rs`: the state names alone are the
+//! same for many teardowns (fact 10).
+
+use serde::Serialize;
+
+use crate::event::{Event, EventKind, TcpState};
+
+/// The four documented steps ("waves") of the close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    /// Active closer sends FIN, seq=U.
+    FirstWave = 1,
+    /// Passive closer ACKs it: seq=V, ack=U+1.
+    SecondWave = 2,
+    /// Passive closer sends its own FIN,ACK: seq=W, ack=U+1.
+    ThirdWave = 3,
+    /// Active closer ACKs that: seq=U+1, ack=W+1, then waits in TIME_WAIT.
+    FourthWave = 4,
+}
+
+impl Step {
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    pub fn spec(self) -> &'static StepSpec {
+        &STEPS[usize::from(self.number() - 1)]
+    }
+}
+
+/// The two ends, as the document names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DocSide {
+    /// Closes first (the document's "client").
+    Active,
+    /// Closes second (the document's "server").
+    Passive,
+}
+
+impl DocSide {
+    pub fn other(self) -> DocSide {
+        match self {
+            DocSide::Active => DocSide::Passive,
+            DocSide::Passive => DocSide::Active,
+        }
+    }
+}
+
+/// A sequence-number expression of the documented table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Expr {
+    U,
+    UPlus1,
+    V,
+    W,
+    WPlus1,
+}
+
+impl Expr {
+    pub fn label(self) -> &'static str {
+        match self {
+            Expr::U => "U",
+            Expr::UPlus1 => "U+1",
+            Expr::V => "V",
+            Expr::W => "W",
+            Expr::WPlus1 => "W+1",
+        }
+    }
+
+    /// Its value given U, V and W (wrapping 32-bit arithmetic).
+    pub fn eval(self, u: Option<u32>, v: Option<u32>, w: Option<u32>) -> Option<u32> {
+        match self {
+            Expr::U => u,
+            Expr::UPlus1 => u.map(|u| u.wrapping_add(1)),
+            Expr::V => v,
+            Expr::W => w,
+            Expr::WPlus1 => w.map(|w| w.wrapping_add(1)),
+        }
+    }
+}
+
+/// One row of the documented table.
+#[derive(Clone, Copy, Debug)]
+pub struct StepSpec {
+    pub step: Step,
+    pub segment: &'static str,
+    pub sender: DocSide,
+    pub seq: Expr,
+    pub ack: Option<Expr>,
+    pub sender_after: TcpState,
+    pub receiver_after: TcpState,
+    pub text: &'static str,
+}
+
+/// The documented sequence (teardown-sequence.md, section 1).
+pub const STEPS: [StepSpec; 4] = [
+    StepSpec {
+        step: Step::FirstWave,
+        segment: "FIN",
+        sender: DocSide::Active,
+        seq: Expr::U,
+        ack: None,
+        sender_after: TcpState::FinWait1,
+        receiver_after: TcpState::CloseWait,
+        text: "the active closer sends its FIN",
+    },
+    StepSpec {
+        step: Step::SecondWave,
+        segment: "ACK",
+        sender: DocSide::Passive,
+        seq: Expr::V,
+        ack: Some(Expr::UPlus1),
+        sender_after: TcpState::CloseWait,
+        receiver_after: TcpState::FinWait2,
+        text: "the passive closer ACKs that FIN",
+    },
+    StepSpec {
+        step: Step::ThirdWave,
+        segment: "FIN,ACK",
+        sender: DocSide::Passive,
+        seq: Expr::W,
+        ack: Some(Expr::UPlus1),
+        sender_after: TcpState::LastAck,
+        receiver_after: TcpState::TimeWait,
+        text: "the passive closer sends its own FIN",
+    },
+    StepSpec {
+        step: Step::FourthWave,
+        segment: "ACK",
+        sender: DocSide::Active,
+        seq: Expr::UPlus1,
+        ack: Some(Expr::WPlus1),
+        sender_after: TcpState::TimeWait,
+        receiver_after: TcpState::Close,
+        text: "the active closer ACKs the passive closer's FIN",
+    },
+];
+
+/// What a legal transition means for the connection's life and close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Meaning {
+    /// CLOSE -> SYN_SENT (connect()) or LISTEN -> SYN_SENT (RFC 9293).
+    Connect,
+    /// CLOSE -> LISTEN: listen().
+    Listen,
+    /// LISTEN -> SYN_RECV: the child socket of an incoming SYN.
+    SynReceived,
+    /// SYN_SENT -> SYN_RECV: simultaneous open.
+    SimultaneousOpen,
+    /// SYN_SENT / SYN_RECV -> ESTABLISHED.
+    Established,
+    /// SYN_SENT / SYN_RECV -> CLOSE (or SYN_RECV -> LISTEN): refused, timed out or aborted.
+    HandshakeFailed,
+    /// LISTEN -> CLOSE.
+    ListenerClosed,
+    /// ESTABLISHED -> FIN_WAIT1: we send step 1 (we are the active closer).
+    SendFin,
+    /// ESTABLISHED -> CLOSE_WAIT: step 1 arrived (we are the passive closer).
+    ReceiveFin,
+    /// FIN_WAIT1 -> FIN_WAIT2: step 2 arrived, our FIN is ACKed.
+    FinAcked,
+    /// FIN_WAIT1 -> CLOSING: the peer's FIN crossed ours (simultaneous close).
+    SimultaneousFin,
+    /// FIN_WAIT2 -> FIN_WAIT2: a shut-down socket was closed and orphaned (fact 9).
+    Orphaned,
+    /// CLOSE_WAIT -> LAST_ACK: we send step 3.
+    SendThirdWave,
+    /// FIN_WAIT1 / FIN_WAIT2 -> TIME_WAIT, on Linux -> CLOSE (fact 1): step 3 arrived, we send
+    /// step 4 — or the socket became a FIN_WAIT2 timewait socket, or it was reset or gave up.
+    TimeWaitEntry,
+    /// CLOSING -> TIME_WAIT, on Linux -> CLOSE: our FIN is ACKed after a simultaneous close.
+    ClosingAcked,
+    /// LAST_ACK -> CLOSE: step 4 arrived — or the socket was reset or gave up.
+    FinalAck,
+    /// TIME_WAIT -> CLOSE (RFC 9293; Linux never shows it on the full socket).
+    TimeWaitEnd,
+    /// ESTABLISHED / CLOSE_WAIT -> CLOSE: abortive close (RST sent or received, or an error).
+    Abort,
+}
+
+/// A legal transition and what it means.
+#[derive(Clone, Copy, Debug)]
+pub struct Rule {
+    pub from: TcpState,
+    pub to: TcpState,
+    pub meaning: Meaning,
+    /// The documented step this transition records, when it records one.
+    pub step: Option<Step>,
+    pub why: &'static str,
+}
+
+const fn rule(
+    from: TcpState,
+    to: TcpState,
+    meaning: Meaning,
+    step: Option<Step>,
+    why: &'static str,
+) -> Rule {
+    Rule {
+        from,
+        to,
+        meaning,
+        step,
+        why,
+    }
+}
+
+use Meaning as M;
+use Step as S;
+use TcpState::*;
+
+/// Every legal transition: RFC 9293's diagram (section 3.3.2) with Linux's additions (facts 1
+/// and 9 of teardown-sequence.md). Anything else is an illegal transition.
+pub const TRANSITIONS: &[Rule] = &[
+    // Opening.
+    rule(Close, SynSent, M::Connect, None, "connect()"),
+    rule(Listen, SynSent, M::Connect, None, "RFC 9293: send from LISTEN"),
+    rule(Close, Listen, M::Listen, None, "listen()"),
+    rule(Listen, SynRecv, M::SynReceived, None, "a SYN arrived: child socket"),
+    rule(SynSent, SynRecv, M::SimultaneousOpen, None, "simultaneous open"),
+    rule(SynSent, Established, M::Established, None, "SYN,ACK received"),
+    rule(SynRecv, Established, M::Established, None, "handshake ACK received"),
+    rule(SynSent, Close, M::HandshakeFailed, None, "handshake failed or connect() aborted"),
+    rule(SynRecv, Close, M::HandshakeFailed, None, "handshake failed"),
+    rule(SynRecv, Listen, M::HandshakeFailed, None, "RFC 9293: RST in SYN-RECEIVED"),
+    rule(Listen, Close, M::ListenerClosed, None, "listener closed"),
+    // The documented close.
+    rule(Established, FinWait1, M::SendFin, Some(S::FirstWave), "close()/shutdown(): our FIN"),
+    rule(SynRecv, FinWait1, M::SendFin, Some(S::FirstWave), "RFC 9293: close in SYN-RECEIVED"),
+    rule(Established, CloseWait, M::ReceiveFin, Some(S::FirstWave), "the peer's FIN arrived"),
+    rule(SynRecv, CloseWait, M::ReceiveFin, Some(S::FirstWave), "Linux: FIN in SYN_RECV"),
+    rule(FinWait1, FinWait2, M::FinAcked, Some(S::SecondWave), "our FIN is ACKed"),
+    rule(FinWait1, Closing, M::SimultaneousFin, Some(S::ThirdWave), "the FINs crossed"),
+    rule(FinWait1, TimeWait, M::TimeWaitEntry, Some(S::ThirdWave), "RFC 9293: FIN,ACK in FIN-WAIT-1"),
+    rule(FinWait1, Close, M::TimeWaitEntry, Some(S::ThirdWave), "Linux: TIME_WAIT entry, or abort (fact 1)"),
+    rule(FinWait2, FinWait2, M::Orphaned, None, "Linux: closed after shutdown (fact 9)"),
+    rule(FinWait2, TimeWait, M::TimeWaitEntry, Some(S::ThirdWave), "RFC 9293: the peer's FIN"),
+    rule(FinWait2, Close, M::TimeWaitEntry, Some(S::ThirdWave), "Linux: TIME_WAIT or timewait socket (facts 1-3)"),
+    rule(Closing, TimeWait, M::ClosingAcked, Some(S::SecondWave), "RFC 9293: our FIN is ACKed"),
+    rule(Closing, Close, M::ClosingAcked, Some(S::SecondWave), "Linux: TIME_WAIT entry (fact 1)"),
+    rule(CloseWait, LastAck, M::SendThirdWave, Some(S::ThirdWave), "close(): our FIN"),
+    rule(LastAck, Close, M::FinalAck, Some(S::FourthWave), "the final ACK arrived"),
+    rule(TimeWait, Close, M::TimeWaitEnd, None, "2MSL elapsed"),
+    // Abortive closes (RFC 9293: a RST or an abort from any synchronized state).
+    rule(Established, Close, M::Abort, None, "abort: RST or error"),
+    rule(CloseWait, Close, M::Abort, None, "abort: RST or error"),
+];
+
+/// The rule of a transition, `None` when it is illegal.
+pub fn rule_of(from: TcpState, to: TcpState) -> Option<&'static Rule> {
+    TRANSITIONS.iter().find(|r| r.from == from && r.to == to)
+}
+
+/// Time spent in one state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct StateTime {
+    pub state: TcpState,
+    /// Nanoseconds, summed over every stay.
+    pub ns: u64,
+}
+
+/// The judgement state: a connection's events folded by [`Trace::apply`].
+#[derive(Clone, Debug, Default)]
+pub struct Trace<'a> {
+    /// State after the last state change.
+    pub state: Option<TcpState>,
+    /// The `old` state of the first state change: where the record begins.
+    pub first_state: Option<TcpState>,
+    /// When the current state was entered (unknown for the record's first state).
+    entered_at: Option<u64>,
+    /// Time spent in closing states, in order of first entry.
+    pub times: Vec<StateTime>,
+    /// Legal transitions seen, with their meaning.
+    pub marks: Vec<(Meaning, &'a Event)>,
+    /// Transitions not in [`TRANSITIONS`].
+    pub illegal: Vec<&'a Event>,
+    /// Transitions whose `old` is not the state the socket was in: (state it was in, event).
+    pub gaps: Vec<(TcpState, &'a Event)>,
+    pub retransmits: Vec<&'a Event>,
+    /// RSTs sent by this socket.
+    pub resets_sent: Vec<&'a Event>,
+    /// RSTs sent by this connection's timewait socket (after the full socket's close).
+    pub timewait_resets: Vec<&'a Event>,
+    pub resets_received: Vec<&'a Event>,
+    /// The last `-> CLOSE` transition.
+    pub close: Option<&'a Event>,
+    pub established: bool,
+}
+
+impl<'a> Trace<'a> {
+    /// Folds events, in order.
+    pub fn of(events: &'a [Event]) -> Trace<'a> {
+        let mut t = Trace::default();
+        for ev in events {
+            t.apply(ev);
+        }
+        t
+    }
+
+    /// THE transition function: one event into the judgement state.
+    pub fn apply(&mut self, ev: &'a Event) {
+        match ev.kind {
+            EventKind::State { old, new } => {
+                match self.state {
+                    None => self.first_state = Some(old),
+                    Some(cur) if cur != old => {
+                        self.gaps.push((cur, ev));
+                        self.entered_at = None;
+                    }
+                    Some(_) => {}
+                }
+                if let Some(t0) = self.entered_at {
+                    self.spend(old, ev.ts_ns.saturating_sub(t0));
+                }
+                match rule_of(old, new) {
+                    Some(r) => self.marks.push((r.meaning, ev)),
+                    None => self.illegal.push(ev),
+                }
+                if new == Established || old == Established {
+                    self.established = true;
+                }
+                if new == Close {
+                    self.close = Some(ev);
+                }
+                self.state = Some(new);
+                self.entered_at = Some(ev.ts_ns);
+            }
+            EventKind::Retransmit { .. } => self.retransmits.push(ev),
+            EventKind::ResetSent { state: TimeWait } => self.timewait_resets.push(ev),
+            EventKind::ResetSent { .. } => self.resets_sent.push(ev),
+            EventKind::ResetReceived { .. } => self.resets_received.push(ev),
+        }
+    }
+
+    fn spend(&mut self, state: TcpState, ns: u64) {
+        if !state.is_closing() {
+            return;
+        }
+        match self.times.iter_mut().find(|t| t.state == state) {
+            Some(t) => t.ns = t.ns.saturating_add(ns),
+            None => self.times.push(StateTime { state, ns }),
+        }
+    }
+
+    /// The first transition with this meaning.
+    pub fn mark(&self, m: Meaning) -> Option<&'a Event> {
+        self.marks.iter().find(|(mm, _)| *mm == m).map(|(_, e)| *e)
+    }
+
+    /// The last transition with this meaning.
+    pub fn last_mark(&self, m: Meaning) -> Option<&'a Event> {
+        self.marks.iter().rev().find(|(mm, _)| *mm == m).map(|(_, e)| *e)
+    }
+
+    pub fn has(&self, m: Meaning) -> bool {
+        self.mark(m).is_some()
+    }
+
+    /// The state the socket left at its `-> CLOSE`.
+    pub fn close_from(&self) -> Option<TcpState> {
+        match self.close?.kind {
+            EventKind::State { old, .. } => Some(old),
+            _ => None,
+        }
+    }
+
+    /// Time spent in `state`, when a full stay was seen.
+    pub fn time_in(&self, state: TcpState) -> Option<u64> {
+        self.times.iter().find(|t| t.state == state).map(|t| t.ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_table_is_in_order() {
+        for (i, s) in STEPS.iter().enumerate() {
+            assert_eq!(usize::from(s.step.number()), i + 1);
+            assert_eq!(s.step.spec().step, s.step);
+        }
+    }
+
+    #[test]
+    fn transitions_are_unique_and_documented_steps_are_legal() {
+        for (i, a) in TRANSITIONS.iter().enumerate() {
+            for b in &TRANSITIONS[i + 1..] {
+                assert!(!(a.from == b.from && a.to == b.to), "{:?} twice", (a.from, a.to));
+            }
+        }
+        // The document's path on both ends.
+        for (f, t) in [
+            (Established, FinWait1),
+            (FinWait1, FinWait2),
+            (FinWait2, Close),
+            (Established, CloseWait),
+            (CloseWait, LastAck),
+            (LastAck, Close),
+            (FinWait2, FinWait2),
+        ] {
+            assert!(rule_of(f, t).is_some(), "{f} -> {t}");
+        }
+        assert!(rule_of(Established, LastAck).is_none());
+        assert!(rule_of(CloseWait, FinWait1).is_none());
+    }
+}

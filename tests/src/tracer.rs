@@ -1,0 +1,148 @@
+//! The real tracer, attached for the length of a test: the embedded eBPF programs are loaded
+//! exactly as `teardown trace` loads them, and every event is kept for the test to inspect.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread,
+    time::Duration,
+};
+
+use teardown::{
+    event::Event,
+    kernel::{Capabilities, Probe, ProbeConfig},
+    tracker::{Finished, Tracker, TrackerConfig},
+    validate::{self, Verdict},
+};
+
+pub struct Tracer {
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<Result<(Vec<Event>, u64), String>>>,
+    pub caps: Capabilities,
+}
+
+/// One traced connection with its verdict.
+#[derive(Debug)]
+pub struct Traced {
+    pub finished: Finished,
+    pub verdict: Verdict,
+}
+
+impl Traced {
+    /// The states, as `OLD->NEW` strings, and non-state events as `retransmit@STATE` and so on.
+    pub fn steps(&self) -> Vec<String> {
+        use teardown::event::EventKind::*;
+        self.finished
+            .conn
+            .events
+            .iter()
+            .map(|e| match e.kind {
+                State { old, new } => format!("{old}->{new}"),
+                Retransmit { state } => format!("retransmit@{state}"),
+                ResetSent { state } => format!("rst_sent@{state}"),
+                ResetReceived { state } => format!("rst_received@{state}"),
+            })
+            .collect()
+    }
+}
+
+impl Tracer {
+    /// Loads and attaches; returns once events are flowing.
+    pub fn start() -> Tracer {
+        Tracer::start_with(ProbeConfig::default())
+    }
+
+    pub fn start_with(cfg: ProbeConfig) -> Tracer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stop2 = stop.clone();
+        let handle = thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let mut probe = match Probe::load(cfg) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{e}")));
+                        return Err(format!("{e}"));
+                    }
+                };
+                let mut stream = probe.events().map_err(|e| e.to_string())?;
+                let _ = ready_tx.send(Ok(probe.caps.clone()));
+                let mut events = Vec::new();
+                let mut push = |b: &[u8]| {
+                    if let Ok(e) = Event::decode(b) {
+                        events.push(e);
+                    }
+                };
+                while !stop2.load(Ordering::Relaxed) {
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(20),
+                        stream.next_batch(4096, &mut push),
+                    )
+                    .await;
+                }
+                stream.drain_now(&mut push);
+                let lost = probe.lost().map_err(|e| e.to_string())?;
+                Ok((events, lost))
+            })
+        });
+        let caps = match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(caps)) => caps,
+            Ok(Err(e)) => panic!("the tracer could not start: {e}"),
+            Err(e) => panic!("the tracer did not start in 30 s: {e}"),
+        };
+        Tracer {
+            stop,
+            handle: Some(handle),
+            caps,
+        }
+    }
+
+    /// Stops tracing and returns the raw events and the lost-event count.
+    pub fn stop(mut self) -> (Vec<Event>, u64) {
+        // Let the last softirq-side transitions land.
+        thread::sleep(Duration::from_millis(100));
+        self.stop.store(true, Ordering::Relaxed);
+        let h = self.handle.take();
+        match h.map(|h| h.join()) {
+            Some(Ok(Ok(r))) => r,
+            Some(Ok(Err(e))) => panic!("tracer failed: {e}"),
+            Some(Err(_)) => panic!("tracer thread panicked"),
+            None => (Vec::new(), 0),
+        }
+    }
+
+    /// Stops, groups the events into connections and judges each; keeps those with `port` as
+    /// their local or remote port.
+    pub fn connections_on_port(self, port: u16) -> Vec<Traced> {
+        let (events, lost) = self.stop();
+        assert_eq!(lost, 0, "the kernel lost events during a small test");
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        for e in events {
+            tracker.on_event(e, &mut |f| out.push(f));
+        }
+        tracker.finish(&mut |f| out.push(f));
+        out.into_iter()
+            .filter(|f| {
+                !f.conn.is_listener()
+                    && (f.conn.local.port() == port || f.conn.remote.port() == port)
+            })
+            .map(|finished| {
+                let verdict = validate::judge(&finished.conn, finished.peer.as_ref());
+                Traced { finished, verdict }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,257 @@
+//! The foundation's kernel tests: real loopback connections over IPv4 and IPv6, traced by the
+//! real eBPF programs, asserting the exact state sequence of both ends and the verdict.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use socket2::SockRef;
+use teardown_integration_tests::{
+    kernel,
+    tracer::{Traced, Tracer},
+};
+
+const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+/// A listener on `ip`, a connected client, and the accepted server end.
+fn pair(ip: IpAddr) -> (TcpStream, TcpStream, u16) {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect(SocketAddr::new(ip, port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    for s in [&client, &server] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    (client, server, port)
+}
+
+/// Splits the traced connections on `port` into (client end, server end).
+fn ends(mut traced: Vec<Traced>, port: u16) -> (Traced, Traced) {
+    assert_eq!(
+        traced.len(),
+        2,
+        "expected exactly the two ends, got {:#?}",
+        traced.iter().map(|t| t.steps()).collect::<Vec<_>>()
+    );
+    traced.sort_by_key(|t| t.finished.conn.local.port() == port);
+    let server = traced.pop().unwrap();
+    let client = traced.pop().unwrap();
+    assert_eq!(server.finished.conn.local.port(), port);
+    assert_eq!(client.finished.conn.remote.port(), port);
+    (client, server)
+}
+
+fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).unwrap();
+    v
+}
+
+fn client_closes_first(ip: IpAddr) {
+    let tracer = Tracer::start();
+    let (mut client, mut server, port) = pair(ip);
+    client.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 5];
+    server.read_exact(&mut buf).unwrap();
+    drop(client);
+    assert!(read_to_eof(&mut server).is_empty());
+    drop(server);
+    let (c, s) = ends(tracer.connections_on_port(port), port);
+    assert_eq!(
+        c.steps(),
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE"
+        ]
+    );
+    assert_eq!(
+        s.steps(),
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "CLOSE_WAIT->LAST_ACK",
+            "LAST_ACK->CLOSE"
+        ]
+    );
+    // Both ends are on this host: they are paired by their mirrored 4-tuples.
+    assert_eq!(
+        c.finished.peer.as_ref().map(|p| p.sk),
+        Some(s.finished.conn.sk)
+    );
+    // The owner of each end is this test process (seen at connect() and at close()).
+    let me = std::process::id();
+    assert_eq!(c.finished.conn.process.map(|p| p.pid), Some(me));
+    assert_eq!(s.finished.conn.process.map(|p| p.pid), Some(me));
+}
+
+fn server_closes_first(ip: IpAddr) {
+    let tracer = Tracer::start();
+    let (mut client, server, port) = pair(ip);
+    drop(server);
+    assert!(read_to_eof(&mut client).is_empty());
+    drop(client);
+    let (c, s) = ends(tracer.connections_on_port(port), port);
+    assert_eq!(
+        c.steps(),
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "CLOSE_WAIT->LAST_ACK",
+            "LAST_ACK->CLOSE"
+        ]
+    );
+    assert_eq!(
+        s.steps(),
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE"
+        ]
+    );
+}
+
+/// The client shuts down its sending side; the server sends 4 more bytes from CLOSE_WAIT, then
+/// closes. The client reads them, and the server's FIN, in FIN_WAIT2.
+fn half_close_with_data(ip: IpAddr) {
+    let tracer = Tracer::start();
+    let (mut client, mut server, port) = pair(ip);
+    client.shutdown(Shutdown::Write).unwrap();
+    assert!(read_to_eof(&mut server).is_empty());
+    server.write_all(b"late").unwrap();
+    drop(server);
+    assert_eq!(read_to_eof(&mut client), b"late");
+    drop(client);
+    let (c, s) = ends(tracer.connections_on_port(port), port);
+    assert_eq!(
+        c.steps(),
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE"
+        ]
+    );
+    assert_eq!(
+        s.steps(),
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "CLOSE_WAIT->LAST_ACK",
+            "LAST_ACK->CLOSE"
+        ]
+    );
+    // W = V + 4: the server's FIN comes after the 4 bytes it sent while half-closed.
+    let sev = &s.finished.conn.events;
+    let v = sev[2].seq.unwrap().snd_nxt;
+    let w = sev[3].seq.unwrap().write_seq;
+    assert_eq!(w.wrapping_sub(v), 4);
+    // The client's socket saw the FIN (SOCK_DONE) before it closed: it entered TIME_WAIT.
+    let last = c.finished.conn.events.last().unwrap();
+    assert!(last.sock.unwrap().done());
+    assert_eq!(last.seq.unwrap().rcv_nxt, w.wrapping_add(1));
+}
+
+fn connection_refused(ip: IpAddr) {
+    // A port that nothing listens on: bound, then released.
+    let port = TcpListener::bind(SocketAddr::new(ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tracer = Tracer::start();
+    let err = TcpStream::connect(SocketAddr::new(ip, port)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let traced = tracer.connections_on_port(port);
+    assert_eq!(traced.len(), 1, "{traced:#?}");
+    let c = &traced[0];
+    assert_eq!(
+        c.steps(),
+        [
+            "CLOSE->SYN_SENT",
+            "rst_received@SYN_SENT",
+            "SYN_SENT->CLOSE"
+        ]
+    );
+    let last = c.finished.conn.events.last().unwrap();
+    assert_eq!(last.sock.unwrap().err, libc::ECONNREFUSED);
+}
+
+/// SO_LINGER with a zero timeout: close() sends a RST instead of a FIN.
+fn abort_with_linger_zero(ip: IpAddr) {
+    let tracer = Tracer::start();
+    let (client, mut server, port) = pair(ip);
+    SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    let mut buf = [0u8; 1];
+    let err = server.read(&mut buf).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    drop(server);
+    let (c, s) = ends(tracer.connections_on_port(port), port);
+    assert_eq!(
+        c.steps(),
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->CLOSE",
+            "rst_sent@CLOSE"
+        ]
+    );
+    assert_eq!(
+        s.steps(),
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "rst_received@ESTABLISHED",
+            "ESTABLISHED->CLOSE"
+        ]
+    );
+    let last = s.finished.conn.events.last().unwrap();
+    assert_eq!(last.sock.unwrap().err, libc::ECONNRESET);
+}
+
+macro_rules! both_families {
+    ($($name:ident),* $(,)?) => {
+        mod ipv4 {
+            $(
+                #[test]
+                fn $name() {
+                    if super::kernel::available(concat!("ipv4::", stringify!($name))) {
+                        super::$name(super::V4);
+                    }
+                }
+            )*
+        }
+        mod ipv6 {
+            $(
+                #[test]
+                fn $name() {
+                    if super::kernel::available(concat!("ipv6::", stringify!($name))) {
+                        super::$name(super::V6);
+                    }
+                }
+            )*
+        }
+    };
+}
+
+both_families!(
+    client_closes_first,
+    server_closes_first,
+    half_close_with_data,
+    connection_refused,
+    abort_with_linger_zero,
+);
