@@ -31,6 +31,10 @@ pub struct OutputArgs {
     /// Write to this file instead of standard output.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Text format: show each event's raw sequence fields (snd_una, snd_nxt, rcv_nxt,
+    /// write_seq) too.
+    #[arg(long)]
+    pub raw: bool,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -82,7 +86,7 @@ impl OutputArgs {
         };
         let out = BufWriter::with_capacity(64 * 1024, out);
         Ok(match self.format {
-            Format::Text => Box::new(TextSink::new(out)),
+            Format::Text => Box::new(TextSink::new(out, self.raw)),
             Format::Jsonl => Box::new(JsonlSink::new(out)),
         })
     }

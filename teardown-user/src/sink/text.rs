@@ -13,13 +13,16 @@ pub struct TextSink<W: Write> {
     out: W,
     /// Reused for the verdict's text, so a report costs no new buffer.
     buf: String,
+    /// Show raw sequence fields on each event line.
+    raw: bool,
 }
 
 impl<W: Write> TextSink<W> {
-    pub fn new(out: W) -> Self {
+    pub fn new(out: W, raw: bool) -> Self {
         TextSink {
             out,
             buf: String::new(),
+            raw,
         }
     }
 }
@@ -76,7 +79,7 @@ impl<W: Write> Sink for TextSink<W> {
                 EventKind::ResetReceived { state } => format!("RST received in {state}"),
             };
             let mut extra = String::new();
-            if let Some(s) = e.seq {
+            if let Some(s) = e.seq.filter(|_| self.raw) {
                 extra.push_str(&format!(
                     "  una={} nxt={} rcv={} wseq={}",
                     s.snd_una, s.snd_nxt, s.rcv_nxt, s.write_seq

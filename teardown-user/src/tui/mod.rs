@@ -1,1 +1,234 @@
-//! The live terminal view of `teardown top`.
+//! The live terminal view of `teardown top`, split as ratatui apps usually are:
+//!
+//! - [`app`]: the state ([`App`]): latest report, history, deviating teardowns, keys;
+//! - [`ui`]: drawing the state into a frame (testable with ratatui's `TestBackend`);
+//! - this module: the terminal (raw mode and alternate screen, restored on exit and on panic)
+//!   and the event loop, which drains the report and teardown channels and reads keys.
+//!
+//! It draws with plain characters and colours only, so it works over SSH in any terminal that
+//! `top` works in.
+
+pub mod app;
+pub mod ui;
+
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Duration;
+
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+
+pub use app::App;
+
+use crate::monitor::Report;
+
+/// What the collector thread sends to the view.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    Report(Box<Report>),
+    Error(String),
+}
+
+/// Errors of the terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum TuiError {
+    #[error("terminal: {0}")]
+    Terminal(#[from] std::io::Error),
+}
+
+/// How long the loop waits for a key before looking at the channels again.
+const TICK: Duration = Duration::from_millis(200);
+/// Teardown lines taken per tick at most (the rest wait for the next tick).
+const TEARDOWNS_PER_TICK: usize = 1000;
+
+/// Takes in whatever the channels hold now. Returns false once the report channel is closed.
+pub fn drain(app: &mut App, reports: &Receiver<Feed>, teardowns: Option<&Receiver<String>>) -> bool {
+    let mut open = true;
+    loop {
+        match reports.try_recv() {
+            Ok(Feed::Report(r)) => app.update(*r),
+            Ok(Feed::Error(e)) => app.poll_failed(e),
+            Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Disconnected) => {
+                open = false;
+                break;
+            }
+        }
+    }
+    if let Some(rx) = teardowns {
+        for _ in 0..TEARDOWNS_PER_TICK {
+            match rx.try_recv() {
+                Ok(line) => app.push_teardown(line),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    if app.tracer_attached {
+                        app.set_tracer(false, Some("the eBPF tracer stopped".into()));
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    open
+}
+
+/// Runs the view until `q`. The terminal is restored when this returns, and by a panic hook if
+/// anything panics meanwhile.
+pub fn run(
+    app: &mut App,
+    reports: Receiver<Feed>,
+    teardowns: Option<Receiver<String>>,
+) -> Result<(), TuiError> {
+    let mut terminal = ratatui::try_init()?;
+    let result = event_loop(&mut terminal, app, &reports, teardowns.as_ref());
+    ratatui::restore();
+    result
+}
+
+fn event_loop(
+    terminal: &mut ratatui::DefaultTerminal,
+    app: &mut App,
+    reports: &Receiver<Feed>,
+    teardowns: Option<&Receiver<String>>,
+) -> Result<(), TuiError> {
+    while !app.should_quit {
+        if !drain(app, reports, teardowns) && app.error.is_none() {
+            app.poll_failed("the sock_diag collector stopped".into());
+        }
+        terminal.draw(|f| ui::draw(f, app))?;
+        if event::poll(TICK)? {
+            if let Event::Key(k) = event::read()? {
+                if k.kind != KeyEventKind::Release {
+                    let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+                    match k.code {
+                        KeyCode::Char(c) => app.on_key(c, ctrl),
+                        KeyCode::Esc => app.should_quit = true,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::{FourTuple, FullSocket, Snapshot, TcpState, TimewaitSocket, TwSubstate};
+    use crate::monitor::{build_report, KernelSettings, ReportConfig, Tracker};
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    fn report(at: u64, n_tw: u16) -> Report {
+        let tuple = |l: String, r: &str| FourTuple {
+            local: l.parse().unwrap(),
+            remote: r.parse().unwrap(),
+        };
+        let snap = Snapshot {
+            taken_at_ms: at,
+            timewait: (0..n_tw)
+                .map(|i| TimewaitSocket {
+                    tuple: tuple(format!("10.0.0.1:{}", 40000 + i), "10.0.0.9:443"),
+                    substate: TwSubstate::TimeWait,
+                    remaining_ms: 50_000,
+                    cookie: u64::from(i),
+                })
+                .collect(),
+            closing: vec![FullSocket {
+                tuple: tuple("10.0.0.1:80".into(), "10.0.0.2:5555"),
+                state: TcpState::CloseWait,
+                inode: 7,
+                uid: 0,
+                cookie: 99_999,
+                recv_queue: 1,
+                send_queue: 0,
+                retransmits: None,
+                timer_ms: None,
+                last_ack_recv_ms: Some(300_000),
+            }],
+            open: vec![],
+        };
+        let mut t = Tracker::new(60);
+        t.observe(&snap);
+        let mut k = KernelSettings::linux_defaults();
+        k.port_range = (40000, 40009);
+        k.tw_reuse = 0;
+        build_report(&snap, &t, &k, None, None, &ReportConfig::default())
+    }
+
+    fn screen(app: &App) -> String {
+        let mut term = Terminal::new(TestBackend::new(120, 36)).unwrap();
+        term.draw(|f| ui::draw(f, app)).unwrap();
+        let buf = term.backend().buffer().clone();
+        let mut s = String::new();
+        for y in 0..buf.area.height {
+            for x in 0..buf.area.width {
+                s.push_str(buf[(x, y)].symbol());
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    #[test]
+    fn renders_all_panels_without_tracer() {
+        let mut app = App::new("host", 60);
+        app.update(report(1_700_000_000_000, 6));
+        app.update(report(1_700_000_001_000, 8));
+        let s = screen(&app);
+        for want in [
+            "teardown top",
+            "Closing states",
+            "History",
+            "Top destinations by TIME_WAIT",
+            "10.0.0.9:443",
+            "Port pressure (range 40000-40009, tw_reuse=0)",
+            "80.0%",
+            "WARNING",
+            "Leaks and stuck sockets",
+            ">=5m00s",
+            ui::TRACER_MISSING,
+            "q quit",
+        ] {
+            assert!(s.contains(want), "missing {want:?} in\n{s}");
+        }
+        let row = |name: &str| {
+            s.lines()
+                .find(|l| l.starts_with(&format!("│{name} ")))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+        };
+        assert_eq!(row("TIME_WAIT").as_deref(), Some("8"));
+        assert_eq!(row("CLOSE_WAIT").as_deref(), Some("1"));
+        assert_eq!(app.history.len(), 2);
+    }
+
+    #[test]
+    fn teardown_lines_replace_the_tracer_message_and_q_quits() {
+        let mut app = App::new("netns blue", 10);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (rtx, rrx) = std::sync::mpsc::channel();
+        rtx.send(Feed::Report(Box::new(report(1_700_000_000_000, 1)))).unwrap();
+        tx.send("10.0.0.1:40000 -> 10.0.0.9:443 RST in CLOSE_WAIT (EPIPE)".to_string()).unwrap();
+        assert!(drain(&mut app, &rrx, Some(&rx)));
+        let s = screen(&app);
+        assert!(s.contains("RST in CLOSE_WAIT (EPIPE)"), "{s}");
+        assert!(!s.contains(ui::TRACER_MISSING));
+        assert!(s.contains("netns blue"));
+        drop(tx);
+        drop(rtx);
+        assert!(!drain(&mut app, &rrx, Some(&rx)));
+        assert!(!app.tracer_attached);
+        app.on_key('p', false);
+        assert!(app.paused);
+        app.on_key('q', false);
+        assert!(app.should_quit);
+    }
+
+    #[test]
+    fn poll_errors_show_in_the_status_line() {
+        let mut app = App::new("host", 10);
+        app.poll_failed("sock_diag: permission denied".into());
+        let s = screen(&app);
+        assert!(s.contains("poll failed: sock_diag: permission denied"), "{s}");
+        assert!(s.contains("waiting for the first poll"));
+    }
+}

@@ -1,0 +1,98 @@
+//! The state of `teardown top`: the latest report, the history of counts, the latest deviating
+//! teardowns from the eBPF tracer, and what the keys did. No terminal here: the state is
+//! drawn by [`super::ui`] and fed by the event loop in [`super::run`].
+
+use std::collections::VecDeque;
+
+use crate::monitor::{Report, StateCounts};
+
+/// How many deviating teardowns are kept.
+pub const TEARDOWNS_KEPT: usize = 200;
+
+/// The application state.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The latest report, once the first poll is done.
+    pub report: Option<Report>,
+    /// Counts per closing state, one entry per poll: (seconds since start, counts).
+    pub history: VecDeque<(f64, StateCounts)>,
+    pub history_len: usize,
+    /// Deviating teardowns reported by the eBPF tracer, newest last.
+    pub teardowns: VecDeque<String>,
+    /// Whether the eBPF tracer feeds the teardown panel.
+    pub tracer_attached: bool,
+    /// Why the tracer is not attached, if known (shown in the panel).
+    pub tracer_note: Option<String>,
+    /// The latest poll error, shown in the status line until the next good poll.
+    pub error: Option<String>,
+    /// Where the view is taken from (host, or a network namespace).
+    pub source: String,
+    pub paused: bool,
+    pub should_quit: bool,
+    first_ms: Option<u64>,
+}
+
+impl App {
+    /// A new state keeping `history_len` polls of history.
+    pub fn new(source: impl Into<String>, history_len: usize) -> Self {
+        Self {
+            report: None,
+            history: VecDeque::new(),
+            history_len: history_len.max(2),
+            teardowns: VecDeque::new(),
+            tracer_attached: false,
+            tracer_note: None,
+            error: None,
+            source: source.into(),
+            paused: false,
+            should_quit: false,
+            first_ms: None,
+        }
+    }
+
+    /// Takes in a new report (ignored while paused).
+    pub fn update(&mut self, report: Report) {
+        if self.paused {
+            return;
+        }
+        let first = *self.first_ms.get_or_insert(report.taken_at_ms);
+        let t = report.taken_at_ms.saturating_sub(first) as f64 / 1000.0;
+        if self.history.len() >= self.history_len {
+            self.history.pop_front();
+        }
+        self.history.push_back((t, report.counts));
+        self.report = Some(report);
+        self.error = None;
+    }
+
+    /// Records a failed poll.
+    pub fn poll_failed(&mut self, error: String) {
+        self.error = Some(error);
+    }
+
+    /// Says whether the eBPF tracer is connected, and if not, why.
+    pub fn set_tracer(&mut self, attached: bool, note: Option<String>) {
+        self.tracer_attached = attached;
+        self.tracer_note = note;
+    }
+
+    /// A line describing one deviating teardown, from the eBPF tracer. Receiving one also marks
+    /// the tracer attached.
+    pub fn push_teardown(&mut self, line: String) {
+        self.tracer_attached = true;
+        if self.teardowns.len() >= TEARDOWNS_KEPT {
+            self.teardowns.pop_front();
+        }
+        self.teardowns.push_back(line);
+    }
+
+    /// Handles a key: `q` / Esc / Ctrl-C quit, `p` or space pauses, `c` clears the teardowns.
+    pub fn on_key(&mut self, c: char, ctrl: bool) {
+        match (c, ctrl) {
+            ('q', false) | ('c', true) => self.should_quit = true,
+            ('p', false) | (' ', false) => self.paused = !self.paused,
+            ('c', false) => self.teardowns.clear(),
+            _ => {}
+        }
+    }
+}
