@@ -21,6 +21,8 @@ use teardown_common::{flags, kind, Event, SockOffsets, TracepointOffsets, OFFSET
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
 
 /// Sized for bursts: at ~150k events/s this holds more than a second of events.
 #[map]
@@ -111,13 +113,17 @@ fn fill_task_and_sock(ev: &mut Event, sk: *const u8, offs: &SockOffsets) {
 /// Returns false when the socket is not TCP or its family is neither IPv4 nor IPv6.
 #[inline(always)]
 fn fill_tuple_from_sock(ev: &mut Event, sk: *const u8, offs: &SockOffsets) -> bool {
+    let protocol = unsafe { read_at::<u16>(sk, offs.sk_protocol) };
+    if protocol != Some(IPPROTO_TCP) {
+        return false;
+    }
+    fill_tuple_common(ev, sk, offs)
+}
+
+/// The 4-tuple from `struct sock_common`, which full, request and timewait sockets share.
+#[inline(always)]
+fn fill_tuple_common(ev: &mut Event, sk: *const u8, offs: &SockOffsets) -> bool {
     unsafe {
-        let Some(protocol) = read_at::<u16>(sk, offs.sk_protocol) else {
-            return false;
-        };
-        if protocol != IPPROTO_TCP {
-            return false;
-        }
         let Some(family) = read_at::<u16>(sk, offs.skc_family) else {
             return false;
         };
@@ -175,14 +181,26 @@ fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
     }
     let offs = offsets();
     let mut ev = Event::ZERO;
-    if !fill_tuple_from_sock(&mut ev, sk, &offs) {
-        return 0;
-    }
     let state_off = unsafe { core::ptr::read_volatile(&SKC_STATE_OFFSET) };
     let state = unsafe { read_at::<u8>(sk, state_off) }.unwrap_or(0);
     ev.kind = event_kind;
     ev.oldstate = state;
     ev.newstate = state;
+    if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+        // A timewait or request socket: only its sock_common part exists (no sk_protocol, no
+        // sequence fields), and these tracepoints only see TCP ones.
+        if !fill_tuple_common(&mut ev, sk, &offs) {
+            return 0;
+        }
+        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+        ev.skaddr = sk as u64;
+        ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        emit(&ev);
+        return 0;
+    }
+    if !fill_tuple_from_sock(&mut ev, sk, &offs) {
+        return 0;
+    }
     fill_task_and_sock(&mut ev, sk, &offs);
     emit(&ev);
     0

@@ -223,6 +223,50 @@ fn abort_with_linger_zero(ip: IpAddr) {
     assert_eq!(last.sock.unwrap().err, libc::ECONNRESET);
 }
 
+/// The client closes; the server, in CLOSE_WAIT, writes anyway. The client's closed socket
+/// answers with a RST (traced on the client's socket, in CLOSE), and the server's socket ends
+/// CLOSE_WAIT -> CLOSE with EPIPE.
+fn data_after_peer_closed(ip: IpAddr) {
+    let tracer = Tracer::start();
+    let (client, mut server, port) = pair(ip);
+    drop(client);
+    assert!(read_to_eof(&mut server).is_empty());
+    server.write_all(b"too late").unwrap();
+    // Wait for the RST to land (bounded).
+    let mut buf = [0u8; 1];
+    for _ in 0..50 {
+        if server.read(&mut buf).is_err() || server.write(b"x").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(server);
+    let (c, s) = ends(tracer.connections_on_port(port), port);
+    assert_eq!(
+        c.steps(),
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->FIN_WAIT1",
+            "FIN_WAIT1->FIN_WAIT2",
+            "FIN_WAIT2->CLOSE",
+            "rst_sent@CLOSE"
+        ]
+    );
+    assert_eq!(
+        s.steps(),
+        [
+            "LISTEN->SYN_RECV",
+            "SYN_RECV->ESTABLISHED",
+            "ESTABLISHED->CLOSE_WAIT",
+            "rst_received@CLOSE_WAIT",
+            "CLOSE_WAIT->CLOSE"
+        ]
+    );
+    let last = s.finished.conn.events.last().unwrap();
+    assert_eq!(last.sock.unwrap().err, libc::EPIPE);
+}
+
 macro_rules! both_families {
     ($($name:ident),* $(,)?) => {
         mod ipv4 {
@@ -254,4 +298,5 @@ both_families!(
     half_close_with_data,
     connection_refused,
     abort_with_linger_zero,
+    data_after_peer_closed,
 );

@@ -3,6 +3,8 @@
 //!
 //! `cargo xtask <task>` (the alias is in .cargo/config.toml).
 
+mod bench;
+mod churn;
 mod setup;
 mod sh;
 
@@ -36,6 +38,18 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Loopback connection churn (load generator for the benchmark), in a fresh network
+    /// namespace: `cargo xtask churn --threads 8 --seconds 5`.
+    Churn {
+        #[command(flatten)]
+        args: churn::ChurnArgs,
+    },
+    /// Benchmark: churn untraced, with `teardown trace`, with top's back end and with the peer
+    /// tool, interleaved; writes bench-results/latest.{json,md}. Needs root.
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
 }
 
 fn main() -> Result<()> {
@@ -44,6 +58,8 @@ fn main() -> Result<()> {
         Task::Setup => setup::setup(false).map(drop),
         Task::Run { args } => run(args),
         Task::Test { args } => test(args),
+        Task::Churn { args } => churn::churn(args),
+        Task::Bench { args } => bench::bench(args),
     }
 }
 

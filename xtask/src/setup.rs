@@ -64,7 +64,7 @@ fn apt_install(packages: &[&str], why: &str) -> Result<()> {
     run(&mut update).context("apt-get update failed")?;
     let mut install = sudo_cmd(sudo, "apt-get");
     install
-        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(["install", "-y", "-q"])
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive");
     run(&mut install).with_context(|| format!("apt-get install {} failed", packages.join(" ")))

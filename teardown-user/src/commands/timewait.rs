@@ -238,14 +238,34 @@ fn write_report(o: &mut String, r: &Report) -> std::fmt::Result {
 
     if !r.per_local.is_empty() {
         writeln!(o)?;
-        writeln!(o, "{:<40} {:>9} {:>9}", "TIMEWAIT PER LOCAL ADDRESS", "TIME_WAIT", "FIN_WAIT2")?;
+        writeln!(
+            o,
+            "{:<40} {:>9} {:>9}",
+            "TIMEWAIT PER LOCAL ADDRESS", "TIME_WAIT", "FIN_WAIT2"
+        )?;
         for g in &r.per_local {
-            writeln!(o, "{:<40} {:>9} {:>9}", g.key.to_string(), g.time_wait, g.fin_wait2)?;
+            writeln!(
+                o,
+                "{:<40} {:>9} {:>9}",
+                g.key.to_string(),
+                g.time_wait,
+                g.fin_wait2
+            )?;
         }
         writeln!(o)?;
-        writeln!(o, "{:<40} {:>9} {:>9}", "TIMEWAIT PER REMOTE ADDR:PORT", "TIME_WAIT", "FIN_WAIT2")?;
+        writeln!(
+            o,
+            "{:<40} {:>9} {:>9}",
+            "TIMEWAIT PER REMOTE ADDR:PORT", "TIME_WAIT", "FIN_WAIT2"
+        )?;
         for g in &r.per_remote {
-            writeln!(o, "{:<40} {:>9} {:>9}", g.key.to_string(), g.time_wait, g.fin_wait2)?;
+            writeln!(
+                o,
+                "{:<40} {:>9} {:>9}",
+                g.key.to_string(),
+                g.time_wait,
+                g.fin_wait2
+            )?;
         }
     }
 
@@ -260,12 +280,15 @@ fn write_report(o: &mut String, r: &Report) -> std::fmt::Result {
         k.timestamps
     )?;
     if r.port_pressure.is_empty() {
-        writeln!(o, "  no client-side timewait sockets (local port in the range)")?;
+        writeln!(
+            o,
+            "  no client-side timewait sockets (local port in the range)"
+        )?;
     } else {
         writeln!(
             o,
-            "{:<40} {:>8} {:>8} {:>7}  {:<10} {}",
-            "DESTINATION", "TIMEWAIT", "BLOCKING", "USED", "REUSE", "LEVEL"
+            "{:<40} {:>8} {:>8} {:>7}  {:<10} LEVEL",
+            "DESTINATION", "TIMEWAIT", "BLOCKING", "USED", "REUSE"
         )?;
         for p in &r.port_pressure {
             writeln!(
@@ -376,6 +399,7 @@ fn write_report(o: &mut String, r: &Report) -> std::fmt::Result {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::diag::{FourTuple, FullSocket, Snapshot, TcpState, TimewaitSocket, TwSubstate};
@@ -447,7 +471,14 @@ mod tests {
             list_timewait: true,
             ..ReportConfig::default()
         };
-        let r = build_report(&snap, &tr, &KernelSettings::linux_defaults(), None, None, &cfg);
+        let r = build_report(
+            &snap,
+            &tr,
+            &KernelSettings::linux_defaults(),
+            None,
+            None,
+            &cfg,
+        );
         let text = render_text(&r);
         assert!(text.contains("TIME_WAIT                     1"), "{text}");
         assert!(text.contains("10.0.0.9:443"));

@@ -1,1 +1,175 @@
-//! `teardown top`.
+//! `teardown top`: the live view of closing sockets.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use super::timewait::secs_to_ms;
+use crate::diag::{netns, PollOptions, ScanLimits};
+use crate::monitor::{Collector, ReportConfig, Thresholds};
+use crate::tui::{self, App, Feed};
+
+/// Watch TIME_WAIT and CLOSE_WAIT build-up live.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    about = "Live view of closing TCP sockets: counts, history, destinations, port pressure, leaks",
+    long_about = "A live terminal view of the host's closing TCP sockets, polled from sock_diag \
+(what `ss` uses) every --interval seconds:
+
+  * counts per closing state and their history as a chart;
+  * the destinations (remote address:port) with the most TIME_WAIT;
+  * ephemeral-port pressure per destination against net.ipv4.ip_local_port_range, taking \
+net.ipv4.tcp_tw_reuse into account;
+  * CLOSE_WAIT sockets older than --close-wait-threshold with their owning process, and \
+FIN_WAIT2 / LAST_ACK sockets stuck past their expected time;
+  * the latest teardowns that deviated from the documented close sequence, when the eBPF tracer \
+feeds them (otherwise the panel says the tracer is not attached and the rest works from \
+sock_diag alone).
+
+Keys: q or Esc quits, p or space pauses, c clears the teardown panel. Plain characters and \
+colours only: works over SSH. `teardown timewait` prints the same figures once.",
+    after_help = "Examples:
+  teardown top
+  teardown top --interval 0.5 --close-wait-threshold 10
+  teardown top --netns blue"
+)]
+pub struct TopArgs {
+    /// Seconds between two sock_diag polls.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    pub interval: f64,
+
+    /// CLOSE_WAIT sockets older than this many seconds are shown as leaks.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub close_wait_threshold: f64,
+
+    /// LAST_ACK, FIN_WAIT1 and CLOSING sockets older than this many seconds are shown as stuck.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub stall_after: f64,
+
+    /// Polls kept for the history chart.
+    #[arg(long, value_name = "N", default_value_t = 300)]
+    pub history: usize,
+
+    /// Rows kept in the destination and port-pressure panels.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+
+    /// Do not scan /proc/*/fd for the owners of leaking CLOSE_WAIT sockets.
+    #[arg(long)]
+    pub no_owners: bool,
+
+    /// Observe another network namespace: a name from `ip netns` or a path.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+}
+
+/// Runs `teardown top` with sock_diag only.
+pub fn run(args: TopArgs) -> anyhow::Result<()> {
+    run_with(
+        args,
+        None,
+        Some("the eBPF tracer is not connected to this view".into()),
+    )
+}
+
+/// Runs `teardown top` with deviating teardowns fed by `teardowns` (one line each), e.g. from
+/// the eBPF tracer. `tracer_note` says why there is none when `teardowns` is `None`.
+pub fn run_with(
+    args: TopArgs,
+    teardowns: Option<Receiver<String>>,
+    tracer_note: Option<String>,
+) -> anyhow::Result<()> {
+    let interval = Duration::from_millis(secs_to_ms(args.interval).max(100));
+    let cfg = ReportConfig {
+        close_wait_threshold_ms: secs_to_ms(args.close_wait_threshold),
+        stall_after_ms: secs_to_ms(args.stall_after),
+        thresholds: Thresholds::default(),
+        top: args.top,
+        list_timewait: false,
+    };
+    let owners = (!args.no_owners).then(ScanLimits::default);
+    let source = match &args.netns {
+        Some(n) => format!("netns {n}"),
+        None => "host".to_string(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    // Fail early, on this thread, if sock_diag cannot be used at all.
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let collector = {
+        let stop = Arc::clone(&stop);
+        let netns_path = args.netns.as_deref().map(netns::path_for);
+        std::thread::Builder::new()
+            .name("sock_diag".into())
+            .spawn(move || {
+                if let Some(p) = &netns_path {
+                    if let Err(e) = netns::enter(p) {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                }
+                let c = match Collector::new(PollOptions::default(), cfg, owners) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                collect_loop(c, &tx, &stop, interval);
+            })
+            .context("spawning the sock_diag thread")?
+    };
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => anyhow::bail!("sock_diag is not available: {e}"),
+        Err(_) => anyhow::bail!("the sock_diag thread ended before starting"),
+    }
+    let mut app = App::new(source, args.history);
+    app.set_tracer(false, tracer_note);
+    let result = tui::run(&mut app, rx, teardowns);
+    stop.store(true, Ordering::Relaxed);
+    let _ = collector.join();
+    result.map_err(Into::into)
+}
+
+fn collect_loop(mut c: Collector, tx: &Sender<Feed>, stop: &AtomicBool, interval: Duration) {
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let feed = match c.poll() {
+            Ok((report, _)) => Feed::Report(Box::new(report)),
+            Err(e) => Feed::Error(e.to_string()),
+        };
+        if tx.send(feed).is_err() {
+            return;
+        }
+        // Sleep in small steps so that quitting is quick.
+        while started.elapsed() < interval && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50).min(interval));
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TopArgs,
+    }
+
+    #[test]
+    fn args_parse() {
+        let c = Cli::try_parse_from(["t", "--interval", "0.5", "--netns", "blue"]).unwrap();
+        assert_eq!(secs_to_ms(c.args.interval), 500);
+        assert_eq!(c.args.netns.as_deref(), Some("blue"));
+        assert_eq!(c.args.history, 300);
+    }
+}

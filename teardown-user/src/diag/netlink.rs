@@ -315,6 +315,7 @@ fn duration_ms(d: std::time::Duration) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -129,6 +129,7 @@ pub fn find_owners_in(proc_root: &Path, inodes: &HashSet<u64>, limits: ScanLimit
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::io::AsRawFd;

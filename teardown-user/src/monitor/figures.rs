@@ -311,6 +311,7 @@ pub fn tw_buckets(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::diag::{FourTuple, FullSocket, TimewaitSocket};

@@ -126,6 +126,7 @@ pub fn parse_netstat(text: &str) -> HashMap<String, u64> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -194,7 +194,7 @@ pub fn stalls(
                 _ => return None,
             };
             let age_ms = f.age_ms(now_ms);
-            (age_ms >= expected_ms).then(|| Stall {
+            (age_ms >= expected_ms).then_some(Stall {
                 tuple: f.tuple,
                 state: f.state,
                 inode: f.inode,
@@ -329,6 +329,7 @@ pub fn human_age(ms: u64, at_least: bool) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn human_durations() {

@@ -411,6 +411,7 @@ pub fn entry_rate(tracker: &Tracker, snap: &Snapshot) -> EntryRate {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::diag::{FullSocket, OpenSocket, TimewaitSocket};

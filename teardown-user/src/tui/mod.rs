@@ -40,7 +40,11 @@ const TICK: Duration = Duration::from_millis(200);
 const TEARDOWNS_PER_TICK: usize = 1000;
 
 /// Takes in whatever the channels hold now. Returns false once the report channel is closed.
-pub fn drain(app: &mut App, reports: &Receiver<Feed>, teardowns: Option<&Receiver<String>>) -> bool {
+pub fn drain(
+    app: &mut App,
+    reports: &Receiver<Feed>,
+    teardowns: Option<&Receiver<String>>,
+) -> bool {
     let mut open = true;
     loop {
         match reports.try_recv() {
@@ -111,6 +115,7 @@ fn event_loop(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::diag::{FourTuple, FullSocket, Snapshot, TcpState, TimewaitSocket, TwSubstate};
@@ -206,8 +211,10 @@ mod tests {
         let mut app = App::new("netns blue", 10);
         let (tx, rx) = std::sync::mpsc::channel();
         let (rtx, rrx) = std::sync::mpsc::channel();
-        rtx.send(Feed::Report(Box::new(report(1_700_000_000_000, 1)))).unwrap();
-        tx.send("10.0.0.1:40000 -> 10.0.0.9:443 RST in CLOSE_WAIT (EPIPE)".to_string()).unwrap();
+        rtx.send(Feed::Report(Box::new(report(1_700_000_000_000, 1))))
+            .unwrap();
+        tx.send("10.0.0.1:40000 -> 10.0.0.9:443 RST in CLOSE_WAIT (EPIPE)".to_string())
+            .unwrap();
         assert!(drain(&mut app, &rrx, Some(&rx)));
         let s = screen(&app);
         assert!(s.contains("RST in CLOSE_WAIT (EPIPE)"), "{s}");
@@ -228,7 +235,10 @@ mod tests {
         let mut app = App::new("host", 10);
         app.poll_failed("sock_diag: permission denied".into());
         let s = screen(&app);
-        assert!(s.contains("poll failed: sock_diag: permission denied"), "{s}");
+        assert!(
+            s.contains("poll failed: sock_diag: permission denied"),
+            "{s}"
+        );
         assert!(s.contains("waiting for the first poll"));
     }
 }

@@ -4,7 +4,9 @@ use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::symbols;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Axis, Block, Borders, Cell, Chart, Dataset, GraphType, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{
+    Axis, Block, Borders, Cell, Chart, Dataset, GraphType, Paragraph, Row, Table, Wrap,
+};
 use ratatui::Frame;
 
 use super::app::App;
@@ -18,7 +20,9 @@ fn level_style(l: Level) -> Style {
     match l {
         Level::Ok => Style::default().fg(Color::Green),
         Level::Notice => Style::default().fg(Color::Cyan),
-        Level::Warning => Style::default().fg(Color::Yellow).add_modifier(Modifier::BOLD),
+        Level::Warning => Style::default()
+            .fg(Color::Yellow)
+            .add_modifier(Modifier::BOLD),
         Level::Critical => Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
     }
 }
@@ -55,13 +59,19 @@ pub fn draw(f: &mut Frame, app: &App) {
 fn split_h(r: Rect, left_pct: u16) -> std::rc::Rc<[Rect]> {
     Layout::default()
         .direction(Direction::Horizontal)
-        .constraints([Constraint::Percentage(left_pct), Constraint::Percentage(100 - left_pct)])
+        .constraints([
+            Constraint::Percentage(left_pct),
+            Constraint::Percentage(100 - left_pct),
+        ])
         .split(r)
 }
 
 fn draw_header(f: &mut Frame, app: &App, area: Rect) {
     let mut spans = vec![
-        Span::styled("teardown top", Style::default().add_modifier(Modifier::BOLD)),
+        Span::styled(
+            "teardown top",
+            Style::default().add_modifier(Modifier::BOLD),
+        ),
         Span::raw(format!(" | {} | ", app.source)),
     ];
     match &app.report {
@@ -72,7 +82,10 @@ fn draw_header(f: &mut Frame, app: &App, area: Rect) {
         None => spans.push(Span::raw("waiting for the first poll")),
     }
     if app.paused {
-        spans.push(Span::styled(" | PAUSED", Style::default().fg(Color::Yellow)));
+        spans.push(Span::styled(
+            " | PAUSED",
+            Style::default().fg(Color::Yellow),
+        ));
     }
     spans.push(Span::raw(" | q quit, p pause, c clear"));
     f.render_widget(Paragraph::new(Line::from(spans)), area);
@@ -86,14 +99,21 @@ fn draw_counts(f: &mut Frame, app: &App, area: Rect) {
         .map(|(name, n)| Row::new(vec![Cell::from(*name), Cell::from(n.to_string())]))
         .collect();
     let t = Table::new(rows, [Constraint::Min(21), Constraint::Length(8)])
-        .header(Row::new(vec!["STATE", "COUNT"]).style(Style::default().add_modifier(Modifier::BOLD)))
+        .header(
+            Row::new(vec!["STATE", "COUNT"]).style(Style::default().add_modifier(Modifier::BOLD)),
+        )
         .block(block("Closing states"));
     f.render_widget(t, area);
 }
 
-const SERIES: [(&str, Color, fn(&StateCounts) -> usize); 4] = [
+/// A chart series: name, colour, and how to read it from the counts.
+type Series = (&'static str, Color, fn(&StateCounts) -> usize);
+
+const SERIES: [Series; 4] = [
     ("TIME_WAIT", Color::Cyan, |c| c.time_wait),
-    ("FIN_WAIT2", Color::Magenta, |c| c.fin_wait2 + c.fin_wait2_timewait),
+    ("FIN_WAIT2", Color::Magenta, |c| {
+        c.fin_wait2 + c.fin_wait2_timewait
+    }),
     ("CLOSE_WAIT", Color::Red, |c| c.close_wait),
     ("LAST_ACK", Color::Yellow, |c| c.last_ack),
 ];
@@ -101,7 +121,12 @@ const SERIES: [(&str, Color, fn(&StateCounts) -> usize); 4] = [
 fn draw_chart(f: &mut Frame, app: &App, area: Rect) {
     let data: Vec<Vec<(f64, f64)>> = SERIES
         .iter()
-        .map(|(_, _, get)| app.history.iter().map(|(t, c)| (*t, get(c) as f64)).collect())
+        .map(|(_, _, get)| {
+            app.history
+                .iter()
+                .map(|(t, c)| (*t, get(c) as f64))
+                .collect()
+        })
         .collect();
     let datasets: Vec<Dataset> = SERIES
         .iter()
@@ -153,9 +178,16 @@ fn draw_destinations(f: &mut Frame, app: &App, area: Rect) {
         .collect();
     let t = Table::new(
         rows,
-        [Constraint::Min(22), Constraint::Length(9), Constraint::Length(9)],
+        [
+            Constraint::Min(22),
+            Constraint::Length(9),
+            Constraint::Length(9),
+        ],
     )
-    .header(Row::new(vec!["REMOTE", "TIME_WAIT", "FIN_WAIT2"]).style(Style::default().add_modifier(Modifier::BOLD)))
+    .header(
+        Row::new(vec!["REMOTE", "TIME_WAIT", "FIN_WAIT2"])
+            .style(Style::default().add_modifier(Modifier::BOLD)),
+    )
     .block(block("Top destinations by TIME_WAIT"));
     f.render_widget(t, area);
 }
@@ -199,7 +231,10 @@ fn draw_pressure(f: &mut Frame, app: &App, area: Rect) {
             Constraint::Length(8),
         ],
     )
-    .header(Row::new(vec!["REMOTE", "BLOCK/TW", "USED", "REUSE", "LEVEL"]).style(Style::default().add_modifier(Modifier::BOLD)))
+    .header(
+        Row::new(vec!["REMOTE", "BLOCK/TW", "USED", "REUSE", "LEVEL"])
+            .style(Style::default().add_modifier(Modifier::BOLD)),
+    )
     .block(block(&title));
     f.render_widget(t, area);
 }
@@ -215,12 +250,20 @@ fn draw_leaks(f: &mut Frame, app: &App, area: Rect) {
                 .unwrap_or_else(|| "?".into());
             lines.push(Line::from(vec![
                 Span::styled("CLOSE_WAIT ", Style::default().fg(Color::Red)),
-                Span::raw(format!("{} {} {}", human_age(l.age_ms, l.at_least), owner, l.tuple)),
+                Span::raw(format!(
+                    "{} {} {}",
+                    human_age(l.age_ms, l.at_least),
+                    owner,
+                    l.tuple
+                )),
             ]));
         }
         for s in &r.stalls {
             lines.push(Line::from(vec![
-                Span::styled(format!("{} ", s.state.name()), Style::default().fg(Color::Yellow)),
+                Span::styled(
+                    format!("{} ", s.state.name()),
+                    Style::default().fg(Color::Yellow),
+                ),
                 Span::raw(format!("{} {}", human_age(s.age_ms, s.at_least), s.tuple)),
             ]));
         }
@@ -242,7 +285,10 @@ fn draw_teardowns(f: &mut Frame, app: &App, area: Rect) {
         if app.tracer_attached {
             v.push(Line::from("no deviating teardown yet"));
         } else {
-            v.push(Line::styled(TRACER_MISSING, Style::default().fg(Color::Yellow)));
+            v.push(Line::styled(
+                TRACER_MISSING,
+                Style::default().fg(Color::Yellow),
+            ));
             if let Some(n) = &app.tracer_note {
                 v.push(Line::from(n.as_str()));
             }
@@ -250,7 +296,11 @@ fn draw_teardowns(f: &mut Frame, app: &App, area: Rect) {
         v
     } else {
         let skip = app.teardowns.len().saturating_sub(inner_h);
-        app.teardowns.iter().skip(skip).map(|s| Line::from(s.as_str())).collect()
+        app.teardowns
+            .iter()
+            .skip(skip)
+            .map(|s| Line::from(s.as_str()))
+            .collect()
     };
     let p = Paragraph::new(lines)
         .wrap(Wrap { trim: true })

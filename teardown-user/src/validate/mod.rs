@@ -17,7 +17,8 @@ pub mod verdict;
 mod tests;
 
 pub use model::{DocSide, Meaning, StateTime, Step, STEPS, TRANSITIONS};
-pub use seq::{Outcome, SeqCheck, Sender, Term, Wave, Waves};
+pub use seq::{Outcome, Sender, SeqCheck, Term, Wave, Waves};
 pub use verdict::{
-    errno_name, judge, Conformance, Finding, ResetBy, ResetInfo, Role, TimeWait, Variant, Verdict,
+    errno_name, judge, Conformance, Finding, ResetBy, ResetInfo, Role, TimeWaitPath, Variant,
+    Verdict,
 };

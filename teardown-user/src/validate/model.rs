@@ -227,32 +227,164 @@ use TcpState::*;
 pub const TRANSITIONS: &[Rule] = &[
     // Opening.
     rule(Close, SynSent, M::Connect, None, "connect()"),
-    rule(Listen, SynSent, M::Connect, None, "RFC 9293: send from LISTEN"),
+    rule(
+        Listen,
+        SynSent,
+        M::Connect,
+        None,
+        "RFC 9293: send from LISTEN",
+    ),
     rule(Close, Listen, M::Listen, None, "listen()"),
-    rule(Listen, SynRecv, M::SynReceived, None, "a SYN arrived: child socket"),
-    rule(SynSent, SynRecv, M::SimultaneousOpen, None, "simultaneous open"),
-    rule(SynSent, Established, M::Established, None, "SYN,ACK received"),
-    rule(SynRecv, Established, M::Established, None, "handshake ACK received"),
-    rule(SynSent, Close, M::HandshakeFailed, None, "handshake failed or connect() aborted"),
+    rule(
+        Listen,
+        SynRecv,
+        M::SynReceived,
+        None,
+        "a SYN arrived: child socket",
+    ),
+    rule(
+        SynSent,
+        SynRecv,
+        M::SimultaneousOpen,
+        None,
+        "simultaneous open",
+    ),
+    rule(
+        SynSent,
+        Established,
+        M::Established,
+        None,
+        "SYN,ACK received",
+    ),
+    rule(
+        SynRecv,
+        Established,
+        M::Established,
+        None,
+        "handshake ACK received",
+    ),
+    rule(
+        SynSent,
+        Close,
+        M::HandshakeFailed,
+        None,
+        "handshake failed or connect() aborted",
+    ),
     rule(SynRecv, Close, M::HandshakeFailed, None, "handshake failed"),
-    rule(SynRecv, Listen, M::HandshakeFailed, None, "RFC 9293: RST in SYN-RECEIVED"),
+    rule(
+        SynRecv,
+        Listen,
+        M::HandshakeFailed,
+        None,
+        "RFC 9293: RST in SYN-RECEIVED",
+    ),
     rule(Listen, Close, M::ListenerClosed, None, "listener closed"),
     // The documented close.
-    rule(Established, FinWait1, M::SendFin, Some(S::FirstWave), "close()/shutdown(): our FIN"),
-    rule(SynRecv, FinWait1, M::SendFin, Some(S::FirstWave), "RFC 9293: close in SYN-RECEIVED"),
-    rule(Established, CloseWait, M::ReceiveFin, Some(S::FirstWave), "the peer's FIN arrived"),
-    rule(SynRecv, CloseWait, M::ReceiveFin, Some(S::FirstWave), "Linux: FIN in SYN_RECV"),
-    rule(FinWait1, FinWait2, M::FinAcked, Some(S::SecondWave), "our FIN is ACKed"),
-    rule(FinWait1, Closing, M::SimultaneousFin, Some(S::ThirdWave), "the FINs crossed"),
-    rule(FinWait1, TimeWait, M::TimeWaitEntry, Some(S::ThirdWave), "RFC 9293: FIN,ACK in FIN-WAIT-1"),
-    rule(FinWait1, Close, M::TimeWaitEntry, Some(S::ThirdWave), "Linux: TIME_WAIT entry, or abort (fact 1)"),
-    rule(FinWait2, FinWait2, M::Orphaned, None, "Linux: closed after shutdown (fact 9)"),
-    rule(FinWait2, TimeWait, M::TimeWaitEntry, Some(S::ThirdWave), "RFC 9293: the peer's FIN"),
-    rule(FinWait2, Close, M::TimeWaitEntry, Some(S::ThirdWave), "Linux: TIME_WAIT or timewait socket (facts 1-3)"),
-    rule(Closing, TimeWait, M::ClosingAcked, Some(S::SecondWave), "RFC 9293: our FIN is ACKed"),
-    rule(Closing, Close, M::ClosingAcked, Some(S::SecondWave), "Linux: TIME_WAIT entry (fact 1)"),
-    rule(CloseWait, LastAck, M::SendThirdWave, Some(S::ThirdWave), "close(): our FIN"),
-    rule(LastAck, Close, M::FinalAck, Some(S::FourthWave), "the final ACK arrived"),
+    rule(
+        Established,
+        FinWait1,
+        M::SendFin,
+        Some(S::FirstWave),
+        "close()/shutdown(): our FIN",
+    ),
+    rule(
+        SynRecv,
+        FinWait1,
+        M::SendFin,
+        Some(S::FirstWave),
+        "RFC 9293: close in SYN-RECEIVED",
+    ),
+    rule(
+        Established,
+        CloseWait,
+        M::ReceiveFin,
+        Some(S::FirstWave),
+        "the peer's FIN arrived",
+    ),
+    rule(
+        SynRecv,
+        CloseWait,
+        M::ReceiveFin,
+        Some(S::FirstWave),
+        "Linux: FIN in SYN_RECV",
+    ),
+    rule(
+        FinWait1,
+        FinWait2,
+        M::FinAcked,
+        Some(S::SecondWave),
+        "our FIN is ACKed",
+    ),
+    rule(
+        FinWait1,
+        Closing,
+        M::SimultaneousFin,
+        Some(S::ThirdWave),
+        "the FINs crossed",
+    ),
+    rule(
+        FinWait1,
+        TimeWait,
+        M::TimeWaitEntry,
+        Some(S::ThirdWave),
+        "RFC 9293: FIN,ACK in FIN-WAIT-1",
+    ),
+    rule(
+        FinWait1,
+        Close,
+        M::TimeWaitEntry,
+        Some(S::ThirdWave),
+        "Linux: TIME_WAIT entry, or abort (fact 1)",
+    ),
+    rule(
+        FinWait2,
+        FinWait2,
+        M::Orphaned,
+        None,
+        "Linux: closed after shutdown (fact 9)",
+    ),
+    rule(
+        FinWait2,
+        TimeWait,
+        M::TimeWaitEntry,
+        Some(S::ThirdWave),
+        "RFC 9293: the peer's FIN",
+    ),
+    rule(
+        FinWait2,
+        Close,
+        M::TimeWaitEntry,
+        Some(S::ThirdWave),
+        "Linux: TIME_WAIT or timewait socket (facts 1-3)",
+    ),
+    rule(
+        Closing,
+        TimeWait,
+        M::ClosingAcked,
+        Some(S::SecondWave),
+        "RFC 9293: our FIN is ACKed",
+    ),
+    rule(
+        Closing,
+        Close,
+        M::ClosingAcked,
+        Some(S::SecondWave),
+        "Linux: TIME_WAIT entry (fact 1)",
+    ),
+    rule(
+        CloseWait,
+        LastAck,
+        M::SendThirdWave,
+        Some(S::ThirdWave),
+        "close(): our FIN",
+    ),
+    rule(
+        LastAck,
+        Close,
+        M::FinalAck,
+        Some(S::FourthWave),
+        "the final ACK arrived",
+    ),
     rule(TimeWait, Close, M::TimeWaitEnd, None, "2MSL elapsed"),
     // Abortive closes (RFC 9293: a RST or an abort from any synchronized state).
     rule(Established, Close, M::Abort, None, "abort: RST or error"),
@@ -362,7 +494,11 @@ impl<'a> Trace<'a> {
 
     /// The last transition with this meaning.
     pub fn last_mark(&self, m: Meaning) -> Option<&'a Event> {
-        self.marks.iter().rev().find(|(mm, _)| *mm == m).map(|(_, e)| *e)
+        self.marks
+            .iter()
+            .rev()
+            .find(|(mm, _)| *mm == m)
+            .map(|(_, e)| *e)
     }
 
     pub fn has(&self, m: Meaning) -> bool {
@@ -399,7 +535,11 @@ mod tests {
     fn transitions_are_unique_and_documented_steps_are_legal() {
         for (i, a) in TRANSITIONS.iter().enumerate() {
             for b in &TRANSITIONS[i + 1..] {
-                assert!(!(a.from == b.from && a.to == b.to), "{:?} twice", (a.from, a.to));
+                assert!(
+                    !(a.from == b.from && a.to == b.to),
+                    "{:?} twice",
+                    (a.from, a.to)
+                );
             }
         }
         // The document's path on both ends.

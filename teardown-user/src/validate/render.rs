@@ -91,7 +91,11 @@ impl Verdict {
                 let obs = c.observed.map_or("?".to_owned(), |v| v.to_string());
                 write!(w, "      {mark:<6} step {} {} [{obs}]", c.step, c.relation)?;
                 if c.outcome == Outcome::Broken {
-                    write!(w, " expected {}", c.expected.map_or("?".to_owned(), |v| v.to_string()))?;
+                    write!(
+                        w,
+                        " expected {}",
+                        c.expected.map_or("?".to_owned(), |v| v.to_string())
+                    )?;
                 }
                 match &c.note {
                     Some(n) => writeln!(w, " ({n})")?,
@@ -133,7 +137,13 @@ fn write_waves(w: &mut dyn Write, waves: &Waves) -> fmt::Result {
             Sender::Us => "us -> peer",
             Sender::Peer => "peer -> us",
         };
-        write!(w, "      {} {:<8} {dir}  seq={}", wave.step, wave.segment, term(&wave.seq))?;
+        write!(
+            w,
+            "      {} {:<8} {dir}  seq={}",
+            wave.step,
+            wave.segment,
+            term(&wave.seq)
+        )?;
         match &wave.ack {
             Some(a) => writeln!(w, "  ack={}", term(a))?,
             None => writeln!(w)?,

@@ -107,7 +107,14 @@ pub struct Relation {
     pub code: &'static str,
 }
 
-const fn rel(step: Step, side: DocSide, at: At, field: Field, expect: Expr, code: &'static str) -> Relation {
+const fn rel(
+    step: Step,
+    side: DocSide,
+    at: At,
+    field: Field,
+    expect: Expr,
+    code: &'static str,
+) -> Relation {
     Relation {
         step,
         side,
@@ -123,18 +130,102 @@ use Step::{FirstWave as S1, FourthWave as S4, SecondWave as S2, ThirdWave as S3}
 
 /// The measured block of teardown-sequence.md, section 3, as relations.
 pub const RELATIONS: &[Relation] = &[
-    rel(S1, A, At::SendFin, Field::WriteSeq, Expr::U, "step1_fin_seq_mismatch"),
-    rel(S1, P, At::ReceiveFin, Field::RcvNxt, Expr::UPlus1, "step1_fin_seq_mismatch"),
-    rel(S2, P, At::ReceiveFin, Field::SndNxt, Expr::V, "step2_seq_mismatch"),
-    rel(S2, A, At::FinAcked, Field::SndUna, Expr::UPlus1, "step2_ack_mismatch"),
-    rel(S2, A, At::ClosingAcked, Field::SndUna, Expr::UPlus1, "step2_ack_mismatch"),
-    rel(S3, P, At::SendThirdWave, Field::WriteSeq, Expr::W, "step3_fin_seq_mismatch"),
-    rel(S3, P, At::SendThirdWave, Field::RcvNxt, Expr::UPlus1, "step3_ack_mismatch"),
-    rel(S3, A, At::SimultaneousFin, Field::RcvNxt, Expr::WPlus1, "step3_fin_seq_mismatch"),
-    rel(S3, A, At::TimeWaitEntry, Field::RcvNxt, Expr::WPlus1, "step3_fin_seq_mismatch"),
-    rel(S4, A, At::TimeWaitEntry, Field::SndNxt, Expr::UPlus1, "step4_seq_mismatch"),
-    rel(S4, P, At::FinalAck, Field::SndUna, Expr::WPlus1, "step4_ack_mismatch"),
-    rel(S4, P, At::FinalAck, Field::RcvNxt, Expr::UPlus1, "step4_seq_mismatch"),
+    rel(
+        S1,
+        A,
+        At::SendFin,
+        Field::WriteSeq,
+        Expr::U,
+        "step1_fin_seq_mismatch",
+    ),
+    rel(
+        S1,
+        P,
+        At::ReceiveFin,
+        Field::RcvNxt,
+        Expr::UPlus1,
+        "step1_fin_seq_mismatch",
+    ),
+    rel(
+        S2,
+        P,
+        At::ReceiveFin,
+        Field::SndNxt,
+        Expr::V,
+        "step2_seq_mismatch",
+    ),
+    rel(
+        S2,
+        A,
+        At::FinAcked,
+        Field::SndUna,
+        Expr::UPlus1,
+        "step2_ack_mismatch",
+    ),
+    rel(
+        S2,
+        A,
+        At::ClosingAcked,
+        Field::SndUna,
+        Expr::UPlus1,
+        "step2_ack_mismatch",
+    ),
+    rel(
+        S3,
+        P,
+        At::SendThirdWave,
+        Field::WriteSeq,
+        Expr::W,
+        "step3_fin_seq_mismatch",
+    ),
+    rel(
+        S3,
+        P,
+        At::SendThirdWave,
+        Field::RcvNxt,
+        Expr::UPlus1,
+        "step3_ack_mismatch",
+    ),
+    rel(
+        S3,
+        A,
+        At::SimultaneousFin,
+        Field::RcvNxt,
+        Expr::WPlus1,
+        "step3_fin_seq_mismatch",
+    ),
+    rel(
+        S3,
+        A,
+        At::TimeWaitEntry,
+        Field::RcvNxt,
+        Expr::WPlus1,
+        "step3_fin_seq_mismatch",
+    ),
+    rel(
+        S4,
+        A,
+        At::TimeWaitEntry,
+        Field::SndNxt,
+        Expr::UPlus1,
+        "step4_seq_mismatch",
+    ),
+    rel(
+        S4,
+        P,
+        At::FinalAck,
+        Field::SndUna,
+        Expr::WPlus1,
+        "step4_ack_mismatch",
+    ),
+    rel(
+        S4,
+        P,
+        At::FinalAck,
+        Field::RcvNxt,
+        Expr::UPlus1,
+        "step4_seq_mismatch",
+    ),
 ];
 
 /// A source of U, V or W: a field read at a transition on one side, minus one when it is the
@@ -241,7 +332,11 @@ pub fn point<'a>(t: &Trace<'a>, at: At) -> Option<Result<&'a Event, &'static str
     let reset = !t.resets_received.is_empty() || !t.resets_sent.is_empty();
     let needs_clean_end = matches!(at, At::TimeWaitEntry | At::ClosingAcked | At::FinalAck);
     if needs_clean_end {
-        if let EventKind::State { new: crate::event::TcpState::TimeWait, .. } = ev.kind {
+        if let EventKind::State {
+            new: crate::event::TcpState::TimeWait,
+            ..
+        } = ev.kind
+        {
             return Some(Ok(ev));
         }
         if reset || ev.sock.is_some_and(|s| s.err != 0) {
@@ -308,7 +403,12 @@ impl<'t, 'a> Ends<'t, 'a> {
     }
 }
 
-fn expr_source(e: Expr, u: Option<Derived>, v: Option<Derived>, w: Option<Derived>) -> Option<Derived> {
+fn expr_source(
+    e: Expr,
+    u: Option<Derived>,
+    v: Option<Derived>,
+    w: Option<Derived>,
+) -> Option<Derived> {
     match e {
         Expr::U | Expr::UPlus1 => u,
         Expr::V => v,
@@ -324,9 +424,16 @@ pub fn check(ends: &Ends<'_, '_>) -> Vec<SeqCheck> {
         let Some(pt) = point(ends.us, r.at) else {
             continue;
         };
-        let relation = format!("{} at {} = {}", r.field.name(), r.at.describe(), r.expect.label());
+        let relation = format!(
+            "{} at {} = {}",
+            r.field.name(),
+            r.at.describe(),
+            r.expect.label()
+        );
         let src = expr_source(r.expect, u, v, w);
-        let expected = r.expect.eval(u.map(|d| d.value), v.map(|d| d.value), w.map(|d| d.value));
+        let expected = r
+            .expect
+            .eval(u.map(|d| d.value), v.map(|d| d.value), w.map(|d| d.value));
         let mut c = SeqCheck {
             step: r.step.number(),
             relation,
@@ -344,13 +451,19 @@ pub fn check(ends: &Ends<'_, '_>) -> Vec<SeqCheck> {
                     let observed = r.field.read(&s);
                     c.observed = Some(observed);
                     match (src, expected) {
-                        (Some(d), _) if d.ours && d.side == r.side && d.at == r.at && d.field == r.field => {
+                        (Some(d), _)
+                            if d.ours && d.side == r.side && d.at == r.at && d.field == r.field =>
+                        {
                             c.outcome = Outcome::Defines;
                             c.expected = Some(observed);
                             c.note = Some(format!("defines {}", expr_base(r.expect)));
                         }
                         (Some(d), Some(e)) => {
-                            c.outcome = if e == observed { Outcome::Holds } else { Outcome::Broken };
+                            c.outcome = if e == observed {
+                                Outcome::Holds
+                            } else {
+                                Outcome::Broken
+                            };
                             c.note = Some(format!(
                                 "{} from {} {} at {}",
                                 expr_base(r.expect),
@@ -400,7 +513,11 @@ pub fn data_in_close_wait(ends: &Ends<'_, '_>) -> Option<u32> {
 
 /// The four waves with their numbers, seen from the judged end.
 pub fn waves(ends: &Ends<'_, '_>) -> Waves {
-    let (u, v, w) = (ends.u().map(|d| d.value), ends.v().map(|d| d.value), ends.w().map(|d| d.value));
+    let (u, v, w) = (
+        ends.u().map(|d| d.value),
+        ends.v().map(|d| d.value),
+        ends.w().map(|d| d.value),
+    );
     let term = |e: Expr| Term {
         expr: e.label(),
         value: e.eval(u, v, w),
@@ -416,7 +533,11 @@ pub fn waves(ends: &Ends<'_, '_>) -> Waves {
             .map(|s| Wave {
                 step: s.step.number(),
                 segment: s.segment,
-                sender: if s.sender == ends.we_are { Sender::Us } else { Sender::Peer },
+                sender: if s.sender == ends.we_are {
+                    Sender::Us
+                } else {
+                    Sender::Peer
+                },
                 seq: term(s.seq),
                 ack: s.ack.map(term),
             })

@@ -247,7 +247,7 @@ pub struct ResetInfo {
 /// What became of a closing socket at its `-> CLOSE` (issue 4, point 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum TimeWait {
+pub enum TimeWaitPath {
     /// The peer's FIN had arrived (SOCK_DONE): the socket entered TIME_WAIT.
     Entered,
     /// Orphaned, the peer's FIN not yet in (SOCK_DEAD without SOCK_DONE): it became a FIN_WAIT2
@@ -264,19 +264,19 @@ pub enum TimeWait {
     Undetermined,
 }
 
-impl TimeWait {
+impl TimeWaitPath {
     pub fn describe(self) -> &'static str {
         match self {
-            TimeWait::Entered => "entered TIME_WAIT (the peer's FIN was received)",
-            TimeWait::FinWait2Timewait => {
+            TimeWaitPath::Entered => "entered TIME_WAIT (the peer's FIN was received)",
+            TimeWaitPath::FinWait2Timewait => {
                 "became an orphaned FIN_WAIT2 timewait socket (peer FIN and TIME_WAIT not visible)"
             }
-            TimeWait::FinWait2TimewaitThenTimeWait => {
+            TimeWaitPath::FinWait2TimewaitThenTimeWait => {
                 "became a FIN_WAIT2 timewait socket, which then entered TIME_WAIT (seen from the peer)"
             }
-            TimeWait::Reset => "ended by RST, no TIME_WAIT",
-            TimeWait::TimedOut => "gave up (ETIMEDOUT), no TIME_WAIT",
-            TimeWait::Undetermined => "undetermined",
+            TimeWaitPath::Reset => "ended by RST, no TIME_WAIT",
+            TimeWaitPath::TimedOut => "gave up (ETIMEDOUT), no TIME_WAIT",
+            TimeWaitPath::Undetermined => "undetermined",
         }
     }
 }
@@ -301,7 +301,7 @@ pub struct Verdict {
     pub reset: Option<ResetInfo>,
     /// At the `-> CLOSE` of a socket that sent a FIN first or simultaneously.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub time_wait: Option<TimeWait>,
+    pub time_wait: Option<TimeWaitPath>,
     /// Nanoseconds spent in each closing state.
     pub closing_times: Vec<StateTime>,
     /// U, V, W and the four waves, once a close began.
@@ -343,7 +343,7 @@ struct End {
     variant: Variant,
     why: String,
     reset: Option<ResetInfo>,
-    time_wait: Option<TimeWait>,
+    time_wait: Option<TimeWaitPath>,
 }
 
 impl End {
@@ -355,6 +355,13 @@ impl End {
             time_wait: None,
         }
     }
+}
+
+/// "step N never came: ", or nothing when no step applies.
+fn never_came(step: Option<Step>) -> String {
+    step.map_or(String::new(), |s| {
+        format!("step {} never came: ", s.number())
+    })
 }
 
 /// The first documented step a socket still waited for in `state` (on its own side).
@@ -385,7 +392,7 @@ fn reset_by(t: &Trace<'_>) -> Option<ResetBy> {
     }
 }
 
-fn states_seen(t: &Trace<'_>) -> impl Iterator<Item = TcpState> + '_ {
+fn states_seen<'t>(t: &'t Trace<'_>) -> impl Iterator<Item = TcpState> + 't {
     t.first_state
         .into_iter()
         .chain(t.marks.iter().map(|(_, e)| e.kind.state_after()))
@@ -436,7 +443,10 @@ fn role_of(conn: &Connection, t: &Trace<'_>) -> Role {
 }
 
 /// The evidence that the passive closer's ACK rode on its FIN (three segments).
-fn merged_evidence(active: Option<&Trace<'_>>, passive: Option<&Trace<'_>>) -> Option<&'static str> {
+fn merged_evidence(
+    active: Option<&Trace<'_>>,
+    passive: Option<&Trace<'_>>,
+) -> Option<&'static str> {
     if let (Some(a), Some(p)) = (active, passive) {
         if let (Some(fa), Some(la)) = (a.mark(Meaning::FinAcked), p.mark(Meaning::SendThirdWave)) {
             return (la.ts_ns <= fa.ts_ns).then_some(
@@ -449,7 +459,9 @@ fn merged_evidence(active: Option<&Trace<'_>>, passive: Option<&Trace<'_>>) -> O
     let done = close.sock.is_some_and(|s| s.done());
     match a.close_from()? {
         TcpState::FinWait1 if done => {
-            return Some("FIN_WAIT1 -> CLOSE with the peer's FIN received: ACK and FIN came together")
+            return Some(
+                "FIN_WAIT1 -> CLOSE with the peer's FIN received: ACK and FIN came together",
+            )
         }
         TcpState::FinWait2 if done => {}
         _ => return None,
@@ -465,14 +477,24 @@ fn merged_evidence(active: Option<&Trace<'_>>, passive: Option<&Trace<'_>>) -> O
 }
 
 /// The variant of a close that followed the documented sequence to its end.
-fn clean_variant(role: Role, us: &Trace<'_>, peer: Option<&Trace<'_>>, ends: Option<&Ends<'_, '_>>) -> End {
+fn clean_variant(
+    role: Role,
+    us: &Trace<'_>,
+    peer: Option<&Trace<'_>>,
+    ends: Option<&Ends<'_, '_>>,
+) -> End {
     if role == Role::Simultaneous || us.has(Meaning::SimultaneousFin) {
-        return End::new(Variant::SimultaneousClose, "FIN_WAIT1 -> CLOSING: the FINs crossed");
+        return End::new(
+            Variant::SimultaneousClose,
+            "FIN_WAIT1 -> CLOSING: the FINs crossed",
+        );
     }
     if let Some(n) = ends.and_then(seq::data_in_close_wait).filter(|&n| n > 0) {
         return End::new(
             Variant::HalfCloseWithData,
-            format!("W - V = {n}: the passive closer sent {n} bytes from CLOSE_WAIT before its FIN"),
+            format!(
+                "W - V = {n}: the passive closer sent {n} bytes from CLOSE_WAIT before its FIN"
+            ),
         );
     }
     let (active, passive) = match role {
@@ -537,7 +559,11 @@ fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
     if matches!(from, SynSent | SynRecv) {
         let mut e = if by == Some(ResetBy::Peer) || err == ECONNREFUSED {
             let mut e = End::new(
-                if from == SynSent { Variant::HandshakeRefused } else { Variant::HandshakeAborted },
+                if from == SynSent {
+                    Variant::HandshakeRefused
+                } else {
+                    Variant::HandshakeAborted
+                },
                 format!("RST from the peer in {from}"),
             );
             e.reset = Some(ResetInfo {
@@ -552,15 +578,31 @@ fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
             });
             e
         } else if err == ETIMEDOUT {
-            End::new(Variant::HandshakeTimedOut, format!("{from} timed out (ETIMEDOUT)"))
+            End::new(
+                Variant::HandshakeTimedOut,
+                format!("{from} timed out (ETIMEDOUT)"),
+            )
         } else if err != 0 {
-            End::new(Variant::HandshakeAborted, format!("{from} ended with {}", errno_text(err)))
+            End::new(
+                Variant::HandshakeAborted,
+                format!("{from} ended with {}", errno_text(err)),
+            )
         } else if sock.is_none() {
-            End::new(Variant::HandshakeAborted, format!("{from} -> CLOSE (socket error not read)"))
+            End::new(
+                Variant::HandshakeAborted,
+                format!("{from} -> CLOSE (socket error not read)"),
+            )
         } else {
-            End::new(Variant::HandshakeAborted, format!("{from} -> CLOSE: closed before established"))
+            End::new(
+                Variant::HandshakeAborted,
+                format!("{from} -> CLOSE: closed before established"),
+            )
         };
-        if us.retransmits.iter().any(|r| matches!(r.kind.state_after(), SynSent | SynRecv)) {
+        if us
+            .retransmits
+            .iter()
+            .any(|r| matches!(r.kind.state_after(), SynSent | SynRecv))
+        {
             e.why.push_str(" after SYN retransmissions");
         }
         return e;
@@ -568,8 +610,16 @@ fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
 
     // Timeouts and errors other than RST.
     if err == ETIMEDOUT {
-        let n = us.retransmits.iter().filter(|r| r.kind.state_after() == from).count();
-        let tries = if n > 0 { format!(" after {n} retransmissions") } else { String::new() };
+        let n = us
+            .retransmits
+            .iter()
+            .filter(|r| r.kind.state_after() == from)
+            .count();
+        let tries = if n > 0 {
+            format!(" after {n} retransmissions")
+        } else {
+            String::new()
+        };
         let (variant, code, msg) = match from {
             FinWait1 => (
                 Variant::FinWait1GivenUp,
@@ -595,15 +645,15 @@ fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
                 Variant::TimedOut,
                 "timed_out",
                 format!(
-                    "step {} never came: the connection timed out in {from}{tries} (ETIMEDOUT)",
-                    pending.map_or(0, Step::number)
+                    "{}the connection timed out in {from}{tries} (ETIMEDOUT)",
+                    never_came(pending)
                 ),
             ),
         };
         j.finding(pending, code, msg);
         let mut e = End::new(variant, format!("{from} -> CLOSE with ETIMEDOUT"));
         if matches!(from, FinWait1 | FinWait2 | Closing) {
-            e.time_wait = Some(TimeWait::TimedOut);
+            e.time_wait = Some(TimeWaitPath::TimedOut);
         }
         return e;
     }
@@ -612,14 +662,17 @@ fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
             pending,
             "aborted_by_error",
             format!(
-                "step {} never came: the connection ended in {from} with {}",
-                pending.map_or(0, Step::number),
+                "{}the connection ended in {from} with {}",
+                never_came(pending),
                 errno_text(err)
             ),
         );
-        let mut e = End::new(Variant::AbortByError, format!("{from} -> CLOSE with {}", errno_text(err)));
+        let mut e = End::new(
+            Variant::AbortByError,
+            format!("{from} -> CLOSE with {}", errno_text(err)),
+        );
         if matches!(from, FinWait1 | FinWait2 | Closing) {
-            e.time_wait = Some(TimeWait::Undetermined);
+            e.time_wait = Some(TimeWaitPath::Undetermined);
         }
         return e;
     }
@@ -631,7 +684,11 @@ fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
     if matches!(from, Established | CloseWait) {
         // No RST event and no error: an abortive close by the application (its RST event may
         // not have been traced), unless the error was not read.
-        let by = if sock.is_some() { ResetBy::Us } else { ResetBy::Unknown };
+        let by = if sock.is_some() {
+            ResetBy::Us
+        } else {
+            ResetBy::Unknown
+        };
         return reset_end(cx, j, from, by, err, close);
     }
 
@@ -639,7 +696,7 @@ fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
     match from {
         Closing | TimeWait => {
             let mut e = clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref());
-            e.time_wait = Some(TimeWait::Entered);
+            e.time_wait = Some(TimeWaitPath::Entered);
             e
         }
         LastAck => clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref()),
@@ -656,15 +713,20 @@ fn active_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement, from: TcpState, close: &E
             "socket flags not read at {from} -> CLOSE: TIME_WAIT, timewait socket or other end unknown (fact 10)"
         ));
         let mut e = match cx.peer {
-            Some((_, p)) if clean_final_ack(p) => clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref()),
-            _ => End::new(Variant::Unclassified, format!("{from} -> CLOSE, flags not read")),
+            Some((_, p)) if clean_final_ack(p) => {
+                clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref())
+            }
+            _ => End::new(
+                Variant::Unclassified,
+                format!("{from} -> CLOSE, flags not read"),
+            ),
         };
-        e.time_wait = Some(TimeWait::Undetermined);
+        e.time_wait = Some(TimeWaitPath::Undetermined);
         return e;
     };
     if sock.done() {
         let mut e = clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref());
-        e.time_wait = Some(TimeWait::Entered);
+        e.time_wait = Some(TimeWaitPath::Entered);
         return e;
     }
     if from == TcpState::FinWait2 && sock.dead() {
@@ -675,12 +737,15 @@ fn active_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement, from: TcpState, close: &E
         step,
         "unexplained_close",
         format!(
-            "step {} never seen: {from} -> CLOSE without the peer's FIN, orphaning, RST or error",
-            step.map_or(0, Step::number)
+            "{}{from} -> CLOSE without the peer's FIN, orphaning, RST or error",
+            never_came(step)
         ),
     );
-    let mut e = End::new(Variant::Unclassified, format!("{from} -> CLOSE, unexplained"));
-    e.time_wait = Some(TimeWait::Undetermined);
+    let mut e = End::new(
+        Variant::Unclassified,
+        format!("{from} -> CLOSE, unexplained"),
+    );
+    e.time_wait = Some(TimeWaitPath::Undetermined);
     e
 }
 
@@ -698,7 +763,7 @@ fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
         if clean_final_ack(p) {
             let mut e = clean_variant(cx.role, us, Some(p), cx.ends.as_ref());
             e.why = format!("{}; the peer's FIN reached our timewait socket", e.why);
-            e.time_wait = Some(TimeWait::FinWait2TimewaitThenTimeWait);
+            e.time_wait = Some(TimeWaitPath::FinWait2TimewaitThenTimeWait);
             return e;
         }
         if let (Some(pfrom), Some(pby)) = (p.close_from(), reset_by(p)) {
@@ -721,9 +786,11 @@ fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
                     by: ResetBy::Us,
                     state: FinWait2,
                     err: None,
-                    cause: "our FIN_WAIT2 timewait socket answered data the peer wrote after our close".to_owned(),
+                    cause:
+                        "our FIN_WAIT2 timewait socket answered data the peer wrote after our close"
+                            .to_owned(),
                 });
-                e.time_wait = Some(TimeWait::Reset);
+                e.time_wait = Some(TimeWaitPath::Reset);
                 return e;
             }
         }
@@ -748,9 +815,10 @@ fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
             by: ResetBy::Us,
             state: FinWait2,
             err: None,
-            cause: "our FIN_WAIT2 timewait socket answered data the peer wrote after our close".to_owned(),
+            cause: "our FIN_WAIT2 timewait socket answered data the peer wrote after our close"
+                .to_owned(),
         });
-        e.time_wait = Some(TimeWait::Reset);
+        e.time_wait = Some(TimeWaitPath::Reset);
         return e;
     }
     j.note(
@@ -764,15 +832,26 @@ fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
         Variant::OrphanedFinWait2,
         "FIN_WAIT2 -> CLOSE with SOCK_DEAD and no SOCK_DONE: FIN_WAIT2 timewait socket",
     );
-    e.time_wait = Some(TimeWait::FinWait2Timewait);
+    e.time_wait = Some(TimeWaitPath::FinWait2Timewait);
     e
 }
 
 /// A connection ended by a RST, sent by `by`, in `from`.
-fn reset_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement, from: TcpState, by: ResetBy, err: i32, close: &Event) -> End {
+fn reset_end(
+    cx: &Ctx<'_, '_, '_>,
+    j: &mut Judgement,
+    from: TcpState,
+    by: ResetBy,
+    err: i32,
+    close: &Event,
+) -> End {
     use TcpState::*;
     let step = step_pending(from);
-    let err_txt = if err != 0 { format!(" ({})", errno_text(err)) } else { String::new() };
+    let err_txt = if err != 0 {
+        format!(" ({})", errno_text(err))
+    } else {
+        String::new()
+    };
     let dead = close.sock.is_some_and(|s| s.dead());
     let (variant, cause) = match (by, from) {
         (ResetBy::Us, FinWait2) if err == 0 => (
@@ -825,8 +904,10 @@ fn reset_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement, from: TcpState, by: ResetB
             ResetBy::Peer => "by the peer's RST",
             ResetBy::Unknown => "by RST",
         };
-        let prefix = step.map_or(String::new(), |s| format!("step {} never came: {what}; ", s.number()));
-        format!("{prefix}ended {who} in {from}{err_txt}: {cause}")
+        format!(
+            "{}{what}; ended {who} in {from}{err_txt}: {cause}",
+            never_came(step)
+        )
     };
     j.finding(step, code, message);
     let mut e = End::new(variant, format!("RST in {from}"));
@@ -837,7 +918,7 @@ fn reset_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement, from: TcpState, by: ResetB
         cause,
     });
     if matches!(from, FinWait1 | FinWait2 | Closing) {
-        e.time_wait = Some(TimeWait::Reset);
+        e.time_wait = Some(TimeWaitPath::Reset);
     }
     e
 }
@@ -854,7 +935,11 @@ fn retransmit_notes(us: &Trace<'_>, j: &mut Judgement) {
         }
     }
     for (s, n) in by_state {
-        let times = if n == 1 { "once".to_owned() } else { format!("{n} times") };
+        let times = if n == 1 {
+            "once".to_owned()
+        } else {
+            format!("{n} times")
+        };
         match s {
             FinWait1 => j.note(
                 Some(Step::SecondWave),
@@ -898,7 +983,9 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
             j.finding(
                 step_pending(old),
                 "illegal_transition",
-                format!("{old} -> {new} is not a legal transition (RFC 9293 with Linux's additions)"),
+                format!(
+                    "{old} -> {new} is not a legal transition (RFC 9293 with Linux's additions)"
+                ),
             );
         }
     }
@@ -906,7 +993,11 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
         if let crate::event::EventKind::State { old, new } = ev.kind {
             let msg = format!("the socket was in {cur}, the next transition is {old} -> {new}: a transition is missing");
             if gaps_expected {
-                j.note(step_pending(*cur), "discontinuous_transition", format!("{msg} (events may have been lost)"));
+                j.note(
+                    step_pending(*cur),
+                    "discontinuous_transition",
+                    format!("{msg} (events may have been lost)"),
+                );
             } else {
                 j.finding(step_pending(*cur), "discontinuous_transition", msg);
             }
@@ -963,7 +1054,8 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
                 j.note(
                     None,
                     "no_sequence_data",
-                    "the events carry no sequence data: the U/V/W relations are not checkable".to_owned(),
+                    "the events carry no sequence data: the U/V/W relations are not checkable"
+                        .to_owned(),
                 );
             }
             (Some(seq::waves(ends)), checks)
@@ -972,7 +1064,7 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
     };
 
     retransmit_notes(&us, &mut j);
-    if !us.timewait_resets.is_empty() && end.time_wait != Some(TimeWait::Reset) {
+    if !us.timewait_resets.is_empty() && end.time_wait != Some(TimeWaitPath::Reset) {
         j.note(
             None,
             "timewait_reset",
@@ -998,7 +1090,9 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
     }
     if !conn.seen_from_start && !conn.is_listener() {
         let first = us.first_state.map_or("?", |s| s.name());
-        unknown.push(format!("first seen mid-life (in {first}): its beginning was not seen"));
+        unknown.push(format!(
+            "first seen mid-life (in {first}): its beginning was not seen"
+        ));
     }
     if conn.events_maybe_lost {
         unknown.push("events may have been lost while it was open".to_owned());
@@ -1007,7 +1101,9 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
         RecordEnd::Superseded => {
             unknown.push("its socket began a new connection before its close was seen".to_owned())
         }
-        RecordEnd::Evicted => unknown.push("dropped from the full connection table before its close".to_owned()),
+        RecordEnd::Evicted => {
+            unknown.push("dropped from the full connection table before its close".to_owned())
+        }
         RecordEnd::StillOpen if us.close.is_none() && !conn.is_listener() => unknown.push(format!(
             "still open in {} when the trace stopped: its close was not seen",
             us.state.map_or("?", |s| s.name())
