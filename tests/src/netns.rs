@@ -158,7 +158,17 @@ pub fn veth_pair(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> io::Result
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let (ia, ib) = (format!("vta{n}"), format!("vtb{n}"));
     run_cmd(Command::new("ip").args([
-        "link", "add", &ia, "netns", a.name(), "type", "veth", "peer", "name", &ib, "netns",
+        "link",
+        "add",
+        &ia,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &ib,
+        "netns",
         b.name(),
     ]))?;
     for (ns, dev, addr) in [(a, &ia, a_addr), (b, &ib, b_addr)] {

@@ -2,6 +2,7 @@
 //! exactly as `teardown trace` loads them, and every event is kept for the test to inspect.
 
 use std::{
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc,
@@ -117,9 +118,10 @@ impl Tracer {
         }
     }
 
-    /// Stops, groups the events into connections and judges each; keeps those with `port` as
-    /// their local or remote port.
-    pub fn connections_on_port(self, port: u16) -> Vec<Traced> {
+    /// Stops, groups the events into connections and judges each; keeps those with `ip:port` as
+    /// their local or remote end (other tests trace the same host at the same time).
+    pub fn connections(self, ip: IpAddr, port: u16) -> Vec<Traced> {
+        let end = SocketAddr::new(ip, port);
         let (events, lost) = self.stop();
         assert_eq!(lost, 0, "the kernel lost events during a small test");
         let mut tracker = Tracker::new(TrackerConfig::default());

@@ -59,7 +59,7 @@ fn client_closes_first(ip: IpAddr) {
     drop(client);
     assert!(read_to_eof(&mut server).is_empty());
     drop(server);
-    let (c, s) = ends(tracer.connections_on_port(port), port);
+    let (c, s) = ends(tracer.connections(ip, port), port);
     assert_eq!(
         c.steps(),
         [
@@ -97,7 +97,7 @@ fn server_closes_first(ip: IpAddr) {
     drop(server);
     assert!(read_to_eof(&mut client).is_empty());
     drop(client);
-    let (c, s) = ends(tracer.connections_on_port(port), port);
+    let (c, s) = ends(tracer.connections(ip, port), port);
     assert_eq!(
         c.steps(),
         [
@@ -131,7 +131,7 @@ fn half_close_with_data(ip: IpAddr) {
     drop(server);
     assert_eq!(read_to_eof(&mut client), b"late");
     drop(client);
-    let (c, s) = ends(tracer.connections_on_port(port), port);
+    let (c, s) = ends(tracer.connections(ip, port), port);
     assert_eq!(
         c.steps(),
         [
@@ -173,7 +173,7 @@ fn connection_refused(ip: IpAddr) {
     let tracer = Tracer::start();
     let err = TcpStream::connect(SocketAddr::new(ip, port)).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
-    let traced = tracer.connections_on_port(port);
+    let traced = tracer.connections(ip, port);
     assert_eq!(traced.len(), 1, "{traced:#?}");
     let c = &traced[0];
     assert_eq!(
@@ -200,7 +200,7 @@ fn abort_with_linger_zero(ip: IpAddr) {
     let err = server.read(&mut buf).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
     drop(server);
-    let (c, s) = ends(tracer.connections_on_port(port), port);
+    let (c, s) = ends(tracer.connections(ip, port), port);
     assert_eq!(
         c.steps(),
         [
@@ -241,7 +241,7 @@ fn data_after_peer_closed(ip: IpAddr) {
         std::thread::sleep(Duration::from_millis(10));
     }
     drop(server);
-    let (c, s) = ends(tracer.connections_on_port(port), port);
+    let (c, s) = ends(tracer.connections(ip, port), port);
     assert_eq!(
         c.steps(),
         [

@@ -378,20 +378,15 @@ fn hold(args: &ChurnArgs, n: u64) -> Result<ChurnResult> {
         thread::Builder::new()
             .name("hold-accept".into())
             .spawn(move || {
-                let mut local = Vec::new();
                 for _ in 0..HOLD_PER_PORT {
                     match l.accept() {
-                        Ok((s, _)) => local.push(s),
+                        Ok((s, _)) => {
+                            if let Ok(mut a) = acc.lock() {
+                                a.push(s);
+                            }
+                        }
                         Err(_) => break,
                     }
-                    if local.len() >= 1024 {
-                        if let Ok(mut a) = acc.lock() {
-                            a.append(&mut local);
-                        }
-                    }
-                }
-                if let Ok(mut a) = acc.lock() {
-                    a.append(&mut local);
                 }
             })
             .context("spawning an accept thread")?;
@@ -495,7 +490,7 @@ fn hold_split(args: &ChurnArgs, n: u64, fds: u64) -> Result<ChurnResult> {
     for i in 0..workers {
         let k = left.min(per);
         left -= k;
-        // One listening port per worker (k <= HOLD_PER_PORT since fds <= 2^20 / 2... checked below).
+        // Consecutive listening ports, as many per worker as it needs.
         let port = args.port + (i * k.div_ceil(HOLD_PER_PORT)) as u16;
         let mut child = std::process::Command::new(&exe)
             .args(["churn", "--no-netns", "--handshake", "--json", "--hold"])

@@ -1,0 +1,323 @@
+//! TIME_WAIT / CLOSE_WAIT monitor against `ss`, in fresh network namespaces (root).
+//!
+//! Each test builds a known set of closing sockets inside its own namespace, reads them through
+//! `teardown::diag` / `teardown::monitor` from a thread inside that namespace, and checks the
+//! figures exactly against `ip netns exec NAME ss ...`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use teardown::commands::timewait::{collect, render_text, OutputFormat, TimewaitArgs};
+use teardown::diag::{self, FourTuple, PollOptions, Poller, ScanLimits, TwSubstate};
+use teardown::monitor::figures::{per_local_addr, per_remote, port_pressure, state_counts};
+use teardown::monitor::{Collector, KernelSettings, Level, ReportConfig, Reuse, Thresholds};
+use teardown_integration_tests::netns::{require_root, veth_pair, Netns};
+
+const PORT: u16 = 5000; // below ip_local_port_range: no collision with client ports
+
+/// Waits for the peer's FIN: read returns 0.
+fn read_eof(s: &mut TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut b = [0u8; 16];
+    assert_eq!(s.read(&mut b).unwrap(), 0, "expected the peer's FIN");
+}
+
+/// In the calling thread's namespace: `tw` client sockets in TIME_WAIT toward `addr`, and `fw2`
+/// client sockets in FIN_WAIT2-timewait whose server sides stay in CLOSE_WAIT (returned: keep
+/// them to keep the CLOSE_WAIT).
+fn make_sockets(l: &TcpListener, tw: usize, fw2: usize) -> Vec<TcpStream> {
+    let addr = l.local_addr().unwrap();
+    for _ in 0..tw {
+        let c = TcpStream::connect(addr).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        drop(c); // client closes first: FIN_WAIT1 -> FIN_WAIT2
+        read_eof(&mut s);
+        drop(s); // server closes: LAST_ACK; client -> TIME_WAIT
+    }
+    let mut keep = Vec::new();
+    for _ in 0..fw2 {
+        let c = TcpStream::connect(addr).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        drop(c); // orphaned client: FIN_WAIT2 timewait once our FIN is ACKed
+        read_eof(&mut s);
+        keep.push(s); // never closed: CLOSE_WAIT
+    }
+    keep
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// The (local, peer) pairs of `ss -tan` lines (columns: Recv-Q Send-Q Local Peer ...).
+fn ss_tuples(lines: &[String]) -> BTreeSet<(String, String)> {
+    lines
+        .iter()
+        .map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            (c[2].to_string(), c[3].to_string())
+        })
+        .collect()
+}
+
+fn tuples(v: impl Iterator<Item = FourTuple>) -> BTreeSet<(String, String)> {
+    v.map(|t| (t.local.to_string(), t.remote.to_string()))
+        .collect()
+}
+
+#[test]
+fn counts_match_ss_exactly() {
+    if !require_root("counts_match_ss_exactly") {
+        return;
+    }
+    let ns = Netns::new("td-tw").unwrap();
+    let (n_tw, n_fw2) = (7, 3);
+    let (_listener, _keep, snap) = ns.run(|| {
+        let l = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+        let keep = make_sockets(&l, n_tw, n_fw2);
+        let mut poller = Poller::new(PollOptions::default()).unwrap();
+        let mut snap = poller.poll().unwrap();
+        // Wait (bounded) until the last server-side closes have turned into TIME_WAIT.
+        let end = Instant::now() + Duration::from_secs(5);
+        while snap.count_timewait(TwSubstate::TimeWait) < n_tw && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+            snap = poller.poll().unwrap();
+        }
+        (l, keep, snap)
+    });
+
+    let c = state_counts(&snap);
+    let ss_tw = ns.ss(&["-tan", "state", "time-wait"]).unwrap();
+    let ss_fw2_tw: Vec<String> = ns
+        .ss(&["-tano", "state", "fin-wait-2"])
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.contains("timewait"))
+        .collect();
+    let ss_cw = ns.ss(&["-tan", "state", "close-wait"]).unwrap();
+
+    assert_eq!(c.time_wait, n_tw);
+    assert_eq!(c.time_wait, ss_tw.len(), "ss: {ss_tw:#?}");
+    assert_eq!(c.fin_wait2_timewait, n_fw2, "{snap:#?} {:#?}", ns.ss(&["-tano"]));
+    assert_eq!(c.fin_wait2_timewait, ss_fw2_tw.len(), "ss: {ss_fw2_tw:#?}");
+    assert_eq!(c.close_wait, n_fw2);
+    assert_eq!(c.close_wait, ss_cw.len());
+    assert_eq!(
+        (c.fin_wait1, c.fin_wait2, c.last_ack, c.closing),
+        (0, 0, 0, 0)
+    );
+
+    // The very same sockets.
+    let ours_tw = tuples(
+        snap.timewait
+            .iter()
+            .filter(|t| t.substate == TwSubstate::TimeWait)
+            .map(|t| t.tuple),
+    );
+    assert_eq!(ours_tw, ss_tuples(&ss_tw));
+    let ours_fw2 = tuples(
+        snap.timewait
+            .iter()
+            .filter(|t| t.substate == TwSubstate::FinWait2)
+            .map(|t| t.tuple),
+    );
+    assert_eq!(ours_fw2, ss_tuples(&ss_fw2_tw));
+    assert_eq!(
+        tuples(snap.closing.iter().map(|s| s.tuple)),
+        ss_tuples(&ss_cw)
+    );
+
+    // Per remote / per local, and timers: TIME_WAIT is 60 s, FIN_WAIT2 tcp_fin_timeout (60 s).
+    let r = per_remote(&snap);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].key.to_string(), format!("127.0.0.1:{PORT}"));
+    assert_eq!((r[0].time_wait, r[0].fin_wait2), (n_tw, n_fw2));
+    let l = per_local_addr(&snap);
+    assert_eq!(l[0].total(), n_tw + n_fw2);
+    for t in &snap.timewait {
+        assert!(t.remaining_ms > 50_000 && t.remaining_ms <= 60_000, "{t:?}");
+    }
+    // CLOSE_WAIT sockets carry inode and uid (root).
+    assert!(snap.closing.iter().all(|s| s.inode != 0 && s.uid == 0));
+}
+
+#[test]
+fn close_wait_leak_found_with_our_pid() {
+    if !require_root("close_wait_leak_found_with_our_pid") {
+        return;
+    }
+    let ns = Netns::new("td-cw").unwrap();
+    let (_l, keep, report) = ns.run(|| {
+        let l = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+        let keep = make_sockets(&l, 0, 2);
+        let cfg = ReportConfig {
+            close_wait_threshold_ms: 0,
+            ..ReportConfig::default()
+        };
+        let mut c =
+            Collector::new(PollOptions::default(), cfg, Some(ScanLimits::default())).unwrap();
+        let (report, _) = c.poll().unwrap();
+        (l, keep, report)
+    });
+    assert_eq!(keep.len(), 2);
+    assert_eq!(report.close_wait_leaks.len(), 2);
+    for leak in &report.close_wait_leaks {
+        assert!(
+            leak.at_least,
+            "present at the first poll: age is a lower bound"
+        );
+        let owner = leak.owners.first().expect("owner found in /proc");
+        assert_eq!(owner.pid, std::process::id());
+        assert!(!owner.comm.is_empty());
+    }
+    assert!(report.level >= Level::Warning);
+    let ss = ns.ss(&["-tanp", "state", "close-wait"]).unwrap();
+    assert_eq!(ss.len(), 2);
+    assert!(ss
+        .iter()
+        .all(|l| l.contains(&format!("pid={}", std::process::id()))));
+
+    // The command's own path: two polls, text and JSON.
+    let args = TimewaitArgs {
+        format: OutputFormat::Json,
+        interval: 0.2,
+        close_wait_threshold: 0.1,
+        stall_after: 60.0,
+        warn_pct: 50.0,
+        critical_pct: 90.0,
+        top: 10,
+        list: true,
+        no_owners: false,
+        no_open: false,
+        netns: None,
+    };
+    let r = diag::netns::run_in(&ns.path(), || collect(&args))
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.polls, 2);
+    assert_eq!(r.rate.method, "observed");
+    let text = render_text(&r);
+    assert!(text.contains(&format!("{}/", std::process::id())), "{text}");
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["counts"]["close_wait"], 2);
+    drop(keep);
+}
+
+#[test]
+fn port_pressure_warning_with_narrow_port_range() {
+    if !require_root("port_pressure_warning_with_narrow_port_range") {
+        return;
+    }
+    let ns = Netns::new("td-pp").unwrap();
+    let host_range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    ns.set_sysctl("net.ipv4.ip_local_port_range", "40000 40019")
+        .unwrap();
+    ns.set_sysctl("net.ipv4.tcp_tw_reuse", "0").unwrap();
+    assert_eq!(
+        ns.exec(&["cat", "/proc/sys/net/ipv4/ip_local_port_range"])
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["40000", "40019"]
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap(),
+        host_range,
+        "the host's range is untouched"
+    );
+    let n = 12;
+    let (_l, settings, snap) = ns.run(|| {
+        let l = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+        make_sockets(&l, n, 0);
+        let settings = KernelSettings::read().unwrap();
+        let mut p = Poller::new(PollOptions::default()).unwrap();
+        let mut snap = p.poll().unwrap();
+        let end = Instant::now() + Duration::from_secs(5);
+        while snap.count_timewait(TwSubstate::TimeWait) < n && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+            snap = p.poll().unwrap();
+        }
+        (l, settings, snap)
+    });
+    assert_eq!(settings.port_range, (40000, 40019));
+    assert_eq!(settings.tw_reuse, 0);
+    let ss_tw = ns.ss(&["-tan", "state", "time-wait"]).unwrap();
+    assert_eq!(ss_tw.len(), n);
+    let p = port_pressure(&snap, &settings, &Thresholds::default());
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].remote.to_string(), format!("127.0.0.1:{PORT}"));
+    assert_eq!((p[0].timewait, p[0].blocking, p[0].range_size), (n, n, 20));
+    assert_eq!(p[0].used_pct, 60.0);
+    assert_eq!(p[0].reuse, Reuse::Off);
+    assert_eq!(p[0].level, Level::Warning);
+
+    // With tcp_tw_reuse=2 (loopback), TIME_WAIT older than 1 s no longer blocks connect().
+    ns.set_sysctl("net.ipv4.tcp_tw_reuse", "2").unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    let (settings, snap) = ns.run(|| {
+        (
+            KernelSettings::read().unwrap(),
+            Poller::new(PollOptions::default()).unwrap().poll().unwrap(),
+        )
+    });
+    let p = port_pressure(&snap, &settings, &Thresholds::default());
+    assert_eq!(p[0].reuse, Reuse::Applies);
+    assert_eq!((p[0].timewait, p[0].blocking), (n, 0));
+    assert_eq!(p[0].level, Level::Ok);
+}
+
+#[test]
+fn veth_between_namespaces_and_per_namespace_view() {
+    if !require_root("veth_between_namespaces_and_per_namespace_view") {
+        return;
+    }
+    let a = Netns::new("td-va").unwrap();
+    let b = Netns::new("td-vb").unwrap();
+    veth_pair(&a, "10.231.7.1/24", &b, "10.231.7.2/24").unwrap();
+    let server = b.run(|| TcpListener::bind(("10.231.7.2", PORT)).unwrap());
+    let accept = std::thread::spawn(move || {
+        let (mut s, _) = server.accept().unwrap();
+        read_eof(&mut s);
+        drop(s);
+        server
+    });
+    a.run(|| {
+        let c = TcpStream::connect(("10.231.7.2", PORT)).unwrap();
+        drop(c);
+    });
+    let _server = accept.join().unwrap();
+    let snap_a = a.run(|| {
+        let mut p = Poller::new(PollOptions::default()).unwrap();
+        let mut s = p.poll().unwrap();
+        let end = Instant::now() + Duration::from_secs(5);
+        while s.timewait.is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(20));
+            s = p.poll().unwrap();
+        }
+        s
+    });
+    let snap_b = b.run(|| diag::snapshot().unwrap());
+    assert_eq!(snap_a.timewait.len(), 1);
+    assert_eq!(
+        snap_a.timewait[0].tuple.remote.to_string(),
+        format!("10.231.7.2:{PORT}")
+    );
+    assert!(
+        snap_b.timewait.is_empty(),
+        "the passive side holds no TIME_WAIT"
+    );
+    wait_until("ss in a to show it", || {
+        a.ss(&["-tan", "state", "time-wait"]).unwrap().len() == 1
+    });
+}
