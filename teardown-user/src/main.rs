@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use teardown::commands::{replay, trace};
+use teardown::commands::{replay, timewait, top, trace};
 
 /// Watch TCP connections close, and check each teardown against the documented sequence.
 ///
@@ -41,6 +41,10 @@ enum Command {
     Record(trace::RecordArgs),
     /// Judge the connections of a recording: the output of `trace`, with no kernel and no root.
     Replay(replay::ReplayArgs),
+    /// Report the sockets in TIME_WAIT, CLOSE_WAIT and other closing states, right now.
+    Timewait(timewait::TimewaitArgs),
+    /// A live terminal view of closing sockets, port pressure, leaks and deviating teardowns.
+    Top(top::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,8 @@ fn main() -> ExitCode {
         Command::Trace(args) => block_on(trace::run(args, None)).map(drop),
         Command::Record(args) => block_on(trace::run(args.trace, Some(args.file))).map(drop),
         Command::Replay(args) => replay::run(args).map(drop),
+        Command::Timewait(args) => timewait::run(args),
+        Command::Top(args) => top::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,7 +91,9 @@ pub fn churn(args: ChurnArgs) -> Result<()> {
         bail!("--seconds must be positive (and at most a day)");
     }
     if args.port == 0 || args.port >= 32768 {
-        bail!("--port must be in 1..32767 (ports from 32768 are ephemeral and collide under churn)");
+        bail!(
+            "--port must be in 1..32767 (ports from 32768 are ephemeral and collide under churn)"
+        );
     }
     let want_fds = args.hold.map_or(4096, |n| n.saturating_mul(2) + 256);
     let fds = raise_nofile(want_fds)?;

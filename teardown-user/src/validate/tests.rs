@@ -76,7 +76,11 @@ fn conn(events: Vec<Event>) -> Connection {
         events,
         seen_from_start,
         events_maybe_lost: false,
-        end: if closed { RecordEnd::Closed } else { RecordEnd::StillOpen },
+        end: if closed {
+            RecordEnd::Closed
+        } else {
+            RecordEnd::StillOpen
+        },
     }
 }
 
@@ -99,8 +103,22 @@ fn active_close(w: u32, fin_ack_una: u32) -> Vec<Event> {
     let mut e = client_open();
     e.extend([
         sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
-        sq(20 * MS, FinWait1, FinWait2, [fin_ack_una, U + 1, V, U + 1], NO_FLAGS, 0),
-        sq(40 * MS, FinWait2, Close, [U + 1, U + 1, w + 1, U + 1], DONE, 0),
+        sq(
+            20 * MS,
+            FinWait1,
+            FinWait2,
+            [fin_ack_una, U + 1, V, U + 1],
+            NO_FLAGS,
+            0,
+        ),
+        sq(
+            40 * MS,
+            FinWait2,
+            Close,
+            [U + 1, U + 1, w + 1, U + 1],
+            DONE,
+            0,
+        ),
     ]);
     e
 }
@@ -109,9 +127,23 @@ fn active_close(w: u32, fin_ack_una: u32) -> Vec<Event> {
 fn passive_close(w: u32, rcv_at_cw: u32, final_una: u32) -> Vec<Event> {
     let mut e = server_open();
     e.extend([
-        sq(15 * MS, Established, CloseWait, [V, V, rcv_at_cw, V], DONE, 0),
+        sq(
+            15 * MS,
+            Established,
+            CloseWait,
+            [V, V, rcv_at_cw, V],
+            DONE,
+            0,
+        ),
         sq(30 * MS, CloseWait, LastAck, [w, w, U + 1, w], DONE, 0),
-        sq(50 * MS, LastAck, Close, [final_una, w + 1, U + 1, w + 1], DONE | DEAD, 0),
+        sq(
+            50 * MS,
+            LastAck,
+            Close,
+            [final_una, w + 1, U + 1, w + 1],
+            DONE | DEAD,
+            0,
+        ),
     ]);
     e
 }
@@ -121,8 +153,22 @@ fn orphan_close() -> Vec<Event> {
     let mut e = client_open();
     e.extend([
         sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
-        sq(11 * MS, FinWait1, FinWait2, [U + 1, U + 1, V, U + 1], DEAD, 0),
-        sq(11 * MS + 500, FinWait2, Close, [U + 1, U + 1, V, U + 1], DEAD, 0),
+        sq(
+            11 * MS,
+            FinWait1,
+            FinWait2,
+            [U + 1, U + 1, V, U + 1],
+            DEAD,
+            0,
+        ),
+        sq(
+            11 * MS + 500,
+            FinWait2,
+            Close,
+            [U + 1, U + 1, V, U + 1],
+            DEAD,
+            0,
+        ),
     ]);
     e
 }
@@ -131,8 +177,22 @@ fn three_segment_active() -> Vec<Event> {
     let mut e = client_open();
     e.extend([
         sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
-        sq(13 * MS, FinWait1, FinWait2, [U + 1, U + 1, V, U + 1], DEAD, 0),
-        sq(13 * MS + 3_000, FinWait2, Close, [U + 1, U + 1, V + 1, U + 1], DEAD | DONE, 0),
+        sq(
+            13 * MS,
+            FinWait1,
+            FinWait2,
+            [U + 1, U + 1, V, U + 1],
+            DEAD,
+            0,
+        ),
+        sq(
+            13 * MS + 3_000,
+            FinWait2,
+            Close,
+            [U + 1, U + 1, V + 1, U + 1],
+            DEAD | DONE,
+            0,
+        ),
     ]);
     e
 }
@@ -141,8 +201,22 @@ fn three_segment_passive() -> Vec<Event> {
     let mut e = server_open();
     e.extend([
         sq(11 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0),
-        sq(12 * MS, CloseWait, LastAck, [V, V, U + 1, V], DONE | DEAD, 0),
-        sq(14 * MS, LastAck, Close, [V + 1, V + 1, U + 1, V + 1], DONE | DEAD, 0),
+        sq(
+            12 * MS,
+            CloseWait,
+            LastAck,
+            [V, V, U + 1, V],
+            DONE | DEAD,
+            0,
+        ),
+        sq(
+            14 * MS,
+            LastAck,
+            Close,
+            [V + 1, V + 1, U + 1, V + 1],
+            DONE | DEAD,
+            0,
+        ),
     ]);
     e
 }
@@ -151,8 +225,22 @@ fn simultaneous(peer_fin_plus_1: u32, final_una: u32) -> Vec<Event> {
     let mut e = client_open();
     e.extend([
         sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
-        sq(11 * MS, FinWait1, Closing, [U, U + 1, peer_fin_plus_1, U + 1], DONE, 0),
-        sq(12 * MS, Closing, Close, [final_una, U + 1, peer_fin_plus_1, U + 1], DONE, 0),
+        sq(
+            11 * MS,
+            FinWait1,
+            Closing,
+            [U, U + 1, peer_fin_plus_1, U + 1],
+            DONE,
+            0,
+        ),
+        sq(
+            12 * MS,
+            Closing,
+            Close,
+            [final_una, U + 1, peer_fin_plus_1, U + 1],
+            DONE,
+            0,
+        ),
     ]);
     e
 }
@@ -221,222 +309,594 @@ fn cases() -> Vec<Case> {
     use Variant as X;
     vec![
         // --- Clean closes and a deviation of each.
-        case("four-way, active", active_close(V, U + 1), R::ActiveCloser, X::FourWayClose),
-        case("four-way, step 2 ack wrong", active_close(V, U + 7), R::ActiveCloser, X::FourWayClose)
-            .deviates(&["step2_ack_mismatch"], Some(2)),
-        case("four-way, passive", passive_close(V, U + 1, V + 1), R::PassiveCloser, X::FourWayClose),
-        case("four-way, passive, step 4 ack wrong", passive_close(V, U + 1, V), R::PassiveCloser, X::FourWayClose)
-            .deviates(&["step4_ack_mismatch"], Some(4)),
-        case("four-way, both ends", active_close(V, U + 1), R::ActiveCloser, X::FourWayClose)
-            .peer(passive_close(V, U + 1, V + 1)),
-        case("four-way, peer's rcv_nxt at CLOSE_WAIT is not our U+1", passive_close(V, U + 9, V + 1), R::PassiveCloser, X::FourWayClose)
-            .peer(active_close(V, U + 1))
-            .deviates(&["step1_fin_seq_mismatch"], Some(1)),
-        case("four-way, active, peer FIN seq differs from the peer's W", active_close(V + 2, U + 1), R::ActiveCloser, X::HalfCloseWithData)
-            .peer(passive_close(V, U + 1, V + 1))
-            .deviates(&["step3_fin_seq_mismatch"], Some(3)),
-        case("three-segment, active (orphaned, DONE at close)", three_segment_active(), R::ActiveCloser, X::ThreeSegmentClose),
-        case("three-segment, passive with peer", three_segment_passive(), R::PassiveCloser, X::ThreeSegmentClose)
-            .peer(three_segment_active()),
-        case("three-segment, active with peer", three_segment_active(), R::ActiveCloser, X::ThreeSegmentClose)
-            .peer(three_segment_passive()),
-        case("three-segment, final ack wrong", {
-            let mut e = three_segment_passive();
-            e[4] = sq(14 * MS, LastAck, Close, [V, V + 1, U + 1, V + 1], DONE | DEAD, 0);
-            e
-        }, R::PassiveCloser, X::ThreeSegmentClose)
-            .peer(three_segment_active())
-            .deviates(&["step4_ack_mismatch"], Some(4)),
-        case("simultaneous", simultaneous(V + 1, U + 1), R::Simultaneous, X::SimultaneousClose),
-        case("simultaneous, our FIN's ACK wrong", simultaneous(V + 1, U), R::Simultaneous, X::SimultaneousClose)
-            .deviates(&["step2_ack_mismatch"], Some(2)),
-        case("simultaneous, peer FIN seq differs from the peer's write_seq", simultaneous(V + 5, U + 1), R::Simultaneous, X::SimultaneousClose)
-            .peer({
-                let mut e = client_open();
-                e.extend([
-                    sq(10 * MS, Established, FinWait1, [V, V, U, V], NO_FLAGS, 0),
-                    sq(11 * MS, FinWait1, Closing, [V, V + 1, U + 1, V + 1], DONE, 0),
-                    sq(12 * MS, Closing, Close, [V + 1, V + 1, U + 1, V + 1], DONE, 0),
-                ]);
+        case(
+            "four-way, active",
+            active_close(V, U + 1),
+            R::ActiveCloser,
+            X::FourWayClose,
+        ),
+        case(
+            "four-way, step 2 ack wrong",
+            active_close(V, U + 7),
+            R::ActiveCloser,
+            X::FourWayClose,
+        )
+        .deviates(&["step2_ack_mismatch"], Some(2)),
+        case(
+            "four-way, passive",
+            passive_close(V, U + 1, V + 1),
+            R::PassiveCloser,
+            X::FourWayClose,
+        ),
+        case(
+            "four-way, passive, step 4 ack wrong",
+            passive_close(V, U + 1, V),
+            R::PassiveCloser,
+            X::FourWayClose,
+        )
+        .deviates(&["step4_ack_mismatch"], Some(4)),
+        case(
+            "four-way, both ends",
+            active_close(V, U + 1),
+            R::ActiveCloser,
+            X::FourWayClose,
+        )
+        .peer(passive_close(V, U + 1, V + 1)),
+        case(
+            "four-way, peer's rcv_nxt at CLOSE_WAIT is not our U+1",
+            passive_close(V, U + 9, V + 1),
+            R::PassiveCloser,
+            X::FourWayClose,
+        )
+        .peer(active_close(V, U + 1))
+        .deviates(&["step1_fin_seq_mismatch"], Some(1)),
+        case(
+            "four-way, active, peer FIN seq differs from the peer's W",
+            active_close(V + 2, U + 1),
+            R::ActiveCloser,
+            X::FourWayClose,
+        )
+        .peer(passive_close(V, U + 1, V + 1))
+        .deviates(&["step3_fin_seq_mismatch"], Some(3)),
+        case(
+            "three-segment, active (orphaned, DONE at close)",
+            three_segment_active(),
+            R::ActiveCloser,
+            X::ThreeSegmentClose,
+        ),
+        case(
+            "three-segment, passive with peer",
+            three_segment_passive(),
+            R::PassiveCloser,
+            X::ThreeSegmentClose,
+        )
+        .peer(three_segment_active()),
+        case(
+            "three-segment, active with peer",
+            three_segment_active(),
+            R::ActiveCloser,
+            X::ThreeSegmentClose,
+        )
+        .peer(three_segment_passive()),
+        case(
+            "three-segment, final ack wrong",
+            {
+                let mut e = three_segment_passive();
+                e[4] = sq(
+                    14 * MS,
+                    LastAck,
+                    Close,
+                    [V, V + 1, U + 1, V + 1],
+                    DONE | DEAD,
+                    0,
+                );
                 e
-            })
-            .deviates(&["step3_fin_seq_mismatch"], Some(3)),
-        case("half-close with data, active, measured", active_close(W4, U + 1), R::ActiveCloser, X::HalfCloseWithData),
-        case("half-close with data, passive, measured", passive_close(W4, U + 1, W4 + 1), R::PassiveCloser, X::HalfCloseWithData),
-        case("half-close, both ends", active_close(W4, U + 1), R::ActiveCloser, X::HalfCloseWithData)
-            .peer(passive_close(W4, U + 1, W4 + 1)),
-        case("half-close, W before V", passive_close(V - 3, U + 1, V - 2), R::PassiveCloser, X::FourWayClose)
-            .deviates(&["step3_w_before_v"], Some(3)),
-        case("half-close, FIN,ACK acks the wrong seq", {
-            let mut e = passive_close(W4, U + 1, W4 + 1);
-            e[3] = sq(30 * MS, CloseWait, LastAck, [W4, W4, U + 2, W4], DONE, 0);
+            },
+            R::PassiveCloser,
+            X::ThreeSegmentClose,
+        )
+        .peer(three_segment_active())
+        .deviates(&["step4_ack_mismatch"], Some(4)),
+        case(
+            "simultaneous",
+            simultaneous(V + 1, U + 1),
+            R::Simultaneous,
+            X::SimultaneousClose,
+        ),
+        case(
+            "simultaneous, our FIN's ACK wrong",
+            simultaneous(V + 1, U),
+            R::Simultaneous,
+            X::SimultaneousClose,
+        )
+        .deviates(&["step2_ack_mismatch"], Some(2)),
+        case(
+            "simultaneous, peer FIN seq differs from the peer's write_seq",
+            simultaneous(V + 5, U + 1),
+            R::Simultaneous,
+            X::SimultaneousClose,
+        )
+        .peer({
+            let mut e = client_open();
+            e.extend([
+                sq(10 * MS, Established, FinWait1, [V, V, U, V], NO_FLAGS, 0),
+                sq(
+                    11 * MS,
+                    FinWait1,
+                    Closing,
+                    [V, V + 1, U + 1, V + 1],
+                    DONE,
+                    0,
+                ),
+                sq(
+                    12 * MS,
+                    Closing,
+                    Close,
+                    [V + 1, V + 1, U + 1, V + 1],
+                    DONE,
+                    0,
+                ),
+            ]);
             e
-        }, R::PassiveCloser, X::HalfCloseWithData)
-            .deviates(&["step3_ack_mismatch"], Some(3)),
+        })
+        .deviates(&["step3_fin_seq_mismatch"], Some(3)),
+        case(
+            "half-close with data, active, measured",
+            active_close(W4, U + 1),
+            R::ActiveCloser,
+            X::HalfCloseWithData,
+        ),
+        case(
+            "half-close with data, passive, measured",
+            passive_close(W4, U + 1, W4 + 1),
+            R::PassiveCloser,
+            X::HalfCloseWithData,
+        ),
+        case(
+            "half-close, both ends",
+            active_close(W4, U + 1),
+            R::ActiveCloser,
+            X::HalfCloseWithData,
+        )
+        .peer(passive_close(W4, U + 1, W4 + 1)),
+        case(
+            "half-close, W before V",
+            passive_close(V - 3, U + 1, V - 2),
+            R::PassiveCloser,
+            X::FourWayClose,
+        )
+        .deviates(&["step3_w_before_v"], Some(3)),
+        case(
+            "half-close, FIN,ACK acks the wrong seq",
+            {
+                let mut e = passive_close(W4, U + 1, W4 + 1);
+                e[3] = sq(30 * MS, CloseWait, LastAck, [W4, W4, U + 2, W4], DONE, 0);
+                e
+            },
+            R::PassiveCloser,
+            X::HalfCloseWithData,
+        )
+        .deviates(&["step3_ack_mismatch"], Some(3)),
         // --- Plain close(): orphaned FIN_WAIT2 timewait socket.
-        case("orphaned FIN_WAIT2", orphan_close(), R::ActiveCloser, X::OrphanedFinWait2),
-        case("orphaned FIN_WAIT2, step 2 ack wrong", {
-            let mut e = orphan_close();
-            e[3] = sq(11 * MS, FinWait1, FinWait2, [U, U + 1, V, U + 1], DEAD, 0);
-            e
-        }, R::ActiveCloser, X::OrphanedFinWait2)
-            .deviates(&["step2_ack_mismatch"], Some(2)),
-        case("orphaned FIN_WAIT2, peer closed cleanly", orphan_close(), R::ActiveCloser, X::FourWayClose)
-            .peer(passive_close(V, U + 1, V + 1)),
-        case("orphaned FIN_WAIT2, peer wrote and was reset (fact 4)", orphan_close(), R::ActiveCloser, X::AbortByRst)
-            .peer({
-                let mut e = server_open();
-                e.extend([
-                    sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0),
-                    rst_in(12 * MS, CloseWait),
-                    sq(12 * MS, CloseWait, Close, [V, V + 4, U + 1, V + 4], DONE, 32),
-                ]);
+        case(
+            "orphaned FIN_WAIT2",
+            orphan_close(),
+            R::ActiveCloser,
+            X::OrphanedFinWait2,
+        ),
+        case(
+            "orphaned FIN_WAIT2, step 2 ack wrong",
+            {
+                let mut e = orphan_close();
+                e[3] = sq(11 * MS, FinWait1, FinWait2, [U, U + 1, V, U + 1], DEAD, 0);
                 e
-            })
-            .deviates(&["no_peer_fin"], Some(3)),
-        case("orphaned FIN_WAIT2, timewait socket sent RST", {
-            let mut e = orphan_close();
-            e.push(rst_out(12 * MS, TimeWait));
-            e
-        }, R::ActiveCloser, X::AbortByRst)
-            .deviates(&["no_peer_fin"], Some(3)),
-        // --- FIN_WAIT2 timeout.
-        case("FIN_WAIT2 timeout", {
-            let mut e = orphan_close();
-            e.truncate(4);
-            e.extend([rst_out(70_000 * MS, FinWait2), sq(70_000 * MS, FinWait2, Close, [U + 1, U + 1, V, U + 1], DEAD, 0)]);
-            e
-        }, R::ActiveCloser, X::FinWait2Timeout)
-            .deviates(&["no_peer_fin"], Some(3)),
-        // --- Resets.
-        case("RST by us in ESTABLISHED (SO_LINGER 0)", {
-            let mut e = client_open();
-            e.extend([sq(10 * MS, Established, Close, [U, U, V, U], NO_FLAGS, 0), rst_out(10 * MS, Close)]);
-            e
-        }, R::ActiveCloser, X::AbortByRst)
-            .deviates(&["reset_sent"], Some(1)),
-        case("RST by peer in ESTABLISHED", {
-            let mut e = client_open();
-            e.extend([rst_in(10 * MS, Established), sq(10 * MS, Established, Close, [U, U, V, U], NO_FLAGS, 104)]);
-            e
-        }, R::PassiveCloser, X::AbortByRst)
-            .deviates(&["reset_received"], Some(1)),
-        case("RST by peer in CLOSE_WAIT (EPIPE, fact 4)", {
+            },
+            R::ActiveCloser,
+            X::OrphanedFinWait2,
+        )
+        .deviates(&["step2_ack_mismatch"], Some(2)),
+        case(
+            "orphaned FIN_WAIT2, peer closed cleanly",
+            orphan_close(),
+            R::ActiveCloser,
+            X::FourWayClose,
+        )
+        .peer(passive_close(V, U + 1, V + 1)),
+        case(
+            "orphaned FIN_WAIT2, peer wrote and was reset (fact 4)",
+            orphan_close(),
+            R::ActiveCloser,
+            X::AbortByRst,
+        )
+        .peer({
             let mut e = server_open();
             e.extend([
                 sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0),
-                sq(12 * MS, CloseWait, Close, [V, V + 4, U + 1, V + 4], DONE, 32),
+                rst_in(12 * MS, CloseWait),
+                sq(
+                    12 * MS,
+                    CloseWait,
+                    Close,
+                    [V, V + 4, U + 1, V + 4],
+                    DONE,
+                    32,
+                ),
             ]);
             e
-        }, R::PassiveCloser, X::AbortByRst)
-            .deviates(&["reset_received"], Some(3)),
-        case("RST by us in CLOSE_WAIT (unread data)", {
-            let mut e = server_open();
-            e.extend([sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0), sq(12 * MS, CloseWait, Close, [V, V, U + 1, V], DONE, 0), rst_out(12 * MS, Close)]);
-            e
-        }, R::PassiveCloser, X::AbortByRst)
-            .deviates(&["reset_sent"], Some(3)),
-        case("RST by peer in FIN_WAIT2", {
-            let mut e = active_close(V, U + 1);
-            e[4] = rst_in(40 * MS, FinWait2);
-            e.push(sq(40 * MS, FinWait2, Close, [U + 1, U + 1, V, U + 1], NO_FLAGS, 104));
-            e
-        }, R::ActiveCloser, X::AbortByRst)
-            .deviates(&["reset_received"], Some(3)),
-        case("RST by peer in LAST_ACK", {
-            let mut e = passive_close(V, U + 1, V + 1);
-            e[4] = rst_in(50 * MS, LastAck);
-            e.push(sq(50 * MS, LastAck, Close, [V, V + 1, U + 1, V + 1], DONE | DEAD, 104));
-            e
-        }, R::PassiveCloser, X::AbortByRst)
-            .deviates(&["reset_received"], Some(4)),
-        case("abort by error", {
-            let mut e = client_open();
-            e.push(sq(10 * MS, Established, Close, [U, U, V, U], NO_FLAGS, 113));
-            e
-        }, R::Unknown, X::AbortByError)
-            .deviates(&["aborted_by_error"], Some(1)),
+        })
+        .deviates(&["no_peer_fin"], Some(3)),
+        case(
+            "orphaned FIN_WAIT2, timewait socket sent RST",
+            {
+                let mut e = orphan_close();
+                e.push(rst_out(12 * MS, TimeWait));
+                e
+            },
+            R::ActiveCloser,
+            X::AbortByRst,
+        )
+        .deviates(&["no_peer_fin"], Some(3)),
+        // --- FIN_WAIT2 timeout.
+        case(
+            "FIN_WAIT2 timeout",
+            {
+                let mut e = orphan_close();
+                e.truncate(4);
+                e.extend([
+                    rst_out(70_000 * MS, FinWait2),
+                    sq(
+                        70_000 * MS,
+                        FinWait2,
+                        Close,
+                        [U + 1, U + 1, V, U + 1],
+                        DEAD,
+                        0,
+                    ),
+                ]);
+                e
+            },
+            R::ActiveCloser,
+            X::FinWait2Timeout,
+        )
+        .deviates(&["no_peer_fin"], Some(3)),
+        // --- Resets.
+        case(
+            "RST by us in ESTABLISHED (SO_LINGER 0)",
+            {
+                let mut e = client_open();
+                e.extend([
+                    sq(10 * MS, Established, Close, [U, U, V, U], NO_FLAGS, 0),
+                    rst_out(10 * MS, Close),
+                ]);
+                e
+            },
+            R::ActiveCloser,
+            X::AbortByRst,
+        )
+        .deviates(&["reset_sent"], Some(1)),
+        case(
+            "RST by peer in ESTABLISHED",
+            {
+                let mut e = client_open();
+                e.extend([
+                    rst_in(10 * MS, Established),
+                    sq(10 * MS, Established, Close, [U, U, V, U], NO_FLAGS, 104),
+                ]);
+                e
+            },
+            R::PassiveCloser,
+            X::AbortByRst,
+        )
+        .deviates(&["reset_received"], Some(1)),
+        case(
+            "RST by peer in CLOSE_WAIT (EPIPE, fact 4)",
+            {
+                let mut e = server_open();
+                e.extend([
+                    sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0),
+                    sq(
+                        12 * MS,
+                        CloseWait,
+                        Close,
+                        [V, V + 4, U + 1, V + 4],
+                        DONE,
+                        32,
+                    ),
+                ]);
+                e
+            },
+            R::PassiveCloser,
+            X::AbortByRst,
+        )
+        .deviates(&["reset_received"], Some(3)),
+        case(
+            "RST by us in CLOSE_WAIT (unread data)",
+            {
+                let mut e = server_open();
+                e.extend([
+                    sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0),
+                    sq(12 * MS, CloseWait, Close, [V, V, U + 1, V], DONE, 0),
+                    rst_out(12 * MS, Close),
+                ]);
+                e
+            },
+            R::PassiveCloser,
+            X::AbortByRst,
+        )
+        .deviates(&["reset_sent"], Some(3)),
+        case(
+            "RST by peer in FIN_WAIT2",
+            {
+                let mut e = active_close(V, U + 1);
+                e[4] = rst_in(40 * MS, FinWait2);
+                e.push(sq(
+                    40 * MS,
+                    FinWait2,
+                    Close,
+                    [U + 1, U + 1, V, U + 1],
+                    NO_FLAGS,
+                    104,
+                ));
+                e
+            },
+            R::ActiveCloser,
+            X::AbortByRst,
+        )
+        .deviates(&["reset_received"], Some(3)),
+        case(
+            "RST by peer in LAST_ACK",
+            {
+                let mut e = passive_close(V, U + 1, V + 1);
+                e[4] = rst_in(50 * MS, LastAck);
+                e.push(sq(
+                    50 * MS,
+                    LastAck,
+                    Close,
+                    [V, V + 1, U + 1, V + 1],
+                    DONE | DEAD,
+                    104,
+                ));
+                e
+            },
+            R::PassiveCloser,
+            X::AbortByRst,
+        )
+        .deviates(&["reset_received"], Some(4)),
+        case(
+            "abort by error",
+            {
+                let mut e = client_open();
+                e.push(sq(10 * MS, Established, Close, [U, U, V, U], NO_FLAGS, 113));
+                e
+            },
+            R::Unknown,
+            X::AbortByError,
+        )
+        .deviates(&["aborted_by_error"], Some(1)),
         // --- Given up.
-        case("FIN_WAIT1 given up", {
-            let mut e = client_open();
-            e.extend([
-                sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
-                retx(210 * MS, FinWait1),
-                retx(610 * MS, FinWait1),
-                sq(9_000 * MS, FinWait1, Close, [U, U + 1, V, U + 1], DEAD, 110),
-            ]);
-            e
-        }, R::ActiveCloser, X::FinWait1GivenUp)
-            .deviates(&["no_fin_ack"], Some(2)),
-        case("CLOSING given up", {
-            let mut e = simultaneous(V + 1, U);
-            e[4] = sq(9_000 * MS, Closing, Close, [U, U + 1, V + 1, U + 1], DONE, 110);
-            e
-        }, R::Simultaneous, X::ClosingGivenUp)
-            .deviates(&["no_fin_ack"], Some(2)),
-        case("LAST_ACK given up", {
-            let mut e = passive_close(V, U + 1, V + 1);
-            e[4] = retx(40 * MS, LastAck);
-            e.push(sq(9_000 * MS, LastAck, Close, [V, V + 1, U + 1, V + 1], DONE | DEAD, 110));
-            e
-        }, R::PassiveCloser, X::LastAckGivenUp)
-            .deviates(&["no_final_ack"], Some(4)),
-        case("timed out in ESTABLISHED", {
-            let mut e = client_open();
-            e.extend([retx(5 * MS, Established), sq(9_000 * MS, Established, Close, [U, U + 9, V, U + 9], NO_FLAGS, 110)]);
-            e
-        }, R::Unknown, X::TimedOut)
-            .deviates(&["timed_out"], Some(1)),
+        case(
+            "FIN_WAIT1 given up",
+            {
+                let mut e = client_open();
+                e.extend([
+                    sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
+                    retx(210 * MS, FinWait1),
+                    retx(610 * MS, FinWait1),
+                    sq(9_000 * MS, FinWait1, Close, [U, U + 1, V, U + 1], DEAD, 110),
+                ]);
+                e
+            },
+            R::ActiveCloser,
+            X::FinWait1GivenUp,
+        )
+        .deviates(&["no_fin_ack"], Some(2)),
+        case(
+            "CLOSING given up",
+            {
+                let mut e = simultaneous(V + 1, U);
+                e[4] = sq(
+                    9_000 * MS,
+                    Closing,
+                    Close,
+                    [U, U + 1, V + 1, U + 1],
+                    DONE,
+                    110,
+                );
+                e
+            },
+            R::Simultaneous,
+            X::ClosingGivenUp,
+        )
+        .deviates(&["no_fin_ack"], Some(2)),
+        case(
+            "LAST_ACK given up",
+            {
+                let mut e = passive_close(V, U + 1, V + 1);
+                e[4] = retx(40 * MS, LastAck);
+                e.push(sq(
+                    9_000 * MS,
+                    LastAck,
+                    Close,
+                    [V, V + 1, U + 1, V + 1],
+                    DONE | DEAD,
+                    110,
+                ));
+                e
+            },
+            R::PassiveCloser,
+            X::LastAckGivenUp,
+        )
+        .deviates(&["no_final_ack"], Some(4)),
+        case(
+            "timed out in ESTABLISHED",
+            {
+                let mut e = client_open();
+                e.extend([
+                    retx(5 * MS, Established),
+                    sq(
+                        9_000 * MS,
+                        Established,
+                        Close,
+                        [U, U + 9, V, U + 9],
+                        NO_FLAGS,
+                        110,
+                    ),
+                ]);
+                e
+            },
+            R::Unknown,
+            X::TimedOut,
+        )
+        .deviates(&["timed_out"], Some(1)),
         // --- Handshakes.
-        case("refused", vec![st(MS, Close, SynSent), rst_in(2 * MS, SynSent), sq(2 * MS, SynSent, Close, [U, U + 1, 0, U + 1], NO_FLAGS, 111)],
-            R::NeverEstablished, X::HandshakeRefused),
-        case("refused, after an illegal transition", vec![st(MS, Close, SynSent), st(MS, SynSent, SynSent), rst_in(2 * MS, SynSent), sq(2 * MS, SynSent, Close, [U, U + 1, 0, U + 1], NO_FLAGS, 111)],
-            R::NeverEstablished, X::HandshakeRefused)
-            .deviates(&["illegal_transition"], None),
-        case("handshake timed out", vec![st(MS, Close, SynSent), retx(1_000 * MS, SynSent), sq(3_000 * MS, SynSent, Close, [U, U + 1, 0, U + 1], NO_FLAGS, 110)],
-            R::NeverEstablished, X::HandshakeTimedOut),
-        case("handshake aborted by the application", vec![st(MS, Close, SynSent), sq(2 * MS, SynSent, Close, [U, U + 1, 0, U + 1], NO_FLAGS, 0)],
-            R::NeverEstablished, X::HandshakeAborted),
+        case(
+            "refused",
+            vec![
+                st(MS, Close, SynSent),
+                rst_in(2 * MS, SynSent),
+                sq(2 * MS, SynSent, Close, [U, U + 1, 0, U + 1], NO_FLAGS, 111),
+            ],
+            R::NeverEstablished,
+            X::HandshakeRefused,
+        ),
+        case(
+            "refused, after an illegal transition",
+            vec![
+                st(MS, Close, SynSent),
+                st(MS, SynSent, SynSent),
+                rst_in(2 * MS, SynSent),
+                sq(2 * MS, SynSent, Close, [U, U + 1, 0, U + 1], NO_FLAGS, 111),
+            ],
+            R::NeverEstablished,
+            X::HandshakeRefused,
+        )
+        .deviates(&["illegal_transition"], None),
+        case(
+            "handshake timed out",
+            vec![
+                st(MS, Close, SynSent),
+                retx(1_000 * MS, SynSent),
+                sq(
+                    3_000 * MS,
+                    SynSent,
+                    Close,
+                    [U, U + 1, 0, U + 1],
+                    NO_FLAGS,
+                    110,
+                ),
+            ],
+            R::NeverEstablished,
+            X::HandshakeTimedOut,
+        ),
+        case(
+            "handshake aborted by the application",
+            vec![
+                st(MS, Close, SynSent),
+                sq(2 * MS, SynSent, Close, [U, U + 1, 0, U + 1], NO_FLAGS, 0),
+            ],
+            R::NeverEstablished,
+            X::HandshakeAborted,
+        ),
         // --- Listener, still open, unfinished.
-        case("listener", vec![st(MS, Close, Listen), st(9 * MS, Listen, Close)], R::Listener, X::Listener),
-        case("listener with an illegal transition", vec![st(MS, Close, Listen), st(2 * MS, Listen, Established), st(9 * MS, Established, Close)], R::Listener, X::Listener)
-            .deviates(&["illegal_transition"], None),
+        case(
+            "listener",
+            vec![st(MS, Close, Listen), st(9 * MS, Listen, Close)],
+            R::Listener,
+            X::Listener,
+        ),
+        case(
+            "listener with an illegal transition",
+            vec![
+                st(MS, Close, Listen),
+                st(2 * MS, Listen, Established),
+                st(9 * MS, Established, Close),
+            ],
+            R::Listener,
+            X::Listener,
+        )
+        .deviates(&["illegal_transition"], None),
         case("still open", client_open(), R::Unknown, X::StillOpen).incomplete(),
-        case("still open in CLOSE_WAIT", {
-            let mut e = server_open();
-            e.push(sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0));
-            e
-        }, R::PassiveCloser, X::StillOpen).incomplete(),
-        case("still open after an illegal transition", {
-            let mut e = client_open();
-            e.push(st(3 * MS, Established, LastAck));
-            e
-        }, R::PassiveCloser, X::StillOpen)
-            .deviates(&["illegal_transition"], Some(1)),
+        case(
+            "still open in CLOSE_WAIT",
+            {
+                let mut e = server_open();
+                e.push(sq(
+                    10 * MS,
+                    Established,
+                    CloseWait,
+                    [V, V, U + 1, V],
+                    DONE,
+                    0,
+                ));
+                e
+            },
+            R::PassiveCloser,
+            X::StillOpen,
+        )
+        .incomplete(),
+        case(
+            "still open after an illegal transition",
+            {
+                let mut e = client_open();
+                e.push(st(3 * MS, Established, LastAck));
+                e
+            },
+            R::PassiveCloser,
+            X::StillOpen,
+        )
+        .deviates(&["illegal_transition"], Some(1)),
         case("superseded", client_open(), R::Unknown, X::Unfinished)
             .with(|c| c.end = RecordEnd::Superseded)
             .incomplete(),
         // --- Incomplete knowledge.
-        case("first seen mid-life", active_close(V, U + 1)[2..].to_vec(), R::ActiveCloser, X::FourWayClose).incomplete(),
-        case("events maybe lost, gap", {
-            let mut e = active_close(V, U + 1);
-            e.remove(3);
-            e
-        }, R::ActiveCloser, X::FourWayClose)
-            .with(|c| c.events_maybe_lost = true)
-            .incomplete(),
-        case("gap without loss", {
-            let mut e = active_close(V, U + 1);
-            e.remove(3);
-            e
-        }, R::ActiveCloser, X::FourWayClose)
-            .deviates(&["discontinuous_transition"], Some(2)),
-        case("no flags at FIN_WAIT2 -> CLOSE", {
-            let mut e = active_close(V, U + 1);
-            e[4].sock = None;
-            e
-        }, R::ActiveCloser, X::Unclassified).incomplete(),
-        case("only the close seen", vec![st(40 * MS, FinWait2, Close)], R::ActiveCloser, X::Unclassified).incomplete(),
+        case(
+            "first seen mid-life",
+            active_close(V, U + 1)[2..].to_vec(),
+            R::ActiveCloser,
+            X::FourWayClose,
+        )
+        .incomplete(),
+        case(
+            "events maybe lost, gap",
+            {
+                let mut e = active_close(V, U + 1);
+                e.remove(3);
+                e
+            },
+            R::ActiveCloser,
+            X::FourWayClose,
+        )
+        .with(|c| c.events_maybe_lost = true)
+        .incomplete(),
+        case(
+            "gap without loss",
+            {
+                let mut e = active_close(V, U + 1);
+                e.remove(3);
+                e
+            },
+            R::ActiveCloser,
+            X::FourWayClose,
+        )
+        .deviates(&["discontinuous_transition"], Some(2)),
+        case(
+            "no flags at FIN_WAIT2 -> CLOSE",
+            {
+                let mut e = active_close(V, U + 1);
+                e[4].sock = None;
+                e
+            },
+            R::ActiveCloser,
+            X::Unclassified,
+        )
+        .incomplete(),
+        case(
+            "only the close seen",
+            vec![st(40 * MS, FinWait2, Close)],
+            R::ActiveCloser,
+            X::Unclassified,
+        )
+        .incomplete(),
         case("no events", vec![], R::Unknown, X::StillOpen).incomplete(),
     ]
 }
@@ -450,7 +910,11 @@ fn table_of_variants_and_deviations() {
         let want = (c.role, c.variant, c.conformance, c.findings.to_vec());
         let step_ok = c.findings.is_empty() || v.findings.first().map(|f| f.step) == Some(c.step);
         if got != want || !step_ok {
-            failures.push(format!("{}:\n  got  {got:?}\n  want {want:?}\n{}", c.name, text(&v)));
+            failures.push(format!(
+                "{}:\n  got  {got:?}\n  want {want:?}\n{}",
+                c.name,
+                text(&v)
+            ));
         }
         assert_eq!(v.conforms, v.findings.is_empty(), "{}", c.name);
     }
@@ -461,7 +925,11 @@ fn table_of_variants_and_deviations() {
 fn every_variant_is_covered_by_the_table() {
     let cs = cases();
     for x in Variant::ALL {
-        assert!(cs.iter().any(|c| c.variant == x), "no case for {}", x.name());
+        assert!(
+            cs.iter().any(|c| c.variant == x),
+            "no case for {}",
+            x.name()
+        );
         let json = serde_json::to_string(&x).unwrap();
         assert_eq!(json, format!("\"{}\"", x.name()));
     }
@@ -477,18 +945,42 @@ fn measured_half_close_checks_every_relation() {
         let w = v.waves.as_ref().unwrap();
         assert_eq!((w.u, w.v, w.w), (Some(U), Some(V), Some(W4)));
         assert_eq!(w.data_in_close_wait, Some(4));
-        assert!(v.checks.iter().all(|c| matches!(c.outcome, Outcome::Holds | Outcome::Defines)), "{}", text(v));
+        assert!(
+            v.checks
+                .iter()
+                .all(|c| matches!(c.outcome, Outcome::Holds | Outcome::Defines)),
+            "{}",
+            text(v)
+        );
     }
     // The active end checks the peer's W at its TIME_WAIT entry; the passive end checks our U.
-    assert!(vc.checks.iter().any(|c| c.step == 3 && c.outcome == Outcome::Holds));
-    assert!(vs.checks.iter().any(|c| c.step == 1 && c.outcome == Outcome::Holds));
+    assert!(vc
+        .checks
+        .iter()
+        .any(|c| c.step == 3 && c.outcome == Outcome::Holds));
+    assert!(vs
+        .checks
+        .iter()
+        .any(|c| c.step == 1 && c.outcome == Outcome::Holds));
     assert_eq!(vc.time_wait, Some(TimeWaitPath::Entered));
     let t = text(&vc);
-    assert!(t.contains("1 FIN      us -> peer  seq=U   (3239587339)"), "{t}");
-    assert!(t.contains("3 FIN,ACK  peer -> us  seq=W   (4264540247)  ack=U+1 (3239587340)"), "{t}");
-    assert!(t.contains("4 ACK      us -> peer  seq=U+1 (3239587340)  ack=W+1 (4264540248)"), "{t}");
+    assert!(
+        t.contains("1 FIN      us -> peer  seq=U   (3239587339)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("3 FIN,ACK  peer -> us  seq=W   (4264540247)  ack=U+1 (3239587340)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("4 ACK      us -> peer  seq=U+1 (3239587340)  ack=W+1 (4264540248)"),
+        "{t}"
+    );
     let ts = text(&vs);
-    assert!(ts.contains("2 ACK      us -> peer  seq=V   (4264540243)  ack=U+1 (3239587340)"), "{ts}");
+    assert!(
+        ts.contains("2 ACK      us -> peer  seq=V   (4264540243)  ack=U+1 (3239587340)"),
+        "{ts}"
+    );
 }
 
 #[test]
@@ -513,11 +1005,30 @@ fn closing_times_and_into_time_wait() {
     let o = judge(&conn(orphan_close()), None);
     assert_eq!(o.time_wait, Some(TimeWaitPath::FinWait2Timewait));
     assert!(note_codes(&o).contains(&"time_wait_not_visible"));
-    let o = judge(&conn(orphan_close()), Some(&mirrored(conn(passive_close(V, U + 1, V + 1)))));
-    assert_eq!(o.time_wait, Some(TimeWaitPath::FinWait2TimewaitThenTimeWait));
-    let r = judge(&conn(cases().into_iter().find(|c| c.name == "RST by peer in FIN_WAIT2").unwrap().conn.events), None);
+    let o = judge(
+        &conn(orphan_close()),
+        Some(&mirrored(conn(passive_close(V, U + 1, V + 1)))),
+    );
+    assert_eq!(
+        o.time_wait,
+        Some(TimeWaitPath::FinWait2TimewaitThenTimeWait)
+    );
+    let r = judge(
+        &conn(
+            cases()
+                .into_iter()
+                .find(|c| c.name == "RST by peer in FIN_WAIT2")
+                .unwrap()
+                .conn
+                .events,
+        ),
+        None,
+    );
     assert_eq!(r.time_wait, Some(TimeWaitPath::Reset));
-    assert_eq!(r.reset.as_ref().map(|r| (r.by, r.state, r.err)), Some((ResetBy::Peer, FinWait2, Some(104))));
+    assert_eq!(
+        r.reset.as_ref().map(|r| (r.by, r.state, r.err)),
+        Some((ResetBy::Peer, FinWait2, Some(104)))
+    );
 }
 
 #[test]
@@ -526,7 +1037,11 @@ fn retransmitted_fin_from_last_ack_is_a_note_not_a_deviation() {
     e.insert(4, retx(40 * MS, LastAck));
     let v = judge(&conn(e), None);
     assert!(v.conforms, "{}", text(&v));
-    let n = v.notes.iter().find(|n| n.code == "fin_retransmitted").unwrap();
+    let n = v
+        .notes
+        .iter()
+        .find(|n| n.code == "fin_retransmitted")
+        .unwrap();
     assert_eq!(n.step, Some(4));
     assert!(n.message.contains("LAST_ACK"), "{}", n.message);
 }
@@ -546,11 +1061,25 @@ fn missing_sequence_data_is_not_checkable_not_broken() {
 
 #[test]
 fn reset_message_names_step_state_and_cause() {
-    let c = cases().into_iter().find(|c| c.name == "RST by peer in CLOSE_WAIT (EPIPE, fact 4)").unwrap();
+    let c = cases()
+        .into_iter()
+        .find(|c| c.name == "RST by peer in CLOSE_WAIT (EPIPE, fact 4)")
+        .unwrap();
     let v = judge(&c.conn, None);
     let f = &v.findings[0];
-    assert!(f.message.starts_with("step 3 never came: we sent no FIN; ended by the peer's RST in CLOSE_WAIT (EPIPE 32)"), "{}", f.message);
-    assert!(v.headline().contains("passive closer, abort by RST: deviates"), "{}", v.headline());
+    assert!(
+        f.message.starts_with(
+            "step 3 never came: we sent no FIN; ended by the peer's RST in CLOSE_WAIT (EPIPE 32)"
+        ),
+        "{}",
+        f.message
+    );
+    assert!(
+        v.headline()
+            .contains("passive closer, abort by RST: deviates"),
+        "{}",
+        v.headline()
+    );
     let json = serde_json::to_value(&v).unwrap();
     assert_eq!(json["variant"], "abort_by_rst");
     assert_eq!(json["conformance"], "deviates");
@@ -584,7 +1113,17 @@ fn event() -> impl Strategy<Value = Event> {
         state(),
         state(),
         proptest::option::of(any::<[u32; 4]>()),
-        proptest::option::of((0u32..8, prop_oneof![Just(0i32), Just(32), Just(104), Just(110), Just(111), any::<i32>()])),
+        proptest::option::of((
+            0u32..8,
+            prop_oneof![
+                Just(0i32),
+                Just(32),
+                Just(104),
+                Just(110),
+                Just(111),
+                any::<i32>()
+            ],
+        )),
         any::<u32>(),
     )
         .prop_map(|(ts, k, a, b, seq, sock, pid)| {
@@ -609,26 +1148,35 @@ fn event() -> impl Strategy<Value = Event> {
 
 /// Plausible closes, so that the property runs through the interesting paths too.
 fn walk() -> impl Strategy<Value = Vec<Event>> {
-    proptest::collection::vec((0usize..TRANSITIONS.len(), any::<u16>(), proptest::option::of(any::<[u32; 4]>()), 0u32..4, prop_oneof![Just(0i32), Just(32), Just(104), Just(110)]), 0..8)
-        .prop_map(|steps| {
-            let mut ts = 0u64;
-            steps
-                .into_iter()
-                .map(|(i, dt, seq, flags, err)| {
-                    ts += u64::from(dt) * 1_000;
-                    let r = &TRANSITIONS[i];
-                    let mut e = st(ts, r.from, r.to);
-                    e.seq = seq.map(|f| SeqSnapshot {
-                        snd_una: f[0],
-                        snd_nxt: f[1],
-                        rcv_nxt: f[2],
-                        write_seq: f[3],
-                    });
-                    e.sock = Some(SockSnapshot { flags, err });
-                    e
-                })
-                .collect()
-        })
+    proptest::collection::vec(
+        (
+            0usize..TRANSITIONS.len(),
+            any::<u16>(),
+            proptest::option::of(any::<[u32; 4]>()),
+            0u32..4,
+            prop_oneof![Just(0i32), Just(32), Just(104), Just(110)],
+        ),
+        0..8,
+    )
+    .prop_map(|steps| {
+        let mut ts = 0u64;
+        steps
+            .into_iter()
+            .map(|(i, dt, seq, flags, err)| {
+                ts += u64::from(dt) * 1_000;
+                let r = &TRANSITIONS[i];
+                let mut e = st(ts, r.from, r.to);
+                e.seq = seq.map(|f| SeqSnapshot {
+                    snd_una: f[0],
+                    snd_nxt: f[1],
+                    rcv_nxt: f[2],
+                    write_seq: f[3],
+                });
+                e.sock = Some(SockSnapshot { flags, err });
+                e
+            })
+            .collect()
+    })
 }
 
 fn connection() -> impl Strategy<Value = Connection> {
