@@ -10,7 +10,7 @@ use crate::{
     event::Event,
     sink::{Report, Sink},
     tracker::{Connection, Finished, Tracker, TrackerConfig, TrackerStats},
-    validate,
+    validate::{self, Conformance},
 };
 
 /// Which connections to report. A connection matches when every given filter matches.
@@ -224,12 +224,10 @@ impl Pipeline {
         for finding in &verdict.findings {
             *self.summary.by_finding.entry(finding.code).or_default() += 1;
         }
-        if verdict.incomplete.is_some() {
-            self.summary.incomplete += 1;
-        } else if verdict.conforms {
-            self.summary.conforming += 1;
-        } else {
-            self.summary.deviating += 1;
+        match verdict.conformance {
+            Conformance::Conforms => self.summary.conforming += 1,
+            Conformance::Deviates => self.summary.deviating += 1,
+            Conformance::Incomplete => self.summary.incomplete += 1,
         }
         if self.error.is_some() {
             return;

@@ -5,7 +5,11 @@
 //! loss counter moved). The format is documented in the README; a reader refuses versions it does
 //! not know rather than guessing.
 
-use std::io::{self, BufRead, Write};
+use std::{
+    collections::HashSet,
+    io::{self, BufRead, Write},
+    net::IpAddr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -37,16 +41,72 @@ pub enum Record {
 
 pub struct Writer<W: Write> {
     out: W,
+    filter: Option<EventFilter>,
+}
+
+/// Keeps the events of sockets whose 4-tuple matched the user's port and address filters at
+/// some point of their life: the last events of a connection carry no local port (the socket
+/// was unhashed), so matching event by event would cut timelines short.
+#[derive(Debug, Default)]
+pub struct EventFilter {
+    ports: Vec<u16>,
+    addrs: Vec<IpAddr>,
+    matched: HashSet<u64>,
+}
+
+impl EventFilter {
+    /// None when there is nothing to filter on.
+    pub fn new(ports: Vec<u16>, addrs: Vec<IpAddr>) -> Option<EventFilter> {
+        (!ports.is_empty() || !addrs.is_empty()).then(|| EventFilter {
+            ports,
+            addrs,
+            matched: HashSet::new(),
+        })
+    }
+
+    pub fn keep(&mut self, ev: &Event) -> bool {
+        let port_ok = self.ports.is_empty()
+            || self
+                .ports
+                .iter()
+                .any(|&p| p == ev.local.port() || p == ev.remote.port());
+        let addr_ok = self.addrs.is_empty()
+            || self
+                .addrs
+                .iter()
+                .any(|&a| a == ev.local.ip() || a == ev.remote.ip());
+        let hit = port_ok && addr_ok && ev.has_tuple();
+        if ev.starts_connection() {
+            // A new life of the address: forget what the old one matched.
+            self.matched.remove(&ev.sk);
+        }
+        if hit {
+            self.matched.insert(ev.sk);
+            return true;
+        }
+        self.matched.contains(&ev.sk)
+    }
 }
 
 impl<W: Write> Writer<W> {
     pub fn new(mut out: W, header: &Header) -> io::Result<Self> {
         serde_json::to_writer(&mut out, header)?;
         out.write_all(b"\n")?;
-        Ok(Writer { out })
+        Ok(Writer { out, filter: None })
+    }
+
+    /// Records only the events of matching sockets.
+    pub fn with_filter(mut self, filter: Option<EventFilter>) -> Self {
+        self.filter = filter;
+        self
     }
 
     pub fn write(&mut self, rec: &Record) -> io::Result<()> {
+        if let (Record::Event(ev), Some(f)) = (rec, self.filter.as_mut()) {
+            if !f.keep(ev) {
+                return Ok(());
+            }
+        }
         serde_json::to_writer(&mut self.out, rec)?;
         self.out.write_all(b"\n")
     }
@@ -223,7 +283,10 @@ mod tests {
         let mut w = Writer::new(&mut out, &header()).unwrap();
         w.write(&Record::Event(sample())).unwrap();
         out.extend_from_slice(b"{\"type\":\"event\",\"ts_ns\":\"oops\"}\n");
-        w = Writer { out: &mut out };
+        w = Writer {
+            out: &mut out,
+            filter: None,
+        };
         w.write(&Record::Event(sample())).unwrap();
         let mut r = Reader::new(&out[..]).unwrap();
         assert!(r.next_record().unwrap().is_some());
@@ -249,6 +312,21 @@ mod tests {
             Err(ReadError::NotARecording(_))
         ));
         assert!(matches!(Reader::new(&b""[..]), Err(ReadError::Empty)));
+    }
+
+    #[test]
+    fn filter_keeps_whole_timelines_of_matching_sockets() {
+        use TcpState::*;
+        let mk = |sk, old, new, l: &str, r: &str| crate::tracker::tests::ev(1, sk, old, new, l, r);
+        let mut f = EventFilter::new(vec![8080], vec![]).unwrap();
+        // The last transition has no local port: it is kept because its socket matched before.
+        assert!(f.keep(&mk(1, Close, SynSent, "127.0.0.1:40000", "127.0.0.1:8080")));
+        assert!(f.keep(&mk(1, FinWait2, Close, "0.0.0.0:0", "127.0.0.1:8080")));
+        assert!(!f.keep(&mk(2, LastAck, Close, "0.0.0.0:0", "0.0.0.0:0")));
+        // Another connection on the same socket address, to another port: dropped.
+        assert!(!f.keep(&mk(1, Close, SynSent, "127.0.0.1:40001", "127.0.0.1:9090")));
+        assert!(!f.keep(&mk(1, SynSent, Close, "0.0.0.0:0", "0.0.0.0:0")));
+        assert!(EventFilter::new(vec![], vec![]).is_none());
     }
 
     #[test]

@@ -66,13 +66,94 @@ pub struct TopArgs {
     pub netns: Option<String>,
 }
 
-/// Runs `teardown top` with sock_diag only.
+/// Runs `teardown top`: sock_diag, plus the eBPF tracer's deviating teardowns when it can be
+/// loaded (without it, the view says why and works from sock_diag alone).
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
-    run_with(
-        args,
-        None,
-        Some("the eBPF tracer is not connected to this view".into()),
-    )
+    match TracerFeed::start() {
+        Ok(feed) => {
+            let TracerFeed {
+                lines,
+                stop,
+                thread,
+            } = feed;
+            let result = run_with(args, Some(lines), None);
+            let _ = stop.send(());
+            let _ = thread.join();
+            result
+        }
+        Err(why) => run_with(args, None, Some(format!("eBPF tracer not attached: {why}"))),
+    }
+}
+
+/// The live trace pipeline on its own thread, sending a line per deviating teardown.
+struct TracerFeed {
+    lines: Receiver<String>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl TracerFeed {
+    fn start() -> Result<TracerFeed, String> {
+        use crate::{
+            clock,
+            kernel::{Probe, ProbeConfig},
+            pipeline::{Filter, Pipeline},
+            sink::DeviationLines,
+            tracker::TrackerConfig,
+        };
+        let (line_tx, lines) = mpsc::sync_channel(1024);
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let thread = std::thread::Builder::new()
+            .name("tracer".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let mut probe = match Probe::load(ProbeConfig::default()) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    let pipeline = Pipeline::new(
+                        TrackerConfig::default(),
+                        Filter::default(),
+                        vec![Box::new(DeviationLines::new(line_tx))],
+                        clock::wall_offset_ns(),
+                    );
+                    let stop = async move {
+                        let _ = stop_rx.await;
+                    };
+                    if let Err(e) = super::trace::live(&mut probe, pipeline, None, stop).await {
+                        log::warn!("the tracer behind `top` stopped: {e:#}");
+                    }
+                });
+            })
+            .map_err(|e| e.to_string())?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(TracerFeed {
+                lines,
+                stop,
+                thread,
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err("the tracer thread ended before starting".into()),
+        }
+    }
 }
 
 /// Runs `teardown top` with deviating teardowns fed by `teardowns` (one line each), e.g. from
@@ -129,7 +210,7 @@ pub fn run_with(
         Err(_) => anyhow::bail!("the sock_diag thread ended before starting"),
     }
     let mut app = App::new(source, args.history);
-    app.set_tracer(false, tracer_note);
+    app.set_tracer(teardowns.is_some(), tracer_note);
     let result = tui::run(&mut app, rx, teardowns);
     stop.store(true, Ordering::Relaxed);
     let _ = collector.join();

@@ -64,18 +64,9 @@ struct Batch {
 }
 
 pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Summary> {
-    let cfg = ProbeConfig {
-        hook: args.hook,
-        ring_bytes: args.ring_size << 20,
-    };
-    let mut probe = Probe::load(cfg).context("cannot start tracing")?;
-    for note in &probe.caps.notes {
-        eprintln!("note: {note}");
-    }
-    let mut stream = probe.events().context("cannot read the ring buffer")?;
+    let mut probe = load(&args)?;
     let wall_offset_ns = clock::wall_offset_ns();
-
-    let mut recorder = match &record {
+    let recorder = match &record {
         Some(path) => {
             let file = File::create(path)
                 .with_context(|| format!("cannot create the recording {}", path.display()))?;
@@ -86,19 +77,75 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
                 hook: probe.caps.hook.into(),
                 seq: probe.caps.seq,
             };
-            Some(recording::Writer::new(BufWriter::new(file), &header)?)
+            let filter =
+                recording::EventFilter::new(args.filters.port.clone(), args.filters.addr.clone());
+            Some(recording::Writer::new(BufWriter::new(file), &header)?.with_filter(filter))
         }
         None => None,
     };
-
     let sink = args.output.sink()?;
-    let mut pipeline = Pipeline::new(
+    let pipeline = Pipeline::new(
         args.filters.tracker(),
         args.filters.filter(),
         vec![sink],
         wall_offset_ns,
     );
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let duration = args.duration;
+    let stop = async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+            _ = async {
+                match duration {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    };
+    eprintln!(
+        "tracing TCP teardowns (hook: {}{}); stop with Ctrl-C",
+        probe.caps.hook,
+        if probe.caps.seq {
+            ", with sequence numbers"
+        } else {
+            ", without sequence numbers"
+        }
+    );
+    let summary = live(&mut probe, pipeline, recorder, stop).await?;
+    if args.output.output.is_some() || args.output.format != super::output::Format::Text {
+        // The summary went to the output; say it on the terminal too.
+        eprintln!("{}", summary.to_text());
+    }
+    Ok(summary)
+}
 
+/// Loads and attaches the kernel programs, printing what the user should know.
+pub fn load(args: &TraceArgs) -> anyhow::Result<Probe> {
+    let cfg = ProbeConfig {
+        hook: args.hook,
+        ring_bytes: args.ring_size << 20,
+    };
+    let probe = Probe::load(cfg).context("cannot start tracing")?;
+    for note in &probe.caps.notes {
+        eprintln!("note: {note}");
+    }
+    Ok(probe)
+}
+
+type Recorder = recording::Writer<BufWriter<File>>;
+
+/// Runs the live pipeline until `stop` resolves (or an output fails), then drains the ring
+/// buffer, flushes everything and returns the summary.
+pub async fn live(
+    probe: &mut Probe,
+    mut pipeline: Pipeline,
+    mut recorder: Option<Recorder>,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Summary> {
+    let mut stream = probe.events().context("cannot read the ring buffer")?;
     let (tx, mut rx) = mpsc::channel::<Batch>(256);
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
@@ -132,24 +179,11 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         }
     });
 
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    eprintln!(
-        "tracing TCP teardowns (hook: {}{}); stop with Ctrl-C",
-        probe.caps.hook,
-        if probe.caps.seq {
-            ", with sequence numbers"
-        } else {
-            ", without sequence numbers"
-        }
-    );
-
     let mut last_lost = 0u64;
     let handle = |pipeline: &mut Pipeline,
-                  recorder: &mut Option<recording::Writer<BufWriter<File>>>,
+                  recorder: &mut Option<Recorder>,
                   batch: Batch|
      -> anyhow::Result<()> {
         for _ in 0..batch.undecodable {
@@ -164,23 +198,23 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         }
         Ok(())
     };
-    let mut check_lost = |pipeline: &mut Pipeline,
-                          recorder: &mut Option<recording::Writer<BufWriter<File>>>|
-     -> anyhow::Result<()> {
-        let total = probe.lost().context("cannot read the lost-event counter")?;
-        if total != last_lost {
-            last_lost = total;
-            if let Some(r) = recorder.as_mut() {
-                r.write(&Record::Lost {
-                    ts_ns: clock::monotonic_ns(),
-                    total,
-                })?;
+    let mut check_lost =
+        |pipeline: &mut Pipeline, recorder: &mut Option<Recorder>| -> anyhow::Result<()> {
+            let total = probe.lost().context("cannot read the lost-event counter")?;
+            if total != last_lost {
+                last_lost = total;
+                if let Some(r) = recorder.as_mut() {
+                    r.write(&Record::Lost {
+                        ts_ns: clock::monotonic_ns(),
+                        total,
+                    })?;
+                }
+                pipeline.on_lost(total);
             }
-            pipeline.on_lost(total);
-        }
-        Ok(())
-    };
+            Ok(())
+        };
 
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             Some(batch) = rx.recv() => handle(&mut pipeline, &mut recorder, batch)?,
@@ -188,9 +222,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
                 check_lost(&mut pipeline, &mut recorder)?;
                 pipeline.tick(clock::monotonic_ns());
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+            _ = &mut stop => break,
         }
         if pipeline.failed() {
             break;
@@ -211,10 +243,5 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     if let Some(mut r) = recorder {
         r.flush().context("cannot write to the recording")?;
     }
-    let summary = pipeline.finish().context("cannot write the output")?;
-    if args.output.output.is_some() || args.output.format != super::output::Format::Text {
-        // The summary went to the output; say it on the terminal too.
-        eprintln!("{}", summary.to_text());
-    }
-    Ok(summary)
+    pipeline.finish().context("cannot write the output")
 }

@@ -1,10 +1,12 @@
 //! Where judged connections go: the terminal, JSON Lines, or anything else behind [`Sink`].
 
+mod channel;
 mod jsonl;
 mod text;
 
 use std::{io, net::SocketAddr};
 
+pub use channel::DeviationLines;
 pub use jsonl::JsonlSink;
 pub use text::TextSink;
 

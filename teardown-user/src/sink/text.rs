@@ -92,7 +92,11 @@ impl<W: Write> Sink for TextSink<W> {
                     extra.push_str(&note);
                 }
             }
-            writeln!(self.out, "    {ms:>+10.3} ms  {what:<30}{extra}")?;
+            if extra.is_empty() {
+                writeln!(self.out, "    {ms:>+10.3} ms  {what}")?;
+            } else {
+                writeln!(self.out, "    {ms:>+10.3} ms  {what:<30}{extra}")?;
+            }
         }
         self.buf.clear();
         // Writing to a String cannot fail.

@@ -150,6 +150,7 @@ fn draw_chart(f: &mut Frame, app: &App, area: Rect) {
         .ceil();
     let chart = Chart::new(datasets)
         .block(block("History"))
+        .hidden_legend_constraints((Constraint::Ratio(1, 2), Constraint::Ratio(1, 1)))
         .x_axis(
             Axis::default()
                 .bounds([x0, x1])

@@ -5,7 +5,7 @@ use std::fmt::{self, Write};
 use super::{
     model::DocSide,
     seq::{Outcome, Sender, Term, Waves},
-    verdict::{Conformance, ResetBy, Verdict},
+    verdict::{Conformance, Finding, ResetBy, Verdict},
 };
 
 /// A duration in the unit that reads best.
@@ -18,6 +18,14 @@ pub fn human_ns(ns: u64) -> String {
         format!("{:.1}ms", ns as f64 / 1e6)
     } else {
         format!("{:.2}s", ns as f64 / 1e9)
+    }
+}
+
+/// " (step N)" unless the message already names its step.
+fn step_suffix(f: &Finding) -> String {
+    match f.step {
+        Some(n) if !f.message.starts_with("step ") => format!(" (step {n})"),
+        _ => String::new(),
     }
 }
 
@@ -42,21 +50,18 @@ impl Verdict {
         format!("{}, {}: {conf}", self.role.name(), self.variant.label())
     }
 
-    /// Indented lines: findings, notes, the waves with seq/ack, the checks, the durations.
+    /// Indented lines (the headline excluded, callers print it): why, what is unknown, findings,
+    /// notes, the RST, the TIME_WAIT path, the waves with seq/ack, the checks, the durations.
     pub fn write_text(&self, w: &mut dyn Write) -> fmt::Result {
-        writeln!(w, "  {}", self.headline())?;
-        writeln!(w, "    why: {}", self.why)?;
+        writeln!(w, "  why: {}", self.why)?;
         if let Some(u) = &self.incomplete {
-            writeln!(w, "    unknown: {u}")?;
+            writeln!(w, "  unknown: {u}")?;
         }
         for f in &self.findings {
-            match f.step {
-                Some(s) => writeln!(w, "    ! step {s} [{}] {}", f.code, f.message)?,
-                None => writeln!(w, "    ! [{}] {}", f.code, f.message)?,
-            }
+            writeln!(w, "  ! [{}] {}{}", f.code, f.message, step_suffix(f))?;
         }
         for n in &self.notes {
-            writeln!(w, "    - [{}] {}", n.code, n.message)?;
+            writeln!(w, "  - [{}] {}{}", n.code, n.message, step_suffix(n))?;
         }
         if let Some(r) = &self.reset {
             let by = match r.by {
@@ -64,10 +69,10 @@ impl Verdict {
                 ResetBy::Peer => "the peer",
                 ResetBy::Unknown => "unknown",
             };
-            writeln!(w, "    reset: by {by} in {}: {}", r.state, r.cause)?;
+            writeln!(w, "  reset: by {by} in {}: {}", r.state, r.cause)?;
         }
         if let Some(tw) = self.time_wait {
-            writeln!(w, "    at close: {}", tw.describe())?;
+            writeln!(w, "  at close: {}", tw.describe())?;
         }
         if let Some(waves) = &self.waves {
             write_waves(w, waves)?;
@@ -76,10 +81,11 @@ impl Verdict {
             let count = |o: Outcome| self.checks.iter().filter(|c| c.outcome == o).count();
             writeln!(
                 w,
-                "    checks: {} hold, {} broken, {} not checkable",
+                "  checks: {} hold, {} broken, {} not checkable, {} read U/V/W",
                 count(Outcome::Holds),
                 count(Outcome::Broken),
-                count(Outcome::NotCheckable)
+                count(Outcome::NotCheckable),
+                count(Outcome::Defines)
             )?;
             for c in &self.checks {
                 let mark = match c.outcome {
@@ -89,7 +95,7 @@ impl Verdict {
                     Outcome::NotCheckable => "n/a",
                 };
                 let obs = c.observed.map_or("?".to_owned(), |v| v.to_string());
-                write!(w, "      {mark:<6} step {} {} [{obs}]", c.step, c.relation)?;
+                write!(w, "    {mark:<6} step {} {} [{obs}]", c.step, c.relation)?;
                 if c.outcome == Outcome::Broken {
                     write!(
                         w,
@@ -109,7 +115,7 @@ impl Verdict {
                 .iter()
                 .map(|t| format!("{} {}", t.state, human_ns(t.ns)))
                 .collect();
-            writeln!(w, "    time in: {}", parts.join(", "))?;
+            writeln!(w, "  time in: {}", parts.join(", "))?;
         }
         Ok(())
     }
@@ -119,7 +125,7 @@ fn write_waves(w: &mut dyn Write, waves: &Waves) -> fmt::Result {
     let show = |v: Option<u32>| v.map_or("?".to_owned(), |v| v.to_string());
     write!(
         w,
-        "    waves (we are the {} closer): U={} V={} W={}",
+        "  waves (we are the {} closer): U={} V={} W={}",
         match waves.we_are {
             DocSide::Active => "active",
             DocSide::Passive => "passive",
@@ -139,7 +145,7 @@ fn write_waves(w: &mut dyn Write, waves: &Waves) -> fmt::Result {
         };
         write!(
             w,
-            "      {} {:<8} {dir}  seq={}",
+            "    {} {:<8} {dir}  seq={}",
             wave.step,
             wave.segment,
             term(&wave.seq)

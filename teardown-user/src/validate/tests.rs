@@ -536,6 +536,70 @@ fn cases() -> Vec<Case> {
             X::AbortByRst,
         )
         .deviates(&["no_peer_fin"], Some(3)),
+        case(
+            "shutdown, then close in FIN_WAIT2 (fact 9)",
+            {
+                let mut e = client_open();
+                e.extend([
+                    sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
+                    sq(
+                        11 * MS,
+                        FinWait1,
+                        FinWait2,
+                        [U + 1, U + 1, V, U + 1],
+                        NO_FLAGS,
+                        0,
+                    ),
+                    sq(
+                        30 * MS,
+                        FinWait2,
+                        FinWait2,
+                        [U + 1, U + 1, V, U + 1],
+                        DEAD,
+                        0,
+                    ),
+                    sq(
+                        30 * MS + 1_000,
+                        FinWait2,
+                        Close,
+                        [U + 1, U + 1, V, U + 1],
+                        DEAD,
+                        0,
+                    ),
+                ]);
+                e
+            },
+            R::ActiveCloser,
+            X::OrphanedFinWait2,
+        ),
+        case(
+            "three-segment, not orphaned (timing)",
+            {
+                let mut e = client_open();
+                e.extend([
+                    sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
+                    sq(
+                        13 * MS,
+                        FinWait1,
+                        FinWait2,
+                        [U + 1, U + 1, V, U + 1],
+                        NO_FLAGS,
+                        0,
+                    ),
+                    sq(
+                        13 * MS + 2_000,
+                        FinWait2,
+                        Close,
+                        [U + 1, U + 1, V + 1, U + 1],
+                        DONE,
+                        0,
+                    ),
+                ]);
+                e
+            },
+            R::ActiveCloser,
+            X::ThreeSegmentClose,
+        ),
         // --- FIN_WAIT2 timeout.
         case(
             "FIN_WAIT2 timeout",
@@ -1224,4 +1288,36 @@ proptest! {
         // Judging is pure: the same input gives the same verdict.
         prop_assert_eq!(v, judge(&c, p.as_ref()));
     }
+}
+
+#[test]
+fn fin_wait2_twice_sums_its_time() {
+    let c = cases()
+        .into_iter()
+        .find(|c| c.name.starts_with("shutdown, then close"))
+        .unwrap();
+    let v = judge(&c.conn, None);
+    let fw2: Vec<u64> = v
+        .closing_times
+        .iter()
+        .filter(|t| t.state == FinWait2)
+        .map(|t| t.ns)
+        .collect();
+    assert_eq!(fw2, vec![19 * MS + 1_000]);
+}
+
+#[test]
+#[ignore = "prints every case's verdict, for reading"]
+fn print_cases() {
+    for c in cases() {
+        let v = judge(&c.conn, c.peer.as_ref());
+        println!("== {}\n{}", c.name, text(&v));
+    }
+}
+
+#[test]
+#[ignore = "prints a verdict as JSON, for reading"]
+fn print_json() {
+    let v = judge(&conn(orphan_close()), None);
+    println!("{}", serde_json::to_string_pretty(&v).unwrap());
 }

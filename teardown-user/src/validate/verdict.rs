@@ -615,10 +615,10 @@ fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
             .iter()
             .filter(|r| r.kind.state_after() == from)
             .count();
-        let tries = if n > 0 {
-            format!(" after {n} retransmissions")
-        } else {
-            String::new()
+        let tries = match n {
+            0 => String::new(),
+            1 => " after 1 retransmission".to_owned(),
+            n => format!(" after {n} retransmissions"),
         };
         let (variant, code, msg) = match from {
             FinWait1 => (
@@ -854,7 +854,16 @@ fn reset_end(
     };
     let dead = close.sock.is_some_and(|s| s.dead());
     let (variant, cause) = match (by, from) {
-        (ResetBy::Us, FinWait2) if err == 0 => (
+        // The timeout path sends its RST before the -> CLOSE; a RST sent after it (in CLOSE)
+        // answered data that reached the already closed socket (below).
+        (ResetBy::Us, FinWait2)
+            if err == 0
+                && cx
+                    .us
+                    .resets_sent
+                    .iter()
+                    .any(|e| e.kind.state_after() == FinWait2) =>
+        (
             Variant::FinWait2Timeout,
             "FIN_WAIT2 timed out (tcp_fin_timeout) and we reset: the peer's FIN never came".to_owned(),
         ),
@@ -867,7 +876,8 @@ fn reset_end(
         ),
         (ResetBy::Us, _) if err == ECONNRESET || dead => (
             Variant::AbortByRst,
-            "data arrived after close(): the orphaned socket reset the connection".to_owned(),
+            "data arrived after close(): the closed socket answered the peer's data with RST"
+                .to_owned(),
         ),
         (ResetBy::Us, _) => (Variant::AbortByRst, format!("we sent RST in {from}")),
         (ResetBy::Peer, CloseWait) if err == EPIPE => (
@@ -876,7 +886,7 @@ fn reset_end(
              closed (fact 4)"
                 .to_owned(),
         ),
-        (ResetBy::Peer, _) => (Variant::AbortByRst, format!("RST from the peer{err_txt}")),
+        (ResetBy::Peer, _) => (Variant::AbortByRst, "the peer reset the connection".to_owned()),
         (ResetBy::Unknown, _) => (
             Variant::AbortByRst,
             format!("{from} -> CLOSE; who reset is unknown (socket error not read)"),
@@ -904,8 +914,14 @@ fn reset_end(
             ResetBy::Peer => "by the peer's RST",
             ResetBy::Unknown => "by RST",
         };
+        let generic = by == ResetBy::Peer && !(from == CloseWait && err == EPIPE);
+        let cause_txt = if generic {
+            String::new()
+        } else {
+            format!(": {cause}")
+        };
         format!(
-            "{}{what}; ended {who} in {from}{err_txt}: {cause}",
+            "{}{what}; ended {who} in {from}{err_txt}{cause_txt}",
             never_came(step)
         )
     };
@@ -1058,7 +1074,22 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
                         .to_owned(),
                 );
             }
-            (Some(seq::waves(ends)), checks)
+            let closing = us.marks.iter().any(|(m, _)| {
+                !matches!(
+                    m,
+                    Meaning::Connect
+                        | Meaning::Listen
+                        | Meaning::SynReceived
+                        | Meaning::SimultaneousOpen
+                        | Meaning::Established
+                        | Meaning::HandshakeFailed
+                        | Meaning::ListenerClosed
+                        | Meaning::Abort
+                )
+            });
+            let waves = seq::waves(ends);
+            let known = waves.u.is_some() || waves.v.is_some() || waves.w.is_some();
+            ((closing || known).then_some(waves), checks)
         }
         None => (None, Vec::new()),
     };
@@ -1087,8 +1118,7 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
     let mut unknown = Vec::new();
     if conn.events.is_empty() {
         unknown.push("no events".to_owned());
-    }
-    if !conn.seen_from_start && !conn.is_listener() {
+    } else if !conn.seen_from_start && !conn.is_listener() {
         let first = us.first_state.map_or("?", |s| s.name());
         unknown.push(format!(
             "first seen mid-life (in {first}): its beginning was not seen"
@@ -1104,10 +1134,12 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
         RecordEnd::Evicted => {
             unknown.push("dropped from the full connection table before its close".to_owned())
         }
-        RecordEnd::StillOpen if us.close.is_none() && !conn.is_listener() => unknown.push(format!(
-            "still open in {} when the trace stopped: its close was not seen",
-            us.state.map_or("?", |s| s.name())
-        )),
+        RecordEnd::StillOpen if us.close.is_none() && !conn.is_listener() && us.state.is_some() => {
+            unknown.push(format!(
+                "still open in {} when the trace stopped: its close was not seen",
+                us.state.map_or("?", |s| s.name())
+            ))
+        }
         _ => {}
     }
     unknown.append(&mut j.unknown);
