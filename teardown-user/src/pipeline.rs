@@ -157,10 +157,10 @@ impl Pipeline {
         self.summary.undecodable += 1;
     }
 
-    /// The kernel's loss counter reads `total`.
-    pub fn on_lost(&mut self, total: u64) {
+    /// The kernel's loss counter read `total` at monotonic `to_ns`; it read less at `from_ns`.
+    pub fn on_lost(&mut self, total: u64, from_ns: u64, to_ns: u64) {
         self.summary.lost_events = self.summary.lost_events.max(total);
-        self.tracker.on_lost(total);
+        self.tracker.on_lost(total, from_ns, to_ns);
     }
 
     /// Monotonic time moved on to `now_ns` with no event: hand on settled connections.

@@ -36,7 +36,13 @@ pub struct Header {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     Event(Event),
-    Lost { ts_ns: u64, total: u64 },
+    /// The loss counter read `total` at `ts_ns`; it read less at `since_ns`.
+    Lost {
+        ts_ns: u64,
+        total: u64,
+        #[serde(default)]
+        since_ns: u64,
+    },
 }
 
 pub struct Writer<W: Write> {
@@ -266,13 +272,22 @@ mod tests {
         let mut out = Vec::new();
         let mut w = Writer::new(&mut out, &header()).unwrap();
         w.write(&Record::Event(sample())).unwrap();
-        w.write(&Record::Lost { ts_ns: 9, total: 3 }).unwrap();
+        w.write(&Record::Lost {
+            ts_ns: 9,
+            total: 3,
+            since_ns: 5,
+        })
+        .unwrap();
         let mut r = Reader::new(&out[..]).unwrap();
         assert_eq!(r.header, header());
         assert_eq!(r.next_record().unwrap(), Some(Record::Event(sample())));
         assert_eq!(
             r.next_record().unwrap(),
-            Some(Record::Lost { ts_ns: 9, total: 3 })
+            Some(Record::Lost {
+                ts_ns: 9,
+                total: 3,
+                since_ns: 5
+            })
         );
         assert_eq!(r.next_record().unwrap(), None);
     }

@@ -92,6 +92,14 @@ impl Connection {
         })
     }
 
+    /// The state after the last state change (retransmits and resets do not change it).
+    fn last_transition_state(&self) -> Option<TcpState> {
+        self.events.iter().rev().find_map(|e| match e.kind {
+            EventKind::State { new, .. } => Some(new),
+            _ => None,
+        })
+    }
+
     /// State the connection was last seen in.
     pub fn last_state(&self) -> Option<TcpState> {
         self.events.last().map(|e| e.kind.state_after())
@@ -159,12 +167,20 @@ pub struct Tracker {
     open: HashMap<u64, Connection>,
     /// Closed connections waiting out the settle time, by socket address.
     settling: HashMap<u64, (u64, Connection)>,
+    /// (closed at, socket address, connection id) in closing order: what to flush next, without
+    /// scanning `settling` at every event.
+    settle_queue: std::collections::VecDeque<(u64, u64, u64)>,
     /// 4-tuple -> socket address, for open and settling connections.
     by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
     next_id: u64,
     lost: u64,
+    /// Monotonic time spans in which the kernel lost events, newest last (bounded).
+    loss_windows: std::collections::VecDeque<(u64, u64)>,
     stats: TrackerStats,
 }
+
+/// Loss windows kept: enough for connections that live across many loss reports.
+const LOSS_WINDOWS_KEPT: usize = 1024;
 
 impl Tracker {
     pub fn new(cfg: TrackerConfig) -> Tracker {
@@ -172,9 +188,11 @@ impl Tracker {
             cfg,
             open: HashMap::new(),
             settling: HashMap::new(),
+            settle_queue: std::collections::VecDeque::new(),
             by_tuple: HashMap::new(),
             next_id: 1,
             lost: 0,
+            loss_windows: std::collections::VecDeque::new(),
             stats: TrackerStats::default(),
         }
     }
@@ -188,13 +206,19 @@ impl Tracker {
         self.open.values()
     }
 
-    /// The kernel's loss counter now reads `total`: connections open now may miss events.
-    pub fn on_lost(&mut self, total: u64) {
+    /// The kernel's loss counter read `total` at monotonic time `to_ns`, having read less at
+    /// `from_ns`: events were lost in between. Connections open now, and any connection whose
+    /// events span that window (the pipeline may lag behind the kernel), may miss events.
+    pub fn on_lost(&mut self, total: u64, from_ns: u64, to_ns: u64) {
         if total > self.lost {
             self.lost = total;
             for c in self.open.values_mut() {
                 c.events_maybe_lost = true;
             }
+            if self.loss_windows.len() >= LOSS_WINDOWS_KEPT {
+                self.loss_windows.pop_front();
+            }
+            self.loss_windows.push_back((from_ns, to_ns));
         }
     }
 
@@ -222,7 +246,29 @@ impl Tracker {
                 self.emit(old, out);
             }
             self.open_new(ev, out);
+        } else if self.open.get(&ev.sk).is_some_and(|c| {
+            c.has_tuple() && ev.has_tuple() && (c.local, c.remote) != (ev.local, ev.remote)
+        }) {
+            // Another 4-tuple on the same socket address: the old connection's end and the new
+            // one's start were not seen (events lost).
+            if let Some(mut old) = self.open.remove(&ev.sk) {
+                self.unindex(&old);
+                old.end = RecordEnd::Superseded;
+                old.events_maybe_lost = true;
+                self.emit(old, out);
+            }
+            self.open_new(ev, out);
+            if let Some(c) = self.open.get_mut(&ev.sk) {
+                c.events_maybe_lost = true;
+            }
         } else if let Some(c) = self.open.get_mut(&ev.sk) {
+            if let (EventKind::State { old, .. }, Some(last)) = (ev.kind, c.last_transition_state())
+            {
+                if old != last {
+                    // A transition is missing between the two: events were lost.
+                    c.events_maybe_lost = true;
+                }
+            }
             c.push(ev);
             let tuple_now = c.has_tuple().then_some((c.local, c.remote));
             if let Some(t) = tuple_now {
@@ -251,6 +297,7 @@ impl Tracker {
                     self.unindex(&old);
                     self.emit(old, out);
                 }
+                self.settle_queue.push_back((ev.ts_ns, ev.sk, c.id));
                 self.settling.insert(ev.sk, (ev.ts_ns, c));
             }
         }
@@ -327,33 +374,35 @@ impl Tracker {
     }
 
     fn flush_settled(&mut self, now_ns: u64, out: &mut impl FnMut(Finished)) {
-        if self.settling.is_empty() {
-            return;
-        }
         let settle = self.cfg.settle_ns;
-        let mut due: Vec<u64> = self
-            .settling
-            .iter()
-            .filter(|(_, (closed_at, _))| {
-                now_ns == u64::MAX || closed_at.saturating_add(settle) <= now_ns
-            })
-            .map(|(&sk, _)| sk)
-            .collect();
-        if due.is_empty() {
-            return;
-        }
-        due.sort_by_key(|sk| self.settling.get(sk).map_or(0, |(_, c)| c.id));
-        for sk in due {
-            if let Some((_, c)) = self.settling.remove(&sk) {
-                self.unindex(&c);
-                self.emit(c, out);
+        while let Some(&(closed_at, sk, id)) = self.settle_queue.front() {
+            if now_ns != u64::MAX && closed_at.saturating_add(settle) > now_ns {
+                break;
+            }
+            self.settle_queue.pop_front();
+            // Skip entries whose connection already left (handed on with its peer, or replaced).
+            if self.settling.get(&sk).is_some_and(|(_, c)| c.id == id) {
+                if let Some((_, c)) = self.settling.remove(&sk) {
+                    self.unindex(&c);
+                    self.emit(c, out);
+                }
             }
         }
     }
 
+    fn overlaps_loss(&self, c: &Connection) -> bool {
+        let (first, last) = (c.first_ts(), c.last_ts());
+        self.loss_windows
+            .iter()
+            .any(|&(from, to)| first <= to && last >= from)
+    }
+
     /// Hands on a finished connection together with its peer: a settling peer goes with it
     /// (both ends are then done), an open one is copied.
-    fn emit(&mut self, conn: Connection, out: &mut impl FnMut(Finished)) {
+    fn emit(&mut self, mut conn: Connection, out: &mut impl FnMut(Finished)) {
+        if self.overlaps_loss(&conn) {
+            conn.events_maybe_lost = true;
+        }
         let peer_sk = if conn.has_tuple() {
             self.by_tuple.get(&conn.mirrored()).copied()
         } else {
@@ -370,6 +419,12 @@ impl Tracker {
             Some(sk) => self.open.get(&sk).cloned(),
             None => None,
         };
+        let peer = peer.map(|mut p| {
+            if self.overlaps_loss(&p) {
+                p.events_maybe_lost = true;
+            }
+            p
+        });
         match peer {
             Some(p) if p.end == RecordEnd::Closed => {
                 // Both ends are finished: hand on each, each knowing the other.
@@ -493,11 +548,49 @@ pub(crate) mod tests {
         t.on_event(ev(1, 0xa, Established, FinWait1, C, S), &mut |f| {
             out.push(f)
         });
-        t.on_lost(3);
+        t.on_lost(3, 0, 1);
         t.on_event(ev(2, 0xa, FinWait1, Close, C, S), &mut |f| out.push(f));
         t.finish(&mut |f| out.push(f));
         assert!(!out[0].conn.seen_from_start);
         assert!(out[0].conn.events_maybe_lost);
+    }
+
+    #[test]
+    fn loss_behind_the_pipeline_marks_connections_that_span_it() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        // The counter moved between times 50 and 60, before the pipeline saw these events.
+        t.on_lost(7, 50, 60);
+        for e in [
+            ev(55, 0xa, Close, SynSent, C, S),
+            ev(70, 0xa, SynSent, Close, C, S),
+            ev(80, 0xb, Close, SynSent, "127.0.0.1:40001", S),
+            ev(90, 0xb, SynSent, Close, "127.0.0.1:40001", S),
+        ] {
+            t.on_event(e, &mut |f| out.push(f));
+        }
+        t.finish(&mut |f| out.push(f));
+        assert!(out[0].conn.events_maybe_lost, "spans the loss window");
+        assert!(!out[1].conn.events_maybe_lost, "began after it");
+    }
+
+    #[test]
+    fn a_missing_transition_or_another_tuple_means_events_were_lost() {
+        let other = "127.0.0.1:40009";
+        let out = run(&[
+            ev(1, 0xa, Close, SynSent, C, S),
+            ev(2, 0xa, SynSent, Established, C, S),
+            // ESTABLISHED -> FIN_WAIT1 is missing.
+            ev(3, 0xa, FinWait1, FinWait2, C, S),
+            // Another connection on the same address, its start lost.
+            ev(4, 0xa, Established, CloseWait, other, S),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert!(out[0].conn.events_maybe_lost);
+        assert_eq!(out[0].conn.end, RecordEnd::Superseded);
+        assert_eq!(out[1].conn.local, other.parse().unwrap());
+        assert!(out[1].conn.events_maybe_lost);
+        assert!(!out[1].conn.seen_from_start);
     }
 
     #[test]

@@ -52,9 +52,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
     loop {
         match reader.next_record() {
             Ok(Some(Record::Event(ev))) => pipeline.on_event(ev),
-            Ok(Some(Record::Lost { ts_ns, total })) => {
-                pipeline.tick(ts_ns);
-                pipeline.on_lost(total);
+            Ok(Some(Record::Lost {
+                ts_ns,
+                total,
+                since_ns,
+            })) => {
+                pipeline.on_lost(total, since_ns, ts_ns);
             }
             Ok(None) => break,
             Err(e @ ReadError::Line { .. }) if args.skip_bad_lines => {

@@ -182,6 +182,7 @@ pub async fn live(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_lost = 0u64;
+    let mut last_check_ns = clock::monotonic_ns();
     let handle = |pipeline: &mut Pipeline,
                   recorder: &mut Option<Recorder>,
                   batch: Batch|
@@ -200,17 +201,20 @@ pub async fn live(
     };
     let mut check_lost =
         |pipeline: &mut Pipeline, recorder: &mut Option<Recorder>| -> anyhow::Result<()> {
+            let now = clock::monotonic_ns();
             let total = probe.lost().context("cannot read the lost-event counter")?;
             if total != last_lost {
                 last_lost = total;
                 if let Some(r) = recorder.as_mut() {
                     r.write(&Record::Lost {
-                        ts_ns: clock::monotonic_ns(),
+                        ts_ns: now,
                         total,
+                        since_ns: last_check_ns,
                     })?;
                 }
-                pipeline.on_lost(total);
+                pipeline.on_lost(total, last_check_ns, now);
             }
+            last_check_ns = now;
             Ok(())
         };
 

@@ -87,7 +87,7 @@ impl Lab {
                 "-6",
                 "addr",
                 "add",
-                &format!("fd00:201:{slot}::{host}/64"),
+                &format!("fd00:201:{slot:x}::{host}/64"),
                 "dev",
                 dev,
                 "nodad",
@@ -147,9 +147,10 @@ impl Lab {
             Side::Server => &self.server_dev,
         };
         let rto = format!("{ms}ms");
-        for (fam, prefix) in [
-            ("-4", format!("10.201.{}.0/24", self.slot)),
-            ("-6", format!("fd00:201:{}::/64", self.slot)),
+        // The connected routes as the kernel made them (IPv6: metric 256, not ip's default).
+        for (fam, prefix, metric) in [
+            ("-4", format!("10.201.{}.0/24", self.slot), "0"),
+            ("-6", format!("fd00:201:{:x}::/64", self.slot), "256"),
         ] {
             run(Command::new("ip").args([
                 "-n",
@@ -162,6 +163,8 @@ impl Lab {
                 dev,
                 "proto",
                 "kernel",
+                "metric",
+                metric,
                 "rto_min",
                 &rto,
             ]))?;

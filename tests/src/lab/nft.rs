@@ -56,7 +56,9 @@ impl<'a> Nft<'a> {
 
     /// Adds a rule (nft syntax after `add rule inet tdlab input`); returns its handle.
     pub fn add(&self, rule: &str) -> io::Result<Rule> {
-        let out = self.nft(&["--echo", "--handle", "add", "rule", "inet", TABLE, CHAIN, rule])?;
+        let out = self.nft(&[
+            "--echo", "--handle", "add", "rule", "inet", TABLE, CHAIN, rule,
+        ])?;
         out.lines()
             .find_map(|l| l.rsplit_once("# handle ").map(|(_, h)| h.trim().parse()))
             .and_then(Result::ok)

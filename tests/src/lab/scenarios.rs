@@ -1,0 +1,1139 @@
+//! The lab's scenarios: each builds its own [`Lab`], drives a real teardown through it with the
+//! real tracer attached, prints the trace and the verdicts, and asserts the timeline, the
+//! sequence numbers and the validator's variant and findings.
+//!
+//! They are called by the `lab` integration tests (one test each) and by the `scenario` binary
+//! (`cargo xtask scenario NAME`), which shows the printed trace.
+
+// Test-only code: a failed unwrap here is a failed scenario, reported with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{Shutdown, TcpStream},
+    time::{Duration, Instant},
+};
+
+use socket2::SockRef;
+use teardown::{
+    diag::TcpState,
+    event::{Event, SeqSnapshot, SockSnapshot},
+    monitor::{Collector, ReportConfig},
+    validate::{Outcome, Role, Variant},
+};
+
+use super::{ack_now, read_to_eof, wait_until, Family, Lab, Side, WAIT};
+use crate::tracer::{Traced, Tracer};
+
+/// One scenario of the lab.
+pub struct Scenario {
+    /// `cargo xtask scenario NAME`.
+    pub name: &'static str,
+    /// The scenario number it covers (14 = IPv6 versions).
+    pub number: u8,
+    pub about: &'static str,
+    pub run: fn(),
+}
+
+macro_rules! scenarios {
+    ($($number:literal $name:literal $f:ident: $about:literal,)*) => {
+        /// Every scenario, in the order.
+        pub const ALL: &[Scenario] = &[
+            $(Scenario { name: $name, number: $number, about: $about, run: $f },)*
+        ];
+    };
+}
+
+scenarios! {
+    1 "four-way-client-first" four_way_client_first:
+        "the documented four-way close, the client closes first",
+    2 "four-way-server-first" four_way_server_first:
+        "the documented four-way close, the server closes first",
+    3 "three-segment-close" three_segment_close:
+        "the server closes on EOF at once: its ACK rides on its FIN",
+    4 "half-close-with-data" half_close_with_data:
+        "shutdown(SHUT_WR), the server sends 4 bytes from CLOSE_WAIT, then closes",
+    5 "simultaneous-close" simultaneous_close:
+        "both FINs held back, then crossing: FIN_WAIT1 -> CLOSING -> TIME_WAIT on both ends",
+    6 "final-ack-lost" final_ack_lost:
+        "the final ACK is dropped: FIN resent from LAST_ACK, ACKed again from TIME_WAIT",
+    7 "first-fin-lost" first_fin_lost:
+        "the first FIN is dropped: resent from FIN_WAIT1",
+    8 "fin-wait2-timeout" fin_wait2_timeout:
+        "orphaned FIN_WAIT2 full socket times out (keepalive timer path): RST",
+    8 "fin-wait2-timewait-expires" fin_wait2_timewait_expires:
+        "orphaned FIN_WAIT2 timewait socket expires (tcp_fin_timeout=2); the late FIN meets a RST",
+    9 "last-ack-given-up" last_ack_given_up:
+        "nothing comes back from the peer: LAST_ACK retransmits, then gives up",
+    10 "reset-linger-zero" reset_linger_zero:
+        "SO_LINGER 0: close() sends RST",
+    10 "reset-unread-data" reset_unread_data:
+        "close() with unread received data sends RST (RFC 2525)",
+    10 "reset-data-after-close" reset_data_after_close:
+        "the server writes after the client fully closed: the client's timewait socket resets",
+    10 "reset-in-close-wait" reset_in_close_wait:
+        "the half-closed client aborts (SO_LINGER 0): RST received in CLOSE_WAIT",
+    11 "close-wait-leak" close_wait_leak:
+        "the server never closes: CLOSE_WAIT past a threshold, reported as a leak",
+    12 "time-wait-reuse" time_wait_reuse:
+        "a TIME_WAIT 4-tuple reused by a new connection (tcp_tw_reuse=1)",
+    13 "syn-to-closed-port" syn_to_closed_port:
+        "SYN to a port nobody listens on: RST, connection refused",
+    14 "ipv6-four-way-client-first" ipv6_four_way_client_first:
+        "scenario 1 over IPv6",
+    14 "ipv6-final-ack-lost" ipv6_final_ack_lost:
+        "scenario 6 over IPv6",
+}
+
+/// The scenario called `name`.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    ALL.iter().find(|s| s.name == name)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+/// Splits the traced connections on the lab's port into (client end, server end).
+fn ends(lab: &Lab, tracer: Tracer) -> (Traced, Traced) {
+    let traced = tracer.connections(lab.server_ip, lab.port);
+    show(&traced);
+    split(traced, lab.port)
+}
+
+fn split(mut traced: Vec<Traced>, port: u16) -> (Traced, Traced) {
+    assert_eq!(
+        traced.len(),
+        2,
+        "expected exactly the two ends, got {:#?}",
+        traced.iter().map(Traced::steps).collect::<Vec<_>>()
+    );
+    traced.sort_by_key(|t| t.finished.conn.local.port() == port);
+    let server = traced.pop().unwrap();
+    let client = traced.pop().unwrap();
+    assert_eq!(server.finished.conn.local.port(), port);
+    assert_eq!(client.finished.conn.remote.port(), port);
+    (client, server)
+}
+
+fn flags(s: &SockSnapshot) -> String {
+    let mut v = Vec::new();
+    if s.dead() {
+        v.push("DEAD".to_owned());
+    }
+    if s.done() {
+        v.push("DONE".to_owned());
+    }
+    if s.err != 0 {
+        v.push(format!("err={}", teardown::event::errno_name(s.err)));
+    }
+    v.join("|")
+}
+
+/// Prints each connection: its events with sequence fields and flags, and its verdict.
+pub fn show(traced: &[Traced]) {
+    for t in traced {
+        let c = &t.finished.conn;
+        println!("#{} {} -> {}", c.id, c.local, c.remote);
+        let t0 = c.first_ts();
+        for (e, step) in c.events.iter().zip(t.steps()) {
+            let seq = e.seq.map_or(String::new(), |s| {
+                format!(
+                    "snd_una={} snd_nxt={} rcv_nxt={} write_seq={}",
+                    s.snd_una, s.snd_nxt, s.rcv_nxt, s.write_seq
+                )
+            });
+            let fl = e.sock.as_ref().map_or(String::new(), flags);
+            println!(
+                "  {:>10.3}ms  {step:<24} {seq} {fl}",
+                e.ts_ns.saturating_sub(t0) as f64 / 1e6
+            );
+        }
+        let mut text = String::new();
+        let _ = t.verdict.write_text(&mut text);
+        print!("{text}");
+    }
+}
+
+/// The event of a step (`"CLOSE_WAIT->LAST_ACK"`), the first one.
+fn event<'a>(t: &'a Traced, step: &str) -> &'a Event {
+    let i = t
+        .steps()
+        .iter()
+        .position(|s| s == step)
+        .unwrap_or_else(|| panic!("no {step} in {:?}", t.steps()));
+    &t.finished.conn.events[i]
+}
+
+fn seq(t: &Traced, step: &str) -> SeqSnapshot {
+    event(t, step)
+        .seq
+        .unwrap_or_else(|| panic!("no sequence fields at {step}"))
+}
+
+fn sock(t: &Traced, step: &str) -> SockSnapshot {
+    event(t, step)
+        .sock
+        .unwrap_or_else(|| panic!("no socket flags at {step}"))
+}
+
+fn finding_codes(t: &Traced) -> Vec<&'static str> {
+    t.verdict.findings.iter().map(|f| f.code).collect()
+}
+
+fn note_codes(t: &Traced) -> Vec<&'static str> {
+    t.verdict.notes.iter().map(|f| f.code).collect()
+}
+
+/// The verdict is `variant`, conforms, and no sequence relation is broken.
+fn assert_conforms(t: &Traced, role: Role, variant: Variant) {
+    let v = &t.verdict;
+    assert_eq!(v.role, role, "role of {}", t.finished.conn.local);
+    assert_eq!(
+        v.variant.name(),
+        variant.name(),
+        "variant of {}: {}",
+        t.finished.conn.local,
+        v.why
+    );
+    assert!(
+        v.conforms && v.findings.is_empty(),
+        "findings: {:?}",
+        v.findings
+    );
+    assert_no_broken_checks(t);
+}
+
+fn assert_no_broken_checks(t: &Traced) {
+    let broken: Vec<_> = t
+        .verdict
+        .checks
+        .iter()
+        .filter(|c| c.outcome == Outcome::Broken)
+        .collect();
+    assert!(broken.is_empty(), "broken relations: {broken:?}");
+}
+
+/// The verdict is `variant` with exactly these finding codes.
+fn assert_deviates(t: &Traced, variant: Variant, codes: &[&str]) {
+    let v = &t.verdict;
+    assert_eq!(
+        v.variant.name(),
+        variant.name(),
+        "variant of {}: {}",
+        t.finished.conn.local,
+        v.why
+    );
+    assert!(!v.conforms);
+    assert_eq!(finding_codes(t), codes, "findings: {:?}", v.findings);
+}
+
+/// The documented arithmetic (teardown-sequence.md, 1 and 3) read on both ends: U from the
+/// active end's FIN, V and W from the passive end, and every ACK = FIN + 1. `data` is what the
+/// passive end sent from CLOSE_WAIT (W - V).
+fn assert_documented_seq(active: &Traced, passive: &Traced, data: u32) {
+    let u = seq(active, "ESTABLISHED->FIN_WAIT1").write_seq;
+    let cw = seq(passive, "ESTABLISHED->CLOSE_WAIT");
+    assert_eq!(cw.rcv_nxt, u.wrapping_add(1), "step 1: the FIN consumes U");
+    let v = cw.snd_nxt;
+    assert_eq!(
+        seq(active, "FIN_WAIT1->FIN_WAIT2").snd_una,
+        u.wrapping_add(1),
+        "step 2: ack = U+1"
+    );
+    let w = seq(passive, "CLOSE_WAIT->LAST_ACK").write_seq;
+    assert_eq!(
+        w.wrapping_sub(v),
+        data,
+        "step 3: W = V + data from CLOSE_WAIT"
+    );
+    let last = seq(passive, "LAST_ACK->CLOSE");
+    assert_eq!(last.snd_una, w.wrapping_add(1), "step 4: ack = W+1");
+    assert_eq!(last.rcv_nxt, u.wrapping_add(1), "step 4: seq = U+1");
+}
+
+const CLIENT_OPEN: [&str; 2] = ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED"];
+const SERVER_OPEN: [&str; 2] = ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED"];
+const ACTIVE_CLOSE: [&str; 3] = [
+    "ESTABLISHED->FIN_WAIT1",
+    "FIN_WAIT1->FIN_WAIT2",
+    "FIN_WAIT2->CLOSE",
+];
+const PASSIVE_CLOSE: [&str; 3] = [
+    "ESTABLISHED->CLOSE_WAIT",
+    "CLOSE_WAIT->LAST_ACK",
+    "LAST_ACK->CLOSE",
+];
+
+fn steps(open: [&str; 2], rest: &[&str]) -> Vec<String> {
+    open.iter().chain(rest).map(|s| (*s).to_owned()).collect()
+}
+
+fn lab(slot: u8, family: Family) -> Lab {
+    Lab::new(slot, family).unwrap_or_else(|e| panic!("building the lab: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1, 2, 14: the documented four-way close.
+
+fn four_way_client_first() {
+    four_way_client_first_in(1, Family::V4);
+}
+
+fn ipv6_four_way_client_first() {
+    four_way_client_first_in(21, Family::V6);
+}
+
+fn four_way_client_first_in(slot: u8, family: Family) {
+    let lab = lab(slot, family);
+    let tracer = Tracer::start();
+    let (mut c, mut s) = lab.pair().unwrap();
+    c.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    drop(c); // close(): FIN, the socket is orphaned
+    assert!(read_to_eof(&mut s).unwrap().is_empty());
+    // The server ACKs the FIN alone (no delayed ACK riding on its FIN), and the client has it
+    // before the server closes: four segments.
+    ack_now(&s).unwrap();
+    lab.wait_state(Side::Client, "FIN_WAIT2", WAIT).unwrap();
+    drop(s);
+    lab.wait_state(Side::Client, "TIME_WAIT", WAIT).unwrap();
+    lab.wait_gone(Side::Server, TcpState::LastAck, WAIT)
+        .unwrap();
+    let (c, s) = ends(&lab, tracer);
+
+    assert_eq!(c.steps(), steps(CLIENT_OPEN, &ACTIVE_CLOSE));
+    assert_eq!(s.steps(), steps(SERVER_OPEN, &PASSIVE_CLOSE));
+    assert_documented_seq(&c, &s, 0);
+    // Orphaned: the ACK of its FIN made the client a FIN_WAIT2 timewait socket (fact 2).
+    let close = sock(&c, "FIN_WAIT2->CLOSE");
+    assert!(close.dead() && !close.done(), "{close:?}");
+    assert_eq!(
+        c.finished.peer.as_ref().map(|p| p.sk),
+        Some(s.finished.conn.sk)
+    );
+
+    assert_conforms(&c, Role::ActiveCloser, Variant::FourWayClose);
+    assert_conforms(&s, Role::PassiveCloser, Variant::FourWayClose);
+    assert_eq!(
+        c.verdict.time_wait,
+        Some(teardown::validate::TimeWaitPath::FinWait2TimewaitThenTimeWait)
+    );
+    assert!(c.verdict.with_peer && s.verdict.with_peer);
+}
+
+fn four_way_server_first() {
+    let lab = lab(2, Family::V4);
+    let tracer = Tracer::start();
+    let (mut c, s) = lab.pair().unwrap();
+    drop(s);
+    assert!(read_to_eof(&mut c).unwrap().is_empty());
+    ack_now(&c).unwrap();
+    lab.wait_state(Side::Server, "FIN_WAIT2", WAIT).unwrap();
+    drop(c);
+    lab.wait_state(Side::Server, "TIME_WAIT", WAIT).unwrap();
+    lab.wait_gone(Side::Client, TcpState::LastAck, WAIT)
+        .unwrap();
+    let (c, s) = ends(&lab, tracer);
+
+    assert_eq!(c.steps(), steps(CLIENT_OPEN, &PASSIVE_CLOSE));
+    assert_eq!(s.steps(), steps(SERVER_OPEN, &ACTIVE_CLOSE));
+    assert_documented_seq(&s, &c, 0);
+    assert_conforms(&s, Role::ActiveCloser, Variant::FourWayClose);
+    assert_conforms(&c, Role::PassiveCloser, Variant::FourWayClose);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3: three segments.
+
+fn three_segment_close() {
+    let lab = lab(3, Family::V4);
+    let tracer = Tracer::start();
+    let (c, mut s) = lab.pair().unwrap();
+    drop(c);
+    // On the FIN the server's socket enters pingpong mode: its ACK is delayed (at least 40 ms,
+    // TCP_ATO_MIN). Closing at once, within microseconds, puts that ACK on the server's FIN.
+    assert!(read_to_eof(&mut s).unwrap().is_empty());
+    drop(s);
+    lab.wait_state(Side::Client, "TIME_WAIT", WAIT).unwrap();
+    lab.wait_gone(Side::Server, TcpState::LastAck, WAIT)
+        .unwrap();
+    let (c, s) = ends(&lab, tracer);
+
+    assert_eq!(c.steps(), steps(CLIENT_OPEN, &ACTIVE_CLOSE));
+    assert_eq!(s.steps(), steps(SERVER_OPEN, &PASSIVE_CLOSE));
+    assert_documented_seq(&c, &s, 0);
+    // The merge, seen on both ends: the server sent its FIN (CLOSE_WAIT -> LAST_ACK) before the
+    // client processed the ACK of its own FIN; and that client socket, although orphaned, did not
+    // become a FIN_WAIT2 timewait socket: the FIN came in the same segment (fact 8).
+    assert!(
+        event(&s, "CLOSE_WAIT->LAST_ACK").ts_ns <= event(&c, "FIN_WAIT1->FIN_WAIT2").ts_ns,
+        "the server's FIN was sent after the client saw the ACK: not merged"
+    );
+    let close = sock(&c, "FIN_WAIT2->CLOSE");
+    assert!(close.dead() && close.done(), "{close:?}");
+    let w = seq(&s, "CLOSE_WAIT->LAST_ACK").write_seq;
+    assert_eq!(seq(&c, "FIN_WAIT2->CLOSE").rcv_nxt, w.wrapping_add(1));
+
+    assert_conforms(&c, Role::ActiveCloser, Variant::ThreeSegmentClose);
+    assert_conforms(&s, Role::PassiveCloser, Variant::ThreeSegmentClose);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4: half-close.
+
+fn half_close_with_data() {
+    let lab = lab(4, Family::V4);
+    let tracer = Tracer::start();
+    let (mut c, mut s) = lab.pair().unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert!(read_to_eof(&mut s).unwrap().is_empty());
+    s.write_all(b"late").unwrap();
+    drop(s);
+    assert_eq!(read_to_eof(&mut c).unwrap(), b"late");
+    drop(c);
+    lab.wait_gone(Side::Server, TcpState::LastAck, WAIT)
+        .unwrap();
+    let (c, s) = ends(&lab, tracer);
+
+    assert_eq!(c.steps(), steps(CLIENT_OPEN, &ACTIVE_CLOSE));
+    assert_eq!(s.steps(), steps(SERVER_OPEN, &PASSIVE_CLOSE));
+    assert_documented_seq(&c, &s, 4);
+    // Not orphaned when the server's FIN came: the client entered TIME_WAIT itself.
+    let close = sock(&c, "FIN_WAIT2->CLOSE");
+    assert!(close.done() && !close.dead(), "{close:?}");
+    assert_conforms(&c, Role::ActiveCloser, Variant::HalfCloseWithData);
+    assert_conforms(&s, Role::PassiveCloser, Variant::HalfCloseWithData);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5: simultaneous close.
+
+/// Pins the calling thread to one CPU (best effort).
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the calls only read/modify it and the
+    // calling thread's affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn simultaneous_close() {
+    let lab = lab(5, Family::V4);
+    let port = lab.port;
+    let tracer = Tracer::start();
+    let (c, s) = lab.pair().unwrap();
+    let cport = c.local_addr().unwrap().port();
+    // Both ends drop the other's FIN on arrival: each sends its FIN and stays in FIN_WAIT1.
+    let fin = "tcp flags & fin == fin";
+    let nft_c = lab.nft(Side::Client).unwrap();
+    let nft_s = lab.nft(Side::Server).unwrap();
+    let rc = nft_c.drop(&format!("tcp sport {port} {fin}")).unwrap();
+    let rs = nft_s.drop(&format!("tcp sport {cport} {fin}")).unwrap();
+    // Both shutdowns from one thread on one CPU, microseconds apart: both retransmission
+    // timers are armed in the same jiffy on the same CPU, so they fire in the same timer
+    // softirq and both resent FINs are on the wire before either is received (veth delivers in
+    // the later NET_RX softirq): they cross.
+    pin_to_cpu(0);
+    c.shutdown(Shutdown::Write).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    wait_until("both FINs dropped", WAIT, || {
+        Ok(nft_c.packets(rc)? >= 1 && nft_s.packets(rs)? >= 1)
+    })
+    .unwrap();
+    nft_c.delete(rc).unwrap();
+    nft_s.delete(rs).unwrap();
+    lab.wait_state(Side::Client, "TIME_WAIT", WAIT).unwrap();
+    lab.wait_state(Side::Server, "TIME_WAIT", WAIT).unwrap();
+    drop((c, s));
+    let (c, s) = ends(&lab, tracer);
+
+    for (t, open) in [(&c, CLIENT_OPEN), (&s, SERVER_OPEN)] {
+        let st = t.steps();
+        assert_eq!(st[..3], steps(open, &["ESTABLISHED->FIN_WAIT1"])[..]);
+        assert!(
+            st[3..st.len() - 2]
+                .iter()
+                .all(|s| s == "retransmit@FIN_WAIT1")
+                && st.len() >= 6,
+            "{st:?}"
+        );
+        assert_eq!(st[st.len() - 2..], ["FIN_WAIT1->CLOSING", "CLOSING->CLOSE"]);
+        assert!(sock(t, "CLOSING->CLOSE").done());
+        assert_conforms(t, Role::Simultaneous, Variant::SimultaneousClose);
+    }
+    // Each FIN is seq = write_seq at FIN_WAIT1; each end's rcv_nxt at CLOSING is the other's
+    // FIN + 1, and at the end both FINs are ACKed.
+    let uc = seq(&c, "ESTABLISHED->FIN_WAIT1").write_seq;
+    let us = seq(&s, "ESTABLISHED->FIN_WAIT1").write_seq;
+    assert_eq!(seq(&c, "FIN_WAIT1->CLOSING").rcv_nxt, us.wrapping_add(1));
+    assert_eq!(seq(&s, "FIN_WAIT1->CLOSING").rcv_nxt, uc.wrapping_add(1));
+    assert_eq!(seq(&c, "CLOSING->CLOSE").snd_una, uc.wrapping_add(1));
+    assert_eq!(seq(&s, "CLOSING->CLOSE").snd_una, us.wrapping_add(1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6, 14: the final ACK lost.
+
+fn final_ack_lost() {
+    final_ack_lost_in(6, Family::V4);
+}
+
+fn ipv6_final_ack_lost() {
+    final_ack_lost_in(26, Family::V6);
+}
+
+fn final_ack_lost_in(slot: u8, family: Family) {
+    let lab = lab(slot, family);
+    let port = lab.port;
+    let tracer = Tracer::start();
+    let (mut c, mut s) = lab.pair().unwrap();
+    // The client shuts down and keeps its descriptor: it enters TIME_WAIT itself on the
+    // server's FIN (an orphaned client would do it as a timewait socket, without events).
+    c.shutdown(Shutdown::Write).unwrap();
+    assert!(read_to_eof(&mut s).unwrap().is_empty());
+    ack_now(&s).unwrap();
+    lab.wait_state(Side::Client, "FIN_WAIT2", WAIT).unwrap();
+    // From now on the client sends nothing but the final ACK: drop the first pure ACK.
+    let nft = lab.nft(Side::Server).unwrap();
+    let rules = nft
+        .drop_first(1, &format!("tcp dport {port} tcp flags == ack"))
+        .unwrap();
+    drop(s); // LAST_ACK; its FIN puts the client in TIME_WAIT, the client's ACK is lost
+    assert!(read_to_eof(&mut c).unwrap().is_empty());
+    lab.wait_state(Side::Client, "TIME_WAIT", WAIT).unwrap();
+    let entry1 = lab.time_wait_entry_ms(Side::Client).unwrap().unwrap();
+    // The server resends its FIN from LAST_ACK; the client ACKs again from TIME_WAIT.
+    lab.wait_gone(Side::Server, TcpState::LastAck, WAIT)
+        .unwrap();
+    let entry2 = lab.time_wait_entry_ms(Side::Client).unwrap().unwrap();
+    drop(c);
+    assert_eq!(nft.total(&rules).unwrap(), 1, "exactly one ACK dropped");
+    let (c, s) = ends(&lab, tracer);
+    println!("client TIME_WAIT entry moved by {} ms", entry2 - entry1);
+
+    assert_eq!(c.steps(), steps(CLIENT_OPEN, &ACTIVE_CLOSE));
+    let close = sock(&c, "FIN_WAIT2->CLOSE");
+    assert!(close.done() && !close.dead(), "{close:?}");
+    let st = s.steps();
+    assert_eq!(
+        st[..4],
+        steps(
+            SERVER_OPEN,
+            &["ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK"]
+        )[..]
+    );
+    assert!(
+        st[4..st.len() - 1]
+            .iter()
+            .all(|s| s == "retransmit@LAST_ACK")
+            && st.len() >= 6,
+        "{st:?}"
+    );
+    assert_eq!(st.last().unwrap(), "LAST_ACK->CLOSE");
+    assert_documented_seq(&c, &s, 0);
+    // The client's TIME_WAIT entry: rcv_nxt = W+1 (the server's FIN, the first time).
+    let w = seq(&s, "CLOSE_WAIT->LAST_ACK").write_seq;
+    assert_eq!(seq(&c, "FIN_WAIT2->CLOSE").rcv_nxt, w.wrapping_add(1));
+    // The resent FIN restarted the client's TIME_WAIT timer (fact 6): its entry time moved by
+    // about the server's retransmission timeout (200 ms floor).
+    assert!(
+        entry2 >= entry1 + 150,
+        "TIME_WAIT entry {entry1} -> {entry2}: timer not restarted"
+    );
+
+    assert_conforms(&c, Role::ActiveCloser, Variant::FourWayClose);
+    assert_eq!(
+        c.verdict.time_wait,
+        Some(teardown::validate::TimeWaitPath::Entered)
+    );
+    assert_conforms(&s, Role::PassiveCloser, Variant::FourWayClose);
+    assert!(
+        s.verdict
+            .notes
+            .iter()
+            .any(|n| n.code == "fin_retransmitted" && n.step == Some(4)),
+        "{:?}",
+        s.verdict.notes
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7: the first FIN lost.
+
+fn first_fin_lost() {
+    let lab = lab(7, Family::V4);
+    let port = lab.port;
+    let tracer = Tracer::start();
+    let (c, mut s) = lab.pair().unwrap();
+    let nft = lab.nft(Side::Server).unwrap();
+    let rules = nft
+        .drop_first(1, &format!("tcp dport {port} tcp flags & fin == fin"))
+        .unwrap();
+    drop(c);
+    assert!(read_to_eof(&mut s).unwrap().is_empty()); // the resent FIN
+    ack_now(&s).unwrap();
+    lab.wait_state(Side::Client, "FIN_WAIT2", WAIT).unwrap();
+    drop(s);
+    lab.wait_state(Side::Client, "TIME_WAIT", WAIT).unwrap();
+    lab.wait_gone(Side::Server, TcpState::LastAck, WAIT)
+        .unwrap();
+    assert_eq!(nft.total(&rules).unwrap(), 1, "exactly one FIN dropped");
+    let (c, s) = ends(&lab, tracer);
+
+    let st = c.steps();
+    assert_eq!(st[..3], steps(CLIENT_OPEN, &["ESTABLISHED->FIN_WAIT1"])[..]);
+    assert!(
+        st[3..st.len() - 2]
+            .iter()
+            .all(|s| s == "retransmit@FIN_WAIT1")
+            && st.len() >= 6,
+        "{st:?}"
+    );
+    assert_eq!(
+        st[st.len() - 2..],
+        ["FIN_WAIT1->FIN_WAIT2", "FIN_WAIT2->CLOSE"]
+    );
+    assert_eq!(s.steps(), steps(SERVER_OPEN, &PASSIVE_CLOSE));
+    // The resent FIN has the same seq U: the server's rcv_nxt is U+1.
+    assert_documented_seq(&c, &s, 0);
+
+    assert_conforms(&c, Role::ActiveCloser, Variant::FourWayClose);
+    assert_conforms(&s, Role::PassiveCloser, Variant::FourWayClose);
+    assert!(
+        c.verdict
+            .notes
+            .iter()
+            .any(|n| n.code == "fin_retransmitted" && n.step == Some(2)),
+        "{:?}",
+        c.verdict.notes
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8: FIN_WAIT2 timeouts.
+
+/// The kernel's keepalive path: an orphaned socket whose FIN is ACKed while `tcp_fin_timeout`
+/// is above 60 s stays a full FIN_WAIT2 socket on its keepalive timer (tmo - 60 s). When that
+/// timer fires with the timeout now at 2 s (tmo - 60 s <= 0), the kernel gives up on the peer's
+/// FIN: it sends a RST and the socket closes (tcp_keepalive_timer). Costs 1 s.
+fn fin_wait2_timeout() {
+    let lab = lab(8, Family::V4);
+    lab.sysctl(Side::Client, "net.ipv4.tcp_fin_timeout", "61")
+        .unwrap();
+    let tracer = Tracer::start();
+    let (c, mut s) = lab.pair().unwrap();
+    drop(c);
+    assert!(read_to_eof(&mut s).unwrap().is_empty());
+    ack_now(&s).unwrap();
+    // A full socket in FIN_WAIT2 (not a timewait socket), its timer at 61 - 60 = 1 s.
+    wait_until("client full socket in FIN_WAIT2", WAIT, || {
+        Ok(lab
+            .closing(Side::Client)?
+            .iter()
+            .any(|f| f.state == TcpState::FinWait2))
+    })
+    .unwrap();
+    lab.sysctl(Side::Client, "net.ipv4.tcp_fin_timeout", "2")
+        .unwrap();
+    // The server never closes: its CLOSE_WAIT gets the RST.
+    let mut buf = [0u8; 1];
+    let t0 = Instant::now();
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    wait_until("the RST from the client", WAIT, || {
+        Ok(!lab
+            .closing(Side::Server)?
+            .iter()
+            .any(|f| f.state == TcpState::CloseWait))
+    })
+    .unwrap();
+    println!("FIN_WAIT2 ended after {:?}", t0.elapsed());
+    let _ = s.read(&mut buf);
+    drop(s);
+    let (c, s) = ends(&lab, tracer);
+
+    assert_eq!(
+        c.steps(),
+        steps(
+            CLIENT_OPEN,
+            &[
+                "ESTABLISHED->FIN_WAIT1",
+                "FIN_WAIT1->FIN_WAIT2",
+                "rst_sent@FIN_WAIT2",
+                "FIN_WAIT2->CLOSE"
+            ]
+        )
+    );
+    let close = sock(&c, "FIN_WAIT2->CLOSE");
+    assert!(close.dead() && !close.done(), "{close:?}");
+    assert_eq!(
+        s.steps(),
+        steps(
+            SERVER_OPEN,
+            &[
+                "ESTABLISHED->CLOSE_WAIT",
+                "rst_received@CLOSE_WAIT",
+                "CLOSE_WAIT->CLOSE"
+            ]
+        )
+    );
+    assert_eq!(sock(&s, "CLOSE_WAIT->CLOSE").err, libc::EPIPE);
+    assert_deviates(&c, Variant::FinWait2Timeout, &["no_peer_fin"]);
+    assert_eq!(c.verdict.role, Role::ActiveCloser);
+    assert_deviates(&s, Variant::AbortByRst, &["reset_received"]);
+    assert_eq!(s.verdict.role, Role::PassiveCloser);
+}
+
+/// The usual path with `tcp_fin_timeout` <= 60: the orphaned socket became a FIN_WAIT2 timewait
+/// socket when its FIN was ACKed (no event when it expires); once it expired, the server's late
+/// FIN finds no socket and gets a RST.
+fn fin_wait2_timewait_expires() {
+    let lab = lab(9, Family::V4);
+    lab.sysctl(Side::Client, "net.ipv4.tcp_fin_timeout", "2")
+        .unwrap();
+    let tracer = Tracer::start();
+    let (c, mut s) = lab.pair().unwrap();
+    drop(c);
+    assert!(read_to_eof(&mut s).unwrap().is_empty());
+    ack_now(&s).unwrap();
+    lab.wait_state(Side::Client, "FIN_WAIT2", WAIT).unwrap();
+    let tw = lab.timewait(Side::Client).unwrap();
+    assert!(
+        tw.len() == 1 && tw[0].remaining_ms <= 2_000,
+        "a FIN_WAIT2 timewait socket on a 2 s timer: {tw:?}"
+    );
+    wait_until("the FIN_WAIT2 timewait socket to expire", WAIT, || {
+        Ok(lab.timewait(Side::Client)?.is_empty())
+    })
+    .unwrap();
+    drop(s); // the FIN meets no socket: RST
+    lab.wait_gone(Side::Server, TcpState::LastAck, WAIT)
+        .unwrap();
+    let (c, s) = ends(&lab, tracer);
+
+    assert_eq!(c.steps(), steps(CLIENT_OPEN, &ACTIVE_CLOSE));
+    let close = sock(&c, "FIN_WAIT2->CLOSE");
+    assert!(close.dead() && !close.done(), "{close:?}");
+    assert_eq!(
+        s.steps(),
+        steps(
+            SERVER_OPEN,
+            &[
+                "ESTABLISHED->CLOSE_WAIT",
+                "CLOSE_WAIT->LAST_ACK",
+                "rst_received@LAST_ACK",
+                "LAST_ACK->CLOSE"
+            ]
+        )
+    );
+    assert_eq!(sock(&s, "LAST_ACK->CLOSE").err, libc::ECONNRESET);
+    // The expiry of a timewait socket fires no tracepoint: the client's record ends as an
+    // orphaned FIN_WAIT2 timewait socket, handed on (200 ms after its close) while the server
+    // was still in CLOSE_WAIT. The timeout itself is what sock_diag showed above.
+    assert_conforms(&c, Role::ActiveCloser, Variant::OrphanedFinWait2);
+    assert_eq!(
+        note_codes(&c),
+        ["peer_in_close_wait", "time_wait_not_visible"]
+    );
+    // The server did send its FIN (step 3), and met the RST of a host with no socket left.
+    assert_deviates(&s, Variant::AbortByRst, &["reset_received"]);
+    assert_eq!(s.verdict.role, Role::PassiveCloser);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9: LAST_ACK given up.
+
+fn last_ack_given_up() {
+    let lab = lab(10, Family::V4);
+    let port = lab.port;
+    // An orphaned LAST_ACK socket retries tcp_orphan_retries times (timed as if from a 200 ms
+    // RTO: about 0.6 s for 1); rto_min 10 ms makes the retransmissions come fast.
+    lab.sysctl(Side::Server, "net.ipv4.tcp_orphan_retries", "1")
+        .unwrap();
+    lab.rto_min(Side::Server, 10).unwrap();
+    let tracer = Tracer::start();
+    let (c, mut s) = lab.pair().unwrap();
+    drop(c);
+    assert!(read_to_eof(&mut s).unwrap().is_empty());
+    ack_now(&s).unwrap();
+    lab.wait_state(Side::Client, "FIN_WAIT2", WAIT).unwrap();
+    let nft = lab.nft(Side::Server).unwrap();
+    let rule = nft.drop(&format!("tcp dport {port}")).unwrap();
+    let t0 = Instant::now();
+    drop(s);
+    lab.wait_state(Side::Server, "LAST_ACK", WAIT).unwrap();
+    lab.wait_gone(Side::Server, TcpState::LastAck, Duration::from_secs(10))
+        .unwrap();
+    println!("LAST_ACK gave up after {:?}", t0.elapsed());
+    assert!(nft.packets(rule).unwrap() >= 2);
+    // The client's timewait socket did get the FIN (and ACKed it, each time, in vain).
+    lab.wait_state(Side::Client, "TIME_WAIT", WAIT).unwrap();
+    let (c, s) = ends(&lab, tracer);
+
+    assert_eq!(c.steps(), steps(CLIENT_OPEN, &ACTIVE_CLOSE));
+    let st = s.steps();
+    assert_eq!(
+        st[..4],
+        steps(
+            SERVER_OPEN,
+            &["ESTABLISHED->CLOSE_WAIT", "CLOSE_WAIT->LAST_ACK"]
+        )[..]
+    );
+    assert!(
+        st[4..st.len() - 1]
+            .iter()
+            .all(|s| s == "retransmit@LAST_ACK")
+            && st.len() >= 7,
+        "several retransmissions expected: {st:?}"
+    );
+    assert_eq!(st.last().unwrap(), "LAST_ACK->CLOSE");
+    let last = sock(&s, "LAST_ACK->CLOSE");
+    assert_eq!(last.err, libc::ETIMEDOUT);
+    let w = seq(&s, "CLOSE_WAIT->LAST_ACK").write_seq;
+    assert_eq!(
+        seq(&s, "LAST_ACK->CLOSE").snd_una,
+        w,
+        "the FIN was never ACKed"
+    );
+
+    assert_deviates(&s, Variant::LastAckGivenUp, &["no_final_ack"]);
+    assert_eq!(s.verdict.role, Role::PassiveCloser);
+    // The client did its part: it became a FIN_WAIT2 timewait socket, which got the FIN.
+    assert_conforms(&c, Role::ActiveCloser, Variant::OrphanedFinWait2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10: resets.
+
+fn reset_linger_zero() {
+    let lab = lab(11, Family::V4);
+    let tracer = Tracer::start();
+    let (c, mut s) = lab.pair().unwrap();
+    SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(c);
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        s.read(&mut buf).unwrap_err().kind(),
+        ErrorKind::ConnectionReset
+    );
+    drop(s);
+    let (c, s) = ends(&lab, tracer);
+
+    assert_eq!(
+        c.steps(),
+        steps(CLIENT_OPEN, &["ESTABLISHED->CLOSE", "rst_sent@CLOSE"])
+    );
+    assert_eq!(
+        s.steps(),
+        steps(
+            SERVER_OPEN,
+            &["rst_received@ESTABLISHED", "ESTABLISHED->CLOSE"]
+        )
+    );
+    assert_eq!(sock(&s, "ESTABLISHED->CLOSE").err, libc::ECONNRESET);
+    assert_deviates(&c, Variant::AbortByRst, &["reset_sent"]);
+    assert_eq!(c.verdict.role, Role::ActiveCloser);
+    assert_deviates(&s, Variant::AbortByRst, &["reset_received"]);
+    assert_eq!(s.verdict.role, Role::PassiveCloser);
+}
+
+fn reset_unread_data() {
+    let lab = lab(12, Family::V4);
+    let tracer = Tracer::start();
+    let (c, mut s) = lab.pair().unwrap();
+    s.write_all(b"never read").unwrap();
+    let mut buf = [0u8; 16];
+    wait_until("the data to arrive", WAIT, || Ok(c.peek(&mut buf)? > 0)).unwrap();
+    drop(c); // unread data: RST instead of FIN (RFC 2525)
+    assert_eq!(
+        s.read(&mut buf).unwrap_err().kind(),
+        ErrorKind::ConnectionReset
+    );
+    drop(s);
+    let (c, s) = ends(&lab, tracer);
+
+    assert_eq!(
+        c.steps(),
+        steps(CLIENT_OPEN, &["ESTABLISHED->CLOSE", "rst_sent@CLOSE"])
+    );
+    assert_eq!(
+        s.steps(),
+        steps(
+            SERVER_OPEN,
+            &["rst_received@ESTABLISHED", "ESTABLISHED->CLOSE"]
+        )
+    );
+    assert_deviates(&c, Variant::AbortByRst, &["reset_sent"]);
+    assert_deviates(&s, Variant::AbortByRst, &["reset_received"]);
+}
+
+fn reset_data_after_close() {
+    let lab = lab(13, Family::V4);
+    let tracer = Tracer::start();
+    let (c, mut s) = lab.pair().unwrap();
+    drop(c);
+    assert!(read_to_eof(&mut s).unwrap().is_empty());
+    ack_now(&s).unwrap();
+    lab.wait_state(Side::Client, "FIN_WAIT2", WAIT).unwrap();
+    s.write_all(b"too late").unwrap();
+    wait_until("the RST", WAIT, || {
+        Ok(!lab
+            .closing(Side::Server)?
+            .iter()
+            .any(|f| f.state == TcpState::CloseWait))
+    })
+    .unwrap();
+    drop(s);
+    let (c, s) = ends(&lab, tracer);
+
+    assert_eq!(
+        c.steps(),
+        steps(
+            CLIENT_OPEN,
+            &[
+                "ESTABLISHED->FIN_WAIT1",
+                "FIN_WAIT1->FIN_WAIT2",
+                "FIN_WAIT2->CLOSE",
+                // Sent by its timewait socket (FIN_WAIT2 sub-state).
+                "rst_sent@TIME_WAIT"
+            ]
+        )
+    );
+    assert_eq!(
+        s.steps(),
+        steps(
+            SERVER_OPEN,
+            &[
+                "ESTABLISHED->CLOSE_WAIT",
+                "rst_received@CLOSE_WAIT",
+                "CLOSE_WAIT->CLOSE"
+            ]
+        )
+    );
+    assert_eq!(sock(&s, "CLOSE_WAIT->CLOSE").err, libc::EPIPE);
+    assert_deviates(&c, Variant::AbortByRst, &["no_peer_fin"]);
+    assert_deviates(&s, Variant::AbortByRst, &["reset_received"]);
+}
+
+fn reset_in_close_wait() {
+    let lab = lab(14, Family::V4);
+    let tracer = Tracer::start();
+    let (c, mut s) = lab.pair().unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert!(read_to_eof(&mut s).unwrap().is_empty());
+    ack_now(&s).unwrap();
+    lab.wait_state(Side::Client, "FIN_WAIT2", WAIT).unwrap();
+    SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(c); // abort from FIN_WAIT2: RST
+    wait_until("the RST", WAIT, || {
+        Ok(!lab
+            .closing(Side::Server)?
+            .iter()
+            .any(|f| f.state == TcpState::CloseWait))
+    })
+    .unwrap();
+    drop(s);
+    let (c, s) = ends(&lab, tracer);
+
+    assert_eq!(
+        c.steps(),
+        steps(
+            CLIENT_OPEN,
+            &[
+                "ESTABLISHED->FIN_WAIT1",
+                "FIN_WAIT1->FIN_WAIT2",
+                "FIN_WAIT2->CLOSE",
+                "rst_sent@CLOSE"
+            ]
+        )
+    );
+    assert_eq!(
+        s.steps(),
+        steps(
+            SERVER_OPEN,
+            &[
+                "ESTABLISHED->CLOSE_WAIT",
+                "rst_received@CLOSE_WAIT",
+                "CLOSE_WAIT->CLOSE"
+            ]
+        )
+    );
+    assert_eq!(sock(&s, "CLOSE_WAIT->CLOSE").err, libc::EPIPE);
+    // The client aborted (SO_LINGER 0) in FIN_WAIT2: an abort by its own RST, not a timeout.
+    assert_deviates(&c, Variant::AbortByRst, &["reset_sent"]);
+    assert_deviates(&s, Variant::AbortByRst, &["reset_received"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11: CLOSE_WAIT that never ends.
+
+fn close_wait_leak() {
+    const THRESHOLD_MS: u64 = 1_000;
+    let lab = lab(15, Family::V4);
+    let tracer = Tracer::start();
+    let (c, mut s) = lab.pair().unwrap();
+    drop(c);
+    assert!(read_to_eof(&mut s).unwrap().is_empty());
+    // The server never calls close(). The monitor, polling sock_diag in the server's namespace,
+    // reports the CLOSE_WAIT socket once it is older than the threshold, with its owner.
+    let port = lab.port;
+    let leak = lab.ns(Side::Server).run(move || {
+        let cfg = ReportConfig {
+            close_wait_threshold_ms: THRESHOLD_MS,
+            ..ReportConfig::default()
+        };
+        let mut col = Collector::new(Default::default(), cfg, Some(Default::default())).unwrap();
+        let end = Instant::now() + WAIT;
+        loop {
+            let (report, _) = col.poll().unwrap();
+            if let Some(l) = report
+                .close_wait_leaks
+                .into_iter()
+                .find(|l| l.tuple.local.port() == port)
+            {
+                return l;
+            }
+            assert!(Instant::now() < end, "no CLOSE_WAIT leak reported");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    println!("leak reported: {leak:?}");
+    assert!(leak.age_ms >= THRESHOLD_MS);
+    assert_eq!(leak.owners.first().map(|o| o.pid), Some(std::process::id()));
+    let (c, traced_s) = ends(&lab, tracer);
+    drop(s); // only now, after the trace stopped
+    let s = traced_s;
+
+    assert_eq!(c.steps(), steps(CLIENT_OPEN, &ACTIVE_CLOSE));
+    assert_eq!(s.steps(), steps(SERVER_OPEN, &["ESTABLISHED->CLOSE_WAIT"]));
+    let v = &s.verdict;
+    assert_eq!(v.variant.name(), Variant::StillOpen.name());
+    assert_eq!(v.role, Role::PassiveCloser);
+    assert!(v.findings.is_empty(), "{:?}", v.findings);
+    assert!(note_codes(&s).contains(&"close_wait_open"), "{:?}", v.notes);
+    assert!(
+        v.incomplete
+            .as_deref()
+            .is_some_and(|u| u.contains("CLOSE_WAIT")),
+        "{:?}",
+        v.incomplete
+    );
+    // The client's side: orphaned FIN_WAIT2 timewait socket, the peer still in CLOSE_WAIT.
+    assert_eq!(c.verdict.variant.name(), Variant::OrphanedFinWait2.name());
+    assert!(
+        note_codes(&c).contains(&"peer_in_close_wait"),
+        "{:?}",
+        c.verdict.notes
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12: TIME_WAIT reuse.
+
+fn time_wait_reuse() {
+    let lab = lab(16, Family::V4);
+    lab.sysctl(Side::Client, "net.ipv4.tcp_tw_reuse", "1")
+        .unwrap();
+    let cport = lab.port + 10_000;
+    let tracer = Tracer::start();
+    let listener = lab.listen().unwrap();
+    let close_client_first = |c: TcpStream, mut s: TcpStream| {
+        drop(c);
+        assert!(read_to_eof(&mut s).unwrap().is_empty());
+        ack_now(&s).unwrap();
+        lab.wait_state(Side::Client, "FIN_WAIT2", WAIT).unwrap();
+        drop(s);
+        lab.wait_state(Side::Client, "TIME_WAIT", WAIT).unwrap();
+    };
+    let c1 = lab.connect_from(Some(cport)).unwrap();
+    let (s1, _) = listener.accept().unwrap();
+    s1.set_read_timeout(Some(WAIT)).unwrap();
+    close_client_first(c1, s1);
+    let tw1 = lab.timewait(Side::Client).unwrap();
+    assert_eq!(tw1.len(), 1);
+    // tcp_tw_reuse takes over a TIME_WAIT socket whose last timestamp is at least a second old.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let c2 = lab.connect_from(Some(cport)).unwrap();
+    let (s2, _) = listener.accept().unwrap();
+    s2.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(c2.local_addr().unwrap().port(), cport);
+    assert!(
+        lab.timewait(Side::Client)
+            .unwrap()
+            .iter()
+            .all(|t| t.cookie != tw1[0].cookie),
+        "the TIME_WAIT socket was taken over"
+    );
+    close_client_first(c2, s2);
+    drop(listener);
+    let traced = tracer.connections(lab.server_ip, lab.port);
+    show(&traced);
+
+    let (mut clients, mut servers): (Vec<Traced>, Vec<Traced>) = traced
+        .into_iter()
+        .partition(|t| t.finished.conn.remote.port() == lab.port);
+    clients.sort_by_key(|t| t.finished.conn.id);
+    servers.sort_by_key(|t| t.finished.conn.id);
+    assert_eq!((clients.len(), servers.len()), (2, 2));
+    for c in &clients {
+        assert_eq!(c.finished.conn.local.port(), cport, "the same 4-tuple");
+        assert_eq!(c.steps(), steps(CLIENT_OPEN, &ACTIVE_CLOSE));
+        assert_conforms(c, Role::ActiveCloser, Variant::FourWayClose);
+    }
+    for s in &servers {
+        assert_eq!(s.steps(), steps(SERVER_OPEN, &PASSIVE_CLOSE));
+        assert_conforms(s, Role::PassiveCloser, Variant::FourWayClose);
+    }
+    // Each connection is paired with its own peer, not with the earlier one on the same tuple.
+    for (c, s) in clients.iter().zip(&servers) {
+        assert_eq!(
+            c.finished.peer.as_ref().map(|p| p.sk),
+            Some(s.finished.conn.sk)
+        );
+        assert_documented_seq(c, s, 0);
+    }
+    // The new connection's ISN is past the old one's sequence space (tcp_tw_reuse sets
+    // write_seq = tw_snd_nxt + 65535 + 2).
+    let old_end = seq(&clients[0], "FIN_WAIT2->CLOSE").snd_nxt;
+    let new_fin = seq(&clients[1], "ESTABLISHED->FIN_WAIT1").write_seq;
+    assert!(
+        new_fin.wrapping_sub(old_end) > 65_535 && new_fin.wrapping_sub(old_end) < 1 << 31,
+        "old end {old_end}, new FIN {new_fin}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 13: SYN to a closed port.
+
+fn syn_to_closed_port() {
+    let lab = lab(17, Family::V4);
+    let tracer = Tracer::start();
+    let err = lab.connect_from(None).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+    let traced = tracer.connections(lab.server_ip, lab.port);
+    show(&traced);
+    let clients: Vec<&Traced> = traced
+        .iter()
+        .filter(|t| t.finished.conn.remote.port() == lab.port)
+        .collect();
+    assert_eq!(clients.len(), 1, "one client socket");
+    let c = clients[0];
+    assert_eq!(
+        c.steps(),
+        [
+            "CLOSE->SYN_SENT",
+            "rst_received@SYN_SENT",
+            "SYN_SENT->CLOSE"
+        ]
+    );
+    assert_eq!(sock(c, "SYN_SENT->CLOSE").err, libc::ECONNREFUSED);
+    assert_eq!(c.verdict.role, Role::NeverEstablished);
+    assert_eq!(c.verdict.variant.name(), Variant::HandshakeRefused.name());
+    assert!(c.verdict.findings.is_empty(), "{:?}", c.verdict.findings);
+    assert_eq!(
+        c.verdict.reset.as_ref().map(|r| r.by),
+        Some(teardown::validate::ResetBy::Peer)
+    );
+}
