@@ -81,7 +81,8 @@ impl EventFilter {
                 .addrs
                 .iter()
                 .any(|&a| a == ev.local.ip() || a == ev.remote.ip());
-        let hit = port_ok && addr_ok && ev.has_tuple();
+        // Either port is enough: connect() changes state before the local port is chosen.
+        let hit = port_ok && addr_ok;
         if ev.starts_connection() {
             // A new life of the address: forget what the old one matched.
             self.matched.remove(&ev.sk);
@@ -338,6 +339,8 @@ mod tests {
         assert!(f.keep(&mk(1, Close, SynSent, "127.0.0.1:40000", "127.0.0.1:8080")));
         assert!(f.keep(&mk(1, FinWait2, Close, "0.0.0.0:0", "127.0.0.1:8080")));
         assert!(!f.keep(&mk(2, LastAck, Close, "0.0.0.0:0", "0.0.0.0:0")));
+        // connect(): the destination port is known before the local one.
+        assert!(f.keep(&mk(3, Close, SynSent, "127.0.0.1:0", "127.0.0.1:8080")));
         // Another connection on the same socket address, to another port: dropped.
         assert!(!f.keep(&mk(1, Close, SynSent, "127.0.0.1:40001", "127.0.0.1:9090")));
         assert!(!f.keep(&mk(1, SynSent, Close, "0.0.0.0:0", "0.0.0.0:0")));

@@ -489,16 +489,21 @@ fn hold_split(args: &ChurnArgs, n: u64, fds: u64) -> Result<ChurnResult> {
     let exe = std::env::current_exe().context("cannot find the xtask executable")?;
     let mut ws = Vec::new();
     let mut left = n;
-    for i in 0..workers {
+    let mut port = u64::from(args.port);
+    for _ in 0..workers {
         let k = left.min(per);
         left -= k;
         // Consecutive listening ports, as many per worker as it needs.
-        let port = args.port + (i * k.div_ceil(HOLD_PER_PORT)) as u16;
+        let first_port = port;
+        port += k.div_ceil(HOLD_PER_PORT).max(1);
+        if port >= 32768 {
+            bail!("holding {n} connections needs listening ports past 32767: lower --port");
+        }
         let mut child = std::process::Command::new(&exe)
             .args(["churn", "--no-netns", "--handshake", "--json", "--hold"])
             .arg(k.to_string())
             .arg("--port")
-            .arg(port.to_string())
+            .arg(first_port.to_string())
             .arg("--seconds")
             .arg(args.seconds.to_string())
             .stdin(std::process::Stdio::piped())

@@ -5,6 +5,7 @@
 
 mod bench;
 mod churn;
+mod scenario;
 mod setup;
 mod sh;
 
@@ -50,6 +51,13 @@ enum Task {
         #[command(flatten)]
         args: bench::BenchArgs,
     },
+    /// The scenario lab by hand (root): `cargo xtask scenario final-ack-lost` runs one scenario
+    /// and prints its trace and verdicts; `cargo xtask scenario --list` lists them.
+    Scenario {
+        /// A scenario name, or --list.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -60,6 +68,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test(args),
         Task::Churn { args } => churn::churn(args),
         Task::Bench { args } => bench::bench(args),
+        Task::Scenario { args } => scenario::scenario(args),
     }
 }
 

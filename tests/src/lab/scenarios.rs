@@ -148,6 +148,7 @@ pub fn show(traced: &[Traced]) {
                 e.ts_ns.saturating_sub(t0) as f64 / 1e6
             );
         }
+        println!("  verdict: {}", t.verdict.headline());
         let mut text = String::new();
         let _ = t.verdict.write_text(&mut text);
         print!("{text}");
@@ -963,7 +964,23 @@ fn reset_in_close_wait() {
     assert_eq!(sock(&s, "CLOSE_WAIT->CLOSE").err, libc::EPIPE);
     // The client aborted (SO_LINGER 0) in FIN_WAIT2: an abort by its own RST, not a timeout.
     assert_deviates(&c, Variant::AbortByRst, &["reset_sent"]);
+    assert!(
+        !sock(&c, "FIN_WAIT2->CLOSE").dead(),
+        "closed by the application"
+    );
     assert_deviates(&s, Variant::AbortByRst, &["reset_received"]);
+    // Any RST received in CLOSE_WAIT leaves EPIPE (tcp_reset); here the server wrote nothing
+    // (snd_nxt == snd_una): the cause is the peer's abort, not data written after the peer had
+    // fully closed (fact 4, scenario reset-data-after-close).
+    let at_rst = seq(&s, "rst_received@CLOSE_WAIT");
+    assert_eq!(at_rst.snd_nxt, at_rst.snd_una, "the server sent no data");
+    let reset = s.verdict.reset.as_ref().expect("reset info");
+    assert_eq!(reset.by, teardown::validate::ResetBy::Peer);
+    assert!(
+        !reset.cause.contains("wrote"),
+        "validator misjudges the cause: {:?} (the server wrote nothing; the peer aborted)",
+        reset.cause
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,276 @@
+//! Recordings made on the real kernel with `teardown record` (tests/fixtures/make.sh), replayed
+//! with no kernel and no root: replay must print what the live trace printed, and each teardown
+//! must get its verdict.
+
+use std::{collections::BTreeMap, path::PathBuf, process::Command};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn replay(name: &str, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_teardown"))
+        .arg("replay")
+        .arg(fixtures().join(format!("{name}.events.jsonl")))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay of {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Connection blocks, in a stable order (live output order depends on when the settle timer
+/// fired; replay's on event time), and the summary. Connection ids and the counts of events
+/// and connections *seen* are left out: the live trace numbered and counted every connection
+/// of the host, the recording kept only those matching its filter.
+fn blocks(text: &str) -> Vec<String> {
+    let mut b: Vec<String> = text
+        .split("\n\n")
+        .map(|block| {
+            block
+                .trim()
+                .lines()
+                .map(|line| {
+                    if line.starts_with("summary:") {
+                        return line.split(" (").next().unwrap_or(line).to_owned();
+                    }
+                    line.split_whitespace()
+                        .map(|w| if w.starts_with('#') { "#N" } else { w })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    b.sort();
+    b
+}
+
+const ALL: [&str; 10] = [
+    "four_way_close",
+    "three_segment_close",
+    "server_first",
+    "half_close_with_data",
+    "refused",
+    "linger_zero",
+    "unread_data",
+    "data_after_close",
+    "close_wait_open",
+    "four_way_close_v6",
+];
+
+#[test]
+fn replay_prints_what_the_live_trace_printed() {
+    for name in ALL {
+        let live = std::fs::read_to_string(fixtures().join(format!("{name}.trace.txt"))).unwrap();
+        assert_eq!(
+            blocks(&replay(name, &[])),
+            blocks(&live),
+            "replay of {name} differs from its live trace"
+        );
+    }
+}
+
+/// (variant, conformance, finding codes) of the connection whose local end is `role`'s.
+type Expect = (&'static str, &'static str, &'static [&'static str]);
+
+fn verdicts(name: &str) -> BTreeMap<String, (String, String, Vec<String>)> {
+    let mut m = BTreeMap::new();
+    for line in replay(name, &["--format", "jsonl"]).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["type"] != "connection" {
+            continue;
+        }
+        let role = v["verdict"]["role"].as_str().unwrap().to_owned();
+        let findings = v["verdict"]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["code"].as_str().unwrap().to_owned())
+            .collect();
+        m.insert(
+            role,
+            (
+                v["verdict"]["variant"].as_str().unwrap().to_owned(),
+                v["verdict"]["conformance"].as_str().unwrap().to_owned(),
+                findings,
+            ),
+        );
+    }
+    m
+}
+
+#[test]
+fn each_recorded_teardown_gets_its_verdict() {
+    let table: &[(&str, &[(&str, Expect)])] = &[
+        (
+            "four_way_close",
+            &[
+                // A plain close(): the ACK of the FIN turns the socket into a FIN_WAIT2
+                // timewait socket (fact 2); the rest happens without events.
+                ("active_closer", ("orphaned_fin_wait2", "conforms", &[])),
+                ("passive_closer", ("four_way_close", "conforms", &[])),
+            ],
+        ),
+        (
+            "four_way_close_v6",
+            &[
+                ("active_closer", ("orphaned_fin_wait2", "conforms", &[])),
+                ("passive_closer", ("four_way_close", "conforms", &[])),
+            ],
+        ),
+        (
+            "server_first",
+            &[
+                ("active_closer", ("orphaned_fin_wait2", "conforms", &[])),
+                ("passive_closer", ("four_way_close", "conforms", &[])),
+            ],
+        ),
+        (
+            "three_segment_close",
+            &[
+                ("active_closer", ("three_segment_close", "conforms", &[])),
+                ("passive_closer", ("three_segment_close", "conforms", &[])),
+            ],
+        ),
+        (
+            "half_close_with_data",
+            &[
+                ("active_closer", ("half_close_with_data", "conforms", &[])),
+                ("passive_closer", ("half_close_with_data", "conforms", &[])),
+            ],
+        ),
+        (
+            "refused",
+            &[("never_established", ("handshake_refused", "conforms", &[]))],
+        ),
+        (
+            "linger_zero",
+            &[
+                (
+                    "active_closer",
+                    ("abort_by_rst", "deviates", &["reset_sent"]),
+                ),
+                (
+                    "passive_closer",
+                    ("abort_by_rst", "deviates", &["reset_received"]),
+                ),
+            ],
+        ),
+        (
+            "unread_data",
+            &[
+                (
+                    "active_closer",
+                    ("abort_by_rst", "deviates", &["reset_sent"]),
+                ),
+                (
+                    "passive_closer",
+                    ("abort_by_rst", "deviates", &["reset_received"]),
+                ),
+            ],
+        ),
+        (
+            "data_after_close",
+            &[
+                (
+                    "active_closer",
+                    ("abort_by_rst", "deviates", &["reset_sent"]),
+                ),
+                (
+                    "passive_closer",
+                    ("abort_by_rst", "deviates", &["reset_received"]),
+                ),
+            ],
+        ),
+        (
+            "close_wait_open",
+            &[
+                ("active_closer", ("orphaned_fin_wait2", "conforms", &[])),
+                // Still in CLOSE_WAIT when the trace stopped: not a deviation, not finished.
+                ("passive_closer", ("still_open", "incomplete", &[])),
+            ],
+        ),
+    ];
+    for (name, expected) in table {
+        let got = verdicts(name);
+        assert_eq!(got.len(), expected.len(), "{name}: {got:#?}");
+        for (role, (variant, conformance, codes)) in *expected {
+            let (v, c, f) = got
+                .get(*role)
+                .unwrap_or_else(|| panic!("{name}: no {role}: {got:#?}"));
+            assert_eq!(
+                (v.as_str(), c.as_str(), f.clone()),
+                (
+                    *variant,
+                    *conformance,
+                    codes.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+                ),
+                "{name}: {role}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_a_line_numbered_error_or_a_count_never_a_panic() {
+    let dir = std::env::temp_dir().join(format!("teardown-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = std::fs::read_to_string(fixtures().join("linger_zero.events.jsonl")).unwrap();
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines.insert(3, "{\"type\":\"event\",\"ts_ns\":");
+    lines.insert(5, "\u{0}\u{1}garbage");
+    let bad = lines.join("\n");
+    let path = dir.join("bad.jsonl");
+    std::fs::write(&path, &bad).unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_teardown"))
+            .arg("replay")
+            .arg(&path)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("--skip-bad-lines"), "{err}");
+
+    let out = run(&["--skip-bad-lines", "--format", "jsonl"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout.lines().last().unwrap();
+    assert!(summary.contains("\"skipped_lines\":2"), "{summary}");
+    // The good lines still make both timelines.
+    assert!(summary.contains("\"connections\":2"), "{summary}");
+
+    // A truncated file, a wrong version, and bytes that are not a recording at all.
+    for (what, content) in [
+        ("truncated", good[..good.len() / 2].to_owned()),
+        (
+            "version",
+            good.replacen("\"version\":1", "\"version\":7", 1),
+        ),
+        ("garbage", "\u{7f}ELF\u{2}\u{1}".repeat(1000)),
+        ("empty", String::new()),
+    ] {
+        std::fs::write(&path, content).unwrap();
+        let out = run(&["--skip-bad-lines"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{what}: replay panicked: {err}");
+        if what != "truncated" {
+            assert!(!out.status.success(), "{what} was accepted");
+            assert!(
+                err.contains("line 1") || err.contains("empty"),
+                "{what}: {err}"
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
