@@ -2,6 +2,9 @@
 //! with no kernel and no root: replay must print what the live trace printed, and each teardown
 //! must get its verdict.
 
+// A failed unwrap in a test is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{collections::BTreeMap, path::PathBuf, process::Command};
 
 fn fixtures() -> PathBuf {

@@ -18,9 +18,12 @@ use teardown::{
     validate::{self, Verdict},
 };
 
+/// What the tracer thread hands back: the events and the kernel's lost-event count.
+type Collected = Result<(Vec<Event>, u64), String>;
+
 pub struct Tracer {
     stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<Result<(Vec<Event>, u64), String>>>,
+    handle: Option<thread::JoinHandle<Collected>>,
     pub caps: Capabilities,
 }
 
@@ -131,10 +134,7 @@ impl Tracer {
         }
         tracker.finish(&mut |f| out.push(f));
         out.into_iter()
-            .filter(|f| {
-                !f.conn.is_listener()
-                    && (f.conn.local.port() == port || f.conn.remote.port() == port)
-            })
+            .filter(|f| !f.conn.is_listener() && (f.conn.local == end || f.conn.remote == end))
             .map(|finished| {
                 let verdict = validate::judge(&finished.conn, finished.peer.as_ref());
                 Traced { finished, verdict }

@@ -3,6 +3,9 @@
 //! scenario; the scenarios are in `teardown_integration_tests::lab::scenarios` (also run by hand
 //! with `cargo xtask scenario NAME`). Needs root, BTF and `nft`.
 
+// A failed unwrap in a test is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use teardown_integration_tests::lab::{self, scenarios};
 
 fn run(name: &str) {

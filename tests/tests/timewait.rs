@@ -4,6 +4,7 @@
 //! `teardown::diag` / `teardown::monitor` from a thread inside that namespace, and checks the
 //! figures exactly against `ip netns exec NAME ss ...`.
 
+// A failed unwrap in a test is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;

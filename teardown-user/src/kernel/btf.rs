@@ -93,7 +93,7 @@ pub fn offset_of(btf: &Btf, root: &str, path: &[&str]) -> Option<u32> {
             cur = as_struct(btf, ty)?;
         }
     }
-    (bits % 8 == 0).then_some(bits / 8)
+    bits.is_multiple_of(8).then_some(bits / 8)
 }
 
 /// Resolves every offset the kernel programs use.
