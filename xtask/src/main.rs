@@ -97,11 +97,29 @@ fn run(mut args: Vec<String>) -> Result<()> {
 
 fn test(args: Vec<String>) -> Result<()> {
     setup::setup(true)?;
-    // Unit tests and the library's own tests: no root needed.
-    let mut unit = cargo();
-    unit.args(["test", "--workspace", "--exclude", "teardown-ebpf"]);
-    if !args.is_empty() {
-        unit.arg("--").args(&args);
+    // The kernel tests build network namespaces (iproute2) and drop segments (nftables).
+    setup::ensure_tool(
+        "ip",
+        "iproute2",
+        "the kernel tests create network namespaces and veth pairs",
+    )?;
+    scenario::ensure_nft()?;
+    let kernel_ready = setup::is_root() && std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    if kernel_ready {
+        println!("xtask: root and kernel BTF present: the kernel tests will run");
+    } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+        println!("xtask: CI=true without root or BTF: the kernel tests will fail, as they must");
+    } else {
+        println!(
+            "xtask: not root (or no kernel BTF): the kernel tests will be skipped; run as root"
+        );
     }
-    sh::run(&mut unit).context("tests failed")
+    // Everything but the eBPF crate: unit tests, replay fixtures, and the root/kernel tests of
+    // tests/ (lifecycle, timewait monitor, scenario lab).
+    let mut all = cargo();
+    all.args(["test", "--workspace", "--exclude", "teardown-ebpf"]);
+    if !args.is_empty() {
+        all.arg("--").args(&args);
+    }
+    sh::run(&mut all).context("tests failed")
 }

@@ -837,6 +837,13 @@ fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
 }
 
 /// A connection ended by a RST, sent by `by`, in `from`.
+/// Whether we had sent data the peer had not acknowledged when its RST arrived (None: the
+/// sequence fields were not read).
+fn wrote_unacked(t: &Trace<'_>) -> Option<bool> {
+    let seq = t.resets_received.last()?.seq?;
+    Some(seq.snd_nxt != seq.snd_una)
+}
+
 fn reset_end(
     cx: &Ctx<'_, '_, '_>,
     j: &mut Judgement,
@@ -874,16 +881,30 @@ fn reset_end(
                 cx.by_owner(close).unwrap_or_default()
             ),
         ),
+        (ResetBy::Us, FinWait1 | FinWait2 | Closing | LastAck) if !dead && err == 0 => (
+            Variant::AbortByRst,
+            format!(
+                "abortive close by the application in {from} (SO_LINGER 0){}",
+                cx.by_owner(close).unwrap_or_default()
+            ),
+        ),
         (ResetBy::Us, _) if err == ECONNRESET || dead => (
             Variant::AbortByRst,
             "data arrived after close(): the closed socket answered the peer's data with RST"
                 .to_owned(),
         ),
         (ResetBy::Us, _) => (Variant::AbortByRst, format!("we sent RST in {from}")),
-        (ResetBy::Peer, CloseWait) if err == EPIPE => (
+        // Any RST received in CLOSE_WAIT leaves EPIPE; it is fact 4 only when we had written
+        // data the peer never acknowledged (its closed socket answered that data).
+        (ResetBy::Peer, CloseWait) if err == EPIPE && wrote_unacked(cx.us) == Some(true) => (
             Variant::AbortByRst,
             "the peer reset while we were in CLOSE_WAIT (EPIPE): we wrote after the peer had fully \
              closed (fact 4)"
+                .to_owned(),
+        ),
+        (ResetBy::Peer, CloseWait) if err == EPIPE && wrote_unacked(cx.us) == Some(false) => (
+            Variant::AbortByRst,
+            "the peer aborted while we were in CLOSE_WAIT (we had sent nothing unacknowledged)"
                 .to_owned(),
         ),
         (ResetBy::Peer, _) => (Variant::AbortByRst, "the peer reset the connection".to_owned()),
