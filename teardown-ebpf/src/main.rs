@@ -65,15 +65,52 @@ fn count_lost() {
     }
 }
 
+/// Wake the agent only once this much is waiting: a wake-up per event costs more than the
+/// event itself. The agent also reads on a short timer, so a quiet host still sees its events
+/// promptly.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
 #[inline(always)]
 fn emit(ev: &Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*ev);
-            entry.submit(0);
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags);
         }
         None => count_lost(),
     }
+}
+
+/// Transitions made by a system call of the socket's owner (connect, listen, close,
+/// shutdown): only then is the current task worth naming. Others run in softirq or timer
+/// context, on whatever task the CPU was running. Mirrors `Event::in_process_context`.
+#[inline(always)]
+fn in_process_context(old: u8, new: u8) -> bool {
+    const ESTABLISHED: u8 = 1;
+    const SYN_SENT: u8 = 2;
+    const FIN_WAIT1: u8 = 4;
+    const FIN_WAIT2: u8 = 5;
+    const CLOSE: u8 = 7;
+    const CLOSE_WAIT: u8 = 8;
+    const LAST_ACK: u8 = 9;
+    const LISTEN: u8 = 10;
+    matches!(
+        (old, new),
+        (CLOSE, SYN_SENT)
+            | (CLOSE, LISTEN)
+            | (LISTEN, CLOSE)
+            | (ESTABLISHED, FIN_WAIT1)
+            | (CLOSE_WAIT, LAST_ACK)
+            | (FIN_WAIT2, FIN_WAIT2)
+    )
 }
 
 /// Common header of every event: time, task, and the socket's sequence fields and flags.
@@ -82,8 +119,15 @@ fn fill_task_and_sock(ev: &mut Event, sk: *const u8, offs: &SockOffsets) {
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.skaddr = sk as u64;
     ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Ok(comm) = bpf_get_current_comm() {
-        ev.comm = comm;
+    // The name is only worth copying when the task may be the owner: a system call, or an
+    // abortive close (which may be one).
+    if ev.kind != kind::STATE
+        || in_process_context(ev.oldstate, ev.newstate)
+        || (ev.newstate == 7 && (ev.oldstate == 1 || ev.oldstate == 8))
+    {
+        if let Ok(comm) = bpf_get_current_comm() {
+            ev.comm = comm;
+        }
     }
     unsafe {
         if let (Some(una), Some(nxt), Some(rcv), Some(wseq)) = (

@@ -62,7 +62,7 @@ impl Connection {
             local: ev.local,
             remote: ev.remote,
             process: None,
-            events: Vec::with_capacity(8),
+            events: Vec::with_capacity(4),
             seen_from_start: ev.starts_connection(),
             events_maybe_lost: false,
             end: RecordEnd::StillOpen,

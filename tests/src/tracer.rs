@@ -85,7 +85,7 @@ impl Tracer {
                 };
                 while !stop2.load(Ordering::Relaxed) {
                     let _ = tokio::time::timeout(
-                        Duration::from_millis(20),
+                        Duration::from_millis(100),
                         stream.next_batch(4096, &mut push),
                     )
                     .await;

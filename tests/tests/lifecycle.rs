@@ -231,9 +231,8 @@ fn half_close_with_data(ip: IpAddr) {
     // Every documented relation was checked across both ends, and held.
     for t in [&c, &s] {
         let v = serde_json::to_value(&t.verdict).unwrap();
-        let checks = v["checks"].as_array().unwrap();
-        assert!(checks.iter().any(|c| c["outcome"] == "holds"), "{v:#}");
-        assert!(!checks.iter().any(|c| c["outcome"] == "broken"), "{v:#}");
+        assert!(v["check_counts"]["holds"].as_u64().unwrap() >= 3, "{v:#}");
+        assert_eq!(v["check_counts"]["broken"], 0, "{v:#}");
     }
 }
 

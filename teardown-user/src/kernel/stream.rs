@@ -21,29 +21,44 @@ impl EventStream {
 
     /// Waits until records are available, then hands each to `f` (at most `max` of them, so a
     /// flood cannot starve the rest of the agent). Returns how many were handed over.
+    ///
+    /// The kernel side wakes us only once a good amount is waiting (see `WAKEUP_BYTES` in the
+    /// eBPF crate), so this also looks every `POLL` without a wake-up.
     pub async fn next_batch(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> io::Result<usize> {
+        const POLL: std::time::Duration = std::time::Duration::from_millis(50);
         loop {
-            let mut guard = self.fd.readable_mut().await?;
-            let ring = guard.get_inner_mut();
-            let mut n = 0;
-            while n < max {
-                match ring.next() {
-                    Some(item) => {
-                        f(&item);
-                        n += 1;
+            let woken = tokio::time::timeout(POLL, self.fd.readable_mut()).await;
+            let n = match woken {
+                Ok(guard) => {
+                    let mut guard = guard?;
+                    let n = drain(guard.get_inner_mut(), max, &mut f);
+                    if n < max {
+                        // Drained: wait for the next notification.
+                        guard.clear_ready();
                     }
-                    None => break,
+                    n
                 }
-            }
-            if n < max {
-                // Drained: wait for the next notification.
-                guard.clear_ready();
-            }
+                Err(_elapsed) => drain(self.fd.get_mut(), max, &mut f),
+            };
             if n > 0 {
                 return Ok(n);
             }
         }
     }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, max: usize, f: &mut impl FnMut(&[u8])) -> usize {
+    let mut n = 0;
+    while n < max {
+        match ring.next() {
+            Some(item) => {
+                f(&item);
+                n += 1;
+            }
+            None => break,
+        }
+    }
+    n
 }
 
 impl EventStream {

@@ -267,6 +267,11 @@ pub enum Outcome {
     NotCheckable,
 }
 
+/// No relation is broken (serde: `checks` is then left out of JSON).
+pub fn none_broken(checks: &[SeqCheck]) -> bool {
+    !checks.iter().any(|c| c.outcome == Outcome::Broken)
+}
+
 /// One relation checked on the judged end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SeqCheck {

@@ -307,7 +307,11 @@ pub struct Verdict {
     /// U, V, W and the four waves, once a close began.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waves: Option<Waves>,
-    /// The documented relations read on this end.
+    /// How the documented relations fared, counted.
+    pub check_counts: CheckCounts,
+    /// The documented relations read on this end. In JSON only when one is broken: the counts
+    /// say the rest, and a busy host's output stays small.
+    #[serde(skip_serializing_if = "seq::none_broken")]
     pub checks: Vec<SeqCheck>,
     /// The peer's trace was used.
     pub with_peer: bool,
@@ -1185,7 +1189,33 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
         time_wait: end.time_wait,
         closing_times: us.times.clone(),
         waves,
+        check_counts: CheckCounts::of(&checks),
         checks,
         with_peer: peer.is_some(),
+    }
+}
+
+/// Relations by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CheckCounts {
+    pub holds: u32,
+    pub broken: u32,
+    pub not_checkable: u32,
+    /// Fields read to define U, V or W.
+    pub defines: u32,
+}
+
+impl CheckCounts {
+    fn of(checks: &[SeqCheck]) -> CheckCounts {
+        let mut c = CheckCounts::default();
+        for x in checks {
+            match x.outcome {
+                Outcome::Holds => c.holds += 1,
+                Outcome::Broken => c.broken += 1,
+                Outcome::NotCheckable => c.not_checkable += 1,
+                Outcome::Defines => c.defines += 1,
+            }
+        }
+        c
     }
 }
