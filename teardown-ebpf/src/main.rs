@@ -72,13 +72,19 @@ const WAKEUP_BYTES: u64 = 256 * 1024;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
+/// An event's footprint in the ring: the record and its 8-byte header.
+const RECORD_BYTES: u64 = core::mem::size_of::<Event>() as u64 + 8;
 
 #[inline(always)]
 fn emit(ev: &Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             entry.write(*ev);
-            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+            // Wake once each time the waiting data crosses a multiple of WAKEUP_BYTES, not at
+            // every event past it: a wake-up is an interrupt, the dearest thing we could do.
+            let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
+            let flags = if avail / WAKEUP_BYTES != avail.saturating_sub(RECORD_BYTES) / WAKEUP_BYTES
+            {
                 BPF_RB_FORCE_WAKEUP
             } else {
                 BPF_RB_NO_WAKEUP
