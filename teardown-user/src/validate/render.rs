@@ -87,7 +87,12 @@ impl Verdict {
                 count(Outcome::NotCheckable),
                 count(Outcome::Defines)
             )?;
-            for c in &self.checks {
+            // The relations that held are counted above; those that did not are shown.
+            for c in self
+                .checks
+                .iter()
+                .filter(|c| matches!(c.outcome, Outcome::Broken | Outcome::NotCheckable))
+            {
                 let mark = match c.outcome {
                     Outcome::Holds => "ok",
                     Outcome::Broken => "BROKEN",
