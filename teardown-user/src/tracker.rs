@@ -176,8 +176,14 @@ pub struct Tracker {
     lost: u64,
     /// Monotonic time spans in which the kernel lost events, newest last (bounded).
     loss_windows: std::collections::VecDeque<(u64, u64)>,
+    /// Closed ends whose peer was still open, by their own 4-tuple.
+    awaiting_peer: HashMap<(SocketAddr, SocketAddr), (u64, Connection)>,
     stats: TrackerStats,
 }
+
+/// Closed ends kept for a peer that is still open, at most, and for how long once full.
+const AWAITING_PEER_MAX: usize = 16_384;
+const AWAITING_PEER_NS: u64 = 120_000_000_000;
 
 /// Loss windows kept: enough for connections that live across many loss reports.
 const LOSS_WINDOWS_KEPT: usize = 1024;
@@ -193,6 +199,7 @@ impl Tracker {
             next_id: 1,
             lost: 0,
             loss_windows: std::collections::VecDeque::new(),
+            awaiting_peer: HashMap::new(),
             stats: TrackerStats::default(),
         }
     }
@@ -390,6 +397,21 @@ impl Tracker {
         }
     }
 
+    /// Keeps a closed end whose peer is still open, for that peer's verdict (bounded in count
+    /// and age: a peer that stays open longer is judged alone).
+    fn await_peer(&mut self, conn: &Connection) {
+        let now = conn.last_ts();
+        if self.awaiting_peer.len() >= AWAITING_PEER_MAX {
+            let horizon = now.saturating_sub(AWAITING_PEER_NS);
+            self.awaiting_peer.retain(|_, (ts, _)| *ts >= horizon);
+            if self.awaiting_peer.len() >= AWAITING_PEER_MAX {
+                return;
+            }
+        }
+        self.awaiting_peer
+            .insert((conn.local, conn.remote), (now, conn.clone()));
+    }
+
     fn overlaps_loss(&self, c: &Connection) -> bool {
         let (first, last) = (c.first_ts(), c.last_ts());
         self.loss_windows
@@ -416,7 +438,26 @@ impl Tracker {
                 }
                 p
             }
-            Some(sk) => self.open.get(&sk).cloned(),
+            Some(sk) => {
+                // The peer is still open: keep this end, so that the peer, when it finishes,
+                // is judged with it.
+                let copy = self.open.get(&sk).cloned();
+                if conn.end == RecordEnd::Closed {
+                    self.await_peer(&conn);
+                }
+                copy
+            }
+            // The peer finished earlier (and was handed on then) and waited for this end.
+            None if conn.has_tuple() => {
+                if let Some((_, p)) = self.awaiting_peer.remove(&conn.mirrored()) {
+                    out(Finished {
+                        conn,
+                        peer: Some(p),
+                    });
+                    return;
+                }
+                None
+            }
             None => None,
         };
         let peer = peer.map(|mut p| {
@@ -509,6 +550,41 @@ pub(crate) mod tests {
         assert_eq!(out[1].conn.sk, 0xb);
         assert_eq!(out[1].peer.as_ref().unwrap().sk, 0xa);
         assert_eq!(out[1].conn.process.unwrap().pid, 100);
+    }
+
+    #[test]
+    fn a_peer_that_closes_later_is_judged_with_the_end_that_waited() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        let sec = 1_000_000_000;
+        for e in [
+            ev(1, 0xa, Close, SynSent, C, S),
+            ev(2, 0xb, Listen, SynRecv, S, C),
+            ev(3, 0xa, SynSent, Established, C, S),
+            ev(4, 0xb, SynRecv, Established, S, C),
+            ev(5, 0xa, Established, FinWait1, C, S),
+            ev(6, 0xb, Established, CloseWait, S, C),
+            ev(7, 0xa, FinWait1, FinWait2, C, S),
+            ev(8, 0xa, FinWait2, Close, Z, S),
+        ] {
+            t.on_event(e, &mut |f| out.push(f));
+        }
+        t.tick(8 + sec, &mut |f| out.push(f));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].peer.as_ref().unwrap().end, RecordEnd::StillOpen);
+        // The server closes seconds later.
+        for e in [
+            ev(5 * sec, 0xb, CloseWait, LastAck, S, C),
+            ev(5 * sec + 1, 0xb, LastAck, Close, Z, C),
+        ] {
+            t.on_event(e, &mut |f| out.push(f));
+        }
+        t.finish(&mut |f| out.push(f));
+        assert_eq!(out.len(), 2, "{out:#?}");
+        let server = &out[1];
+        assert_eq!(server.conn.sk, 0xb);
+        assert_eq!(server.peer.as_ref().unwrap().sk, 0xa);
+        assert_eq!(server.peer.as_ref().unwrap().end, RecordEnd::Closed);
     }
 
     #[test]
