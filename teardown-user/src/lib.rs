@@ -19,6 +19,7 @@ pub mod clock;
 pub mod commands;
 pub mod diag;
 pub mod event;
+pub mod join;
 pub mod kernel;
 pub mod monitor;
 pub mod pipeline;

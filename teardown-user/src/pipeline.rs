@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::{
     event::Event,
+    join::{Closing, Joiner, TimewaitNote, TwFact, TwLeft, TwWhat},
     sink::{Report, Sink},
     tracker::{Connection, Finished, Tracker, TrackerConfig, TrackerStats},
     validate::{self, Conformance},
@@ -71,6 +72,20 @@ pub struct Summary {
     pub conforming: u64,
     pub deviating: u64,
     pub incomplete: u64,
+    /// Sockets already closing when the trace began (sock_diag).
+    pub closing_at_start: u64,
+    /// What sock_diag showed of reported connections' timewait sockets.
+    pub timewait: TimewaitCounts,
+}
+
+/// Timewait facts joined to reported connections.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct TimewaitCounts {
+    pub entered: u64,
+    pub restarts: u64,
+    pub expired: u64,
+    pub reused: u64,
+    pub killed: u64,
 }
 
 impl Summary {
@@ -113,6 +128,21 @@ impl Summary {
                 self.undecodable, self.evicted, self.unattached
             );
         }
+        let tw = &self.timewait;
+        if tw.entered + tw.restarts + tw.expired + tw.reused + tw.killed > 0 {
+            let _ = writeln!(
+                s,
+                "  timewait sockets (sock_diag): {} seen, {} timer restarts, {} expired, {} reused, {} killed",
+                tw.entered, tw.restarts, tw.expired, tw.reused, tw.killed
+            );
+        }
+        if self.closing_at_start > 0 {
+            let _ = writeln!(
+                s,
+                "  {} sockets were already closing when the trace began",
+                self.closing_at_start
+            );
+        }
         if let Some(n) = self.skipped_lines {
             let _ = writeln!(s, "  {n} bad lines skipped");
         }
@@ -126,6 +156,7 @@ pub struct Pipeline {
     sinks: Vec<Box<dyn Sink + Send>>,
     summary: Summary,
     wall_offset_ns: i64,
+    joiner: Joiner,
     /// The first sink error; the pipeline stops writing but keeps counting.
     error: Option<io::Error>,
 }
@@ -143,6 +174,7 @@ impl Pipeline {
             sinks,
             summary: Summary::default(),
             wall_offset_ns,
+            joiner: Joiner::default(),
             error: None,
         }
     }
@@ -151,6 +183,43 @@ impl Pipeline {
         let mut done = Vec::new();
         self.tracker.on_event(ev, &mut |f| done.push(f));
         self.report_all(done);
+    }
+
+    /// Sockets already closing when the trace began.
+    pub fn seed(&mut self, closing: &[Closing]) {
+        self.summary.closing_at_start += closing.len() as u64;
+        for c in closing {
+            self.tracker.seed(c.local, c.remote, c.state);
+        }
+    }
+
+    /// What sock_diag showed of a timewait socket.
+    pub fn on_timewait(&mut self, fact: TwFact) {
+        if let Some(note) = self.joiner.on_fact(fact) {
+            self.timewait_note(&note);
+        }
+    }
+
+    fn timewait_note(&mut self, note: &TimewaitNote) {
+        let tw = &mut self.summary.timewait;
+        match note.fact.what {
+            TwWhat::Entered { .. } => tw.entered += 1,
+            TwWhat::Restarted { .. } => tw.restarts += 1,
+            TwWhat::Left { how, .. } => match how {
+                TwLeft::Expired => tw.expired += 1,
+                TwLeft::Reused => tw.reused += 1,
+                TwLeft::Killed => tw.killed += 1,
+            },
+        }
+        if self.error.is_some() {
+            return;
+        }
+        for s in &mut self.sinks {
+            if let Err(e) = s.timewait(note) {
+                self.error = Some(e);
+                return;
+            }
+        }
     }
 
     pub fn on_undecodable(&mut self) {
@@ -229,13 +298,29 @@ impl Pipeline {
             Conformance::Deviates => self.summary.deviating += 1,
             Conformance::Incomplete => self.summary.incomplete += 1,
         }
+        if leaves_timewait_socket(&verdict) && f.conn.local.port() != 0 {
+            let now_ms = (f.conn.last_ts() as i128 + self.wall_offset_ns as i128) / 1_000_000;
+            let early =
+                self.joiner
+                    .follow(f.conn.id, f.conn.local, f.conn.remote, now_ms.max(0) as u64);
+            // Reported first, then what sock_diag already saw of its timewait socket.
+            self.write_report(f, &verdict);
+            for note in &early {
+                self.timewait_note(note);
+            }
+            return;
+        }
+        self.write_report(f, &verdict);
+    }
+
+    fn write_report(&mut self, f: &Finished, verdict: &validate::Verdict) {
         if self.error.is_some() {
             return;
         }
         let report = Report {
             conn: &f.conn,
             peer_id: f.peer.as_ref().map(|p| p.id),
-            verdict: &verdict,
+            verdict,
             wall_offset_ns: self.wall_offset_ns,
         };
         for s in &mut self.sinks {
@@ -245,4 +330,14 @@ impl Pipeline {
             }
         }
     }
+}
+
+/// A close that hands the connection to a timewait socket (TIME_WAIT, or an orphan's
+/// FIN_WAIT2), which only sock_diag can follow further.
+fn leaves_timewait_socket(v: &validate::Verdict) -> bool {
+    use validate::TimeWaitPath::*;
+    matches!(
+        v.time_wait,
+        Some(Entered | FinWait2Timewait | FinWait2TimewaitThenTimeWait)
+    )
 }

@@ -13,7 +13,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
+use crate::{event::Event, join::TwFact};
 
 pub const FORMAT: &str = "teardown-recording";
 pub const VERSION: u32 = 1;
@@ -36,6 +36,8 @@ pub struct Header {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     Event(Event),
+    /// What sock_diag showed of a timewait socket.
+    Timewait(TwFact),
     /// The loss counter read `total` at `ts_ns`; it read less at `since_ns`.
     Lost {
         ts_ns: u64,
@@ -68,6 +70,20 @@ impl EventFilter {
             addrs,
             matched: HashSet::new(),
         })
+    }
+
+    /// For facts about a 4-tuple (no socket address): whether the tuple matches.
+    pub fn keep_tuple(&self, local: &std::net::SocketAddr, remote: &std::net::SocketAddr) -> bool {
+        (self.ports.is_empty()
+            || self
+                .ports
+                .iter()
+                .any(|&p| p == local.port() || p == remote.port()))
+            && (self.addrs.is_empty()
+                || self
+                    .addrs
+                    .iter()
+                    .any(|&a| a == local.ip() || a == remote.ip()))
     }
 
     pub fn keep(&mut self, ev: &Event) -> bool {
@@ -109,8 +125,13 @@ impl<W: Write> Writer<W> {
     }
 
     pub fn write(&mut self, rec: &Record) -> io::Result<()> {
-        if let (Record::Event(ev), Some(f)) = (rec, self.filter.as_mut()) {
-            if !f.keep(ev) {
+        if let Some(f) = self.filter.as_mut() {
+            let keep = match rec {
+                Record::Event(ev) => f.keep(ev),
+                Record::Timewait(t) => f.keep_tuple(&t.local, &t.remote),
+                Record::Lost { .. } => true,
+            };
+            if !keep {
                 return Ok(());
             }
         }

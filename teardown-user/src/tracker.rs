@@ -51,6 +51,8 @@ pub struct Connection {
     pub seen_from_start: bool,
     /// Events may have been lost while it was open (the kernel's loss counter moved).
     pub events_maybe_lost: bool,
+    /// The state sock_diag showed when the trace began, for a connection already closing then.
+    pub state_at_start: Option<TcpState>,
     pub end: RecordEnd,
 }
 
@@ -65,6 +67,7 @@ impl Connection {
             events: Vec::with_capacity(4),
             seen_from_start: ev.starts_connection(),
             events_maybe_lost: false,
+            state_at_start: None,
             end: RecordEnd::StillOpen,
         };
         c.push(*ev);
@@ -176,6 +179,8 @@ pub struct Tracker {
     lost: u64,
     /// Monotonic time spans in which the kernel lost events, newest last (bounded).
     loss_windows: std::collections::VecDeque<(u64, u64)>,
+    /// Connections already closing when the trace began (sock_diag), by 4-tuple.
+    seeds: HashMap<(SocketAddr, SocketAddr), TcpState>,
     /// Closed ends whose peer was still open, by their own 4-tuple.
     awaiting_peer: HashMap<(SocketAddr, SocketAddr), (u64, Connection)>,
     stats: TrackerStats,
@@ -200,6 +205,7 @@ impl Tracker {
             lost: 0,
             loss_windows: std::collections::VecDeque::new(),
             awaiting_peer: HashMap::new(),
+            seeds: HashMap::new(),
             stats: TrackerStats::default(),
         }
     }
@@ -226,6 +232,14 @@ impl Tracker {
                 self.loss_windows.pop_front();
             }
             self.loss_windows.push_back((from_ns, to_ns));
+        }
+    }
+
+    /// A connection already in `state` when the trace began: when its events come, its record
+    /// says so (its beginning is not in the trace).
+    pub fn seed(&mut self, local: SocketAddr, remote: SocketAddr, state: TcpState) {
+        if self.seeds.len() < self.cfg.max_open {
+            self.seeds.insert((local, remote), state);
         }
     }
 
@@ -349,7 +363,10 @@ impl Tracker {
                 }
             }
         }
-        let c = Connection::new(self.next_id, &ev);
+        let mut c = Connection::new(self.next_id, &ev);
+        if !c.seen_from_start && !self.seeds.is_empty() {
+            c.state_at_start = self.seeds.remove(&(ev.local, ev.remote));
+        }
         self.next_id += 1;
         self.stats.connections += 1;
         if c.has_tuple() {

@@ -52,6 +52,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
     loop {
         match reader.next_record() {
             Ok(Some(Record::Event(ev))) => pipeline.on_event(ev),
+            Ok(Some(Record::Timewait(fact))) => pipeline.on_timewait(fact),
             Ok(Some(Record::Lost {
                 ts_ns,
                 total,

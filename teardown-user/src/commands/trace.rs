@@ -37,6 +37,12 @@ pub struct TraceArgs {
     /// Ring buffer size in MiB (a power of two). Raise it if events are lost in bursts.
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
     pub ring_size: u32,
+    /// Poll sock_diag (what `ss` uses) this often to follow the timewait sockets the traced
+    /// connections leave behind — when each entered TIME_WAIT, timer restarts (a resent FIN),
+    /// how it left — and to note the sockets already closing at start. 0 turns it off. Sees the
+    /// host's own network namespace only.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = clock::parse_duration)]
+    pub timewait_poll: Duration,
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -114,7 +120,8 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
             ", without sequence numbers"
         }
     );
-    let summary = live(&mut probe, pipeline, recorder, stop).await?;
+    let timewait_poll = (!args.timewait_poll.is_zero()).then_some(args.timewait_poll);
+    let summary = live(&mut probe, pipeline, recorder, timewait_poll, stop).await?;
     if args.output.output.is_some() || args.output.format != super::output::Format::Text {
         // The summary went to the output; say it on the terminal too.
         eprintln!("{}", summary.to_text());
@@ -143,9 +150,18 @@ pub async fn live(
     probe: &mut Probe,
     mut pipeline: Pipeline,
     mut recorder: Option<Recorder>,
+    timewait_poll: Option<Duration>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let mut stream = probe.events().context("cannot read the ring buffer")?;
+    let (mut tw_rx, tw_stop) = match timewait_poll {
+        Some(every) => {
+            let (rx, stop) = watch_timewait(every);
+            (Some(rx), Some(stop))
+        }
+        None => (None, None),
+    };
+    let mut seeded = false;
     let (tx, mut rx) = mpsc::channel::<Batch>(256);
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
@@ -226,6 +242,25 @@ pub async fn live(
                 check_lost(&mut pipeline, &mut recorder)?;
                 pipeline.tick(clock::monotonic_ns());
             }
+            Some(polled) = async {
+                match tw_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let (facts, closing) = polled;
+                if !seeded {
+                    seeded = true;
+                    pipeline.seed(&closing);
+                }
+                for fact in facts {
+                    if let Some(r) = recorder.as_mut() {
+                        r.write(&Record::Timewait(fact.clone()))
+                            .context("cannot write to the recording")?;
+                    }
+                    pipeline.on_timewait(fact);
+                }
+            }
             _ = &mut stop => break,
         }
         if pipeline.failed() {
@@ -234,6 +269,9 @@ pub async fn live(
     }
 
     // Clean stop: the reader drains the ring buffer once more, then everything is flushed.
+    if let Some(s) = tw_stop {
+        s.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let _ = stop_tx.send(());
     while let Some(batch) = rx.recv().await {
         handle(&mut pipeline, &mut recorder, batch)?;
@@ -248,4 +286,52 @@ pub async fn live(
         r.flush().context("cannot write to the recording")?;
     }
     pipeline.finish().context("cannot write the output")
+}
+
+type Polled = (Vec<crate::join::TwFact>, Vec<crate::join::Closing>);
+
+/// Polls sock_diag on its own thread (a dump can take milliseconds on a busy host; the ring
+/// buffer must not wait for it). Problems are reported once and end the polling, not the trace.
+fn watch_timewait(
+    every: Duration,
+) -> (
+    mpsc::Receiver<Polled>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let (tx, rx) = mpsc::channel::<Polled>(16);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let spawned = std::thread::Builder::new()
+        .name("sock_diag".into())
+        .spawn(move || {
+            let mut watcher = match crate::join::TwWatcher::new() {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("note: timewait sockets are not followed: {e}");
+                    return;
+                }
+            };
+            while !stop2.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                match watcher.poll() {
+                    Ok(polled) => {
+                        if tx.blocking_send(polled).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("note: timewait sockets are no longer followed: {e}");
+                        return;
+                    }
+                }
+                while started.elapsed() < every && !stop2.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20).min(every));
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("note: timewait sockets are not followed: {e}");
+    }
+    (rx, stop)
 }

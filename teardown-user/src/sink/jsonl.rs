@@ -8,6 +8,7 @@ use serde::Serialize;
 use super::{endpoint, Report, Sink};
 use crate::{
     event::{EventKind, SeqSnapshot, SockSnapshot, TcpState},
+    join::TimewaitNote,
     pipeline::Summary,
     tracker::RecordEnd,
     validate::Verdict,
@@ -54,6 +55,8 @@ struct Timeline<'a> {
     start_unix: f64,
     end: RecordEnd,
     #[serde(skip_serializing_if = "Option::is_none")]
+    state_at_start: Option<TcpState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     last_state: Option<TcpState>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peer: Option<u64>,
@@ -78,6 +81,7 @@ impl<W: Write> Sink for JsonlSink<W> {
             }),
             start_unix: (t0 as i128 + r.wall_offset_ns as i128) as f64 / 1e9,
             end: c.end,
+            state_at_start: c.state_at_start,
             last_state: c.last_state(),
             peer: r.peer_id,
             events: c
@@ -93,6 +97,23 @@ impl<W: Write> Sink for JsonlSink<W> {
             verdict: r.verdict,
         };
         serde_json::to_writer(&mut self.out, &line)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn timewait(&mut self, n: &TimewaitNote) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            r#type: &'static str,
+            #[serde(flatten)]
+            note: &'a TimewaitNote,
+        }
+        serde_json::to_writer(
+            &mut self.out,
+            &Line {
+                r#type: "timewait",
+                note: n,
+            },
+        )?;
         self.out.write_all(b"\n")
     }
 

@@ -10,7 +10,7 @@ pub use channel::DeviationLines;
 pub use jsonl::JsonlSink;
 pub use text::TextSink;
 
-use crate::{pipeline::Summary, tracker::Connection, validate::Verdict};
+use crate::{join::TimewaitNote, pipeline::Summary, tracker::Connection, validate::Verdict};
 
 /// One finished connection with its verdict, as handed to every sink.
 pub struct Report<'a> {
@@ -25,8 +25,24 @@ pub struct Report<'a> {
 /// An output of the pipeline.
 pub trait Sink {
     fn connection(&mut self, report: &Report<'_>) -> io::Result<()>;
+    /// What sock_diag later showed of a reported connection's timewait socket.
+    fn timewait(&mut self, _note: &TimewaitNote) -> io::Result<()> {
+        Ok(())
+    }
     /// End of the trace: write the summary and flush.
     fn finish(&mut self, summary: &Summary) -> io::Result<()>;
+}
+
+/// `HH:MM:SS.mmm` UTC of a time in ms since the Unix epoch.
+pub(crate) fn utc_time(ms: u64) -> String {
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
 }
 
 /// `127.0.0.1:80` / `[::1]:80`, and `*` for an unknown (zero) port.

@@ -2,9 +2,10 @@
 
 use std::io::{self, Write};
 
-use super::{endpoint, Report, Sink};
+use super::{endpoint, utc_time, Report, Sink};
 use crate::{
     event::{EventKind, SockSnapshot},
+    join::{TimewaitNote, TwLeft, TwState, TwWhat},
     pipeline::Summary,
     tracker::RecordEnd,
 };
@@ -69,6 +70,12 @@ impl<W: Write> Sink for TextSink<W> {
             peer
         )?;
         writeln!(self.out, "    {}", r.verdict.headline())?;
+        if let Some(st) = c.state_at_start {
+            writeln!(
+                self.out,
+                "    already in {st} when the trace began (sock_diag)"
+            )?;
+        }
         let t0 = c.first_ts();
         for e in &c.events {
             let ms = e.ts_ns.saturating_sub(t0) as f64 / 1e6;
@@ -105,6 +112,52 @@ impl<W: Write> Sink for TextSink<W> {
             writeln!(self.out, "    {line}")?;
         }
         writeln!(self.out)
+    }
+
+    fn timewait(&mut self, n: &TimewaitNote) -> io::Result<()> {
+        let f = &n.fact;
+        let what = match &f.what {
+            TwWhat::Entered {
+                state: TwState::TimeWait,
+                entered_ms,
+            } => format!("entered TIME_WAIT at {} UTC (from its timer)", utc_time(*entered_ms)),
+            TwWhat::Entered {
+                state: TwState::FinWait2,
+                entered_ms,
+            } => format!(
+                "FIN_WAIT2 timewait socket since {} UTC, waiting for the peer's FIN",
+                utc_time(*entered_ms)
+            ),
+            TwWhat::Restarted {
+                previous_entered_ms,
+                entered_ms,
+            } => format!(
+                "TIME_WAIT timer restarted (+{} ms): the peer resent its FIN, the final ACK was lost",
+                entered_ms.saturating_sub(*previous_entered_ms)
+            ),
+            TwWhat::Left {
+                how,
+                entered_ms,
+                restarts,
+            } => {
+                let how = match how {
+                    TwLeft::Expired => "expired",
+                    TwLeft::Reused => "reused by a new connection on the same 4-tuple",
+                    TwLeft::Killed => "killed early (a RST, or a reuse already over)",
+                };
+                format!(
+                    "left TIME_WAIT: {how}, {:.1} s after entering, {restarts} timer restart(s)",
+                    f.at_ms.saturating_sub(*entered_ms) as f64 / 1000.0
+                )
+            }
+        };
+        writeln!(
+            self.out,
+            "#{} {} -> {}  sock_diag: {what}",
+            n.id,
+            endpoint(&f.local),
+            endpoint(&f.remote)
+        )
     }
 
     fn finish(&mut self, s: &Summary) -> io::Result<()> {

@@ -76,6 +76,7 @@ fn conn(events: Vec<Event>) -> Connection {
         events,
         seen_from_start,
         events_maybe_lost: false,
+        state_at_start: None,
         end: if closed {
             RecordEnd::Closed
         } else {

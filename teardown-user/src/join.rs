@@ -1,0 +1,344 @@
+//! Joins what sock_diag sees of timewait sockets to the traced connections they came from.
+//!
+//! A socket that enters TIME_WAIT is replaced by a timewait socket, and the tracepoint sees no
+//! more of it (teardown-sequence.md, facts 1, 2 and 6). sock_diag does: its timer tells when it
+//! entered (Linux holds TIME_WAIT 60 s, so entry = now + remaining - 60 s), a jump of that entry
+//! time tells that the peer resent its FIN, and its disappearance tells how it left. A
+//! [`TwWatcher`] polls that on its own thread and turns it into [`TwFact`]s; the pipeline's
+//! [`Joiner`] matches them, by 4-tuple, to the connections it reported.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    diag::{self, PollOptions, Poller, TwSubstate},
+    event::TcpState,
+    monitor::{self, TwExitKind},
+};
+
+/// The sub-state of a timewait socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TwState {
+    /// The real TIME_WAIT: the peer's FIN was received.
+    TimeWait,
+    /// An orphan whose FIN was ACKed, waiting for the peer's FIN (tcp_fin_timeout).
+    FinWait2,
+}
+
+/// How a timewait socket left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TwLeft {
+    /// Its timer ran out.
+    Expired,
+    /// A new connection took its 4-tuple.
+    Reused,
+    /// Gone early with no new connection on its 4-tuple: killed by a RST (or reused by a
+    /// connection that has already ended).
+    Killed,
+}
+
+/// One thing sock_diag showed about a timewait socket. Times are ms since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwFact {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// When the poll that saw it was taken.
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub what: TwWhat,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "fact", rename_all = "snake_case")]
+pub enum TwWhat {
+    /// First seen in this sub-state, which it entered at `entered_ms` (from its timer).
+    Entered { state: TwState, entered_ms: u64 },
+    /// Its timer restarted: the peer resent its FIN (the final ACK was lost).
+    Restarted {
+        previous_entered_ms: u64,
+        entered_ms: u64,
+    },
+    /// It left.
+    Left {
+        how: TwLeft,
+        entered_ms: u64,
+        restarts: u32,
+    },
+}
+
+/// A socket already closing when the trace began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closing {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: TcpState,
+}
+
+/// Polls sock_diag in the calling thread's network namespace.
+pub struct TwWatcher {
+    poller: Poller,
+    tracker: monitor::Tracker,
+    known: HashMap<diag::FourTuple, TwSubstate>,
+}
+
+impl TwWatcher {
+    pub fn new() -> Result<TwWatcher, diag::DiagError> {
+        let fin_timeout = monitor::KernelSettings::read()
+            .map(|k| k.fin_timeout_s)
+            .unwrap_or(60);
+        Ok(TwWatcher {
+            poller: Poller::new(PollOptions {
+                include_open: true,
+                ipv6: true,
+            })?,
+            tracker: monitor::Tracker::new(fin_timeout),
+            known: HashMap::new(),
+        })
+    }
+
+    /// One poll: what changed, and the full sockets now closing (for seeding at start).
+    pub fn poll(&mut self) -> Result<(Vec<TwFact>, Vec<Closing>), diag::DiagError> {
+        let snap = self.poller.poll()?;
+        let delta = self.tracker.observe(&snap);
+        let at = snap.taken_at_ms;
+        let mut facts = Vec::new();
+        let mut seen = HashSet::with_capacity(snap.timewait.len());
+        for t in self.tracker.timewait() {
+            seen.insert(t.tuple);
+            if self.known.insert(t.tuple, t.substate) != Some(t.substate) {
+                facts.push(TwFact {
+                    local: t.tuple.local,
+                    remote: t.tuple.remote,
+                    at_ms: at,
+                    what: TwWhat::Entered {
+                        state: match t.substate {
+                            TwSubstate::TimeWait => TwState::TimeWait,
+                            TwSubstate::FinWait2 => TwState::FinWait2,
+                        },
+                        entered_ms: t.entered_ms,
+                    },
+                });
+            }
+        }
+        self.known.retain(|k, _| seen.contains(k));
+        for r in &delta.restarts {
+            facts.push(TwFact {
+                local: r.tuple.local,
+                remote: r.tuple.remote,
+                at_ms: at,
+                what: TwWhat::Restarted {
+                    previous_entered_ms: r.previous_entered_ms,
+                    entered_ms: r.entered_ms,
+                },
+            });
+        }
+        for e in &delta.exits {
+            facts.push(TwFact {
+                local: e.tuple.local,
+                remote: e.tuple.remote,
+                at_ms: at,
+                what: TwWhat::Left {
+                    how: match e.kind {
+                        TwExitKind::Expired => TwLeft::Expired,
+                        TwExitKind::Reused => TwLeft::Reused,
+                        TwExitKind::Killed => TwLeft::Killed,
+                    },
+                    entered_ms: e.entered_ms,
+                    restarts: e.restarts,
+                },
+            });
+        }
+        let closing = snap
+            .closing
+            .iter()
+            .filter_map(|s| {
+                Some(Closing {
+                    local: s.tuple.local,
+                    remote: s.tuple.remote,
+                    state: TcpState::from_kernel(s.state.kernel_number())?,
+                })
+            })
+            .collect();
+        Ok((facts, closing))
+    }
+}
+
+/// A fact about a reported connection's timewait socket, ready for the sinks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TimewaitNote {
+    /// The connection it continues.
+    pub id: u64,
+    #[serde(flatten)]
+    pub fact: TwFact,
+}
+
+/// How long a reported connection waits for its timewait socket's facts: its TIME_WAIT (60 s)
+/// plus a FIN_WAIT2 before it (tcp_fin_timeout, 60 s by default), plus poll slack.
+const FOLLOW_MS: u64 = 130_000;
+/// Connections followed at most (beyond, the oldest are forgotten).
+const FOLLOW_MAX: usize = 1 << 20;
+
+/// Facts kept for a connection not reported yet (the poll may see its timewait socket before
+/// the connection has settled), at most, and for how long.
+const PENDING_MAX: usize = 262_144;
+const PENDING_MS: u64 = 5_000;
+
+/// Matches timewait facts to reported connections.
+#[derive(Default)]
+pub struct Joiner {
+    following: HashMap<(SocketAddr, SocketAddr), (u64, u64)>,
+    pending: HashMap<(SocketAddr, SocketAddr), Vec<TwFact>>,
+    /// Facts dropped because the pending table was full.
+    pub dropped: u64,
+}
+
+impl Joiner {
+    /// Follows connection `id` (reported at `now_ms`), which left a timewait socket behind;
+    /// returns the notes of facts seen before it was reported.
+    pub fn follow(
+        &mut self,
+        id: u64,
+        local: SocketAddr,
+        remote: SocketAddr,
+        now_ms: u64,
+    ) -> Vec<TimewaitNote> {
+        if self.following.len() >= FOLLOW_MAX {
+            self.following
+                .retain(|_, (_, since)| since.saturating_add(FOLLOW_MS) > now_ms);
+            if self.following.len() >= FOLLOW_MAX {
+                return Vec::new();
+            }
+        }
+        self.following.insert((local, remote), (id, now_ms));
+        let early = self.pending.remove(&(local, remote)).unwrap_or_default();
+        early
+            .into_iter()
+            .filter(|f| f.at_ms.saturating_add(PENDING_MS) >= now_ms)
+            .filter_map(|f| self.on_fact(f))
+            .collect()
+    }
+
+    /// The note for `fact`, when it is about a followed connection.
+    pub fn on_fact(&mut self, fact: TwFact) -> Option<TimewaitNote> {
+        let key = (fact.local, fact.remote);
+        let Some(&(id, since)) = self.following.get(&key) else {
+            self.keep_pending(fact);
+            return None;
+        };
+        if since.saturating_add(FOLLOW_MS) < fact.at_ms {
+            self.following.remove(&key);
+            return None;
+        }
+        if matches!(fact.what, TwWhat::Left { .. }) {
+            self.following.remove(&key);
+        }
+        Some(TimewaitNote { id, fact })
+    }
+
+    fn keep_pending(&mut self, fact: TwFact) {
+        if !matches!(fact.what, TwWhat::Entered { .. }) {
+            // Restarts and exits of sockets no reported connection left: not ours to tell.
+            return;
+        }
+        if self.pending.len() >= PENDING_MAX {
+            let horizon = fact.at_ms.saturating_sub(PENDING_MS);
+            self.pending
+                .retain(|_, v| v.last().is_some_and(|f| f.at_ms >= horizon));
+            if self.pending.len() >= PENDING_MAX {
+                self.dropped += 1;
+                return;
+            }
+        }
+        self.pending
+            .entry((fact.local, fact.remote))
+            .or_default()
+            .push(fact);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fact(at: u64, what: TwWhat) -> TwFact {
+        TwFact {
+            local: "127.0.0.1:40000".parse().unwrap(),
+            remote: "127.0.0.1:80".parse().unwrap(),
+            at_ms: at,
+            what,
+        }
+    }
+
+    #[test]
+    fn facts_join_the_followed_connection_until_it_leaves() {
+        let mut j = Joiner::default();
+        let f = fact(
+            1_000,
+            TwWhat::Entered {
+                state: TwState::TimeWait,
+                entered_ms: 990,
+            },
+        );
+        // Seen by sock_diag before the connection was reported: joined when it is.
+        assert_eq!(j.on_fact(f.clone()), None, "not followed yet");
+        let early = j.follow(7, f.local, f.remote, 1_200);
+        assert_eq!(early.len(), 1);
+        assert_eq!(early[0].id, 7);
+        let again = fact(
+            1_500,
+            TwWhat::Entered {
+                state: TwState::FinWait2,
+                entered_ms: 1_400,
+            },
+        );
+        assert_eq!(j.on_fact(again).map(|n| n.id), Some(7));
+        let left = fact(
+            61_000,
+            TwWhat::Left {
+                how: TwLeft::Expired,
+                entered_ms: 990,
+                restarts: 0,
+            },
+        );
+        assert_eq!(j.on_fact(left.clone()).map(|n| n.id), Some(7));
+        assert_eq!(j.on_fact(left), None, "forgotten once it left");
+    }
+
+    #[test]
+    fn facts_long_after_the_connection_are_not_joined() {
+        let mut j = Joiner::default();
+        let f = fact(
+            FOLLOW_MS + 10_000,
+            TwWhat::Restarted {
+                previous_entered_ms: 0,
+                entered_ms: 5,
+            },
+        );
+        assert!(j.follow(1, f.local, f.remote, 1).is_empty());
+        assert_eq!(j.on_fact(f), None);
+    }
+
+    #[test]
+    fn facts_round_trip_through_json() {
+        let f = fact(
+            5,
+            TwWhat::Left {
+                how: TwLeft::Killed,
+                entered_ms: 1,
+                restarts: 2,
+            },
+        );
+        let s = serde_json::to_string(&f).unwrap();
+        assert!(
+            s.contains("\"fact\":\"left\"") && s.contains("\"how\":\"killed\""),
+            "{s}"
+        );
+        assert_eq!(serde_json::from_str::<TwFact>(&s).unwrap(), f);
+    }
+}
