@@ -153,7 +153,7 @@ impl<W: Write> Sink for TextSink<W> {
         };
         writeln!(
             self.out,
-            "#{} {} -> {}  sock_diag: {what}",
+            "#{} {} -> {}  sock_diag: {what}\n",
             n.id,
             endpoint(&f.local),
             endpoint(&f.remote)
