@@ -120,6 +120,32 @@ pub struct SockOffsets {
     pub snd_nxt: u32,
     pub rcv_nxt: u32,
     pub write_seq: u32,
+    /// Bits of [`fast`]: layouts the agent verified in BTF, which let the kernel program read
+    /// neighbouring fields in one go.
+    pub fast: u32,
+}
+
+/// Bits of [`SockOffsets::fast`].
+pub mod fast {
+    /// `skc_daddr`, `skc_rcv_saddr` (+4), `skc_dport` (+12), `skc_num` (+14), `skc_family` (+16):
+    /// the head of `struct sock_common` ([`super::CommonHead`]).
+    pub const COMMON_HEAD: u32 = 1 << 0;
+    /// `rcv_nxt`, `snd_nxt` (+4), `snd_una` (+8).
+    pub const SEQ_TRIPLE: u32 = 1 << 1;
+}
+
+/// The head of `struct sock_common` when [`fast::COMMON_HEAD`] holds, read from `skc_daddr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommonHead {
+    pub daddr: [u8; 4],
+    pub rcv_saddr: [u8; 4],
+    pub hash: u32,
+    /// Network byte order.
+    pub dport: u16,
+    pub num: u16,
+    pub family: u16,
+    pub _pad: u16,
 }
 
 impl SockOffsets {
@@ -138,7 +164,28 @@ impl SockOffsets {
         snd_nxt: OFFSET_UNKNOWN,
         rcv_nxt: OFFSET_UNKNOWN,
         write_seq: OFFSET_UNKNOWN,
+        fast: 0,
     };
+
+    /// The `fast` bits that these offsets allow.
+    pub fn fast_bits(&self) -> u32 {
+        let known = |o: u32| o != OFFSET_UNKNOWN;
+        let mut bits = 0;
+        let d = self.skc_daddr;
+        if known(d)
+            && self.skc_rcv_saddr == d.wrapping_add(4)
+            && self.skc_dport == d.wrapping_add(12)
+            && self.skc_num == d.wrapping_add(14)
+            && self.skc_family == d.wrapping_add(16)
+        {
+            bits |= fast::COMMON_HEAD;
+        }
+        let r = self.rcv_nxt;
+        if known(r) && self.snd_nxt == r.wrapping_add(4) && self.snd_una == r.wrapping_add(8) {
+            bits |= fast::SEQ_TRIPLE;
+        }
+        bits
+    }
 }
 
 /// Offsets into the classic tracepoint's record, read from its `format` file in tracefs.
@@ -185,6 +232,25 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_paths_only_for_the_layouts_they_assume() {
+        let mut o = SockOffsets::UNKNOWN;
+        assert_eq!(o.fast_bits(), 0);
+        o.skc_daddr = 0;
+        o.skc_rcv_saddr = 4;
+        o.skc_dport = 12;
+        o.skc_num = 14;
+        o.skc_family = 16;
+        o.rcv_nxt = 1664;
+        o.snd_nxt = 1668;
+        o.snd_una = 1672;
+        assert_eq!(o.fast_bits(), fast::COMMON_HEAD | fast::SEQ_TRIPLE);
+        o.skc_family = 18;
+        o.snd_una = 1680;
+        assert_eq!(o.fast_bits(), 0);
+        assert_eq!(core::mem::size_of::<CommonHead>(), 20);
+    }
 
     #[test]
     fn event_layout_is_stable() {

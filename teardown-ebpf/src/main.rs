@@ -16,7 +16,9 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use teardown_common::{flags, kind, Event, SockOffsets, TracepointOffsets, OFFSET_UNKNOWN};
+use teardown_common::{
+    fast, flags, kind, CommonHead, Event, SockOffsets, TracepointOffsets, OFFSET_UNKNOWN,
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -136,12 +138,20 @@ fn fill_task_and_sock(ev: &mut Event, sk: *const u8, offs: &SockOffsets) {
         }
     }
     unsafe {
-        if let (Some(una), Some(nxt), Some(rcv), Some(wseq)) = (
-            read_at::<u32>(sk, offs.snd_una),
-            read_at::<u32>(sk, offs.snd_nxt),
-            read_at::<u32>(sk, offs.rcv_nxt),
-            read_at::<u32>(sk, offs.write_seq),
-        ) {
+        // One read for the three neighbours when the agent found them side by side in BTF.
+        let triple = if offs.fast & fast::SEQ_TRIPLE != 0 {
+            read_at::<[u32; 3]>(sk, offs.rcv_nxt).map(|t| (t[2], t[1], t[0]))
+        } else {
+            match (
+                read_at::<u32>(sk, offs.snd_una),
+                read_at::<u32>(sk, offs.snd_nxt),
+                read_at::<u32>(sk, offs.rcv_nxt),
+            ) {
+                (Some(a), Some(b), Some(c)) => Some((a, b, c)),
+                _ => None,
+            }
+        };
+        if let (Some((una, nxt, rcv)), Some(wseq)) = (triple, read_at::<u32>(sk, offs.write_seq)) {
             ev.snd_una = una;
             ev.snd_nxt = nxt;
             ev.rcv_nxt = rcv;
@@ -173,6 +183,32 @@ fn fill_tuple_from_sock(ev: &mut Event, sk: *const u8, offs: &SockOffsets) -> bo
 /// The 4-tuple from `struct sock_common`, which full, request and timewait sockets share.
 #[inline(always)]
 fn fill_tuple_common(ev: &mut Event, sk: *const u8, offs: &SockOffsets) -> bool {
+    if offs.fast & fast::COMMON_HEAD != 0 {
+        // One read for addresses, ports and family (layout verified by the agent in BTF).
+        let Some(h) = (unsafe { read_at::<CommonHead>(sk, offs.skc_daddr) }) else {
+            return false;
+        };
+        ev.family = h.family;
+        ev.sport = h.num;
+        ev.dport = u16::from_be(h.dport);
+        if h.family == AF_INET {
+            ev.saddr[..4].copy_from_slice(&h.rcv_saddr);
+            ev.daddr[..4].copy_from_slice(&h.daddr);
+            return true;
+        }
+        if h.family != AF_INET6 {
+            return false;
+        }
+        unsafe {
+            if let Some(a) = read_at::<[u8; 16]>(sk, offs.skc_v6_rcv_saddr) {
+                ev.saddr = a;
+            }
+            if let Some(a) = read_at::<[u8; 16]>(sk, offs.skc_v6_daddr) {
+                ev.daddr = a;
+            }
+        }
+        return true;
+    }
     unsafe {
         let Some(family) = read_at::<u16>(sk, offs.skc_family) else {
             return false;

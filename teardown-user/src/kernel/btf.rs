@@ -133,8 +133,13 @@ pub fn resolve_from(btf: &Btf) -> Result<Resolved, BtfError> {
         snd_nxt: get("snd_nxt", "tcp_sock", &["snd_nxt"]),
         rcv_nxt: get("rcv_nxt", "tcp_sock", &["rcv_nxt"]),
         write_seq: get("write_seq", "tcp_sock", &["write_seq"]),
+        fast: 0,
     };
     let skc_state = get("skc_state", "sock", &common("skc_state"));
+    let offsets = SockOffsets {
+        fast: offsets.fast_bits(),
+        ..offsets
+    };
     Ok(Resolved {
         offsets,
         skc_state,
@@ -163,5 +168,10 @@ mod tests {
         assert!(o.snd_una > o.sk_err && o.snd_una < 8192);
         assert!(o.rcv_nxt != o.snd_nxt && o.snd_una != o.write_seq);
         assert!(r.has_seq());
+        assert_eq!(
+            o.fast,
+            o.fast_bits(),
+            "the fast paths follow the resolved layout"
+        );
     }
 }
