@@ -23,7 +23,17 @@ use teardown_common::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
+// TCP states as the kernel numbers them (include/net/tcp_states.h; the same numbers `ss` and
+// the sock_diag UAPI use).
+const ESTABLISHED: u8 = 1;
+const SYN_SENT: u8 = 2;
+const FIN_WAIT1: u8 = 4;
+const FIN_WAIT2: u8 = 5;
 const TCP_TIME_WAIT: u8 = 6;
+const CLOSE: u8 = 7;
+const CLOSE_WAIT: u8 = 8;
+const LAST_ACK: u8 = 9;
+const LISTEN: u8 = 10;
 const TCP_NEW_SYN_RECV: u8 = 12;
 
 /// Sized for bursts: at ~150k events/s this holds more than a second of events.
@@ -102,14 +112,6 @@ fn emit(ev: &Event) {
 /// context, on whatever task the CPU was running. Mirrors `Event::in_process_context`.
 #[inline(always)]
 fn in_process_context(old: u8, new: u8) -> bool {
-    const ESTABLISHED: u8 = 1;
-    const SYN_SENT: u8 = 2;
-    const FIN_WAIT1: u8 = 4;
-    const FIN_WAIT2: u8 = 5;
-    const CLOSE: u8 = 7;
-    const CLOSE_WAIT: u8 = 8;
-    const LAST_ACK: u8 = 9;
-    const LISTEN: u8 = 10;
     matches!(
         (old, new),
         (CLOSE, SYN_SENT)
@@ -131,7 +133,7 @@ fn fill_task_and_sock(ev: &mut Event, sk: *const u8, offs: &SockOffsets) {
     // abortive close (which may be one).
     if ev.kind != kind::STATE
         || in_process_context(ev.oldstate, ev.newstate)
-        || (ev.newstate == 7 && (ev.oldstate == 1 || ev.oldstate == 8))
+        || (ev.newstate == CLOSE && (ev.oldstate == ESTABLISHED || ev.oldstate == CLOSE_WAIT))
     {
         if let Ok(comm) = bpf_get_current_comm() {
             ev.comm = comm;
@@ -268,7 +270,11 @@ fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
     let offs = offsets();
     let mut ev = Event::ZERO;
     let state_off = unsafe { core::ptr::read_volatile(&SKC_STATE_OFFSET) };
-    let state = unsafe { read_at::<u8>(sk, state_off) }.unwrap_or(0);
+    // Without the state we cannot tell a timewait socket (whose struct ends early) from a full
+    // one, so nothing past sock_common may be read: skip the event.
+    let Some(state) = (unsafe { read_at::<u8>(sk, state_off) }) else {
+        return 0;
+    };
     ev.kind = event_kind;
     ev.oldstate = state;
     ev.newstate = state;
@@ -312,7 +318,11 @@ pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
     let tp = unsafe { core::ptr::read_volatile(&TP_OFFSETS) };
-    let _ = try_tracepoint(&ctx, &tp);
+    if try_tracepoint(&ctx, &tp) == Err(Unreadable) {
+        // A TCP event whose fields could not be read: counted with the lost ones, not dropped
+        // silently.
+        count_lost();
+    }
     0
 }
 
@@ -324,12 +334,21 @@ fn tp_read<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
     unsafe { ctx.read_at::<T>(off as usize).ok() }
 }
 
+#[derive(PartialEq, Eq)]
+struct Unreadable;
+
 #[inline(always)]
-fn try_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Option<()> {
-    let protocol: u16 = tp_read(ctx, tp.protocol)?;
-    if protocol != IPPROTO_TCP {
-        return None;
+fn try_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Result<(), Unreadable> {
+    match tp_read::<u16>(ctx, tp.protocol) {
+        Some(IPPROTO_TCP) => {}
+        Some(_) => return Ok(()),
+        None => return Err(Unreadable),
     }
+    read_tracepoint(ctx, tp).ok_or(Unreadable)
+}
+
+#[inline(always)]
+fn read_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Option<()> {
     let mut ev = Event::ZERO;
     let sk: u64 = tp_read(ctx, tp.skaddr)?;
     ev.family = tp_read(ctx, tp.family)?;

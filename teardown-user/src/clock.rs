@@ -38,10 +38,20 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "h" => n * 3600.0,
         _ => return Err(format!("unknown unit {unit:?} in {s:?}: use ms, s, m or h")),
     };
-    if !(secs.is_finite() && secs >= 0.0) {
-        return Err(format!("{s:?} is not a duration"));
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("{s:?} is not a duration (it must be positive and finite)"))
+}
+
+/// A number of seconds for an option: finite, from 0 to a day.
+pub fn parse_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v.is_finite() && (0.0..=86_400.0).contains(&v)) {
+        return Err(format!("{s:?}: give a number of seconds from 0 to 86400"));
     }
-    Ok(std::time::Duration::from_secs_f64(secs))
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -57,6 +67,12 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("99999999999999999999").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_secs("0.5"), Ok(0.5));
+        assert!(parse_secs("NaN").is_err());
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("1e30").is_err());
     }
 
     #[test]

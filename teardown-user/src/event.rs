@@ -212,6 +212,7 @@ pub fn errno_name(err: i32) -> std::borrow::Cow<'static, str> {
         libc::ETIMEDOUT => "ETIMEDOUT".into(),
         libc::ECONNABORTED => "ECONNABORTED".into(),
         libc::EHOSTUNREACH => "EHOSTUNREACH".into(),
+        libc::ENOMEM => "ENOMEM".into(),
         libc::ENETUNREACH => "ENETUNREACH".into(),
         n => format!("errno {n}").into(),
     }

@@ -32,19 +32,24 @@ impl Filter {
         if !self.listeners && c.is_listener() {
             return false;
         }
-        let port_ok = self.ports.is_empty()
-            || self
-                .ports
-                .iter()
-                .any(|&p| p == c.local.port() || p == c.remote.port());
-        let addr_ok = self.addrs.is_empty()
-            || self
-                .addrs
-                .iter()
-                .any(|&a| a == c.local.ip() || a == c.remote.ip());
         let pid_ok = self.pids.is_empty() || c.process.is_some_and(|t| self.pids.contains(&t.pid));
-        port_ok && addr_ok && pid_ok
+        tuple_matches(&self.ports, &self.addrs, &c.local, &c.remote) && pid_ok
     }
+}
+
+/// Either end has one of `ports` (or there are none), and either end one of `addrs` (or none).
+pub fn tuple_matches(
+    ports: &[u16],
+    addrs: &[IpAddr],
+    local: &std::net::SocketAddr,
+    remote: &std::net::SocketAddr,
+) -> bool {
+    let port_ok = ports.is_empty()
+        || ports
+            .iter()
+            .any(|&p| p == local.port() || p == remote.port());
+    let addr_ok = addrs.is_empty() || addrs.iter().any(|&a| a == local.ip() || a == remote.ip());
+    port_ok && addr_ok
 }
 
 /// What the trace saw, printed at the end and written as the last JSON line.

@@ -74,31 +74,12 @@ impl EventFilter {
 
     /// For facts about a 4-tuple (no socket address): whether the tuple matches.
     pub fn keep_tuple(&self, local: &std::net::SocketAddr, remote: &std::net::SocketAddr) -> bool {
-        (self.ports.is_empty()
-            || self
-                .ports
-                .iter()
-                .any(|&p| p == local.port() || p == remote.port()))
-            && (self.addrs.is_empty()
-                || self
-                    .addrs
-                    .iter()
-                    .any(|&a| a == local.ip() || a == remote.ip()))
+        crate::pipeline::tuple_matches(&self.ports, &self.addrs, local, remote)
     }
 
     pub fn keep(&mut self, ev: &Event) -> bool {
-        let port_ok = self.ports.is_empty()
-            || self
-                .ports
-                .iter()
-                .any(|&p| p == ev.local.port() || p == ev.remote.port());
-        let addr_ok = self.addrs.is_empty()
-            || self
-                .addrs
-                .iter()
-                .any(|&a| a == ev.local.ip() || a == ev.remote.ip());
         // Either port is enough: connect() changes state before the local port is chosen.
-        let hit = port_ok && addr_ok;
+        let hit = self.keep_tuple(&ev.local, &ev.remote);
         if ev.starts_connection() {
             // A new life of the address: forget what the old one matched.
             self.matched.remove(&ev.sk);

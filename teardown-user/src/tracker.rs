@@ -153,6 +153,9 @@ pub struct TrackerConfig {
     pub max_open: usize,
     /// How long a closed connection waits for trailing events and its peer, in nanoseconds.
     pub settle_ns: u64,
+    /// How long an orphaned end (a FIN_WAIT2 timewait socket now) waits for its still-open
+    /// peer on this host, in nanoseconds.
+    pub peer_wait_ns: u64,
 }
 
 impl Default for TrackerConfig {
@@ -160,21 +163,35 @@ impl Default for TrackerConfig {
         TrackerConfig {
             max_open: 262_144,
             settle_ns: 200_000_000,
+            peer_wait_ns: 2_000_000_000,
         }
     }
+}
+
+/// Where a 4-tuple's connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    /// Open, by socket address.
+    Open(u64),
+    /// Closed and settling, by connection id (its socket address may already be reused).
+    Settling(u64),
 }
 
 /// The per-connection tracker: feed it events in order, it hands back finished connections.
 pub struct Tracker {
     cfg: TrackerConfig,
     open: HashMap<u64, Connection>,
-    /// Closed connections waiting out the settle time, by socket address.
-    settling: HashMap<u64, (u64, Connection)>,
-    /// (closed at, socket address, connection id) in closing order: what to flush next, without
-    /// scanning `settling` at every event.
-    settle_queue: std::collections::VecDeque<(u64, u64, u64)>,
-    /// 4-tuple -> socket address, for open and settling connections.
-    by_tuple: HashMap<(SocketAddr, SocketAddr), u64>,
+    /// Closed connections waiting out the settle time, by connection id.
+    settling: HashMap<u64, Connection>,
+    /// Socket address -> the settling connection of its last life, for trailing events (a RST
+    /// sent just after the close). Dropped when the address starts a new life.
+    settling_sk: HashMap<u64, u64>,
+    /// (due, connection id) in closing order: what to flush next, without scanning.
+    settle_queue: std::collections::VecDeque<(u64, u64)>,
+    /// The same for orphaned ends waiting longer for their peer (`peer_wait_ns`).
+    orphan_queue: std::collections::VecDeque<(u64, u64)>,
+    /// 4-tuple -> open or settling connection.
+    by_tuple: HashMap<(SocketAddr, SocketAddr), Slot>,
     next_id: u64,
     lost: u64,
     /// Monotonic time spans in which the kernel lost events, newest last (bounded).
@@ -190,6 +207,18 @@ pub struct Tracker {
 const AWAITING_PEER_MAX: usize = 16_384;
 const AWAITING_PEER_NS: u64 = 120_000_000_000;
 
+/// A FIN_WAIT2 -> CLOSE of an orphan whose peer's FIN had not come: the socket became a
+/// FIN_WAIT2 timewait socket (teardown-sequence.md, fact 2).
+fn is_orphan_fin_wait2(ev: &Event) -> bool {
+    matches!(
+        ev.kind,
+        EventKind::State {
+            old: TcpState::FinWait2,
+            new: TcpState::Close
+        }
+    ) && ev.sock.is_some_and(|s| s.dead() && !s.done())
+}
+
 /// Loss windows kept: enough for connections that live across many loss reports.
 const LOSS_WINDOWS_KEPT: usize = 1024;
 
@@ -199,13 +228,15 @@ impl Tracker {
             cfg,
             open: HashMap::new(),
             settling: HashMap::new(),
+            settling_sk: HashMap::new(),
             settle_queue: std::collections::VecDeque::new(),
+            orphan_queue: std::collections::VecDeque::new(),
             by_tuple: HashMap::new(),
             next_id: 1,
             lost: 0,
             loss_windows: std::collections::VecDeque::new(),
-            awaiting_peer: HashMap::new(),
             seeds: HashMap::new(),
+            awaiting_peer: HashMap::new(),
             stats: TrackerStats::default(),
         }
     }
@@ -258,14 +289,12 @@ impl Tracker {
         }
         if ev.starts_connection() {
             if let Some(mut old) = self.open.remove(&ev.sk) {
-                self.unindex(&old);
+                self.unindex(&old, Slot::Open(old.sk));
                 old.end = RecordEnd::Superseded;
                 self.emit(old, out);
             }
-            if let Some((_, old)) = self.settling.remove(&ev.sk) {
-                self.unindex(&old);
-                self.emit(old, out);
-            }
+            // A closed life of this address settles on; trailing events are no longer its.
+            self.settling_sk.remove(&ev.sk);
             self.open_new(ev, out);
         } else if self.open.get(&ev.sk).is_some_and(|c| {
             c.has_tuple() && ev.has_tuple() && (c.local, c.remote) != (ev.local, ev.remote)
@@ -273,7 +302,7 @@ impl Tracker {
             // Another 4-tuple on the same socket address: the old connection's end and the new
             // one's start were not seen (events lost).
             if let Some(mut old) = self.open.remove(&ev.sk) {
-                self.unindex(&old);
+                self.unindex(&old, Slot::Open(old.sk));
                 old.end = RecordEnd::Superseded;
                 old.events_maybe_lost = true;
                 self.emit(old, out);
@@ -293,19 +322,18 @@ impl Tracker {
             c.push(ev);
             let tuple_now = c.has_tuple().then_some((c.local, c.remote));
             if let Some(t) = tuple_now {
-                self.by_tuple.entry(t).or_insert(ev.sk);
+                self.by_tuple.entry(t).or_insert(Slot::Open(ev.sk));
             }
-        } else if let Some((_, c)) = self.settling.get_mut(&ev.sk) {
+        } else if let Some(&id) = self.settling_sk.get(&ev.sk) {
             if matches!(ev.kind, EventKind::State { .. }) {
                 // A state change after CLOSE that does not start a connection: the previous
                 // life is over, this one was first seen mid-way.
-                if let Some((_, old)) = self.settling.remove(&ev.sk) {
-                    self.unindex(&old);
-                    self.emit(old, out);
-                }
+                self.settling_sk.remove(&ev.sk);
                 self.open_new(ev, out);
             } else {
-                c.push(ev);
+                if let Some(c) = self.settling.get_mut(&id) {
+                    c.push(ev);
+                }
                 return;
             }
         } else {
@@ -314,12 +342,28 @@ impl Tracker {
         if ev.kind.state_after() == TcpState::Close {
             if let Some(mut c) = self.open.remove(&ev.sk) {
                 c.end = RecordEnd::Closed;
-                if let Some((_, old)) = self.settling.remove(&ev.sk) {
-                    self.unindex(&old);
-                    self.emit(old, out);
+                // An orphan that became a FIN_WAIT2 timewait socket while its peer, on this host,
+                // is still open: the rest of its teardown is the peer's to show, so it waits
+                // (bounded) to be judged with it, whatever the application's timing.
+                let peer_open = c.has_tuple()
+                    && matches!(self.by_tuple.get(&c.mirrored()), Some(Slot::Open(sk)) if self.open.contains_key(sk));
+                let (queue, wait) = if peer_open && is_orphan_fin_wait2(&ev) {
+                    (&mut self.orphan_queue, self.cfg.peer_wait_ns)
+                } else {
+                    (&mut self.settle_queue, self.cfg.settle_ns)
+                };
+                queue.push_back((ev.ts_ns.saturating_add(wait), c.id));
+                if c.has_tuple() {
+                    let slot = self
+                        .by_tuple
+                        .entry((c.local, c.remote))
+                        .or_insert(Slot::Settling(c.id));
+                    if *slot == Slot::Open(ev.sk) {
+                        *slot = Slot::Settling(c.id);
+                    }
                 }
-                self.settle_queue.push_back((ev.ts_ns, ev.sk, c.id));
-                self.settling.insert(ev.sk, (ev.ts_ns, c));
+                self.settling_sk.insert(ev.sk, c.id);
+                self.settling.insert(c.id, c);
             }
         }
     }
@@ -336,24 +380,43 @@ impl Tracker {
         self.by_tuple.clear();
         rest.sort_by_key(|c| c.id);
         for c in rest {
-            out(Finished {
-                conn: c,
-                peer: None,
-            });
+            let peer = self.take_awaiting_peer(&c);
+            out(Finished { conn: c, peer });
+        }
+    }
+
+    /// The closed end that waited for `c`, when their lives overlap (a 4-tuple can be reused).
+    fn take_awaiting_peer(&mut self, c: &Connection) -> Option<Connection> {
+        if !c.has_tuple() {
+            return None;
+        }
+        let key = c.mirrored();
+        let overlaps = self
+            .awaiting_peer
+            .get(&key)
+            .is_some_and(|(_, p)| p.first_ts() <= c.last_ts() && p.last_ts() >= c.first_ts());
+        if overlaps {
+            self.awaiting_peer.remove(&key).map(|(_, p)| p)
+        } else {
+            None
         }
     }
 
     fn open_new(&mut self, ev: Event, out: &mut impl FnMut(Finished)) {
         if self.open.len() >= self.cfg.max_open {
-            // Evict the oldest open connection: bounded memory, and the count is reported.
-            if let Some(&victim) = self
-                .open
-                .iter()
-                .min_by_key(|(_, c)| c.last_ts())
-                .map(|(k, _)| k)
-            {
-                if let Some(mut c) = self.open.remove(&victim) {
-                    self.unindex(&c);
+            // Evict the least recently active sixteenth of the table at once: bounded memory,
+            // a cost per connection that stays constant, and every eviction counted.
+            let mut ages: Vec<(u64, u64)> =
+                self.open.iter().map(|(&sk, c)| (c.last_ts(), sk)).collect();
+            let n = (ages.len() / 16).max(1);
+            if n < ages.len() {
+                ages.select_nth_unstable(n - 1);
+            }
+            ages.truncate(n);
+            ages.sort_unstable();
+            for (_, sk) in ages {
+                if let Some(mut c) = self.open.remove(&sk) {
+                    self.unindex(&c, Slot::Open(sk));
                     c.end = RecordEnd::Evicted;
                     self.stats.evicted += 1;
                     out(Finished {
@@ -370,44 +433,59 @@ impl Tracker {
         self.next_id += 1;
         self.stats.connections += 1;
         if c.has_tuple() {
-            self.by_tuple.insert((c.local, c.remote), c.sk);
+            self.by_tuple.insert((c.local, c.remote), Slot::Open(c.sk));
         }
         self.open.insert(ev.sk, c);
     }
 
     fn attach_by_tuple(&mut self, ev: Event) {
-        let Some(&sk) = self.by_tuple.get(&(ev.local, ev.remote)) else {
-            self.stats.unattached += 1;
-            return;
+        let attached = match self.by_tuple.get(&(ev.local, ev.remote)) {
+            Some(Slot::Open(sk)) => self.open.get_mut(sk),
+            Some(Slot::Settling(id)) => self.settling.get_mut(id),
+            None => None,
         };
-        if let Some(c) = self.open.get_mut(&sk) {
-            c.events.push(ev);
-        } else if let Some((_, c)) = self.settling.get_mut(&sk) {
-            c.events.push(ev);
-        } else {
-            self.stats.unattached += 1;
+        match attached {
+            Some(c) => c.events.push(ev),
+            None => self.stats.unattached += 1,
         }
     }
 
-    fn unindex(&mut self, c: &Connection) {
+    /// Forgets the 4-tuple of a connection leaving `slot`, unless another holds it now.
+    fn unindex(&mut self, c: &Connection, slot: Slot) {
         if let Entry::Occupied(e) = self.by_tuple.entry((c.local, c.remote)) {
-            if *e.get() == c.sk {
+            if *e.get() == slot {
                 e.remove();
             }
         }
     }
 
+    /// Takes a settling connection out of every index.
+    fn take_settling(&mut self, id: u64) -> Option<Connection> {
+        let c = self.settling.remove(&id)?;
+        if self.settling_sk.get(&c.sk) == Some(&id) {
+            self.settling_sk.remove(&c.sk);
+        }
+        self.unindex(&c, Slot::Settling(id));
+        Some(c)
+    }
+
     fn flush_settled(&mut self, now_ns: u64, out: &mut impl FnMut(Finished)) {
-        let settle = self.cfg.settle_ns;
-        while let Some(&(closed_at, sk, id)) = self.settle_queue.front() {
-            if now_ns != u64::MAX && closed_at.saturating_add(settle) > now_ns {
-                break;
-            }
-            self.settle_queue.pop_front();
-            // Skip entries whose connection already left (handed on with its peer, or replaced).
-            if self.settling.get(&sk).is_some_and(|(_, c)| c.id == id) {
-                if let Some((_, c)) = self.settling.remove(&sk) {
-                    self.unindex(&c);
+        for orphans in [false, true] {
+            loop {
+                let queue = if orphans {
+                    &mut self.orphan_queue
+                } else {
+                    &mut self.settle_queue
+                };
+                let Some(&(due, id)) = queue.front() else {
+                    break;
+                };
+                if now_ns != u64::MAX && due > now_ns {
+                    break;
+                }
+                queue.pop_front();
+                // Gone already when it was handed on with its peer.
+                if let Some(c) = self.take_settling(id) {
                     self.emit(c, out);
                 }
             }
@@ -419,10 +497,14 @@ impl Tracker {
     fn await_peer(&mut self, conn: &Connection) {
         let now = conn.last_ts();
         if self.awaiting_peer.len() >= AWAITING_PEER_MAX {
+            // Amortized: one pass frees at least a quarter of the table.
             let horizon = now.saturating_sub(AWAITING_PEER_NS);
             self.awaiting_peer.retain(|_, (ts, _)| *ts >= horizon);
             if self.awaiting_peer.len() >= AWAITING_PEER_MAX {
-                return;
+                let mut ts: Vec<u64> = self.awaiting_peer.values().map(|(t, _)| *t).collect();
+                let cut = ts.len() / 4;
+                let (_, &mut oldest_kept, _) = ts.select_nth_unstable(cut);
+                self.awaiting_peer.retain(|_, (t, _)| *t >= oldest_kept);
             }
         }
         self.awaiting_peer
@@ -442,20 +524,14 @@ impl Tracker {
         if self.overlaps_loss(&conn) {
             conn.events_maybe_lost = true;
         }
-        let peer_sk = if conn.has_tuple() {
+        let slot = if conn.has_tuple() {
             self.by_tuple.get(&conn.mirrored()).copied()
         } else {
             None
         };
-        let peer = match peer_sk {
-            Some(sk) if self.settling.contains_key(&sk) => {
-                let p = self.settling.remove(&sk).map(|(_, p)| p);
-                if let Some(p) = &p {
-                    self.unindex(p);
-                }
-                p
-            }
-            Some(sk) => {
+        let peer = match slot {
+            Some(Slot::Settling(id)) => self.take_settling(id),
+            Some(Slot::Open(sk)) => {
                 // The peer is still open: keep this end, so that the peer, when it finishes,
                 // is judged with it.
                 let copy = self.open.get(&sk).cloned();
@@ -465,8 +541,8 @@ impl Tracker {
                 copy
             }
             // The peer finished earlier (and was handed on then) and waited for this end.
-            None if conn.has_tuple() => {
-                if let Some((_, p)) = self.awaiting_peer.remove(&conn.mirrored()) {
+            None => {
+                if let Some(p) = self.take_awaiting_peer(&conn) {
                     out(Finished {
                         conn,
                         peer: Some(p),
@@ -475,7 +551,6 @@ impl Tracker {
                 }
                 None
             }
-            None => None,
         };
         let peer = peer.map(|mut p| {
             if self.overlaps_loss(&p) {
@@ -602,6 +677,44 @@ pub(crate) mod tests {
         assert_eq!(server.conn.sk, 0xb);
         assert_eq!(server.peer.as_ref().unwrap().sk, 0xa);
         assert_eq!(server.peer.as_ref().unwrap().end, RecordEnd::Closed);
+    }
+
+    #[test]
+    fn a_settling_end_whose_address_is_reused_still_meets_its_peer() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        let mut orphan_close = ev(8, 0xa, FinWait2, Close, Z, S);
+        orphan_close.sock = Some(crate::event::SockSnapshot {
+            flags: teardown_common::sock_flag::DEAD,
+            err: 0,
+        });
+        for e in [
+            ev(1, 0xa, Close, SynSent, C, S),
+            ev(2, 0xb, Listen, SynRecv, S, C),
+            ev(3, 0xa, SynSent, Established, C, S),
+            ev(4, 0xb, SynRecv, Established, S, C),
+            ev(5, 0xa, Established, FinWait1, C, S),
+            ev(6, 0xb, Established, CloseWait, S, C),
+            ev(7, 0xa, FinWait1, FinWait2, C, S),
+            orphan_close,
+            // The freed socket's address is taken at once by another connection.
+            ev(9, 0xa, Close, SynSent, "127.0.0.1:40007", "127.0.0.1:9999"),
+            // The server closes 150 ms later.
+            ev(150_000_000, 0xb, CloseWait, LastAck, S, C),
+            ev(150_000_001, 0xb, LastAck, Close, Z, C),
+        ] {
+            t.on_event(e, &mut |f| out.push(f));
+        }
+        t.finish(&mut |f| out.push(f));
+        let client = out.iter().find(|f| f.conn.local.port() == 40000).unwrap();
+        let peer = client.peer.as_ref().unwrap();
+        assert_eq!(peer.sk, 0xb);
+        assert_eq!(
+            peer.end,
+            RecordEnd::Closed,
+            "judged with the peer's whole teardown"
+        );
+        assert_eq!(out.len(), 3);
     }
 
     #[test]

@@ -115,22 +115,23 @@ fn each_recorded_teardown_gets_its_verdict() {
             "four_way_close",
             &[
                 // A plain close(): the ACK of the FIN turns the socket into a FIN_WAIT2
-                // timewait socket (fact 2); the rest happens without events.
-                ("active_closer", ("orphaned_fin_wait2", "conforms", &[])),
+                // timewait socket (fact 2); the rest of its teardown is seen on the peer, with
+                // which it is judged.
+                ("active_closer", ("four_way_close", "conforms", &[])),
                 ("passive_closer", ("four_way_close", "conforms", &[])),
             ],
         ),
         (
             "four_way_close_v6",
             &[
-                ("active_closer", ("orphaned_fin_wait2", "conforms", &[])),
+                ("active_closer", ("four_way_close", "conforms", &[])),
                 ("passive_closer", ("four_way_close", "conforms", &[])),
             ],
         ),
         (
             "server_first",
             &[
-                ("active_closer", ("orphaned_fin_wait2", "conforms", &[])),
+                ("active_closer", ("four_way_close", "conforms", &[])),
                 ("passive_closer", ("four_way_close", "conforms", &[])),
             ],
         ),
@@ -194,6 +195,8 @@ fn each_recorded_teardown_gets_its_verdict() {
         (
             "close_wait_open",
             &[
+                // Its peer never closed while the trace ran: from its own end, the socket
+                // became a FIN_WAIT2 timewait socket.
                 ("active_closer", ("orphaned_fin_wait2", "conforms", &[])),
                 // Still in CLOSE_WAIT when the trace stopped: not a deviation, not finished.
                 ("passive_closer", ("still_open", "incomplete", &[])),

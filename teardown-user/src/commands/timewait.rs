@@ -59,24 +59,24 @@ pub struct TimewaitArgs {
 
     /// Poll twice, this many seconds apart, to measure the TIME_WAIT entry rate and exits
     /// (0: one poll; the rate is then estimated from the timers).
-    #[arg(long, value_name = "SECS", default_value_t = 0.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = crate::clock::parse_secs)]
     pub interval: f64,
 
     /// Report CLOSE_WAIT sockets older than this many seconds as leaks.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::clock::parse_secs)]
     pub close_wait_threshold: f64,
 
     /// Report LAST_ACK, FIN_WAIT1 and CLOSING sockets older than this many seconds as stuck
     /// (FIN_WAIT2 is measured against net.ipv4.tcp_fin_timeout).
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::clock::parse_secs)]
     pub stall_after: f64,
 
     /// Port pressure (percent of ip_local_port_range held) at which to warn.
-    #[arg(long, value_name = "PCT", default_value_t = 50.0)]
+    #[arg(long, value_name = "PCT", default_value_t = 50.0, value_parser = parse_pct)]
     pub warn_pct: f64,
 
     /// Port pressure (percent) that is critical.
-    #[arg(long, value_name = "PCT", default_value_t = 90.0)]
+    #[arg(long, value_name = "PCT", default_value_t = 90.0, value_parser = parse_pct)]
     pub critical_pct: f64,
 
     /// Rows in the per-address and per-destination tables.
@@ -396,6 +396,18 @@ fn write_report(o: &mut String, r: &Report) -> std::fmt::Result {
         }
     }
     Ok(())
+}
+
+/// A percentage for an option: from 0 to 100.
+fn parse_pct(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage"))?;
+    if !(v.is_finite() && (0.0..=100.0).contains(&v)) {
+        return Err(format!("{s:?}: give a percentage from 0 to 100"));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]

@@ -38,15 +38,15 @@ colours only: works over SSH. `teardown timewait` prints the same figures once."
 )]
 pub struct TopArgs {
     /// Seconds between two sock_diag polls.
-    #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = crate::clock::parse_secs)]
     pub interval: f64,
 
     /// CLOSE_WAIT sockets older than this many seconds are shown as leaks.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::clock::parse_secs)]
     pub close_wait_threshold: f64,
 
     /// LAST_ACK, FIN_WAIT1 and CLOSING sockets older than this many seconds are shown as stuck.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::clock::parse_secs)]
     pub stall_after: f64,
 
     /// Polls kept for the history chart.
@@ -69,6 +69,11 @@ pub struct TopArgs {
 /// Runs `teardown top`: sock_diag, plus the eBPF tracer's deviating teardowns when it can be
 /// loaded (without it, the view says why and works from sock_diag alone).
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
+    if args.netns.is_some() {
+        // The tracer sees the whole host: its teardowns would not belong to the namespace.
+        let why = "the eBPF tracer is host-wide: not shown with --netns".to_owned();
+        return run_with(args, None, Some(why));
+    }
     match TracerFeed::start() {
         Ok(feed) => {
             let TracerFeed {

@@ -23,6 +23,14 @@ use crate::{
 };
 
 #[derive(Clone, Debug, clap::Args)]
+#[command(after_help = "Examples:
+  sudo teardown trace                         every teardown on this host until Ctrl-C
+  sudo teardown trace --port 5432 -d 1m       connections to or from port 5432, for a minute
+  sudo teardown trace --format jsonl -o t.jsonl --ring-size 64
+
+The filters choose which connections are reported; every TCP state change of the host is still
+read from the kernel. Events the kernel could not deliver (ring buffer full) are counted and
+reported in the summary: raise --ring-size if a burst loses some.")]
 pub struct TraceArgs {
     #[command(flatten)]
     pub output: OutputArgs,
@@ -58,6 +66,8 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
 #[derive(Clone, Debug, clap::Args)]
 pub struct RecordArgs {
     /// File to write the raw events to (versioned JSON Lines; replay it with `teardown replay`).
+    /// --port and --addr also narrow what is recorded (whole socket lives); --pid only what is
+    /// reported, since the owner is known only at some transitions.
     pub file: PathBuf,
     #[command(flatten)]
     pub trace: TraceArgs,
@@ -112,12 +122,16 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         }
     };
     eprintln!(
-        "tracing TCP teardowns (hook: {}{}); stop with Ctrl-C",
+        "tracing TCP teardowns (hook: {}{}); {}",
         probe.caps.hook,
         if probe.caps.seq {
             ", with sequence numbers"
         } else {
             ", without sequence numbers"
+        },
+        match args.duration {
+            Some(d) => format!("stops after {d:?}, or on Ctrl-C"),
+            None => "stop with Ctrl-C".to_owned(),
         }
     );
     let timewait_poll = (!args.timewait_poll.is_zero()).then_some(args.timewait_poll);
@@ -235,12 +249,21 @@ pub async fn live(
         };
 
     tokio::pin!(stop);
+    // A failure (the reader stopped, the recording cannot be written) ends the loop, but the
+    // pipeline is still finished and its output flushed before the error is returned.
+    let mut failure: Option<anyhow::Error> = None;
     loop {
-        tokio::select! {
-            Some(batch) = rx.recv() => handle(&mut pipeline, &mut recorder, batch)?,
+        let step: anyhow::Result<()> = tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(batch) => handle(&mut pipeline, &mut recorder, batch),
+                None => Err(anyhow::anyhow!("the ring-buffer reader stopped")),
+            },
             _ = tick.tick() => {
-                check_lost(&mut pipeline, &mut recorder)?;
-                pipeline.tick(clock::monotonic_ns());
+                let r = check_lost(&mut pipeline, &mut recorder);
+                // Hand on what settled, by a clock held back behind the reader (which may lag
+                // the kernel by a batch): live output then matches a replay of the recording.
+                pipeline.tick(clock::monotonic_ns().saturating_sub(TICK_LAG_NS));
+                r
             }
             Some(polled) = async {
                 match tw_rx.as_mut() {
@@ -253,19 +276,30 @@ pub async fn live(
                     seeded = true;
                     pipeline.seed(&closing);
                 }
+                let mut r = Ok(());
                 for fact in facts {
-                    if let Some(r) = recorder.as_mut() {
-                        r.write(&Record::Timewait(fact.clone()))
-                            .context("cannot write to the recording")?;
+                    if let Some(rec) = recorder.as_mut() {
+                        if let Err(e) = rec.write(&Record::Timewait(fact.clone())) {
+                            r = Err(anyhow::Error::new(e).context("cannot write to the recording"));
+                        }
                     }
                     pipeline.on_timewait(fact);
                 }
+                r
             }
             _ = &mut stop => break,
+        };
+        if let Err(e) = step {
+            failure = Some(e);
+            break;
         }
         if pipeline.failed() {
             break;
         }
+    }
+    if failure.is_some() {
+        // The recording failed or the reader stopped: keep the output, drop the recording.
+        recorder = None;
     }
 
     // Clean stop: the reader drains the ring buffer once more, then everything is flushed.
@@ -274,19 +308,40 @@ pub async fn live(
     }
     let _ = stop_tx.send(());
     while let Some(batch) = rx.recv().await {
-        handle(&mut pipeline, &mut recorder, batch)?;
+        if let Err(e) = handle(&mut pipeline, &mut recorder, batch) {
+            failure.get_or_insert(e);
+            recorder = None;
+        }
     }
     match reader.await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => eprintln!("warning: reading the ring buffer failed: {e}"),
-        Err(e) => eprintln!("warning: the ring-buffer reader stopped: {e}"),
+        Ok(Err(e)) => {
+            failure.get_or_insert(anyhow::Error::new(e).context("reading the ring buffer failed"));
+        }
+        Err(e) => {
+            failure.get_or_insert(anyhow::anyhow!("the ring-buffer reader stopped: {e}"));
+        }
     }
-    check_lost(&mut pipeline, &mut recorder)?;
+    if let Err(e) = check_lost(&mut pipeline, &mut recorder) {
+        failure.get_or_insert(e);
+    }
     if let Some(mut r) = recorder {
-        r.flush().context("cannot write to the recording")?;
+        if let Err(e) = r.flush() {
+            failure.get_or_insert(anyhow::Error::new(e).context("cannot write to the recording"));
+        }
     }
-    pipeline.finish().context("cannot write the output")
+    let summary = pipeline.finish().context("cannot write the output")?;
+    match failure {
+        Some(e) => Err(e.context(format!(
+            "the trace stopped early; the output so far was written ({})",
+            summary.to_text().lines().next().unwrap_or_default()
+        ))),
+        None => Ok(summary),
+    }
 }
+
+/// How far the settle clock is held back behind real time in a live trace.
+const TICK_LAG_NS: u64 = 500_000_000;
 
 type Polled = (Vec<crate::join::TwFact>, Vec<crate::join::Closing>);
 

@@ -111,39 +111,53 @@ impl Probe {
         preflight::raise_memlock_limit();
 
         let btf_path = Path::new(btf::VMLINUX_BTF);
-        let have_btf = btf_path.exists();
-        let use_btf = match cfg.hook {
-            Hook::Btf if !have_btf => return Err(KernelError::NoBtf),
-            Hook::Btf => true,
-            Hook::Tracepoint => false,
-            Hook::Auto => have_btf,
-        };
         let mut caps = Capabilities::default();
-        if !have_btf {
-            caps.notes.push(format!(
-                "this kernel has no BTF ({}): using the classic tracepoint; events carry no \
-                 sequence numbers or socket flags, and retransmissions and resets are not traced",
-                btf::VMLINUX_BTF
-            ));
-        }
-
-        let (sock_offsets, skc_state) = if have_btf {
-            let r = btf::resolve(btf_path)?;
-            if !r.missing.is_empty() {
+        // The kernel's BTF, parsed twice: by btf-rs for field offsets, by aya to load tp_btf.
+        let resolved = match btf::resolve(btf_path) {
+            Ok(r) => Some(r),
+            Err(_) if cfg.hook == Hook::Btf => return Err(KernelError::NoBtf),
+            Err(e) => {
                 caps.notes.push(format!(
-                    "fields not found in this kernel's BTF: {}; events carry no {} data",
-                    r.missing.join(", "),
-                    if r.has_seq() {
-                        "socket flag"
-                    } else {
-                        "sequence"
-                    }
+                    "{e}: using the classic tracepoint; events carry no sequence numbers or \
+                     socket flags, and retransmissions and resets are not traced"
                 ));
+                None
             }
-            caps.seq = r.has_seq();
-            (r.offsets, r.skc_state)
-        } else {
-            (SockOffsets::UNKNOWN, OFFSET_UNKNOWN)
+        };
+        let kernel_btf = match (&resolved, cfg.hook) {
+            (None, _) | (_, Hook::Tracepoint) => None,
+            (Some(_), hook) => match aya::Btf::from_sys_fs() {
+                Ok(b) => Some(b),
+                Err(_) if hook == Hook::Btf => return Err(KernelError::NoBtf),
+                Err(e) => {
+                    caps.notes.push(format!(
+                        "the kernel's BTF cannot be loaded for tp_btf ({e}): using the classic \
+                         tracepoint; retransmissions and resets are not traced"
+                    ));
+                    None
+                }
+            },
+        };
+        let use_btf = kernel_btf.is_some();
+
+        let (sock_offsets, skc_state) = match &resolved {
+            Some(r) => {
+                if !r.missing.is_empty() {
+                    let lacking = match (r.has_seq(), r.offsets.skc_flags != OFFSET_UNKNOWN) {
+                        (true, true) => "part of their",
+                        (true, false) => "socket-flag",
+                        (false, true) => "sequence",
+                        (false, false) => "sequence or socket-flag",
+                    };
+                    caps.notes.push(format!(
+                        "not usable in this kernel's BTF: {}; events carry no {lacking} data",
+                        r.missing.join(", ")
+                    ));
+                }
+                caps.seq = r.has_seq();
+                (r.offsets, r.skc_state)
+            }
+            None => (SockOffsets::UNKNOWN, OFFSET_UNKNOWN),
         };
         let tp_offsets = if use_btf {
             TracepointOffsets::UNKNOWN
@@ -159,13 +173,12 @@ impl Probe {
             .map_max_entries("EVENTS", cfg.ring_bytes)
             .load(EBPF_OBJECT)?;
 
-        if use_btf {
-            let kbtf = aya::Btf::from_sys_fs().map_err(|_| KernelError::NoBtf)?;
+        if let Some(kbtf) = &kernel_btf {
             attach_btf(
                 &mut ebpf,
                 "inet_sock_set_state_btf",
                 "inet_sock_set_state",
-                &kbtf,
+                kbtf,
             )?;
             caps.hook = "btf";
             let mut all = true;
@@ -174,7 +187,7 @@ impl Probe {
                 ("tcp_send_reset_btf", "tcp_send_reset"),
                 ("tcp_receive_reset_btf", "tcp_receive_reset"),
             ] {
-                if let Err(e) = attach_btf(&mut ebpf, prog, tp, &kbtf) {
+                if let Err(e) = attach_btf(&mut ebpf, prog, tp, kbtf) {
                     all = false;
                     caps.notes.push(format!("{tp} is not traced: {e}"));
                 }
@@ -192,7 +205,7 @@ impl Probe {
                     source,
                 })?;
             caps.hook = "tracepoint";
-            if have_btf {
+            if resolved.is_some() {
                 caps.notes.push(
                     "classic tracepoint chosen: retransmissions and resets are not traced".into(),
                 );

@@ -19,6 +19,5 @@ mod tests;
 pub use model::{DocSide, Meaning, StateTime, Step, STEPS, TRANSITIONS};
 pub use seq::{Outcome, Sender, SeqCheck, Term, Wave, Waves};
 pub use verdict::{
-    errno_name, judge, Conformance, Finding, ResetBy, ResetInfo, Role, TimeWaitPath, Variant,
-    Verdict,
+    judge, Conformance, Finding, ResetBy, ResetInfo, Role, TimeWaitPath, Variant, Verdict,
 };

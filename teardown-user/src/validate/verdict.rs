@@ -12,35 +12,20 @@ use crate::{
     tracker::{Connection, RecordEnd},
 };
 
-const EPIPE: i32 = 32;
-const ECONNRESET: i32 = 104;
-const ETIMEDOUT: i32 = 110;
-const ECONNREFUSED: i32 = 111;
+use libc::{ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT};
 
 /// Below this gap between the ACK of our FIN and the peer's FIN, both were in one segment (the
 /// kernel processes the ACK part, then the FIN, in one pass: fact 8). A heuristic, used only
 /// when neither the peer's trace nor the orphan flag decides.
 pub const MERGED_GAP_NS: u64 = 20_000;
 
-/// The name of a socket errno the kernel sets when it ends a connection.
-pub fn errno_name(err: i32) -> Option<&'static str> {
-    Some(match err {
-        12 => "ENOMEM",
-        32 => "EPIPE",
-        101 => "ENETUNREACH",
-        103 => "ECONNABORTED",
-        104 => "ECONNRESET",
-        110 => "ETIMEDOUT",
-        111 => "ECONNREFUSED",
-        113 => "EHOSTUNREACH",
-        _ => return None,
-    })
-}
-
+/// `ECONNRESET 104`: the name with the number, as the kernel's users know both.
 fn errno_text(err: i32) -> String {
-    match errno_name(err) {
-        Some(n) => format!("{n} {err}"),
-        None => format!("errno {err}"),
+    let name = crate::event::errno_name(err);
+    if name.starts_with("errno") {
+        name.into_owned()
+    } else {
+        format!("{name} {err}")
     }
 }
 
