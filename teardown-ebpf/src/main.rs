@@ -36,7 +36,8 @@ const LAST_ACK: u8 = 9;
 const LISTEN: u8 = 10;
 const TCP_NEW_SYN_RECV: u8 = 12;
 
-/// Sized for bursts: at ~150k events/s this holds more than a second of events.
+/// Its size is set by the agent at load time (64 MiB by default: about four seconds of events
+/// at this machine kind's maximum churn, so a stalled agent loses nothing for a while).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 

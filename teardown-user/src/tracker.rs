@@ -64,7 +64,7 @@ impl Connection {
             local: ev.local,
             remote: ev.remote,
             process: None,
-            events: Vec::with_capacity(4),
+            events: Vec::with_capacity(2),
             seen_from_start: ev.starts_connection(),
             events_maybe_lost: false,
             state_at_start: None,

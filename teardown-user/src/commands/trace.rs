@@ -43,7 +43,7 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = Hook::Auto)]
     pub hook: Hook,
     /// Ring buffer size in MiB (a power of two). Raise it if events are lost in bursts.
-    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = parse_ring_mib)]
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = parse_ring_mib)]
     pub ring_size: u32,
     /// Poll sock_diag (what `ss` uses) this often to follow the timewait sockets the traced
     /// connections leave behind — when each entered TIME_WAIT, timer restarts (a resent FIN),

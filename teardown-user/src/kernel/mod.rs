@@ -78,7 +78,7 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             hook: Hook::Auto,
-            ring_bytes: 16 << 20,
+            ring_bytes: 64 << 20,
         }
     }
 }
