@@ -182,7 +182,11 @@ pub struct TimewaitNote {
 /// plus a FIN_WAIT2 before it (tcp_fin_timeout, 60 s by default), plus poll slack.
 const FOLLOW_MS: u64 = 130_000;
 /// Connections followed at most (beyond, the oldest are forgotten).
-const FOLLOW_MAX: usize = 1 << 20;
+const FOLLOW_MAX: usize = 1 << 18;
+/// How long a reported connection waits for sock_diag to show its timewait socket before it is
+/// no longer followed (the socket may live in another network namespace, out of sight): a few
+/// polls.
+const CONFIRM_MS: u64 = 5_000;
 
 /// Facts kept for a connection not reported yet (the poll may see its timewait socket before
 /// the connection has settled), at most, and for how long.
@@ -192,7 +196,12 @@ const PENDING_MS: u64 = 5_000;
 /// Matches timewait facts to reported connections.
 #[derive(Default)]
 pub struct Joiner {
+    /// Connections whose timewait socket sock_diag has shown: followed until it leaves.
     following: HashMap<(SocketAddr, SocketAddr), (u64, u64)>,
+    /// Connections just reported, waiting for sock_diag to show their timewait socket.
+    unconfirmed: HashMap<(SocketAddr, SocketAddr), (u64, u64)>,
+    /// (reported at, 4-tuple) in order, to forget the unconfirmed without scanning.
+    unconfirmed_queue: std::collections::VecDeque<(u64, (SocketAddr, SocketAddr))>,
     pending: HashMap<(SocketAddr, SocketAddr), Vec<TwFact>>,
     /// Facts dropped because the pending table was full.
     pub dropped: u64,
@@ -208,15 +217,22 @@ impl Joiner {
         remote: SocketAddr,
         now_ms: u64,
     ) -> Vec<TimewaitNote> {
-        if self.following.len() >= FOLLOW_MAX {
-            self.following
-                .retain(|_, (_, since)| since.saturating_add(FOLLOW_MS) > now_ms);
-            if self.following.len() >= FOLLOW_MAX {
-                return Vec::new();
+        // Forget connections whose timewait socket never showed (out of sight, or gone).
+        while let Some(&(since, key)) = self.unconfirmed_queue.front() {
+            if since.saturating_add(CONFIRM_MS) > now_ms
+                && self.unconfirmed_queue.len() < FOLLOW_MAX
+            {
+                break;
+            }
+            self.unconfirmed_queue.pop_front();
+            if self.unconfirmed.get(&key).is_some_and(|&(_, s)| s == since) {
+                self.unconfirmed.remove(&key);
             }
         }
-        self.following.insert((local, remote), (id, now_ms));
-        let early = self.pending.remove(&(local, remote)).unwrap_or_default();
+        let key = (local, remote);
+        self.unconfirmed.insert(key, (id, now_ms));
+        self.unconfirmed_queue.push_back((now_ms, key));
+        let early = self.pending.remove(&key).unwrap_or_default();
         early
             .into_iter()
             .filter(|f| f.at_ms.saturating_add(PENDING_MS) >= now_ms)
@@ -227,6 +243,18 @@ impl Joiner {
     /// The note for `fact`, when it is about a followed connection.
     pub fn on_fact(&mut self, fact: TwFact) -> Option<TimewaitNote> {
         let key = (fact.local, fact.remote);
+        if matches!(fact.what, TwWhat::Entered { .. }) {
+            if let Some(entry) = self.unconfirmed.remove(&key) {
+                // Its timewait socket is in sight: follow it until it leaves.
+                if self.following.len() >= FOLLOW_MAX {
+                    let horizon = fact.at_ms.saturating_sub(FOLLOW_MS);
+                    self.following.retain(|_, (_, since)| *since >= horizon);
+                }
+                if self.following.len() < FOLLOW_MAX {
+                    self.following.insert(key, entry);
+                }
+            }
+        }
         let Some(&(id, since)) = self.following.get(&key) else {
             self.keep_pending(fact);
             return None;
@@ -308,6 +336,34 @@ mod tests {
         );
         assert_eq!(j.on_fact(left.clone()).map(|n| n.id), Some(7));
         assert_eq!(j.on_fact(left), None, "forgotten once it left");
+    }
+
+    #[test]
+    fn a_connection_whose_timewait_socket_never_shows_is_forgotten() {
+        let mut j = Joiner::default();
+        let a = fact(
+            0,
+            TwWhat::Entered {
+                state: TwState::TimeWait,
+                entered_ms: 0,
+            },
+        );
+        assert!(j.follow(1, a.local, a.remote, 1_000).is_empty());
+        // Another connection reported after the confirmation time: the first is forgotten
+        // (its timewait socket lives in another namespace, out of sight).
+        let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert!(j
+            .follow(2, other, a.remote, 1_000 + CONFIRM_MS + 1)
+            .is_empty());
+        assert_eq!(j.unconfirmed.len(), 1);
+        let late = fact(
+            7_000,
+            TwWhat::Entered {
+                state: TwState::TimeWait,
+                entered_ms: 6_900,
+            },
+        );
+        assert_eq!(j.on_fact(late), None);
     }
 
     #[test]
