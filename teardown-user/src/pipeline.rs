@@ -288,7 +288,7 @@ impl Pipeline {
         if !self.filter.matches(&f.conn) {
             return;
         }
-        let verdict = validate::judge(&f.conn, f.peer.as_ref());
+        let verdict = validate::judge(&f.conn, f.peer.as_deref());
         self.summary.connections += 1;
         *self
             .summary

@@ -15,6 +15,7 @@
 use std::{
     collections::{hash_map::Entry, HashMap},
     net::SocketAddr,
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -129,10 +130,10 @@ impl Connection {
 /// A connection handed on by the tracker, with the other end when it is on this host too.
 #[derive(Debug)]
 pub struct Finished {
-    pub conn: Connection,
+    pub conn: Arc<Connection>,
     /// The socket with the mirrored 4-tuple, when both ends were traced (a copy when it is
-    /// still open).
-    pub peer: Option<Connection>,
+    /// still open). Shared, not copied, when both ends are handed on together.
+    pub peer: Option<Arc<Connection>>,
 }
 
 /// Counters of the tracker's own work, reported in the summary.
@@ -199,7 +200,7 @@ pub struct Tracker {
     /// Connections already closing when the trace began (sock_diag), by 4-tuple.
     seeds: HashMap<(SocketAddr, SocketAddr), TcpState>,
     /// Closed ends whose peer was still open, by their own 4-tuple.
-    awaiting_peer: HashMap<(SocketAddr, SocketAddr), (u64, Connection)>,
+    awaiting_peer: HashMap<(SocketAddr, SocketAddr), (u64, Arc<Connection>)>,
     stats: TrackerStats,
 }
 
@@ -381,12 +382,15 @@ impl Tracker {
         rest.sort_by_key(|c| c.id);
         for c in rest {
             let peer = self.take_awaiting_peer(&c);
-            out(Finished { conn: c, peer });
+            out(Finished {
+                conn: Arc::new(c),
+                peer,
+            });
         }
     }
 
     /// The closed end that waited for `c`, when their lives overlap (a 4-tuple can be reused).
-    fn take_awaiting_peer(&mut self, c: &Connection) -> Option<Connection> {
+    fn take_awaiting_peer(&mut self, c: &Connection) -> Option<Arc<Connection>> {
         if !c.has_tuple() {
             return None;
         }
@@ -420,7 +424,7 @@ impl Tracker {
                     c.end = RecordEnd::Evicted;
                     self.stats.evicted += 1;
                     out(Finished {
-                        conn: c,
+                        conn: Arc::new(c),
                         peer: None,
                     });
                 }
@@ -494,7 +498,7 @@ impl Tracker {
 
     /// Keeps a closed end whose peer is still open, for that peer's verdict (bounded in count
     /// and age: a peer that stays open longer is judged alone).
-    fn await_peer(&mut self, conn: &Connection) {
+    fn await_peer(&mut self, conn: Arc<Connection>) {
         let now = conn.last_ts();
         if self.awaiting_peer.len() >= AWAITING_PEER_MAX {
             // Amortized: one pass frees at least a quarter of the table.
@@ -508,7 +512,7 @@ impl Tracker {
             }
         }
         self.awaiting_peer
-            .insert((conn.local, conn.remote), (now, conn.clone()));
+            .insert((conn.local, conn.remote), (now, conn));
     }
 
     fn overlaps_loss(&self, c: &Connection) -> bool {
@@ -529,22 +533,20 @@ impl Tracker {
         } else {
             None
         };
+        let mut peer_open = None;
         let peer = match slot {
             Some(Slot::Settling(id)) => self.take_settling(id),
             Some(Slot::Open(sk)) => {
-                // The peer is still open: keep this end, so that the peer, when it finishes,
-                // is judged with it.
-                let copy = self.open.get(&sk).cloned();
-                if conn.end == RecordEnd::Closed {
-                    self.await_peer(&conn);
-                }
-                copy
+                // The peer is still open: a copy of it now, and this end is kept so that the
+                // peer, when it finishes, is judged with it.
+                peer_open = self.open.get(&sk).cloned();
+                None
             }
             // The peer finished earlier (and was handed on then) and waited for this end.
             None => {
                 if let Some(p) = self.take_awaiting_peer(&conn) {
                     out(Finished {
-                        conn,
+                        conn: Arc::new(conn),
                         peer: Some(p),
                     });
                     return;
@@ -552,32 +554,42 @@ impl Tracker {
                 None
             }
         };
-        let peer = peer.map(|mut p| {
-            if self.overlaps_loss(&p) {
+        let mark = |mut p: Connection, t: &Tracker| {
+            if t.overlaps_loss(&p) {
                 p.events_maybe_lost = true;
             }
             p
-        });
-        match peer {
-            Some(p) if p.end == RecordEnd::Closed => {
-                // Both ends are finished: hand on each, each knowing the other.
-                let first = Finished {
-                    conn: conn.clone(),
-                    peer: Some(p.clone()),
-                };
-                let second = Finished {
-                    conn: p,
-                    peer: Some(conn),
-                };
-                let (a, b) = if first.conn.id <= second.conn.id {
-                    (first, second)
-                } else {
-                    (second, first)
-                };
-                out(a);
-                out(b);
+        };
+        if let Some(p) = peer_open {
+            let p = mark(p, self);
+            let conn = Arc::new(conn);
+            if conn.end == RecordEnd::Closed {
+                self.await_peer(conn.clone());
             }
-            peer => out(Finished { conn, peer }),
+            out(Finished {
+                conn,
+                peer: Some(Arc::new(p)),
+            });
+            return;
+        }
+        match peer.map(|p| mark(p, self)) {
+            Some(p) if p.end == RecordEnd::Closed => {
+                // Both ends are finished: hand on each, each knowing the other (shared).
+                let (a, b) = (Arc::new(conn), Arc::new(p));
+                let (first, second) = if a.id <= b.id { (a, b) } else { (b, a) };
+                out(Finished {
+                    conn: first.clone(),
+                    peer: Some(second.clone()),
+                });
+                out(Finished {
+                    conn: second,
+                    peer: Some(first),
+                });
+            }
+            peer => out(Finished {
+                conn: Arc::new(conn),
+                peer: peer.map(Arc::new),
+            }),
         }
     }
 }

@@ -136,7 +136,7 @@ impl Tracer {
         out.into_iter()
             .filter(|f| !f.conn.is_listener() && (f.conn.local == end || f.conn.remote == end))
             .map(|finished| {
-                let verdict = validate::judge(&finished.conn, finished.peer.as_ref());
+                let verdict = validate::judge(&finished.conn, finished.peer.as_deref());
                 Traced { finished, verdict }
             })
             .collect()
