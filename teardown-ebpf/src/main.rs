@@ -13,7 +13,7 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use teardown_common::{
@@ -27,6 +27,7 @@ const IPPROTO_TCP: u16 = 6;
 // the sock_diag UAPI use).
 const ESTABLISHED: u8 = 1;
 const SYN_SENT: u8 = 2;
+const SYN_RECV: u8 = 3;
 const FIN_WAIT1: u8 = 4;
 const FIN_WAIT2: u8 = 5;
 const TCP_TIME_WAIT: u8 = 6;
@@ -44,6 +45,19 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 /// Events that could not be reserved in `EVENTS`, per CPU.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The user's `--port` filter, set by the agent (used only when `FILTER_ON` is 1): filtering
+/// here spares the ring buffer and the agent every other connection of a busy host.
+#[map]
+static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+
+/// Sockets whose 4-tuple matched the filter during their current life: their last
+/// transitions, when the local port is already zero, still pass.
+#[map]
+static MATCHED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
+
+#[no_mangle]
+static FILTER_ON: u8 = 0;
 
 /// Set by the agent at load time from the kernel's BTF.
 #[no_mangle]
@@ -92,7 +106,16 @@ const RECORD_BYTES: u64 = core::mem::size_of::<Event>() as u64 + 8;
 fn emit(ev: &Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
-            entry.write(*ev);
+            // Copied a u64 at a time: a byte-wise copy may read single bytes of a stack slot
+            // the compiler spilled a register to, which the verifier refuses.
+            const WORDS: usize = core::mem::size_of::<Event>() / 8;
+            let src = ev as *const Event as *const u64;
+            let dst = entry.as_mut_ptr() as *mut u64;
+            for i in 0..WORDS {
+                unsafe {
+                    core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i)))
+                };
+            }
             // Wake once each time the waiting data crosses a multiple of WAKEUP_BYTES, not at
             // every event past it: a wake-up is an interrupt, the dearest thing we could do.
             let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
@@ -106,6 +129,30 @@ fn emit(ev: &Event) {
         }
         None => count_lost(),
     }
+}
+
+/// Whether the user's filter lets this event through. Call with the tuple and states filled.
+#[inline(always)]
+fn wanted(ev: &Event) -> bool {
+    if unsafe { core::ptr::read_volatile(&FILTER_ON) } == 0 {
+        return true;
+    }
+    let port_hit = |p: u16| p != 0 && unsafe { FILTER_PORTS.get(&p) }.is_some();
+    if port_hit(ev.sport) || port_hit(ev.dport) {
+        let _ = MATCHED.insert(&ev.skaddr, &1, 0);
+        return true;
+    }
+    let starts = ev.kind == kind::STATE
+        && matches!(
+            (ev.oldstate, ev.newstate),
+            (CLOSE, SYN_SENT) | (CLOSE, LISTEN) | (LISTEN, SYN_RECV)
+        );
+    if starts {
+        // A new life of this socket address, not ours: forget the old one's match.
+        let _ = MATCHED.remove(&ev.skaddr);
+        return false;
+    }
+    unsafe { MATCHED.get(&ev.skaddr) }.is_some()
 }
 
 /// Transitions made by a system call of the socket's owner (connect, listen, close,
@@ -254,6 +301,10 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     ev.kind = kind::STATE;
     ev.oldstate = oldstate as u8;
     ev.newstate = newstate as u8;
+    ev.skaddr = sk as u64;
+    if !wanted(&ev) {
+        return 0;
+    }
     fill_task_and_sock(&mut ev, sk, &offs);
     emit(&ev);
     0
@@ -285,13 +336,20 @@ fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
         if !fill_tuple_common(&mut ev, sk, &offs) {
             return 0;
         }
-        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
         ev.skaddr = sk as u64;
+        if !wanted(&ev) {
+            return 0;
+        }
+        ev.ts_ns = unsafe { bpf_ktime_get_ns() };
         ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
         emit(&ev);
         return 0;
     }
     if !fill_tuple_from_sock(&mut ev, sk, &offs) {
+        return 0;
+    }
+    ev.skaddr = sk as u64;
+    if !wanted(&ev) {
         return 0;
     }
     fill_task_and_sock(&mut ev, sk, &offs);
@@ -367,6 +425,10 @@ fn read_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Option<()
         ev.daddr = tp_read(ctx, tp.daddr_v6)?;
     }
     ev.kind = kind::STATE;
+    ev.skaddr = sk;
+    if !wanted(&ev) {
+        return Some(());
+    }
     fill_task_and_sock(&mut ev, sk as *const u8, &offsets());
     emit(&ev);
     Some(())

@@ -28,9 +28,9 @@ use crate::{
   sudo teardown trace --port 5432 -d 1m       connections to or from port 5432, for a minute
   sudo teardown trace --format jsonl -o t.jsonl --ring-size 64
 
-The filters choose which connections are reported; every TCP state change of the host is still
-read from the kernel. Events the kernel could not deliver (ring buffer full) are counted and
-reported in the summary: raise --ring-size if a burst loses some.")]
+--port is applied in the kernel: other connections cost the host next to nothing. --addr and
+--pid choose what is reported. Events the kernel could not deliver (ring buffer full) are
+counted and reported in the summary: raise --ring-size if a burst loses some.")]
 pub struct TraceArgs {
     #[command(flatten)]
     pub output: OutputArgs,
@@ -145,9 +145,17 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
 
 /// Loads and attaches the kernel programs, printing what the user should know.
 pub fn load(args: &TraceArgs) -> anyhow::Result<Probe> {
+    let ports = &args.filters.port;
+    if ports.len() > crate::kernel::MAX_FILTER_PORTS {
+        anyhow::bail!(
+            "at most {} --port filters are supported (the kernel filter's size)",
+            crate::kernel::MAX_FILTER_PORTS
+        );
+    }
     let cfg = ProbeConfig {
         hook: args.hook,
         ring_bytes: args.ring_size << 20,
+        ports: ports.clone(),
     };
     let probe = Probe::load(cfg).context("cannot start tracing")?;
     for note in &probe.caps.notes {

@@ -67,18 +67,25 @@ pub enum KernelError {
 }
 
 /// Options of the kernel side.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ProbeConfig {
     pub hook: Hook,
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub ring_bytes: u32,
+    /// Only sockets with one of these local or remote ports (none: all), filtered in the
+    /// kernel. At most [`MAX_FILTER_PORTS`].
+    pub ports: Vec<u16>,
 }
+
+/// Ports the kernel filter holds at most (the size of its map).
+pub const MAX_FILTER_PORTS: usize = 64;
 
 impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             hook: Hook::Auto,
             ring_bytes: 64 << 20,
+            ports: Vec::new(),
         }
     }
 }
@@ -170,6 +177,7 @@ impl Probe {
             .override_global("SOCK_OFFSETS", &sock_offsets, true)
             .override_global("TP_OFFSETS", &tp_offsets, true)
             .override_global("SKC_STATE_OFFSET", &skc_state, true)
+            .override_global("FILTER_ON", &u8::from(!cfg.ports.is_empty()), true)
             .map_max_entries("EVENTS", cfg.ring_bytes)
             .load(EBPF_OBJECT)?;
 
@@ -209,6 +217,23 @@ impl Probe {
                 caps.notes.push(
                     "classic tracepoint chosen: retransmissions and resets are not traced".into(),
                 );
+            }
+        }
+
+        if !cfg.ports.is_empty() {
+            let map = ebpf
+                .map_mut("FILTER_PORTS")
+                .ok_or(KernelError::Missing("FILTER_PORTS"))?;
+            let mut ports: aya::maps::HashMap<_, u16, u8> = aya::maps::HashMap::try_from(map)
+                .map_err(|source| KernelError::Map {
+                    name: "FILTER_PORTS",
+                    source,
+                })?;
+            for &p in cfg.ports.iter().take(MAX_FILTER_PORTS) {
+                ports.insert(p, 1, 0).map_err(|source| KernelError::Map {
+                    name: "FILTER_PORTS",
+                    source,
+                })?;
             }
         }
 

@@ -1,0 +1,60 @@
+//! `--port` is applied in the kernel: events of other connections never reach the ring buffer,
+//! while the whole life of a matching socket does (its last transitions included, when its
+//! local port is already zero).
+
+// A failed unwrap in a test is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::Read,
+    net::{TcpListener, TcpStream},
+};
+
+use teardown::kernel::ProbeConfig;
+use teardown_integration_tests::{kernel, tracer::Tracer};
+
+fn one_connection(listener: &TcpListener) {
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    drop(client);
+    let mut buf = Vec::new();
+    server.read_to_end(&mut buf).unwrap();
+}
+
+#[test]
+fn only_matching_sockets_reach_the_agent() {
+    if !kernel::available("only_matching_sockets_reach_the_agent") {
+        return;
+    }
+    let wanted = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = wanted.local_addr().unwrap().port();
+    let other_port = other.local_addr().unwrap().port();
+    let tracer = Tracer::start_with(ProbeConfig {
+        ports: vec![port],
+        ..ProbeConfig::default()
+    });
+    one_connection(&other);
+    one_connection(&wanted);
+    one_connection(&other);
+    let (events, lost) = tracer.stop();
+    assert_eq!(lost, 0);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.local.port() != other_port && e.remote.port() != other_port),
+        "events of the other port reached the agent"
+    );
+    // Both ends of the wanted connection, whole: 5 transitions each, the last ones with a local
+    // port of zero (the socket was unhashed) passing thanks to the socket's earlier match.
+    let unhashed = events
+        .iter()
+        .filter(|e| e.local.port() == 0 && e.remote.port() != 0)
+        .count();
+    assert!(unhashed >= 1, "{events:#?}");
+    let states = events
+        .iter()
+        .filter(|e| matches!(e.kind, teardown::event::EventKind::State { .. }))
+        .count();
+    assert_eq!(states, 10, "{events:#?}");
+}
