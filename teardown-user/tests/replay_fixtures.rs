@@ -54,7 +54,7 @@ fn blocks(text: &str) -> Vec<String> {
     b
 }
 
-const ALL: [&str; 10] = [
+const ALL: [&str; 11] = [
     "four_way_close",
     "three_segment_close",
     "server_first",
@@ -65,6 +65,7 @@ const ALL: [&str; 10] = [
     "data_after_close",
     "close_wait_open",
     "four_way_close_v6",
+    "reset_in_close_wait",
 ];
 
 #[test]
@@ -193,6 +194,20 @@ fn each_recorded_teardown_gets_its_verdict() {
             ],
         ),
         (
+            // From the scenario lab (make-lab.sh): the half-closed client aborts in FIN_WAIT2.
+            "reset_in_close_wait",
+            &[
+                (
+                    "active_closer",
+                    ("abort_by_rst", "deviates", &["reset_sent"]),
+                ),
+                (
+                    "passive_closer",
+                    ("abort_by_rst", "deviates", &["reset_received"]),
+                ),
+            ],
+        ),
+        (
             "close_wait_open",
             &[
                 // Its peer never closed while the trace ran: from its own end, the socket
@@ -221,6 +236,38 @@ fn each_recorded_teardown_gets_its_verdict() {
             );
         }
     }
+}
+
+/// The validator once took every RST received in CLOSE_WAIT (EPIPE) for fact 4, data written
+/// after the peer had fully closed. Here the server wrote nothing: the peer aborted.
+#[test]
+fn a_reset_in_close_wait_is_not_taken_for_data_after_close() {
+    let mut causes = BTreeMap::new();
+    for line in replay("reset_in_close_wait", &["--format", "jsonl"]).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["type"] == "connection" {
+            causes.insert(
+                v["verdict"]["role"].as_str().unwrap().to_owned(),
+                v["verdict"]["reset"]["cause"].as_str().unwrap().to_owned(),
+            );
+        }
+    }
+    let server = &causes["passive_closer"];
+    assert!(server.contains("the peer aborted"), "{server}");
+    assert!(!server.contains("wrote"), "{server}");
+    assert!(
+        causes["active_closer"].contains("SO_LINGER 0"),
+        "{causes:?}"
+    );
+    // And fact 4 itself is still recognised as such.
+    let mut fact4 = String::new();
+    for line in replay("data_after_close", &["--format", "jsonl"]).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["type"] == "connection" && v["verdict"]["role"] == "passive_closer" {
+            fact4 = v["verdict"]["reset"]["cause"].as_str().unwrap().to_owned();
+        }
+    }
+    assert!(fact4.contains("fact 4"), "{fact4}");
 }
 
 #[test]
