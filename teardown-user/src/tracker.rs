@@ -18,6 +18,10 @@ use std::{
     sync::Arc,
 };
 
+/// Tables keyed by kernel socket addresses or our own ids: a fast hasher is safe there (no peer
+/// chooses those keys). Tables keyed by 4-tuples keep the default, collision-resistant one.
+type SkMap<V> = rustc_hash::FxHashMap<u64, V>;
+
 use serde::Serialize;
 
 use crate::event::{Event, EventKind, Task, TcpState};
@@ -181,12 +185,12 @@ enum Slot {
 /// The per-connection tracker: feed it events in order, it hands back finished connections.
 pub struct Tracker {
     cfg: TrackerConfig,
-    open: HashMap<u64, Connection>,
+    open: SkMap<Connection>,
     /// Closed connections waiting out the settle time, by connection id.
-    settling: HashMap<u64, Connection>,
+    settling: SkMap<Connection>,
     /// Socket address -> the settling connection of its last life, for trailing events (a RST
     /// sent just after the close). Dropped when the address starts a new life.
-    settling_sk: HashMap<u64, u64>,
+    settling_sk: SkMap<u64>,
     /// (due, connection id) in closing order: what to flush next, without scanning.
     settle_queue: std::collections::VecDeque<(u64, u64)>,
     /// The same for orphaned ends waiting longer for their peer (`peer_wait_ns`).
@@ -227,17 +231,17 @@ impl Tracker {
     pub fn new(cfg: TrackerConfig) -> Tracker {
         Tracker {
             cfg,
-            open: HashMap::new(),
-            settling: HashMap::new(),
-            settling_sk: HashMap::new(),
+            open: HashMap::default(),
+            settling: HashMap::default(),
+            settling_sk: HashMap::default(),
             settle_queue: std::collections::VecDeque::new(),
             orphan_queue: std::collections::VecDeque::new(),
-            by_tuple: HashMap::new(),
+            by_tuple: HashMap::default(),
             next_id: 1,
             lost: 0,
             loss_windows: std::collections::VecDeque::new(),
-            seeds: HashMap::new(),
-            awaiting_peer: HashMap::new(),
+            seeds: HashMap::default(),
+            awaiting_peer: HashMap::default(),
             stats: TrackerStats::default(),
         }
     }

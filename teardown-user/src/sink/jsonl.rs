@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{endpoint, Report, Sink};
+use super::{Report, Sink};
 use crate::{
     event::{EventKind, SeqSnapshot, SockSnapshot, TcpState},
     join::TimewaitNote,
@@ -46,9 +46,9 @@ struct Step {
 struct Timeline<'a> {
     r#type: &'static str,
     id: u64,
-    sk: String,
-    local: String,
-    remote: String,
+    sk: Hex,
+    local: Endpoint<'a>,
+    remote: Endpoint<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     process: Option<Process<'a>>,
     /// Wall-clock time of the first event, seconds since the Unix epoch.
@@ -60,21 +60,61 @@ struct Timeline<'a> {
     last_state: Option<TcpState>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peer: Option<u64>,
-    events: Vec<Step>,
+    events: Steps<'a>,
     verdict: &'a Verdict,
+}
+
+// Written straight into the output, with no string or vector built per connection.
+
+/// `0xffff8881...`.
+struct Hex(u64);
+
+impl Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:#x}", self.0))
+    }
+}
+
+/// `127.0.0.1:80`, or `127.0.0.1:*` for an unknown port.
+struct Endpoint<'a>(&'a std::net::SocketAddr);
+
+impl Serialize for Endpoint<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.port() == 0 {
+            s.collect_str(&format_args!("{}:*", self.0.ip()))
+        } else {
+            s.collect_str(self.0)
+        }
+    }
+}
+
+struct Steps<'a> {
+    events: &'a [crate::event::Event],
+    t0: u64,
+}
+
+impl Serialize for Steps<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.events.iter().map(|e| Step {
+            t_us: e.ts_ns.saturating_sub(self.t0) as f64 / 1e3,
+            kind: e.kind,
+            seq: e.seq,
+            sock: e.sock,
+        }))
+    }
 }
 
 impl<W: Write> Sink for JsonlSink<W> {
     fn connection(&mut self, r: &Report<'_>) -> io::Result<()> {
         let c = r.conn;
-        let comm = c.process.map(|p| p.comm.as_str().into_owned());
+        let comm = c.process.as_ref().map(|p| p.comm.as_str());
         let t0 = c.first_ts();
         let line = Timeline {
             r#type: "connection",
             id: c.id,
-            sk: format!("{:#x}", c.sk),
-            local: endpoint(&c.local),
-            remote: endpoint(&c.remote),
+            sk: Hex(c.sk),
+            local: Endpoint(&c.local),
+            remote: Endpoint(&c.remote),
             process: c.process.as_ref().map(|p| Process {
                 pid: p.pid,
                 comm: comm.as_deref().unwrap_or(""),
@@ -84,16 +124,10 @@ impl<W: Write> Sink for JsonlSink<W> {
             state_at_start: c.state_at_start,
             last_state: c.last_state(),
             peer: r.peer_id,
-            events: c
-                .events
-                .iter()
-                .map(|e| Step {
-                    t_us: e.ts_ns.saturating_sub(t0) as f64 / 1e3,
-                    kind: e.kind,
-                    seq: e.seq,
-                    sock: e.sock,
-                })
-                .collect(),
+            events: Steps {
+                events: &c.events,
+                t0,
+            },
             verdict: r.verdict,
         };
         serde_json::to_writer(&mut self.out, &line)?;
