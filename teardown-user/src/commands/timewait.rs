@@ -173,6 +173,26 @@ pub fn render_text(r: &Report) -> String {
     o
 }
 
+/// One table of timewait sockets grouped by address.
+fn write_groups<K: std::fmt::Display>(
+    o: &mut String,
+    title: &str,
+    groups: &[crate::monitor::TimewaitGroup<K>],
+) -> std::fmt::Result {
+    writeln!(o)?;
+    writeln!(o, "{title:<40} {:>9} {:>9}", "TIME_WAIT", "FIN_WAIT2")?;
+    for g in groups {
+        writeln!(
+            o,
+            "{:<40} {:>9} {:>9}",
+            g.key.to_string(),
+            g.time_wait,
+            g.fin_wait2
+        )?;
+    }
+    Ok(())
+}
+
 fn write_report(o: &mut String, r: &Report) -> std::fmt::Result {
     let k = &r.settings;
     writeln!(
@@ -237,36 +257,8 @@ fn write_report(o: &mut String, r: &Report) -> std::fmt::Result {
     }
 
     if !r.per_local.is_empty() {
-        writeln!(o)?;
-        writeln!(
-            o,
-            "{:<40} {:>9} {:>9}",
-            "TIMEWAIT PER LOCAL ADDRESS", "TIME_WAIT", "FIN_WAIT2"
-        )?;
-        for g in &r.per_local {
-            writeln!(
-                o,
-                "{:<40} {:>9} {:>9}",
-                g.key.to_string(),
-                g.time_wait,
-                g.fin_wait2
-            )?;
-        }
-        writeln!(o)?;
-        writeln!(
-            o,
-            "{:<40} {:>9} {:>9}",
-            "TIMEWAIT PER REMOTE ADDR:PORT", "TIME_WAIT", "FIN_WAIT2"
-        )?;
-        for g in &r.per_remote {
-            writeln!(
-                o,
-                "{:<40} {:>9} {:>9}",
-                g.key.to_string(),
-                g.time_wait,
-                g.fin_wait2
-            )?;
-        }
+        write_groups(o, "TIMEWAIT PER LOCAL ADDRESS", &r.per_local)?;
+        write_groups(o, "TIMEWAIT PER REMOTE ADDR:PORT", &r.per_remote)?;
     }
 
     writeln!(o)?;
