@@ -80,6 +80,10 @@ struct Batch {
 }
 
 pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Summary> {
+    // First of all, so that a Ctrl-C or SIGTERM at any moment (even while the programs load)
+    // ends the trace cleanly, with its output flushed.
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut probe = load(&args)?;
     let wall_offset_ns = clock::wall_offset_ns();
     let recorder = match &record {
@@ -106,8 +110,6 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         vec![sink],
         wall_offset_ns,
     );
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let duration = args.duration;
     let stop = async move {
         tokio::select! {
