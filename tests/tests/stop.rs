@@ -5,19 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     net::{TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use teardown_integration_tests::kernel;
-
-fn teardown_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("teardown")
-}
+use teardown_integration_tests::{cli, kernel};
 
 fn stops_cleanly_on(signal: libc::c_int) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -26,22 +19,17 @@ fn stops_cleanly_on(signal: libc::c_int) {
         "teardown-stop-{}-{signal}.jsonl",
         std::process::id()
     ));
-    let mut child = Command::new(teardown_bin())
-        .args(["trace", "--format", "jsonl", "--port"])
-        .arg(addr.port().to_string())
-        .arg("-o")
-        .arg(&out)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !line.starts_with("tracing") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "teardown exited");
-        assert!(Instant::now() < deadline, "teardown did not start");
-    }
+    let port = addr.port().to_string();
+    let mut child = cli::start_tracing(&[
+        "trace",
+        "--format",
+        "jsonl",
+        "--port",
+        &port,
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .unwrap();
     // One connection that closes, one left in CLOSE_WAIT on the server side.
     for leave_open in [false, true] {
         let client = TcpStream::connect(addr).unwrap();

@@ -6,21 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     net::{SocketAddr, TcpListener},
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use socket2::{Domain, Socket, Type};
-use teardown_integration_tests::kernel;
-
-/// The `teardown` binary cargo built next to this test.
-fn teardown_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().join("teardown")
-}
+use teardown_integration_tests::{cli, kernel};
 
 fn connect_from(local: SocketAddr, server: SocketAddr) -> std::net::TcpStream {
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
@@ -35,26 +27,21 @@ fn timewait_entry_and_reuse_join_the_traced_connection() {
     if !kernel::available("timewait_entry_and_reuse_join_the_traced_connection") {
         return;
     }
-    let bin = teardown_bin();
-    assert!(bin.exists(), "{} is not built", bin.display());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = listener.local_addr().unwrap();
-    let mut child = Command::new(&bin)
-        .args(["trace", "--format", "jsonl", "--duration", "8s", "--port"])
-        .arg(server.port().to_string())
-        .args(["--timewait-poll", "200ms"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !line.starts_with("tracing") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "teardown exited");
-        assert!(Instant::now() < deadline, "teardown did not start");
-    }
+    let port = server.port().to_string();
+    let mut child = cli::start_tracing(&[
+        "trace",
+        "--format",
+        "jsonl",
+        "--duration",
+        "8s",
+        "--port",
+        &port,
+        "--timewait-poll",
+        "200ms",
+    ])
+    .unwrap();
 
     // First connection: the client closes first and its socket goes to TIME_WAIT.
     // SO_REUSEADDR on both connections: the second binds the first one's port explicitly.

@@ -77,6 +77,20 @@ pub struct ChurnResult {
     pub held: u64,
 }
 
+impl ChurnResult {
+    /// The result of holding `opened` connections open for `secs`.
+    fn held(opened: u64, errors: u64, secs: f64) -> ChurnResult {
+        ChurnResult {
+            connections: opened,
+            errors,
+            resets: 0,
+            seconds: secs,
+            per_second: opened as f64 / secs.max(1e-9),
+            held: opened,
+        }
+    }
+}
+
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 /// Per-thread bound on consecutive failures before a client thread gives up.
 const MAX_CONSECUTIVE_ERRORS: u64 = 2_000;
@@ -430,14 +444,7 @@ fn hold(args: &ChurnArgs, n: u64) -> Result<ChurnResult> {
     if let Ok(mut a) = accepted.lock() {
         a.clear();
     }
-    Ok(ChurnResult {
-        connections: opened,
-        errors,
-        resets: 0,
-        seconds: secs,
-        per_second: opened as f64 / secs.max(1e-9),
-        held: opened,
-    })
+    Ok(ChurnResult::held(opened, errors, secs))
 }
 
 /// A hold worker process: `churn --hold K --no-netns --handshake` in this namespace.
@@ -548,12 +555,5 @@ fn hold_split(args: &ChurnArgs, n: u64, fds: u64) -> Result<ChurnResult> {
         let v = w.line()?;
         errors += v.get("errors").and_then(|o| o.as_u64()).unwrap_or(0);
     }
-    Ok(ChurnResult {
-        connections: opened,
-        errors,
-        resets: 0,
-        seconds: secs,
-        per_second: opened as f64 / secs.max(1e-9),
-        held: opened,
-    })
+    Ok(ChurnResult::held(opened, errors, secs))
 }
