@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Use the binaries already built in target/release.
     #[arg(long)]
     pub no_build: bool,
+    /// An extra argument for `teardown trace` (repeat for several), to measure a setting:
+    /// `--trace-arg=--ring-size --trace-arg=8`.
+    #[arg(long = "trace-arg", allow_hyphen_values = true)]
+    pub trace_args: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -447,7 +451,13 @@ fn workspace_root() -> Result<PathBuf> {
 fn label(ctx: &Ctx, cfg: Config) -> String {
     match cfg {
         Config::Untraced => "untraced".into(),
-        Config::Trace => "teardown trace --format jsonl -o FILE".into(),
+        Config::Trace if ctx.args.trace_args.is_empty() => {
+            "teardown trace --format jsonl -o FILE".into()
+        }
+        Config::Trace => format!(
+            "teardown trace --format jsonl -o FILE {}",
+            ctx.args.trace_args.join(" ")
+        ),
         Config::Top => match ctx.top {
             TopMode::TimewaitLoop => "top back end (teardown timewait, 1 s loop)".into(),
             TopMode::Missing => "top back end (missing)".into(),
@@ -484,6 +494,9 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 }
 
 fn choose_peer(choice: PeerChoice, work: &Path) -> Result<Peer> {
+    // Both peers attach to the classic tracepoint, which needs tracefs; a fresh machine may
+    // not have it mounted (teardown itself mounts it only when it falls back to that hook).
+    mount_tracefs()?;
     if choice != PeerChoice::Bpftrace {
         setup::ensure_tool(
             "tcpstates",
@@ -510,12 +523,28 @@ fn choose_peer(choice: PeerChoice, work: &Path) -> Result<Peer> {
     Ok(peer)
 }
 
+fn mount_tracefs() -> Result<()> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    println!("bench: mounting tracefs at {TRACEFS} (the peer tools attach to a tracepoint)");
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "tracefs", TRACEFS])
+        .status()
+        .context("running mount")?;
+    if !status.success() {
+        bail!("cannot mount tracefs at {TRACEFS} ({status}); mount it by hand: mount -t tracefs tracefs {TRACEFS}");
+    }
+    Ok(())
+}
+
 /// Starts the peer, waits for its header, stops it.
 fn probe_peer(peer: &Peer, work: &Path) -> Result<()> {
     let out = work.join("peer-probe.out");
     let err = work.join("peer-probe.err");
     let mut p = start_peer(peer, work, &out, &err)?;
-    let r = wait_for_text(&mut p, &out, PEER_HEADER, TRACER_START_TIMEOUT);
+    let r = wait_for_text(&mut p, &out, &err, PEER_HEADER, TRACER_START_TIMEOUT);
     p.stop(libc::SIGINT, Duration::from_secs(10))?;
     r
 }
@@ -546,11 +575,12 @@ fn start_trace(ctx: &Ctx, out: &Path, err: &Path) -> Result<Proc> {
     let mut cmd = Command::new(&ctx.teardown);
     cmd.args(["trace", "--format", "jsonl", "-o"])
         .arg(out)
+        .args(&ctx.args.trace_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::create(err)?);
     let mut p = Proc::spawn(&mut cmd, "teardown trace")?;
-    wait_for_text(&mut p, err, TRACE_READY, TRACER_START_TIMEOUT)?;
+    wait_for_text(&mut p, err, err, TRACE_READY, TRACER_START_TIMEOUT)?;
     Ok(p)
 }
 
@@ -710,7 +740,7 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
                 ctx.work.join(format!("{tag}.err")),
             );
             let mut p = start_peer(&ctx.peer, &ctx.work, &out, &err)?;
-            wait_for_text(&mut p, &out, PEER_HEADER, TRACER_START_TIMEOUT)?;
+            wait_for_text(&mut p, &out, &err, PEER_HEADER, TRACER_START_TIMEOUT)?;
             Agent::Peer { p, out, err }
         }
         Config::Top => match ctx.top {

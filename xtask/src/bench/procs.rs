@@ -168,14 +168,22 @@ impl Drop for Proc {
 }
 
 /// Waits (bounded) until the file at `path` contains `needle`; fails early if `p` exits.
-pub fn wait_for_text(p: &mut Proc, path: &Path, needle: &str, timeout: Duration) -> Result<()> {
+/// Waits until `path` holds `needle`; when the process ends first, the error quotes the end of
+/// its `stderr` file.
+pub fn wait_for_text(
+    p: &mut Proc,
+    path: &Path,
+    stderr: &Path,
+    needle: &str,
+    timeout: Duration,
+) -> Result<()> {
     let until = Instant::now() + timeout;
     while Instant::now() < until {
         if std::fs::read_to_string(path).is_ok_and(|s| s.contains(needle)) {
             return Ok(());
         }
         if let Some(e) = p.try_exit()? {
-            let tail = std::fs::read_to_string(path).unwrap_or_default();
+            let tail = std::fs::read_to_string(stderr).unwrap_or_default();
             bail!(
                 "{} ended before it was ready ({}): {}",
                 p.name,
