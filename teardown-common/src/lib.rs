@@ -120,8 +120,8 @@ pub struct SockOffsets {
     pub snd_nxt: u32,
     pub rcv_nxt: u32,
     pub write_seq: u32,
-    /// Bits of [`fast`]: layouts the agent verified in BTF, which let the kernel program read
-    /// neighbouring fields in one go.
+    /// Bits of [`fast`]: how the kernel program may read the socket (layouts the agent verified
+    /// in BTF, and whether plain loads are allowed).
     pub fast: u32,
 }
 
@@ -132,6 +132,10 @@ pub mod fast {
     pub const COMMON_HEAD: u32 = 1 << 0;
     /// `rcv_nxt`, `snd_nxt` (+4), `snd_una` (+8).
     pub const SEQ_TRIPLE: u32 = 1 << 1;
+    /// The BTF programs read fields with plain loads through the `tcp_sock` pointer, which the
+    /// verifier checks against the kernel's BTF, instead of a `bpf_probe_read_kernel` call per
+    /// field. Set by the agent at load time; cleared for a retry if the verifier refuses it.
+    pub const DIRECT_LOADS: u32 = 1 << 2;
 }
 
 /// The head of `struct sock_common` when [`fast::COMMON_HEAD`] holds, read from `skc_daddr`.

@@ -9,8 +9,10 @@
 #![no_main]
 
 use aya_ebpf::{
+    cty::c_void,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_skc_to_tcp_sock,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -71,10 +73,34 @@ static TP_OFFSETS: TracepointOffsets = TracepointOffsets::UNKNOWN;
 #[no_mangle]
 static SKC_STATE_OFFSET: u32 = OFFSET_UNKNOWN;
 
+/// The offsets, each field read on its own: the verifier then knows every one as a constant
+/// (the global is frozen and read-only), which the direct loads of [`Fields::Direct`] need.
 #[inline(always)]
 fn offsets() -> SockOffsets {
-    // Volatile so the compiler does not fold the placeholder value: the loader rewrites it.
-    unsafe { core::ptr::read_volatile(&SOCK_OFFSETS) }
+    let p = &raw const SOCK_OFFSETS;
+    // Volatile so the compiler does not fold the placeholder values: the loader rewrites them.
+    macro_rules! field {
+        ($f:ident) => {
+            unsafe { core::ptr::read_volatile(&raw const (*p).$f) }
+        };
+    }
+    SockOffsets {
+        skc_family: field!(skc_family),
+        skc_num: field!(skc_num),
+        skc_dport: field!(skc_dport),
+        skc_rcv_saddr: field!(skc_rcv_saddr),
+        skc_daddr: field!(skc_daddr),
+        skc_v6_rcv_saddr: field!(skc_v6_rcv_saddr),
+        skc_v6_daddr: field!(skc_v6_daddr),
+        skc_flags: field!(skc_flags),
+        sk_protocol: field!(sk_protocol),
+        sk_err: field!(sk_err),
+        snd_una: field!(snd_una),
+        snd_nxt: field!(snd_nxt),
+        rcv_nxt: field!(rcv_nxt),
+        write_seq: field!(write_seq),
+        fast: field!(fast),
+    }
 }
 
 #[inline(always)]
@@ -83,6 +109,69 @@ unsafe fn read_at<T: Copy>(base: *const u8, off: u32) -> Option<T> {
         return None;
     }
     unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T).ok() }
+}
+
+/// How a socket's fields are read.
+#[derive(Clone, Copy)]
+enum Fields {
+    /// A `bpf_probe_read_kernel` call per read: works on any address (the classic tracepoint
+    /// hands us a bare number), and may read neighbouring fields in one go.
+    Probed(*const u8),
+    /// Plain loads through the BTF-typed `tcp_sock` pointer of a tp_btf program: the verifier
+    /// checks each against the kernel's BTF and the JIT emits a guarded load, with no helper
+    /// call. Each load must stay within one field.
+    Direct(*const u8),
+}
+
+impl Fields {
+    /// The socket's fields for a tp_btf program, or None when it is not a full TCP socket.
+    #[inline(always)]
+    fn of_btf_sock(sk: *const u8, offs: &SockOffsets) -> Option<Fields> {
+        if offs.fast & fast::DIRECT_LOADS != 0 {
+            // Checks that it is a full TCP socket and types the pointer as one for the
+            // verifier.
+            let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) };
+            return (!tp.is_null()).then_some(Fields::Direct(tp as *const u8));
+        }
+        let protocol = unsafe { read_at::<u16>(sk, offs.sk_protocol) };
+        (protocol == Some(IPPROTO_TCP)).then_some(Fields::Probed(sk))
+    }
+
+    #[inline(always)]
+    fn read<T: Copy>(self, off: u32) -> Option<T> {
+        match self {
+            Fields::Probed(base) => unsafe { read_at(base, off) },
+            Fields::Direct(base) if off != OFFSET_UNKNOWN => {
+                Some(unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) })
+            }
+            Fields::Direct(_) => None,
+        }
+    }
+
+    #[inline(always)]
+    fn read_v4(self, off: u32) -> Option<[u8; 4]> {
+        self.read::<u32>(off).map(u32::to_ne_bytes)
+    }
+
+    #[inline(always)]
+    fn read_v6(self, off: u32) -> Option<[u8; 16]> {
+        match self {
+            Fields::Probed(base) => unsafe { read_at(base, off) },
+            Fields::Direct(_) => {
+                let mut a = [0u8; 16];
+                for i in 0..4u32 {
+                    let w = self.read::<u32>(off.checked_add(4 * i)?)?;
+                    a[4 * i as usize..4 * i as usize + 4].copy_from_slice(&w.to_ne_bytes());
+                }
+                Some(a)
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn probed(self) -> bool {
+        matches!(self, Fields::Probed(_))
+    }
 }
 
 #[inline(always)]
@@ -173,9 +262,8 @@ fn in_process_context(old: u8, new: u8) -> bool {
 
 /// Common header of every event: time, task, and the socket's sequence fields and flags.
 #[inline(always)]
-fn fill_task_and_sock(ev: &mut Event, sk: *const u8, offs: &SockOffsets) {
+fn fill_task_and_sock(ev: &mut Event, sk: Fields, offs: &SockOffsets) {
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev.skaddr = sk as u64;
     ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // The name is only worth copying when the task may be the owner: a system call, or an
     // abortive close (which may be one).
@@ -187,55 +275,43 @@ fn fill_task_and_sock(ev: &mut Event, sk: *const u8, offs: &SockOffsets) {
             ev.comm = comm;
         }
     }
-    unsafe {
-        // One read for the three neighbours when the agent found them side by side in BTF.
-        let triple = if offs.fast & fast::SEQ_TRIPLE != 0 {
-            read_at::<[u32; 3]>(sk, offs.rcv_nxt).map(|t| (t[2], t[1], t[0]))
-        } else {
-            match (
-                read_at::<u32>(sk, offs.snd_una),
-                read_at::<u32>(sk, offs.snd_nxt),
-                read_at::<u32>(sk, offs.rcv_nxt),
-            ) {
-                (Some(a), Some(b), Some(c)) => Some((a, b, c)),
-                _ => None,
-            }
-        };
-        if let (Some((una, nxt, rcv)), Some(wseq)) = (triple, read_at::<u32>(sk, offs.write_seq)) {
-            ev.snd_una = una;
-            ev.snd_nxt = nxt;
-            ev.rcv_nxt = rcv;
-            ev.write_seq = wseq;
-            ev.flags |= flags::SEQ_VALID;
-        }
-        if let (Some(f), Some(err)) = (
-            read_at::<u32>(sk, offs.skc_flags),
-            read_at::<i32>(sk, offs.sk_err),
+    // One read for the three neighbours when the agent found them side by side in BTF.
+    let triple = if sk.probed() && offs.fast & fast::SEQ_TRIPLE != 0 {
+        sk.read::<[u32; 3]>(offs.rcv_nxt)
+            .map(|t| (t[2], t[1], t[0]))
+    } else {
+        match (
+            sk.read::<u32>(offs.snd_una),
+            sk.read::<u32>(offs.snd_nxt),
+            sk.read::<u32>(offs.rcv_nxt),
         ) {
-            ev.sk_flags = f;
-            ev.sk_err = err;
-            ev.flags |= flags::SOCK_VALID;
+            (Some(a), Some(b), Some(c)) => Some((a, b, c)),
+            _ => None,
         }
+    };
+    if let (Some((una, nxt, rcv)), Some(wseq)) = (triple, sk.read::<u32>(offs.write_seq)) {
+        ev.snd_una = una;
+        ev.snd_nxt = nxt;
+        ev.rcv_nxt = rcv;
+        ev.write_seq = wseq;
+        ev.flags |= flags::SEQ_VALID;
     }
-}
-
-/// Reads family, ports and addresses from the socket itself (BTF programs).
-/// Returns false when the socket is not TCP or its family is neither IPv4 nor IPv6.
-#[inline(always)]
-fn fill_tuple_from_sock(ev: &mut Event, sk: *const u8, offs: &SockOffsets) -> bool {
-    let protocol = unsafe { read_at::<u16>(sk, offs.sk_protocol) };
-    if protocol != Some(IPPROTO_TCP) {
-        return false;
+    // `skc_flags` is an unsigned long: its low half holds every flag we report (x86-64 and
+    // arm64 are little-endian).
+    if let (Some(f), Some(err)) = (sk.read::<u32>(offs.skc_flags), sk.read::<i32>(offs.sk_err)) {
+        ev.sk_flags = f;
+        ev.sk_err = err;
+        ev.flags |= flags::SOCK_VALID;
     }
-    fill_tuple_common(ev, sk, offs)
 }
 
 /// The 4-tuple from `struct sock_common`, which full, request and timewait sockets share.
+/// Returns false when the family is neither IPv4 nor IPv6.
 #[inline(always)]
-fn fill_tuple_common(ev: &mut Event, sk: *const u8, offs: &SockOffsets) -> bool {
-    if offs.fast & fast::COMMON_HEAD != 0 {
+fn fill_tuple_common(ev: &mut Event, sk: Fields, offs: &SockOffsets) -> bool {
+    if sk.probed() && offs.fast & fast::COMMON_HEAD != 0 {
         // One read for addresses, ports and family (layout verified by the agent in BTF).
-        let Some(h) = (unsafe { read_at::<CommonHead>(sk, offs.skc_daddr) }) else {
+        let Some(h) = sk.read::<CommonHead>(offs.skc_daddr) else {
             return false;
         };
         ev.family = h.family;
@@ -246,43 +322,31 @@ fn fill_tuple_common(ev: &mut Event, sk: *const u8, offs: &SockOffsets) -> bool 
             ev.daddr[..4].copy_from_slice(&h.daddr);
             return true;
         }
-        if h.family != AF_INET6 {
-            return false;
-        }
-        unsafe {
-            if let Some(a) = read_at::<[u8; 16]>(sk, offs.skc_v6_rcv_saddr) {
-                ev.saddr = a;
-            }
-            if let Some(a) = read_at::<[u8; 16]>(sk, offs.skc_v6_daddr) {
-                ev.daddr = a;
-            }
-        }
-        return true;
-    }
-    unsafe {
-        let Some(family) = read_at::<u16>(sk, offs.skc_family) else {
+    } else {
+        let Some(family) = sk.read::<u16>(offs.skc_family) else {
             return false;
         };
         ev.family = family;
-        ev.sport = read_at::<u16>(sk, offs.skc_num).unwrap_or(0);
-        ev.dport = u16::from_be(read_at::<u16>(sk, offs.skc_dport).unwrap_or(0));
+        ev.sport = sk.read::<u16>(offs.skc_num).unwrap_or(0);
+        ev.dport = u16::from_be(sk.read::<u16>(offs.skc_dport).unwrap_or(0));
         if family == AF_INET {
-            if let Some(a) = read_at::<[u8; 4]>(sk, offs.skc_rcv_saddr) {
+            if let Some(a) = sk.read_v4(offs.skc_rcv_saddr) {
                 ev.saddr[..4].copy_from_slice(&a);
             }
-            if let Some(a) = read_at::<[u8; 4]>(sk, offs.skc_daddr) {
+            if let Some(a) = sk.read_v4(offs.skc_daddr) {
                 ev.daddr[..4].copy_from_slice(&a);
             }
-        } else if family == AF_INET6 {
-            if let Some(a) = read_at::<[u8; 16]>(sk, offs.skc_v6_rcv_saddr) {
-                ev.saddr = a;
-            }
-            if let Some(a) = read_at::<[u8; 16]>(sk, offs.skc_v6_daddr) {
-                ev.daddr = a;
-            }
-        } else {
-            return false;
+            return true;
         }
+    }
+    if ev.family != AF_INET6 {
+        return false;
+    }
+    if let Some(a) = sk.read_v6(offs.skc_v6_rcv_saddr) {
+        ev.saddr = a;
+    }
+    if let Some(a) = sk.read_v6(offs.skc_v6_daddr) {
+        ev.daddr = a;
     }
     true
 }
@@ -294,8 +358,11 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
     let offs = offsets();
+    let Some(fields) = Fields::of_btf_sock(sk, &offs) else {
+        return 0;
+    };
     let mut ev = Event::ZERO;
-    if !fill_tuple_from_sock(&mut ev, sk, &offs) {
+    if !fill_tuple_common(&mut ev, fields, &offs) {
         return 0;
     }
     ev.kind = kind::STATE;
@@ -305,7 +372,7 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     if !wanted(&ev) {
         return 0;
     }
-    fill_task_and_sock(&mut ev, sk, &offs);
+    fill_task_and_sock(&mut ev, fields, &offs);
     emit(&ev);
     0
 }
@@ -333,7 +400,7 @@ fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
     if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
         // A timewait or request socket: only its sock_common part exists (no sk_protocol, no
         // sequence fields), and these tracepoints only see TCP ones.
-        if !fill_tuple_common(&mut ev, sk, &offs) {
+        if !fill_tuple_common(&mut ev, Fields::Probed(sk), &offs) {
             return 0;
         }
         ev.skaddr = sk as u64;
@@ -345,14 +412,17 @@ fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
         emit(&ev);
         return 0;
     }
-    if !fill_tuple_from_sock(&mut ev, sk, &offs) {
+    let Some(fields) = Fields::of_btf_sock(sk, &offs) else {
+        return 0;
+    };
+    if !fill_tuple_common(&mut ev, fields, &offs) {
         return 0;
     }
     ev.skaddr = sk as u64;
     if !wanted(&ev) {
         return 0;
     }
-    fill_task_and_sock(&mut ev, sk, &offs);
+    fill_task_and_sock(&mut ev, fields, &offs);
     emit(&ev);
     0
 }
@@ -429,7 +499,7 @@ fn read_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Option<()
     if !wanted(&ev) {
         return Some(());
     }
-    fill_task_and_sock(&mut ev, sk as *const u8, &offsets());
+    fill_task_and_sock(&mut ev, Fields::Probed(sk as *const u8), &offsets());
     emit(&ev);
     Some(())
 }

@@ -158,6 +158,7 @@ pub fn load(args: &TraceArgs) -> anyhow::Result<Probe> {
         hook: args.hook,
         ring_bytes: args.ring_size << 20,
         ports: ports.clone(),
+        ..ProbeConfig::default()
     };
     let probe = Probe::load(cfg).context("cannot start tracing")?;
     for note in &probe.caps.notes {

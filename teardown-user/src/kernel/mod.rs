@@ -14,7 +14,7 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
-use teardown_common::{SockOffsets, TracepointOffsets, OFFSET_UNKNOWN};
+use teardown_common::{fast, SockOffsets, TracepointOffsets, OFFSET_UNKNOWN};
 
 pub use preflight::{check_kernel_version, check_privileges};
 pub use stream::EventStream;
@@ -75,6 +75,11 @@ pub struct ProbeConfig {
     /// Only sockets with one of these local or remote ports (none: all), filtered in the
     /// kernel. At most [`MAX_FILTER_PORTS`].
     pub ports: Vec<u16>,
+    /// Let the BTF programs read socket fields with plain loads the verifier checks against
+    /// BTF (several times cheaper than a probe read each). When the verifier refuses them,
+    /// the programs are loaded again with probe reads and a note says so; false asks for
+    /// probe reads from the start.
+    pub direct_loads: bool,
 }
 
 /// Ports the kernel filter holds at most (the size of its map).
@@ -86,6 +91,7 @@ impl Default for ProbeConfig {
             hook: Hook::Auto,
             ring_bytes: 64 << 20,
             ports: Vec::new(),
+            direct_loads: true,
         }
     }
 }
@@ -99,6 +105,8 @@ pub struct Capabilities {
     pub seq: bool,
     /// Retransmissions and resets are traced.
     pub retransmits_and_resets: bool,
+    /// Socket fields are read with plain loads checked by the verifier, not probe reads.
+    pub direct_loads: bool,
     /// Things the user should know (fallbacks, missing fields), in plain words.
     pub notes: Vec<String>,
 }
@@ -173,52 +181,26 @@ impl Probe {
             tracefs::tracepoint_offsets()?
         };
 
-        let mut ebpf = EbpfLoader::new()
-            .override_global("SOCK_OFFSETS", &sock_offsets, true)
-            .override_global("TP_OFFSETS", &tp_offsets, true)
-            .override_global("SKC_STATE_OFFSET", &skc_state, true)
-            .override_global("FILTER_ON", &u8::from(!cfg.ports.is_empty()), true)
-            .map_max_entries("EVENTS", cfg.ring_bytes)
-            .load(EBPF_OBJECT)?;
-
-        if let Some(kbtf) = &kernel_btf {
-            attach_btf(
-                &mut ebpf,
-                "inet_sock_set_state_btf",
-                "inet_sock_set_state",
-                kbtf,
-            )?;
-            caps.hook = "btf";
-            let mut all = true;
-            for (prog, tp) in [
-                ("tcp_retransmit_skb_btf", "tcp_retransmit_skb"),
-                ("tcp_send_reset_btf", "tcp_send_reset"),
-                ("tcp_receive_reset_btf", "tcp_receive_reset"),
-            ] {
-                if let Err(e) = attach_btf(&mut ebpf, prog, tp, kbtf) {
-                    all = false;
-                    caps.notes.push(format!("{tp} is not traced: {e}"));
-                }
+        let plan = Plan {
+            sock_offsets,
+            skc_state,
+            tp_offsets,
+            kernel_btf: kernel_btf.as_ref(),
+            resolved: resolved.is_some(),
+        };
+        let direct = cfg.direct_loads && kernel_btf.is_some();
+        let (mut ebpf, direct) = match plan.load_and_attach(&cfg, direct, &mut caps) {
+            Ok(ebpf) => (ebpf, direct),
+            Err(e) if direct => {
+                caps.notes.push(format!(
+                    "the verifier refused plain loads of socket fields ({e}); reading them with \
+                     bpf_probe_read_kernel, which costs more per event"
+                ));
+                (plan.load_and_attach(&cfg, false, &mut caps)?, false)
             }
-            caps.retransmits_and_resets = all;
-        } else {
-            let prog: &mut TracePoint = program(&mut ebpf, "inet_sock_set_state_tp")?;
-            prog.load().map_err(|source| KernelError::Program {
-                what: "loading the tracepoint program".into(),
-                source,
-            })?;
-            prog.attach("sock", "inet_sock_set_state")
-                .map_err(|source| KernelError::Program {
-                    what: "attaching to tracepoint sock:inet_sock_set_state".into(),
-                    source,
-                })?;
-            caps.hook = "tracepoint";
-            if resolved.is_some() {
-                caps.notes.push(
-                    "classic tracepoint chosen: retransmissions and resets are not traced".into(),
-                );
-            }
-        }
+            Err(e) => return Err(e),
+        };
+        caps.direct_loads = direct;
 
         if !cfg.ports.is_empty() {
             let map = ebpf
@@ -265,6 +247,87 @@ impl Probe {
             source,
         })?;
         Ok(per_cpu.iter().sum())
+    }
+}
+
+/// What the kernel programs are loaded with, resolved once.
+struct Plan<'a> {
+    sock_offsets: SockOffsets,
+    skc_state: u32,
+    tp_offsets: TracepointOffsets,
+    /// Present when the BTF programs are to be used.
+    kernel_btf: Option<&'a aya::Btf>,
+    /// Offsets were resolved from BTF (even if the classic tracepoint is used).
+    resolved: bool,
+}
+
+impl Plan<'_> {
+    /// Loads the object and attaches its programs; `direct` sets [`fast::DIRECT_LOADS`].
+    fn load_and_attach(
+        &self,
+        cfg: &ProbeConfig,
+        direct: bool,
+        caps: &mut Capabilities,
+    ) -> Result<Ebpf, KernelError> {
+        let sock_offsets = SockOffsets {
+            fast: if direct {
+                self.sock_offsets.fast | fast::DIRECT_LOADS
+            } else {
+                self.sock_offsets.fast & !fast::DIRECT_LOADS
+            },
+            ..self.sock_offsets
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SOCK_OFFSETS", &sock_offsets, true)
+            .override_global("TP_OFFSETS", &self.tp_offsets, true)
+            .override_global("SKC_STATE_OFFSET", &self.skc_state, true)
+            .override_global("FILTER_ON", &u8::from(!cfg.ports.is_empty()), true)
+            .map_max_entries("EVENTS", cfg.ring_bytes)
+            .load(EBPF_OBJECT)?;
+
+        if let Some(kbtf) = self.kernel_btf {
+            attach_btf(
+                &mut ebpf,
+                "inet_sock_set_state_btf",
+                "inet_sock_set_state",
+                kbtf,
+            )?;
+            let mut missing = Vec::new();
+            for (prog, tp) in [
+                ("tcp_retransmit_skb_btf", "tcp_retransmit_skb"),
+                ("tcp_send_reset_btf", "tcp_send_reset"),
+                ("tcp_receive_reset_btf", "tcp_receive_reset"),
+            ] {
+                match attach_btf(&mut ebpf, prog, tp, kbtf) {
+                    // These share the plain loads of the state program: a refusal here is
+                    // worth the retry with probe reads too.
+                    Err(e) if direct => return Err(e),
+                    Err(e) => missing.push(format!("{tp} is not traced: {e}")),
+                    Ok(()) => {}
+                }
+            }
+            caps.hook = "btf";
+            caps.retransmits_and_resets = missing.is_empty();
+            caps.notes.extend(missing);
+        } else {
+            let prog: &mut TracePoint = program(&mut ebpf, "inet_sock_set_state_tp")?;
+            prog.load().map_err(|source| KernelError::Program {
+                what: "loading the tracepoint program".into(),
+                source,
+            })?;
+            prog.attach("sock", "inet_sock_set_state")
+                .map_err(|source| KernelError::Program {
+                    what: "attaching to tracepoint sock:inet_sock_set_state".into(),
+                    source,
+                })?;
+            caps.hook = "tracepoint";
+            if self.resolved {
+                caps.notes.push(
+                    "classic tracepoint chosen: retransmissions and resets are not traced".into(),
+                );
+            }
+        }
+        Ok(ebpf)
     }
 }
 
