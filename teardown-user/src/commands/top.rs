@@ -30,11 +30,16 @@ feeds them (otherwise the panel says the tracer is not attached and the rest wor
 sock_diag alone).
 
 Keys: q or Esc quits, p or space pauses, c clears the teardown panel. Plain characters and \
-colours only: works over SSH. `teardown timewait` prints the same figures once.",
+colours only: works over SSH. `teardown timewait` prints the same figures once.
+
+With --batch there is no view: a line per poll (UTC time, level, counts per state, TIME_WAIT \
+table use, entry rate, leaks and stuck sockets) and a line per deviating teardown go to stdout, \
+as `top -b` does, for logs and scripts. It stops on Ctrl-C, SIGTERM or --duration.",
     after_help = "Examples:
   teardown top
   teardown top --interval 0.5 --close-wait-threshold 10
-  teardown top --netns blue"
+  teardown top --netns blue
+  teardown top --batch --duration 1h >> closing.log"
 )]
 pub struct TopArgs {
     /// Seconds between two sock_diag polls.
@@ -64,6 +69,14 @@ pub struct TopArgs {
     /// Observe another network namespace: a name from `ip netns` or a path.
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
+
+    /// No view: print a line per poll and per deviating teardown to stdout (like `top -b`).
+    #[arg(long)]
+    pub batch: bool,
+
+    /// Stop after this long (e.g. 30s, 5m, 1h); by default, run until q, Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "DURATION", value_parser = crate::clock::parse_duration)]
+    pub duration: Option<Duration>,
 }
 
 /// Runs `teardown top`: sock_diag, plus the eBPF tracer's deviating teardowns when it can be
@@ -217,10 +230,70 @@ pub fn run_with(
     }
     let mut app = App::new(source, args.history);
     app.set_tracer(teardowns.is_some(), tracer_note);
-    let result = tui::run(&mut app, rx, teardowns);
+    let signalled = stop_on_signals().context("cannot watch SIGINT/SIGTERM")?;
+    let until = args.duration.map(|d| Instant::now() + d);
+    let result = if args.batch {
+        tui::batch::run(
+            &mut app,
+            &rx,
+            teardowns.as_ref(),
+            &signalled,
+            until,
+            &mut std::io::stdout().lock(),
+        )
+        .context("writing to stdout")
+    } else {
+        tui::run(&mut app, rx, teardowns, &signalled, until).map_err(Into::into)
+    };
     stop.store(true, Ordering::Relaxed);
     let _ = collector.join();
-    result.map_err(Into::into)
+    result
+}
+
+/// A flag set on SIGINT or SIGTERM, watched from a thread of its own: the view or the batch
+/// loop then stops cleanly (terminal restored, output flushed) instead of being killed.
+fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = Arc::clone(&flag);
+    let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let (mut term, mut int) = match (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) {
+                    (Ok(t), Ok(i)) => (t, i),
+                    (Err(e), _) | (_, Err(e)) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                set.store(true, Ordering::Relaxed);
+            });
+        })?;
+    match ready_rx.recv() {
+        Ok(r) => r?,
+        Err(_) => anyhow::bail!("the signal thread ended before starting"),
+    }
+    Ok(flag)
 }
 
 fn collect_loop(mut c: Collector, tx: &Sender<Feed>, stop: &AtomicBool, interval: Duration) {

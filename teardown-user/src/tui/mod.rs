@@ -9,10 +9,12 @@
 //! `top` works in.
 
 pub mod app;
+pub mod batch;
 pub mod ui;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
@@ -74,15 +76,24 @@ pub fn drain(
     open
 }
 
-/// Runs the view until `q`. The terminal is restored when this returns, and by a panic hook if
-/// anything panics meanwhile.
+/// Runs the view until `q`, `stop` (a signal), or `until`. The terminal is restored when this
+/// returns, and by a panic hook if anything panics meanwhile.
 pub fn run(
     app: &mut App,
     reports: Receiver<Feed>,
     teardowns: Option<Receiver<String>>,
+    stop: &AtomicBool,
+    until: Option<Instant>,
 ) -> Result<(), TuiError> {
     let mut terminal = ratatui::try_init()?;
-    let result = event_loop(&mut terminal, app, &reports, teardowns.as_ref());
+    let result = event_loop(
+        &mut terminal,
+        app,
+        &reports,
+        teardowns.as_ref(),
+        stop,
+        until,
+    );
     ratatui::restore();
     result
 }
@@ -92,8 +103,13 @@ fn event_loop(
     app: &mut App,
     reports: &Receiver<Feed>,
     teardowns: Option<&Receiver<String>>,
+    stop: &AtomicBool,
+    until: Option<Instant>,
 ) -> Result<(), TuiError> {
-    while !app.should_quit {
+    while !app.should_quit
+        && !stop.load(Ordering::Relaxed)
+        && until.is_none_or(|u| Instant::now() < u)
+    {
         if !drain(app, reports, teardowns) && app.error.is_none() {
             app.poll_failed("the sock_diag collector stopped".into());
         }
@@ -228,6 +244,75 @@ mod tests {
         assert!(app.paused);
         app.on_key('q', false);
         assert!(app.should_quit);
+    }
+
+    #[test]
+    fn batch_prints_a_line_per_poll_and_per_teardown_until_stopped() {
+        let mut app = App::new("host", 10);
+        app.set_tracer(true, None);
+        let (rtx, rrx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel();
+        rtx.send(Feed::Report(Box::new(report(1_700_000_000_000, 6))))
+            .unwrap();
+        rtx.send(Feed::Report(Box::new(report(1_700_000_001_000, 8))))
+            .unwrap();
+        tx.send("10.0.0.1:40000 -> 10.0.0.9:443 RST in CLOSE_WAIT".to_string())
+            .unwrap();
+        // Stops at the deadline, with both polls and the teardown printed.
+        let mut out = Vec::new();
+        let until = std::time::Instant::now() + Duration::from_secs(1);
+        batch::run(
+            &mut app,
+            &rrx,
+            Some(&rx),
+            &AtomicBool::new(false),
+            Some(until),
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        // 1_700_000_000 s is 22:13:20 UTC.
+        assert!(lines[0].starts_with("22:13:20Z "), "{text}");
+        assert!(lines[0].contains(" TIME_WAIT=6 "), "{text}");
+        assert!(lines[0].contains(" CLOSE_WAIT=1 "), "{text}");
+        assert!(lines[0].contains("leaks 1 stuck 0"), "{text}");
+        assert!(lines[2].starts_with("22:13:21Z "), "{text}");
+        assert!(lines[2].contains(" TIME_WAIT=8 "), "{text}");
+        assert_eq!(
+            lines[1],
+            "teardown 10.0.0.1:40000 -> 10.0.0.9:443 RST in CLOSE_WAIT"
+        );
+        assert_eq!(app.history.len(), 2);
+
+        // A signal's flag stops it at once; a stopped collector is an error.
+        let mut out = Vec::new();
+        batch::run(&mut app, &rrx, None, &AtomicBool::new(true), None, &mut out).unwrap();
+        assert!(out.is_empty());
+        drop(rtx);
+        let e = batch::run(
+            &mut app,
+            &rrx,
+            None,
+            &AtomicBool::new(false),
+            None,
+            &mut out,
+        );
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn batch_says_why_teardowns_are_missing() {
+        let mut app = App::new("host", 10);
+        app.set_tracer(false, Some("eBPF tracer not attached: not root".into()));
+        let (_rtx, rrx) = std::sync::mpsc::channel::<Feed>();
+        let mut out = Vec::new();
+        batch::run(&mut app, &rrx, None, &AtomicBool::new(true), None, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "# deviating teardowns not shown: eBPF tracer not attached: not root\n"
+        );
     }
 
     #[test]

@@ -1,0 +1,93 @@
+//! `teardown top --batch`, run as a user would: a line per poll, a line per deviating teardown
+//! from its eBPF tracer, and a clean exit on SIGTERM.
+
+// A failed unwrap in a test is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use socket2::SockRef;
+use teardown_integration_tests::{cli, kernel};
+
+#[test]
+fn batch_mode_reports_polls_and_a_reset_then_stops_on_sigterm() {
+    if !kernel::available("batch_mode_reports_polls_and_a_reset_then_stops_on_sigterm") {
+        return;
+    }
+    let mut child = Command::new(cli::teardown_bin().unwrap())
+        .args(["top", "--batch", "--interval", "0.2", "--no-owners"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel::<String>();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for l in stdout.lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || lines.recv_timeout(Duration::from_secs(30)).unwrap();
+    // The tracer is attached before the first poll is printed.
+    let first = next();
+    assert!(first.contains(" TIME_WAIT="), "{first}");
+    assert!(
+        !first.starts_with('#'),
+        "the tracer did not attach: {first}"
+    );
+
+    // A connection aborted with SO_LINGER 0: a teardown that deviates.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let client = TcpStream::connect(addr).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    drop(server);
+
+    let ours = format!(":{} ", addr.port());
+    let (mut polls, mut resets) = (1, Vec::new());
+    // Bounded: the two ends' lines come within a settle time; 100 lines is ample.
+    for _ in 0..100 {
+        let l = next();
+        if l.starts_with("teardown ") && l.contains(&ours) {
+            resets.push(l);
+            if resets.len() == 2 {
+                break;
+            }
+        } else if l.contains(" TIME_WAIT=") {
+            polls += 1;
+        }
+    }
+    assert_eq!(
+        resets.len(),
+        2,
+        "both ends of the reset connection: {resets:?}"
+    );
+    assert!(
+        resets.iter().all(|l| l.contains("abort by RST: deviates")),
+        "{resets:?}"
+    );
+    assert!(polls >= 1);
+
+    // SAFETY: sending a signal to our own child.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    drop(lines);
+    reader.join().unwrap();
+}
