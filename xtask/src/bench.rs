@@ -14,10 +14,6 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -123,16 +119,6 @@ impl Peer {
     }
 }
 
-/// How top's back end is run.
-#[derive(Clone, Debug)]
-enum TopMode {
-    /// `teardown top` has no headless mode: `teardown timewait` (the same sock_diag collector,
-    /// one shot) every second, inside the churn's namespace.
-    TimewaitLoop,
-    /// No such subcommand in this build.
-    Missing,
-}
-
 /// One configuration in one round.
 #[derive(Clone, Debug, Default, Serialize)]
 struct Round {
@@ -205,12 +191,17 @@ struct ConfigSummary {
 
 #[derive(Clone, Debug, Default, Serialize)]
 struct HoldResult {
+    /// Loopback connections held open: both ends are on this host.
     connections: u64,
+    /// What the tracker holds for them: each end is a connection of its own (as in teardown's
+    /// output, where the two ends are `peer`s of each other).
+    tracked_connections: u64,
     rss_before_kib: u64,
     rss_with_kib: u64,
     anon_before_kib: u64,
     anon_with_kib: u64,
-    /// (RssAnon with - before) / connections: the agent's heap per open connection (both ends).
+    /// (RssAnon with - before) / tracked connections: the agent's heap per open tracked
+    /// connection.
     bytes_per_connection_anon: f64,
     /// Same from VmRSS (also counts ring-buffer pages touched by the burst of events).
     bytes_per_connection_rss: f64,
@@ -257,7 +248,6 @@ struct Ctx {
     work: PathBuf,
     args: BenchArgs,
     peer: Peer,
-    top: TopMode,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -301,13 +291,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
 
     let peer = choose_peer(args.peer, &work)?;
-    let top = top_mode(&teardown);
-    if matches!(top, TopMode::TimewaitLoop) {
-        println!(
-            "bench: `teardown top` has no headless mode: its back end is measured as \
-             `teardown timewait` (the same sock_diag collector) run every 1 s in the churn's namespace"
-        );
-    }
     if !bpfstats::available() {
         bail!("this kernel has no kernel.bpf_stats_enabled sysctl");
     }
@@ -328,7 +311,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         work: work.clone(),
         args: args.clone(),
         peer,
-        top,
     };
 
     let mut runs: Vec<Round> = Vec::new();
@@ -413,11 +395,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         seconds_per_round: args.seconds,
         churn_threads: args.threads,
         peer: ctx.peer.label().to_owned(),
-        top_back_end: match ctx.top {
-            TopMode::TimewaitLoop => "teardown timewait every 1 s (top has no headless mode)",
-            TopMode::Missing => "not measured: this build has neither top nor timewait",
-        }
-        .to_owned(),
+        top_back_end: TOP_BACK_END.to_owned(),
         events_per_connection: epc,
         summary,
         hold,
@@ -458,29 +436,8 @@ fn label(ctx: &Ctx, cfg: Config) -> String {
             "teardown trace --format jsonl -o FILE {}",
             ctx.args.trace_args.join(" ")
         ),
-        Config::Top => match ctx.top {
-            TopMode::TimewaitLoop => "top back end (teardown timewait, 1 s loop)".into(),
-            TopMode::Missing => "top back end (missing)".into(),
-        },
+        Config::Top => "teardown top --batch --netns CHURN".into(),
         Config::Peer => ctx.peer.label().into(),
-    }
-}
-
-fn top_mode(teardown: &Path) -> TopMode {
-    let help = Command::new(teardown)
-        .arg("--help")
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let has = |sub: &str| {
-        help.lines()
-            .any(|l| l.split_whitespace().next() == Some(sub))
-    };
-    if has("timewait") {
-        TopMode::TimewaitLoop
-    } else {
-        TopMode::Missing
     }
 }
 
@@ -584,6 +541,24 @@ fn start_trace(ctx: &Ctx, out: &Path, err: &Path) -> Result<Proc> {
     Ok(p)
 }
 
+/// What the top configuration runs, for the report.
+const TOP_BACK_END: &str = "teardown top --batch --interval 1 --netns (the churn's namespace): \
+its sock_diag collector, history, leak and pressure figures, as the view gets them; with \
+--netns, top does not load its eBPF tracer (a host-wide one), whose cost is the trace row's";
+
+/// In every line `top --batch` prints per poll.
+const TOP_POLL_LINE: &str = " TIME_WAIT=";
+
+fn start_top(ctx: &Ctx, churn_pid: i64, out: &Path, err: &Path) -> Result<Proc> {
+    let mut cmd = Command::new(&ctx.teardown);
+    cmd.args(["top", "--batch", "--interval", "1", "--netns"])
+        .arg(format!("/proc/{churn_pid}/ns/net"))
+        .stdin(Stdio::null())
+        .stdout(File::create(out)?)
+        .stderr(File::create(err)?);
+    Proc::spawn(&mut cmd, "teardown top --batch")
+}
+
 /// `summary: A connections reported (B seen), E events, L lost events` -> (E, L).
 fn parse_summary(stderr: &str) -> Option<(u64, u64)> {
     let line = stderr
@@ -633,78 +608,11 @@ fn peer_lines(path: &Path) -> Result<u64> {
 
 /// The top back end: `teardown timewait --format json` every second, in the churn's namespace,
 /// until `stop`. Returns (CPU seconds in all, peak RSS KiB, runs, failures).
-fn timewait_loop(
-    teardown: PathBuf,
-    netns: PathBuf,
-    err: PathBuf,
-    stop: Arc<AtomicBool>,
-    max_runs: u64,
-) -> (f64, u64, u64, u64) {
-    let (mut cpu, mut rss, mut runs, mut fails) = (0.0, 0, 0, 0);
-    while !stop.load(Ordering::Relaxed) && runs < max_runs {
-        let t0 = Instant::now();
-        let mut cmd = Command::new(&teardown);
-        cmd.args(["timewait", "--format", "json", "--netns"])
-            .arg(&netns)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        if let Ok(f) = File::options().create(true).append(true).open(&err) {
-            cmd.stderr(f);
-        }
-        runs += 1;
-        match Proc::spawn(&mut cmd, "teardown timewait")
-            .and_then(|mut p| p.wait_timeout(Duration::from_secs(20)))
-        {
-            Ok(e) => {
-                cpu += e.cpu_s;
-                rss = rss.max(e.maxrss_kib);
-                if !e.success() {
-                    fails += 1;
-                }
-            }
-            Err(_) => fails += 1,
-        }
-        // One poll per second, as top's default interval.
-        while t0.elapsed() < Duration::from_secs(1) && !stop.load(Ordering::Relaxed) {
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-    (cpu, rss, runs, fails)
-}
-
 enum Agent {
     None,
-    Trace {
-        p: Proc,
-        out: PathBuf,
-        err: PathBuf,
-    },
-    Peer {
-        p: Proc,
-        out: PathBuf,
-        err: PathBuf,
-    },
-    Loop {
-        stop: Arc<AtomicBool>,
-        handle: Option<thread::JoinHandle<(f64, u64, u64, u64)>>,
-    },
-}
-
-impl Agent {
-    fn stop_loop(&mut self) -> Option<(f64, u64, u64, u64)> {
-        if let Agent::Loop { stop, handle } = self {
-            stop.store(true, Ordering::Relaxed);
-            return handle.take().and_then(|h| h.join().ok());
-        }
-        None
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // Procs kill themselves when dropped; the loop thread is told to stop and joined.
-        self.stop_loop();
-    }
+    Trace { p: Proc, out: PathBuf, err: PathBuf },
+    Peer { p: Proc, out: PathBuf, err: PathBuf },
+    Top { p: Proc, out: PathBuf, err: PathBuf },
 }
 
 fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
@@ -743,32 +651,20 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
             wait_for_text(&mut p, &out, &err, PEER_HEADER, TRACER_START_TIMEOUT)?;
             Agent::Peer { p, out, err }
         }
-        Config::Top => match ctx.top {
-            TopMode::Missing => Agent::None,
-            TopMode::TimewaitLoop => {
-                let stop = Arc::new(AtomicBool::new(false));
-                let (td, ns, err, st) = (
-                    ctx.teardown.clone(),
-                    PathBuf::from(format!("/proc/{churn_pid}/ns/net")),
-                    ctx.work.join(format!("{tag}.err")),
-                    stop.clone(),
-                );
-                let max_runs = a.seconds as u64 + 30;
-                let handle = thread::Builder::new()
-                    .name("timewait-loop".into())
-                    .spawn(move || timewait_loop(td, ns, err, st, max_runs))
-                    .context("cannot start the timewait loop")?;
-                Agent::Loop {
-                    stop,
-                    handle: Some(handle),
-                }
-            }
-        },
+        Config::Top => {
+            let (out, err) = (
+                ctx.work.join(format!("{tag}.out")),
+                ctx.work.join(format!("{tag}.err")),
+            );
+            let mut p = start_top(ctx, churn_pid, &out, &err)?;
+            wait_for_text(&mut p, &out, &err, TOP_POLL_LINE, TRACER_START_TIMEOUT)?;
+            Agent::Top { p, out, err }
+        }
     };
     // Let the agent settle, then take its CPU baseline (start-up is not charged to the load).
     thread::sleep(Duration::from_millis(300));
     let cpu0 = match &agent {
-        Agent::Trace { p, .. } | Agent::Peer { p, .. } => p.cpu_now(),
+        Agent::Trace { p, .. } | Agent::Peer { p, .. } | Agent::Top { p, .. } => p.cpu_now(),
         _ => None,
     };
     churn.go()?;
@@ -806,11 +702,7 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
         Ok(e)
     };
     match &mut agent {
-        Agent::None => {
-            if cfg == Config::Top {
-                round.note = Some("teardown has no top/timewait subcommand in this build".into());
-            }
-        }
+        Agent::None => {}
         Agent::Trace { p, out, err } => {
             let e = finish(p, &mut round, true)?;
             let text = std::fs::read_to_string(&*err).unwrap_or_default();
@@ -852,18 +744,20 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
             }
             let _ = std::fs::remove_file(&*out);
         }
-        Agent::Loop { .. } => {
-            if let Some((cpu, rss, runs, fails)) = agent.stop_loop() {
-                round.agent_cpu_s = Some(cpu);
-                round.agent_cpu_pct = Some(100.0 * cpu / wall);
-                round.agent_peak_rss_kib = Some(rss);
-                round.note = Some(format!("{runs} polls, {fails} failed"));
-                if fails > 0 && fails == runs {
-                    let t = std::fs::read_to_string(ctx.work.join(format!("{tag}.err")))
-                        .unwrap_or_default();
-                    bail!("teardown timewait failed every time: {}", last_lines(&t, 3));
-                }
+        Agent::Top { p, out, err } => {
+            let e = finish(p, &mut round, false)?;
+            let text = std::fs::read_to_string(&*out).unwrap_or_default();
+            let polls = text.lines().filter(|l| l.contains(TOP_POLL_LINE)).count();
+            round.note = Some(format!("{polls} polls"));
+            if !e.success() {
+                let t = std::fs::read_to_string(&*err).unwrap_or_default();
+                bail!(
+                    "teardown top --batch failed ({}): {}",
+                    e.describe(),
+                    last_lines(&t, 3)
+                );
             }
+            let _ = std::fs::remove_file(&*out);
         }
     }
     Ok(round)
@@ -909,7 +803,8 @@ fn run_hold(ctx: &Ctx) -> Result<HoldResult> {
     }
     h.rss_with_kib = p.status_kib("VmRSS").unwrap_or(0);
     h.anon_with_kib = p.status_kib("RssAnon").unwrap_or(0);
-    let per = |a: u64, b: u64| (b.saturating_sub(a) as f64 * 1024.0) / h.connections as f64;
+    h.tracked_connections = 2 * h.connections;
+    let per = |a: u64, b: u64| (b.saturating_sub(a) as f64 * 1024.0) / h.tracked_connections as f64;
     h.bytes_per_connection_anon = per(h.anon_before_kib, h.anon_with_kib);
     h.bytes_per_connection_rss = per(h.rss_before_kib, h.rss_with_kib);
     churn.go()?; // release
@@ -1121,16 +1016,20 @@ fn markdown(r: &Report) -> String {
             None => {
                 let _ = writeln!(
                     s,
-                    "Memory: {} connections held open (both ends on this host) under `teardown trace`: \
-                     RSS {:.1} → {:.1} MiB, heap (RssAnon) {:.1} → {:.1} MiB: **{:.0} B per open \
-                     connection** (heap; {:.0} B by VmRSS, which also counts ring-buffer pages \
-                     touched by the burst); peak RSS {:.1} MiB; {} events, {} lost.",
+                    "Memory: {} loopback connections held open under `teardown trace`, both ends \
+                     on this host, so {} tracked connections (each end is one, as in the \
+                     output): RSS {:.1} → {:.1} MiB, heap (RssAnon) {:.1} → {:.1} MiB: **{:.0} B \
+                     per open tracked connection** ({:.0} B per loopback pair; heap; {:.0} B by \
+                     VmRSS, which also counts ring-buffer pages touched by the burst); peak RSS \
+                     {:.1} MiB; {} events, {} lost.",
                     thousands(h.connections as f64),
+                    thousands(h.tracked_connections as f64),
                     h.rss_before_kib as f64 / 1024.0,
                     h.rss_with_kib as f64 / 1024.0,
                     h.anon_before_kib as f64 / 1024.0,
                     h.anon_with_kib as f64 / 1024.0,
                     h.bytes_per_connection_anon,
+                    2.0 * h.bytes_per_connection_anon,
                     h.bytes_per_connection_rss,
                     h.peak_rss_kib as f64 / 1024.0,
                     h.events_seen.map_or("?".into(), |x| thousands(x as f64)),
