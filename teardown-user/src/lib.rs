@@ -15,6 +15,16 @@
 //! `record` writes events to a versioned file, `replay` feeds such a file through the same
 //! pipeline without a kernel.
 
+/// `eprintln!` that never panics: when standard error is a pipe whose reader went away, the
+/// agent must go on and flush its real output (stdout, `-o FILE`) rather than die on a note.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod clock;
 pub mod commands;
 pub mod diag;

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            teardown::say!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -81,7 +81,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     {
         Ok(rt) => rt.block_on(f),
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            teardown::say!("error: cannot start the async runtime: {e}");
             std::process::exit(1);
         }
     }

@@ -7,6 +7,7 @@
 use std::{
     io::Read,
     net::{TcpListener, TcpStream},
+    os::fd::FromRawFd,
     time::Duration,
 };
 
@@ -78,4 +79,69 @@ fn ctrl_c_flushes_everything() {
     if kernel::available("ctrl_c_flushes_everything") {
         stops_cleanly_on(libc::SIGINT);
     }
+}
+
+/// Standard error a pipe nobody reads any more (the reader exited): notes are lost, the trace
+/// is not. Without a line on stderr to wait for, connections are made until one shows up.
+#[test]
+fn a_closed_stderr_does_not_stop_tracing() {
+    if !kernel::available("a_closed_stderr_does_not_stop_tracing") {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let out = std::env::temp_dir().join(format!(
+        "teardown-closed-stderr-{}.jsonl",
+        std::process::id()
+    ));
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: a valid array of two fds for pipe(2) to fill.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both fds were just made by pipe(2) and are owned here.
+    let (reader, writer) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    drop(reader);
+    let mut child = std::process::Command::new(cli::teardown_bin().unwrap())
+        .args(["trace", "--format", "jsonl", "--port"])
+        .arg(addr.port().to_string())
+        .arg("-o")
+        .arg(&out)
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    let mut seen = false;
+    // Bounded: 150 connections, 200 ms apart, at most.
+    for _ in 0..150 {
+        let client = TcpStream::connect(addr).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        drop(client);
+        let mut buf = Vec::new();
+        server.read_to_end(&mut buf).unwrap();
+        drop(server);
+        std::thread::sleep(Duration::from_millis(200));
+        if std::fs::read_to_string(&out).is_ok_and(|t| t.contains("\"type\":\"connection\"")) {
+            seen = true;
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "teardown exited with its stderr closed"
+        );
+    }
+    assert!(seen, "no connection reached {}", out.display());
+    // SAFETY: sending a signal to our own child.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "summary", "{text}");
 }

@@ -46,7 +46,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         reader.header.wall_offset_ns,
     );
     if !reader.header.seq {
-        eprintln!("note: this recording has no sequence numbers: its sequence checks are skipped");
+        crate::say!(
+            "note: this recording has no sequence numbers: its sequence checks are skipped"
+        );
     }
     let mut skipped = 0u64;
     loop {
@@ -81,7 +83,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
     }
     let summary = pipeline.finish().context("cannot write the output")?;
     if args.output.output.is_some() || args.output.format != super::output::Format::Text {
-        eprintln!("{}", summary.to_text());
+        crate::say!("{}", summary.to_text());
     }
     Ok(summary)
 }

@@ -123,7 +123,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
             } => {}
         }
     };
-    eprintln!(
+    crate::say!(
         "tracing TCP teardowns (hook: {}{}); {}",
         probe.caps.hook,
         if probe.caps.seq {
@@ -140,7 +140,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     let summary = live(&mut probe, pipeline, recorder, timewait_poll, stop).await?;
     if args.output.output.is_some() || args.output.format != super::output::Format::Text {
         // The summary went to the output; say it on the terminal too.
-        eprintln!("{}", summary.to_text());
+        crate::say!("{}", summary.to_text());
     }
     Ok(summary)
 }
@@ -162,7 +162,7 @@ pub fn load(args: &TraceArgs) -> anyhow::Result<Probe> {
     };
     let probe = Probe::load(cfg).context("cannot start tracing")?;
     for note in &probe.caps.notes {
-        eprintln!("note: {note}");
+        crate::say!("note: {note}");
     }
     Ok(probe)
 }
@@ -374,7 +374,7 @@ fn watch_timewait(
             let mut watcher = match crate::join::TwWatcher::new() {
                 Ok(w) => w,
                 Err(e) => {
-                    eprintln!("note: timewait sockets are not followed: {e}");
+                    crate::say!("note: timewait sockets are not followed: {e}");
                     return;
                 }
             };
@@ -387,7 +387,7 @@ fn watch_timewait(
                         }
                     }
                     Err(e) => {
-                        eprintln!("note: timewait sockets are no longer followed: {e}");
+                        crate::say!("note: timewait sockets are no longer followed: {e}");
                         return;
                     }
                 }
@@ -397,7 +397,7 @@ fn watch_timewait(
             }
         });
     if let Err(e) = spawned {
-        eprintln!("note: timewait sockets are not followed: {e}");
+        crate::say!("note: timewait sockets are not followed: {e}");
     }
     (rx, stop)
 }

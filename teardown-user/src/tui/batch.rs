@@ -63,7 +63,7 @@ pub fn run(
                 writeln!(out, "{}", poll_line(&r))?;
                 app.update(*r);
             }
-            Ok(Feed::Error(e)) => eprintln!("teardown top: poll failed: {e}"),
+            Ok(Feed::Error(e)) => crate::say!("teardown top: poll failed: {e}"),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 out.flush()?;
