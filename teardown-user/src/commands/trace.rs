@@ -48,9 +48,50 @@ pub struct TraceArgs {
     /// Poll sock_diag (what `ss` uses) this often to follow the timewait sockets the traced
     /// connections leave behind — when each entered TIME_WAIT, timer restarts (a resent FIN),
     /// how it left — and to note the sockets already closing at start. 0 turns it off. Sees the
-    /// host's own network namespace only.
+    /// host's own network namespace, and those of --timewait-netns.
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = clock::parse_duration)]
     pub timewait_poll: Duration,
+    /// Also follow the timewait sockets of this network namespace (a name from `ip netns`, or a
+    /// path such as /proc/PID/ns/net of a container's process); repeat for several. The
+    /// tracepoints see every namespace; sock_diag answers for one at a time.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub timewait_netns: Vec<String>,
+}
+
+/// Which network namespaces' timewait sockets are followed, and how often.
+#[derive(Clone, Debug)]
+pub struct TimewaitFollow {
+    pub every: Duration,
+    /// Namespaces besides the process's own, as paths.
+    pub netns: Vec<PathBuf>,
+}
+
+impl TraceArgs {
+    /// The timewait sockets to follow; an error names a namespace that does not exist.
+    fn timewait_follow(&self) -> anyhow::Result<Option<TimewaitFollow>> {
+        if self.timewait_poll.is_zero() {
+            if !self.timewait_netns.is_empty() {
+                anyhow::bail!("--timewait-netns needs --timewait-poll above 0");
+            }
+            return Ok(None);
+        }
+        let mut netns = Vec::with_capacity(self.timewait_netns.len());
+        for name in &self.timewait_netns {
+            let path = crate::diag::netns::path_for(name);
+            if !path.exists() {
+                anyhow::bail!(
+                    "--timewait-netns {name}: no network namespace at {} (see `ip netns list`, \
+                     or give /proc/PID/ns/net of a process inside it)",
+                    path.display()
+                );
+            }
+            netns.push(path);
+        }
+        Ok(Some(TimewaitFollow {
+            every: self.timewait_poll,
+            netns,
+        }))
+    }
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -84,6 +125,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     // ends the trace cleanly, with its output flushed.
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let timewait = args.timewait_follow()?;
     let mut probe = load(&args)?;
     let wall_offset_ns = clock::wall_offset_ns();
     let recorder = match &record {
@@ -136,8 +178,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
             None => "stop with Ctrl-C".to_owned(),
         }
     );
-    let timewait_poll = (!args.timewait_poll.is_zero()).then_some(args.timewait_poll);
-    let summary = live(&mut probe, pipeline, recorder, timewait_poll, stop).await?;
+    let summary = live(&mut probe, pipeline, recorder, timewait, stop).await?;
     if args.output.output.is_some() || args.output.format != super::output::Format::Text {
         // The summary went to the output; say it on the terminal too.
         crate::say!("{}", summary.to_text());
@@ -175,18 +216,17 @@ pub async fn live(
     probe: &mut Probe,
     mut pipeline: Pipeline,
     mut recorder: Option<Recorder>,
-    timewait_poll: Option<Duration>,
+    timewait: Option<TimewaitFollow>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let mut stream = probe.events().context("cannot read the ring buffer")?;
-    let (mut tw_rx, tw_stop) = match timewait_poll {
-        Some(every) => {
-            let (rx, stop) = watch_timewait(every);
+    let (mut tw_rx, tw_stop) = match timewait {
+        Some(follow) => {
+            let (rx, stop) = watch_timewait(&follow);
             (Some(rx), Some(stop))
         }
         None => (None, None),
     };
-    let mut seeded = false;
     let (tx, mut rx) = mpsc::channel::<Batch>(256);
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
@@ -282,9 +322,8 @@ pub async fn live(
                     None => std::future::pending().await,
                 }
             } => {
-                let (facts, closing) = polled;
-                if !seeded {
-                    seeded = true;
+                let Polled { facts, closing_at_start } = polled;
+                if let Some(closing) = closing_at_start {
                     pipeline.seed(&closing);
                 }
                 let mut r = Ok(());
@@ -354,50 +393,83 @@ pub async fn live(
 /// How far the settle clock is held back behind real time in a live trace.
 const TICK_LAG_NS: u64 = 500_000_000;
 
-type Polled = (Vec<crate::join::TwFact>, Vec<crate::join::Closing>);
+/// One sock_diag poll of one network namespace.
+struct Polled {
+    facts: Vec<crate::join::TwFact>,
+    /// The sockets closing at that moment, on the namespace's first poll only (they seed the
+    /// tracker: connections first seen mid-teardown).
+    closing_at_start: Option<Vec<crate::join::Closing>>,
+}
 
-/// Polls sock_diag on its own thread (a dump can take milliseconds on a busy host; the ring
-/// buffer must not wait for it). Problems are reported once and end the polling, not the trace.
+/// Polls sock_diag on threads of its own, one per network namespace (a dump can take
+/// milliseconds on a busy host; the ring buffer must not wait for it). Problems are reported
+/// once and end the polling of that namespace, not the trace.
 fn watch_timewait(
-    every: Duration,
+    follow: &TimewaitFollow,
 ) -> (
     mpsc::Receiver<Polled>,
     std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
-    use std::sync::atomic::Ordering;
     let (tx, rx) = mpsc::channel::<Polled>(16);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let spawned = std::thread::Builder::new()
-        .name("sock_diag".into())
-        .spawn(move || {
-            let mut watcher = match crate::join::TwWatcher::new() {
-                Ok(w) => w,
-                Err(e) => {
-                    crate::say!("note: timewait sockets are not followed: {e}");
-                    return;
-                }
-            };
-            while !stop2.load(Ordering::Relaxed) {
-                let started = std::time::Instant::now();
-                match watcher.poll() {
-                    Ok(polled) => {
-                        if tx.blocking_send(polled).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        crate::say!("note: timewait sockets are no longer followed: {e}");
-                        return;
-                    }
-                }
-                while started.elapsed() < every && !stop2.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(20).min(every));
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        crate::say!("note: timewait sockets are not followed: {e}");
+    let namespaces = std::iter::once(None).chain(follow.netns.iter().cloned().map(Some));
+    for netns in namespaces {
+        let (tx, stop, every) = (tx.clone(), stop.clone(), follow.every);
+        let spawned = std::thread::Builder::new()
+            .name("sock_diag".into())
+            .spawn(move || poll_timewait(netns, every, &tx, &stop));
+        if let Err(e) = spawned {
+            crate::say!("note: timewait sockets are not followed: {e}");
+        }
     }
     (rx, stop)
+}
+
+/// The loop of one [`watch_timewait`] thread, in `netns` (None: the process's own).
+fn poll_timewait(
+    netns: Option<PathBuf>,
+    every: Duration,
+    tx: &mpsc::Sender<Polled>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    use std::sync::atomic::Ordering;
+    let where_ = netns
+        .as_ref()
+        .map(|p| format!(" in {}", p.display()))
+        .unwrap_or_default();
+    if let Some(path) = &netns {
+        if let Err(e) = crate::diag::netns::enter(path) {
+            crate::say!("note: timewait sockets{where_} are not followed: {e}");
+            return;
+        }
+    }
+    let mut watcher = match crate::join::TwWatcher::new() {
+        Ok(w) => w,
+        Err(e) => {
+            crate::say!("note: timewait sockets{where_} are not followed: {e}");
+            return;
+        }
+    };
+    let mut first = true;
+    while !stop.load(Ordering::Relaxed) {
+        let started = std::time::Instant::now();
+        match watcher.poll() {
+            Ok((facts, closing)) => {
+                let polled = Polled {
+                    facts,
+                    closing_at_start: std::mem::take(&mut first).then_some(closing),
+                };
+                if tx.blocking_send(polled).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                crate::say!("note: timewait sockets{where_} are no longer followed: {e}");
+                return;
+            }
+        }
+        while started.elapsed() < every && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20).min(every));
+        }
+    }
 }

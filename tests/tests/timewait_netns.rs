@@ -1,0 +1,112 @@
+//! `teardown trace --timewait-netns`: the tracepoints see connections of every network
+//! namespace, and the timewait socket a connection leaves behind in another namespace is
+//! followed too when that namespace is named (sock_diag answers for one namespace at a time).
+
+// A failed unwrap in a test is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::Read,
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+};
+
+use teardown_integration_tests::{cli, kernel, netns::Netns};
+
+/// A connection inside `ns` whose client closes first and ends in TIME_WAIT there; returns
+/// the client's address.
+fn client_enters_time_wait(ns: &Netns, port: u16) -> SocketAddr {
+    ns.run(|| {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let local = client.local_addr().unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut buf = Vec::new();
+        server.read_to_end(&mut buf).unwrap();
+        drop(server);
+        client.read_to_end(&mut buf).unwrap();
+        local
+    })
+}
+
+/// Traces `port` for 3 s with `extra` arguments while the connection is made in `ns`; returns
+/// the client's timeline and the timewait facts joined to it.
+fn trace(ns: &Netns, port: u16, extra: &[&str]) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let port_s = port.to_string();
+    let mut args = vec![
+        "trace",
+        "--format",
+        "jsonl",
+        "--duration",
+        "3s",
+        "--port",
+        &port_s,
+        "--timewait-poll",
+        "200ms",
+    ];
+    args.extend_from_slice(extra);
+    let mut child = cli::start_tracing(&args).unwrap();
+    let client = client_enters_time_wait(ns, port);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let timeline = lines
+        .iter()
+        .find(|v| v["type"] == "connection" && v["local"] == client.to_string())
+        .unwrap_or_else(|| panic!("no timeline for {client}: {out}"))
+        .clone();
+    let facts = lines
+        .iter()
+        .filter(|v| v["type"] == "timewait" && v["id"] == timeline["id"])
+        .cloned()
+        .collect();
+    (timeline, facts)
+}
+
+#[test]
+fn timewait_sockets_of_a_named_namespace_join_their_connection() {
+    if !kernel::available("timewait_sockets_of_a_named_namespace_join_their_connection") {
+        return;
+    }
+    let ns = Netns::new("td-twns").unwrap();
+    // Two ports, so the second connection does not meet the first one's TIME_WAIT.
+    let (followed, unfollowed) = (24_701, 24_702);
+
+    let (timeline, facts) = trace(&ns, followed, &["--timewait-netns", ns.name()]);
+    assert_eq!(timeline["verdict"]["role"], "active_closer", "{timeline:#}");
+    assert_eq!(timeline["verdict"]["time_wait"], "entered", "{timeline:#}");
+    assert!(
+        facts
+            .iter()
+            .any(|f| f["fact"] == "entered" && f["state"] == "TIME_WAIT"),
+        "{facts:#?}"
+    );
+
+    // Without the option the connection is still traced, but its timewait socket is not seen.
+    let (timeline, facts) = trace(&ns, unfollowed, &[]);
+    assert_eq!(timeline["verdict"]["time_wait"], "entered", "{timeline:#}");
+    assert!(facts.is_empty(), "{facts:#?}");
+}
+
+#[test]
+fn an_unknown_namespace_is_refused_before_tracing() {
+    let out = std::process::Command::new(cli::teardown_bin().unwrap())
+        .args(["trace", "--timewait-netns", "no-such-namespace-here"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--timewait-netns no-such-namespace-here: no network namespace at"),
+        "{err}"
+    );
+}
