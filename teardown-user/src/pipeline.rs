@@ -155,6 +155,14 @@ impl Summary {
     }
 }
 
+/// Running totals of a live pipeline (see [`Pipeline::progress`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub events: u64,
+    pub lost_events: u64,
+    pub open_connections: u64,
+}
+
 pub struct Pipeline {
     tracker: Tracker,
     filter: Filter,
@@ -251,6 +259,15 @@ impl Pipeline {
     /// A sink failed (e.g. the output pipe closed); the trace should stop.
     pub fn failed(&self) -> bool {
         self.error.is_some()
+    }
+
+    /// Kernel events taken in, the kernel's lost-event total, and connections open now.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            events: self.tracker.stats().events,
+            lost_events: self.summary.lost_events,
+            open_connections: self.tracker.open_count() as u64,
+        }
     }
 
     /// Ends the trace: connections still open are reported, the summary is written, sinks are

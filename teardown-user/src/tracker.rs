@@ -255,6 +255,11 @@ impl Tracker {
         self.open.values()
     }
 
+    /// How many connections are open now.
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
     /// The kernel's loss counter read `total` at monotonic time `to_ns`, having read less at
     /// `from_ns`: events were lost in between. Connections open now, and any connection whose
     /// events span that window (the pipeline may lag behind the kernel), may miss events.

@@ -32,6 +32,11 @@ pub fn teardown_bin() -> io::Result<PathBuf> {
 /// Its stdout is piped; its stderr is read up to that line, then drained on a thread so that
 /// the agent can still write its summary there.
 pub fn start_tracing(args: &[&str]) -> io::Result<Child> {
+    start_tracing_saying(args).map(|(child, _)| child)
+}
+
+/// [`start_tracing`], and the lines teardown wrote on stderr before the "tracing" one.
+pub fn start_tracing_saying(args: &[&str]) -> io::Result<(Child, Vec<String>)> {
     let mut child = Command::new(teardown_bin()?)
         .args(args)
         .stdout(Stdio::piped())
@@ -43,17 +48,25 @@ pub fn start_tracing(args: &[&str]) -> io::Result<Child> {
         .ok_or_else(|| io::Error::other("no stderr"))?;
     let mut stderr = BufReader::new(stderr);
     let mut line = String::new();
+    let mut before = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !line.starts_with("tracing") {
+    loop {
         line.clear();
         if stderr.read_line(&mut line)? == 0 {
-            return Err(io::Error::other("teardown exited before tracing"));
+            return Err(io::Error::other(format!(
+                "teardown exited before tracing: {}",
+                before.join(" | ")
+            )));
         }
+        if line.starts_with("tracing") {
+            break;
+        }
+        before.push(line.trim_end().to_owned());
         if Instant::now() > deadline {
             let _ = child.kill();
             return Err(io::Error::other("teardown did not start tracing in 30 s"));
         }
     }
     std::thread::spawn(move || io::copy(&mut stderr, &mut io::sink()));
-    Ok(child)
+    Ok((child, before))
 }

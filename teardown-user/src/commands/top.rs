@@ -153,7 +153,8 @@ impl TracerFeed {
                     let stop = async move {
                         let _ = stop_rx.await;
                     };
-                    if let Err(e) = super::trace::live(&mut probe, pipeline, None, None, stop).await
+                    if let Err(e) =
+                        super::trace::live(&mut probe, pipeline, None, None, None, stop).await
                     {
                         log::warn!("the tracer behind `top` stopped: {e:#}");
                     }

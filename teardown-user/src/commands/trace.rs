@@ -5,7 +5,7 @@
 //! makes the ring buffer fill, and the kernel counts what it could not deliver: loss is
 //! reported, never silent.
 
-use std::{fs::File, io::BufWriter, path::PathBuf, time::Duration};
+use std::{fs::File, io::BufWriter, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
@@ -20,6 +20,7 @@ use crate::{
     kernel::{Hook, Probe, ProbeConfig},
     pipeline::{Pipeline, Summary},
     recording::{self, Record},
+    sink::{Metrics, MetricsSink},
 };
 
 #[derive(Clone, Debug, clap::Args)]
@@ -56,6 +57,11 @@ pub struct TraceArgs {
     /// tracepoints see every namespace; sock_diag answers for one at a time.
     #[arg(long, value_name = "NAME|PATH")]
     pub timewait_netns: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics while tracing: connections by role,
+    /// variant and conformance, findings, time in each closing state, timewait facts, kernel
+    /// events and losses. E.g. 127.0.0.1:9464; port 0 picks a free one (the address is said).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Which network namespaces' timewait sockets are followed, and how often.
@@ -145,11 +151,21 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         }
         None => None,
     };
-    let sink = args.output.sink()?;
+    let mut sinks = vec![args.output.sink()?];
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let m = Arc::new(Metrics::new());
+            let server = crate::sink::metrics::serve(addr, Arc::clone(&m))?;
+            crate::say!("metrics at http://{}/metrics", server.addr);
+            sinks.push(Box::new(MetricsSink::new(Arc::clone(&m))));
+            Some((m, server))
+        }
+        None => None,
+    };
     let pipeline = Pipeline::new(
         args.filters.tracker(),
         args.filters.filter(),
-        vec![sink],
+        sinks,
         wall_offset_ns,
     );
     let duration = args.duration;
@@ -178,7 +194,10 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
             None => "stop with Ctrl-C".to_owned(),
         }
     );
-    let summary = live(&mut probe, pipeline, recorder, timewait, stop).await?;
+    let live_metrics = metrics.as_ref().map(|(m, _)| Arc::clone(m));
+    let summary = live(&mut probe, pipeline, recorder, timewait, live_metrics, stop).await?;
+    // The endpoint stays up until the summary is in it: a last scrape sees the final figures.
+    drop(metrics);
     if args.output.output.is_some() || args.output.format != super::output::Format::Text {
         // The summary went to the output; say it on the terminal too.
         crate::say!("{}", summary.to_text());
@@ -217,6 +236,7 @@ pub async fn live(
     mut pipeline: Pipeline,
     mut recorder: Option<Recorder>,
     timewait: Option<TimewaitFollow>,
+    metrics: Option<Arc<Metrics>>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let mut stream = probe.events().context("cannot read the ring buffer")?;
@@ -314,6 +334,10 @@ pub async fn live(
                 // Hand on what settled, by a clock held back behind the reader (which may lag
                 // the kernel by a batch): live output then matches a replay of the recording.
                 pipeline.tick(clock::monotonic_ns().saturating_sub(TICK_LAG_NS));
+                if let Some(m) = &metrics {
+                    let p = pipeline.progress();
+                    m.set_totals(p.events, p.lost_events, p.open_connections);
+                }
                 r
             }
             Some(polled) = async {

@@ -2,12 +2,14 @@
 
 mod channel;
 mod jsonl;
+pub mod metrics;
 mod text;
 
 use std::{io, net::SocketAddr};
 
 pub use channel::DeviationLines;
 pub use jsonl::JsonlSink;
+pub use metrics::{Metrics, MetricsSink};
 pub use text::TextSink;
 
 use crate::{join::TimewaitNote, pipeline::Summary, tracker::Connection, validate::Verdict};

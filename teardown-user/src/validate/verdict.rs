@@ -59,6 +59,18 @@ impl Role {
         }
     }
 
+    /// The name in JSON and in metric labels.
+    pub fn code(self) -> &'static str {
+        match self {
+            Role::ActiveCloser => "active_closer",
+            Role::PassiveCloser => "passive_closer",
+            Role::Simultaneous => "simultaneous",
+            Role::NeverEstablished => "never_established",
+            Role::Listener => "listener",
+            Role::Unknown => "unknown",
+        }
+    }
+
     fn doc_side(self) -> Option<DocSide> {
         match self {
             Role::ActiveCloser | Role::Simultaneous => Some(DocSide::Active),

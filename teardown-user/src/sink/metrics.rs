@@ -1,0 +1,360 @@
+//! Prometheus metrics: what the trace judged, counted, for a scraper to collect.
+//!
+//! [`MetricsSink`] counts each reported connection (by role, variant and conformance), each
+//! finding, the time spent in each closing state, and the timewait facts; the trace loop adds
+//! the kernel's event and loss totals with [`Metrics::set_totals`]. [`serve`] answers
+//! `GET /metrics` in Prometheus' text format from a thread of its own, so that a scrape never
+//! waits on, or holds up, the event path.
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+use super::{Report, Sink};
+use crate::{
+    join::{TimewaitNote, TwLeft, TwWhat},
+    pipeline::Summary,
+    validate::Conformance,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    role: &'static str,
+    variant: &'static str,
+    conformance: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FindingLabels {
+    finding: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FactLabels {
+    fact: &'static str,
+}
+
+/// The registry and its metrics, shared by the sink, the trace loop and the HTTP thread.
+pub struct Metrics {
+    registry: Registry,
+    connections: Family<ConnectionLabels, Counter>,
+    findings: Family<FindingLabels, Counter>,
+    closing_seconds: Family<StateLabels, Histogram>,
+    timewait_facts: Family<FactLabels, Counter>,
+    events: Counter,
+    lost_events: Counter,
+    open_connections: Gauge,
+}
+
+/// Time in a closing state: 100 µs to about 30 min, by factors of 4.
+fn closing_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-4, 4.0, 13))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("teardown");
+        let connections = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "connections",
+            "Connections reported, by role, teardown variant and conformance to the documented \
+             close sequence",
+            connections.clone(),
+        );
+        let findings = Family::<FindingLabels, Counter>::default();
+        registry.register(
+            "findings",
+            "Deviations from the documented close sequence, by finding",
+            findings.clone(),
+        );
+        let closing_seconds =
+            Family::<StateLabels, Histogram>::new_with_constructor(closing_histogram as fn() -> _);
+        registry.register(
+            "closing_state_seconds",
+            "Time reported connections spent in each closing state",
+            closing_seconds.clone(),
+        );
+        let timewait_facts = Family::<FactLabels, Counter>::default();
+        registry.register(
+            "timewait_facts",
+            "What sock_diag showed of reported connections' timewait sockets: entered, timer \
+             restarted, expired, reused, killed",
+            timewait_facts.clone(),
+        );
+        let events = Counter::default();
+        registry.register(
+            "kernel_events",
+            "State changes, retransmissions and resets received from the kernel",
+            events.clone(),
+        );
+        let lost_events = Counter::default();
+        registry.register(
+            "kernel_lost_events",
+            "Events the kernel could not deliver (ring buffer full)",
+            lost_events.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Connections being tracked now (not closed yet)",
+            open_connections.clone(),
+        );
+        Metrics {
+            registry,
+            connections,
+            findings,
+            closing_seconds,
+            timewait_facts,
+            events,
+            lost_events,
+            open_connections,
+        }
+    }
+
+    /// The kernel's running totals and the tracker's open connections, as the trace loop
+    /// knows them. Counters only move forward.
+    pub fn set_totals(&self, events: u64, lost_events: u64, open_connections: u64) {
+        let forward = |c: &Counter, total: u64| {
+            let now = c.get();
+            if total > now {
+                c.inc_by(total - now);
+            }
+        };
+        forward(&self.events, events);
+        forward(&self.lost_events, lost_events);
+        self.open_connections
+            .set(i64::try_from(open_connections).unwrap_or(i64::MAX));
+    }
+
+    /// Prometheus' text exposition format.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut s, &self.registry);
+        s
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The sink that feeds [`Metrics`].
+pub struct MetricsSink {
+    metrics: Arc<Metrics>,
+}
+
+impl MetricsSink {
+    pub fn new(metrics: Arc<Metrics>) -> MetricsSink {
+        MetricsSink { metrics }
+    }
+}
+
+impl Sink for MetricsSink {
+    fn connection(&mut self, report: &Report<'_>) -> io::Result<()> {
+        let v = report.verdict;
+        let m = &self.metrics;
+        m.connections
+            .get_or_create(&ConnectionLabels {
+                role: v.role.code(),
+                variant: v.variant.name(),
+                conformance: match v.conformance {
+                    Conformance::Conforms => "conforms",
+                    Conformance::Deviates => "deviates",
+                    Conformance::Incomplete => "incomplete",
+                },
+            })
+            .inc();
+        for f in &v.findings {
+            m.findings
+                .get_or_create(&FindingLabels { finding: f.code })
+                .inc();
+        }
+        for t in &v.closing_times {
+            m.closing_seconds
+                .get_or_create(&StateLabels {
+                    state: t.state.name(),
+                })
+                .observe(t.ns as f64 / 1e9);
+        }
+        Ok(())
+    }
+
+    fn timewait(&mut self, note: &TimewaitNote) -> io::Result<()> {
+        let fact = match note.fact.what {
+            TwWhat::Entered { .. } => "entered",
+            TwWhat::Restarted { .. } => "restarted",
+            TwWhat::Left { how, .. } => match how {
+                TwLeft::Expired => "expired",
+                TwLeft::Reused => "reused",
+                TwLeft::Killed => "killed",
+            },
+        };
+        self.metrics
+            .timewait_facts
+            .get_or_create(&FactLabels { fact })
+            .inc();
+        Ok(())
+    }
+
+    fn finish(&mut self, summary: &Summary) -> io::Result<()> {
+        self.metrics
+            .set_totals(summary.events, summary.lost_events, 0);
+        Ok(())
+    }
+}
+
+/// Errors of the metrics endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot serve metrics on {addr}: {source} (is the address in use, or not one of this host's?)"
+)]
+pub struct ServeError {
+    addr: SocketAddr,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// The metrics endpoint, until dropped.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Where it listens (the port the kernel chose when asked for port 0).
+    pub addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves `GET /metrics` at `addr` from a thread of its own.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Server, ServeError> {
+    let server = tiny_http::Server::http(addr).map_err(|source| ServeError { addr, source })?;
+    let bound = server.server_addr().to_ip().unwrap_or(addr);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                // Wakes up now and then to see the stop flag.
+                let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(200)) else {
+                    continue;
+                };
+                let response = if req.url() == "/metrics" || req.url().starts_with("/metrics?") {
+                    let content_type = tiny_http::Header::from_bytes(
+                        "Content-Type",
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    );
+                    let r = tiny_http::Response::from_string(metrics.encode());
+                    match content_type {
+                        Ok(h) => r.with_header(h),
+                        Err(()) => r,
+                    }
+                } else {
+                    tiny_http::Response::from_string("teardown: metrics are at /metrics\n")
+                        .with_status_code(404)
+                };
+                // A scraper that went away is its own problem.
+                let _ = req.respond(response);
+            }
+        })
+        .map_err(|e| ServeError {
+            addr,
+            source: Box::new(e),
+        })?;
+    Ok(Server {
+        stop,
+        thread: Some(thread),
+        addr: bound,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::join::{TwFact, TwState};
+
+    #[test]
+    fn role_labels_are_the_json_names() {
+        use crate::validate::Role;
+        for r in [
+            Role::ActiveCloser,
+            Role::PassiveCloser,
+            Role::Simultaneous,
+            Role::NeverEstablished,
+            Role::Listener,
+            Role::Unknown,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.code());
+        }
+    }
+
+    #[test]
+    fn totals_only_move_forward_and_timewait_facts_are_counted() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_totals(10, 0, 3);
+        metrics.set_totals(7, 2, 1);
+        let mut sink = MetricsSink::new(Arc::clone(&metrics));
+        let fact = |what| TimewaitNote {
+            id: 1,
+            fact: TwFact {
+                local: "127.0.0.1:1".parse().unwrap(),
+                remote: "127.0.0.1:2".parse().unwrap(),
+                at_ms: 0,
+                what,
+            },
+        };
+        sink.timewait(&fact(TwWhat::Entered {
+            state: TwState::TimeWait,
+            entered_ms: 0,
+        }))
+        .unwrap();
+        sink.timewait(&fact(TwWhat::Left {
+            how: TwLeft::Reused,
+            entered_ms: 0,
+            restarts: 0,
+        }))
+        .unwrap();
+        let text = metrics.encode();
+        for want in [
+            "teardown_kernel_events_total 10\n",
+            "teardown_kernel_lost_events_total 2\n",
+            "teardown_open_connections 1\n",
+            "teardown_timewait_facts_total{fact=\"entered\"} 1\n",
+            "teardown_timewait_facts_total{fact=\"reused\"} 1\n",
+        ] {
+            assert!(text.contains(want), "no {want:?} in\n{text}");
+        }
+    }
+}
