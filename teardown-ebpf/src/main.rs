@@ -357,6 +357,11 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     let oldstate: i32 = ctx.arg(1);
     let newstate: i32 = ctx.arg(2);
+    // Never null here, but some kernels type tracepoint arguments as maybe-null, and the
+    // verifier then wants the check before the pointer goes to a helper.
+    if sk.is_null() {
+        return 0;
+    }
     let offs = offsets();
     let Some(fields) = Fields::of_btf_sock(sk, &offs) else {
         return 0;

@@ -66,6 +66,43 @@ pub enum KernelError {
     },
 }
 
+impl KernelError {
+    /// When the verifier refused a program: the line of its log that says why (the whole log,
+    /// often thousands of lines, goes to the debug log instead).
+    pub fn verifier_refusal(&self) -> Option<String> {
+        let KernelError::Program {
+            source:
+                aya::programs::ProgramError::LoadError {
+                    io_error,
+                    verifier_log,
+                },
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let log = verifier_log.to_string();
+        Some(match verifier_reason(&log) {
+            Some(line) => format!("{io_error}: {line}"),
+            None => io_error.to_string(),
+        })
+    }
+}
+
+/// The verifier's reason in its log: the last line before its closing statistics.
+fn verifier_reason(log: &str) -> Option<&str> {
+    const STATS: [&str; 4] = [
+        "processed ",
+        "verification time",
+        "stack depth",
+        "-- END PROG LOAD LOG --",
+    ];
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !STATS.iter().any(|s| l.starts_with(s)))
+}
+
 /// Options of the kernel side.
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
@@ -191,10 +228,12 @@ impl Probe {
         let direct = cfg.direct_loads && kernel_btf.is_some();
         let (mut ebpf, direct) = match plan.load_and_attach(&cfg, direct, &mut caps) {
             Ok(ebpf) => (ebpf, direct),
-            Err(e) if direct => {
+            Err(e) if direct && e.verifier_refusal().is_some() => {
+                let reason = e.verifier_refusal().unwrap_or_default();
+                log::debug!("verifier refusal of the plain-load programs: {e}");
                 caps.notes.push(format!(
-                    "the verifier refused plain loads of socket fields ({e}); reading them with \
-                     bpf_probe_read_kernel, which costs more per event"
+                    "the verifier refused plain loads of socket fields ({reason}); reading them \
+                     with bpf_probe_read_kernel, which costs more per event"
                 ));
                 (plan.load_and_attach(&cfg, false, &mut caps)?, false)
             }
@@ -299,10 +338,14 @@ impl Plan<'_> {
                 ("tcp_receive_reset_btf", "tcp_receive_reset"),
             ] {
                 match attach_btf(&mut ebpf, prog, tp, kbtf) {
-                    // These share the plain loads of the state program: a refusal here is
-                    // worth the retry with probe reads too.
-                    Err(e) if direct => return Err(e),
-                    Err(e) => missing.push(format!("{tp} is not traced: {e}")),
+                    // These share the plain loads of the state program: a verifier refusal
+                    // here is worth the retry with probe reads too.
+                    Err(e) if direct && e.verifier_refusal().is_some() => return Err(e),
+                    Err(e) => {
+                        log::debug!("{tp}: {e}");
+                        let why = e.verifier_refusal().unwrap_or_else(|| e.to_string());
+                        missing.push(format!("{tp} is not traced: {why}"));
+                    }
                     Ok(()) => {}
                 }
             }
@@ -359,4 +402,22 @@ fn attach_btf(
         source,
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verifier_reason;
+
+    #[test]
+    fn the_verifier_reason_is_the_line_before_the_statistics() {
+        let log = "0: R1=ctx() R10=fp0\n; @ main.rs:300\n12: (61) r2 = *(u32 *)(r1 +1200)\n\
+                   access beyond struct sock at off 1200 size 4\n\
+                   processed 12 insns (limit 1000000) max_states_per_insn 0\n\
+                   stack depth 104\n\n";
+        assert_eq!(
+            verifier_reason(log),
+            Some("access beyond struct sock at off 1200 size 4")
+        );
+        assert_eq!(verifier_reason("\n\n"), None);
+    }
 }
