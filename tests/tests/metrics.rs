@@ -88,10 +88,11 @@ fn metrics_count_the_judged_teardowns() {
     }
     assert!(text.starts_with("HTTP/1."), "{text}");
     assert!(
-        text.contains("Content-Type: text/plain; version=0.0.4"),
+        text.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
         "{text}"
     );
     assert_eq!(reported(&text), 4.0, "{text}");
+    assert!(text.trim_end().ends_with("# EOF"), "not OpenMetrics: {text}");
     let aborted = |role: &str| {
         sample(
             &text,

@@ -81,17 +81,28 @@ impl TraceArgs {
             }
             return Ok(None);
         }
+        // A namespace is followed once: the same one named twice, or our own, would double
+        // every fact. Namespace files are told apart by device and inode.
+        let id = |p: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt as _;
+            std::fs::metadata(p).map(|m| (m.dev(), m.ino()))
+        };
+        let mut seen = vec![id(std::path::Path::new("/proc/self/ns/net"))
+            .context("cannot read this process's network namespace")?];
         let mut netns = Vec::with_capacity(self.timewait_netns.len());
         for name in &self.timewait_netns {
             let path = crate::diag::netns::path_for(name);
-            if !path.exists() {
+            let Ok(ns) = id(&path) else {
                 anyhow::bail!(
                     "--timewait-netns {name}: no network namespace at {} (see `ip netns list`, \
                      or give /proc/PID/ns/net of a process inside it)",
                     path.display()
                 );
+            };
+            if !seen.contains(&ns) {
+                seen.push(ns);
+                netns.push(path);
             }
-            netns.push(path);
         }
         Ok(Some(TimewaitFollow {
             every: self.timewait_poll,
@@ -196,7 +207,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     );
     let live_metrics = metrics.as_ref().map(|(m, _)| Arc::clone(m));
     let summary = live(&mut probe, pipeline, recorder, timewait, live_metrics, stop).await?;
-    // The endpoint stays up until the summary is in it: a last scrape sees the final figures.
+    // The endpoint closes with the trace.
     drop(metrics);
     if args.output.output.is_some() || args.output.format != super::output::Format::Text {
         // The summary went to the output; say it on the terminal too.
@@ -333,11 +344,12 @@ pub async fn live(
                 let r = check_lost(&mut pipeline, &mut recorder);
                 // Hand on what settled, by a clock held back behind the reader (which may lag
                 // the kernel by a batch): live output then matches a replay of the recording.
-                pipeline.tick(clock::monotonic_ns().saturating_sub(TICK_LAG_NS));
+                // Totals first: a scrape never shows connections whose events it does not count.
                 if let Some(m) = &metrics {
                     let p = pipeline.progress();
                     m.set_totals(p.events, p.lost_events, p.open_connections);
                 }
+                pipeline.tick(clock::monotonic_ns().saturating_sub(TICK_LAG_NS));
                 r
             }
             Some(polled) = async {

@@ -3,8 +3,8 @@
 //! [`MetricsSink`] counts each reported connection (by role, variant and conformance), each
 //! finding, the time spent in each closing state, and the timewait facts; the trace loop adds
 //! the kernel's event and loss totals with [`Metrics::set_totals`]. [`serve`] answers
-//! `GET /metrics` in Prometheus' text format from a thread of its own, so that a scrape never
-//! waits on, or holds up, the event path.
+//! `GET /metrics` in the OpenMetrics text format from a thread of its own: the network is never
+//! on the event path, which at most waits the moment a scrape holds the metrics' read locks.
 
 use std::{
     io,
@@ -267,13 +267,22 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Server, ServeErr
         .spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 // Wakes up now and then to see the stop flag.
-                let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(200)) else {
-                    continue;
+                let req = match server.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Some(req)) => req,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        // tiny_http's listener has stopped (e.g. out of file descriptors).
+                        crate::say!("note: the metrics endpoint on {addr} stopped: {e}");
+                        return;
+                    }
                 };
                 let response = if req.url() == "/metrics" || req.url().starts_with("/metrics?") {
+                    // prometheus-client writes OpenMetrics (counters typed without their
+                    // `_total` suffix, a closing `# EOF`): say so, or Prometheus would parse it
+                    // as the older text format and lose the counters' type.
                     let content_type = tiny_http::Header::from_bytes(
                         "Content-Type",
-                        "text/plain; version=0.0.4; charset=utf-8",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     );
                     let r = tiny_http::Response::from_string(metrics.encode());
                     match content_type {
