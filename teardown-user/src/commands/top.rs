@@ -82,10 +82,12 @@ pub struct TopArgs {
 /// Runs `teardown top`: sock_diag, plus the eBPF tracer's deviating teardowns when it can be
 /// loaded (without it, the view says why and works from sock_diag alone).
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
+    // First of all, so that a signal while the tracer loads still ends `top` cleanly.
+    let signals = SignalWatch::start().context("cannot watch SIGINT/SIGTERM")?;
     if args.netns.is_some() {
         // The tracer sees the whole host: its teardowns would not belong to the namespace.
         let why = "the eBPF tracer is host-wide: not shown with --netns".to_owned();
-        return run_with(args, None, Some(why));
+        return run_with(args, None, Some(why), &signals.flag);
     }
     match TracerFeed::start() {
         Ok(feed) => {
@@ -94,12 +96,17 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
                 stop,
                 thread,
             } = feed;
-            let result = run_with(args, Some(lines), None);
+            let result = run_with(args, Some(lines), None, &signals.flag);
             let _ = stop.send(());
             let _ = thread.join();
             result
         }
-        Err(why) => run_with(args, None, Some(format!("eBPF tracer not attached: {why}"))),
+        Err(why) => run_with(
+            args,
+            None,
+            Some(format!("eBPF tracer not attached: {why}")),
+            &signals.flag,
+        ),
     }
 }
 
@@ -177,11 +184,13 @@ impl TracerFeed {
 }
 
 /// Runs `teardown top` with deviating teardowns fed by `teardowns` (one line each), e.g. from
-/// the eBPF tracer. `tracer_note` says why there is none when `teardowns` is `None`.
+/// the eBPF tracer. `tracer_note` says why there is none when `teardowns` is `None`. Stops when
+/// `signalled` is set, on `q`, or after `--duration`.
 pub fn run_with(
     args: TopArgs,
     teardowns: Option<Receiver<String>>,
     tracer_note: Option<String>,
+    signalled: &AtomicBool,
 ) -> anyhow::Result<()> {
     let interval = Duration::from_millis(secs_to_ms(args.interval).max(100));
     let cfg = ReportConfig {
@@ -231,20 +240,19 @@ pub fn run_with(
     }
     let mut app = App::new(source, args.history);
     app.set_tracer(teardowns.is_some(), tracer_note);
-    let signalled = stop_on_signals().context("cannot watch SIGINT/SIGTERM")?;
     let until = args.duration.map(|d| Instant::now() + d);
     let result = if args.batch {
         tui::batch::run(
             &mut app,
             &rx,
             teardowns.as_ref(),
-            &signalled,
+            signalled,
             until,
             &mut std::io::stdout().lock(),
         )
         .context("writing to stdout")
     } else {
-        tui::run(&mut app, rx, teardowns, &signalled, until).map_err(Into::into)
+        tui::run(&mut app, rx, teardowns, signalled, until).map_err(Into::into)
     };
     stop.store(true, Ordering::Relaxed);
     let _ = collector.join();
@@ -252,49 +260,74 @@ pub fn run_with(
 }
 
 /// A flag set on SIGINT or SIGTERM, watched from a thread of its own: the view or the batch
-/// loop then stops cleanly (terminal restored, output flushed) instead of being killed.
-fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let flag = Arc::new(AtomicBool::new(false));
-    let set = Arc::clone(&flag);
-    let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let (mut term, mut int) = match (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::interrupt()),
-                ) {
-                    (Ok(t), Ok(i)) => (t, i),
-                    (Err(e), _) | (_, Err(e)) => {
+/// loop then stops cleanly (terminal restored, output flushed) instead of being killed. The
+/// handlers go when this is dropped.
+struct SignalWatch {
+    flag: Arc<AtomicBool>,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SignalWatch {
+    fn start() -> anyhow::Result<SignalWatch> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = Arc::clone(&flag);
+        let (done, mut done_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = mpsc::channel::<std::io::Result<()>>();
+        let thread = std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
-                let _ = ready_tx.send(Ok(()));
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-                set.store(true, Ordering::Relaxed);
-            });
-        })?;
-    match ready_rx.recv() {
-        Ok(r) => r?,
-        Err(_) => anyhow::bail!("the signal thread ended before starting"),
+                rt.block_on(async move {
+                    let (mut term, mut int) = match (
+                        signal(SignalKind::terminate()),
+                        signal(SignalKind::interrupt()),
+                    ) {
+                        (Ok(t), Ok(i)) => (t, i),
+                        (Err(e), _) | (_, Err(e)) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    tokio::select! {
+                        _ = term.recv() => set.store(true, Ordering::Relaxed),
+                        _ = int.recv() => set.store(true, Ordering::Relaxed),
+                        _ = &mut done_rx => {}
+                    }
+                });
+            })?;
+        match ready_rx.recv() {
+            Ok(r) => r?,
+            Err(_) => anyhow::bail!("the signal thread ended before starting"),
+        }
+        Ok(SignalWatch {
+            flag,
+            done: Some(done),
+            thread: Some(thread),
+        })
     }
-    Ok(flag)
+}
+
+impl Drop for SignalWatch {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn collect_loop(mut c: Collector, tx: &Sender<Feed>, stop: &AtomicBool, interval: Duration) {
