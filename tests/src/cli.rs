@@ -2,8 +2,10 @@
 
 use std::{
     io::{self, BufRead, BufReader},
+    ops::{Deref, DerefMut},
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -28,45 +30,88 @@ pub fn teardown_bin() -> io::Result<PathBuf> {
     Ok(bin)
 }
 
+/// A running `teardown`, killed (and reaped) when dropped unless it has ended: a test that
+/// fails half-way leaves no root tracer behind.
+pub struct Running(Child);
+
+impl Running {
+    pub fn new(child: Child) -> Running {
+        Running(child)
+    }
+}
+
+impl Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// How long teardown may take to load and attach.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Starts `teardown` with `args` and returns once it says it is tracing (within 30 s).
-/// Its stdout is piped; its stderr is read up to that line, then drained on a thread so that
-/// the agent can still write its summary there.
-pub fn start_tracing(args: &[&str]) -> io::Result<Child> {
+/// Its stdout is piped; its stderr is read on a thread, up to that line and then drained, so
+/// that the agent can still write its summary there.
+pub fn start_tracing(args: &[&str]) -> io::Result<Running> {
     start_tracing_saying(args).map(|(child, _)| child)
 }
 
 /// [`start_tracing`], and the lines teardown wrote on stderr before the "tracing" one.
-pub fn start_tracing_saying(args: &[&str]) -> io::Result<(Child, Vec<String>)> {
-    let mut child = Command::new(teardown_bin()?)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+pub fn start_tracing_saying(args: &[&str]) -> io::Result<(Running, Vec<String>)> {
+    let mut child = Running::new(
+        Command::new(teardown_bin()?)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
     let stderr = child
         .stderr
         .take()
         .ok_or_else(|| io::Error::other("no stderr"))?;
-    let mut stderr = BufReader::new(stderr);
-    let mut line = String::new();
+    let (tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            // Once the test stopped listening, the rest is only drained.
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + START_TIMEOUT;
     let mut before = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        line.clear();
-        if stderr.read_line(&mut line)? == 0 {
-            return Err(io::Error::other(format!(
-                "teardown exited before tracing: {}",
-                before.join(" | ")
-            )));
-        }
-        if line.starts_with("tracing") {
-            break;
-        }
-        before.push(line.trim_end().to_owned());
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return Err(io::Error::other("teardown did not start tracing in 30 s"));
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.starts_with("tracing") => return Ok((child, before)),
+            Ok(line) => before.push(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(io::Error::other(format!(
+                    "teardown exited before tracing: {}",
+                    before.join(" | ")
+                )))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(io::Error::other(format!(
+                    "teardown did not start tracing in {START_TIMEOUT:?}: {}",
+                    before.join(" | ")
+                )))
+            }
         }
     }
-    std::thread::spawn(move || io::copy(&mut stderr, &mut io::sink()));
-    Ok((child, before))
 }

@@ -20,12 +20,16 @@ fn batch_mode_reports_polls_and_a_reset_then_stops_on_sigterm() {
     if !kernel::available("batch_mode_reports_polls_and_a_reset_then_stops_on_sigterm") {
         return;
     }
-    let mut child = Command::new(cli::teardown_bin().unwrap())
-        .args(["top", "--batch", "--interval", "0.2", "--no-owners"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // --duration: a backstop should the test fail before its SIGTERM.
+    let mut child = cli::Running::new(
+        Command::new(cli::teardown_bin().unwrap())
+            .args(["top", "--batch", "--interval", "0.2", "--no-owners"])
+            .args(["--duration", "120s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, lines) = mpsc::channel::<String>();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let reader = std::thread::spawn(move || {
@@ -39,11 +43,11 @@ fn batch_mode_reports_polls_and_a_reset_then_stops_on_sigterm() {
     let next = || lines.recv_timeout(Duration::from_secs(30)).unwrap();
     // The tracer is attached before the first poll is printed.
     let first = next();
-    assert!(first.contains(" TIME_WAIT="), "{first}");
     assert!(
         !first.starts_with('#'),
         "the tracer did not attach: {first}"
     );
+    assert!(first.contains(" TIME_WAIT="), "{first}");
 
     // A connection aborted with SO_LINGER 0: a teardown that deviates.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
