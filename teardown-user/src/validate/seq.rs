@@ -10,6 +10,8 @@
 //! A relation whose field is the very source of the value it is compared with *defines* that
 //! value; a relation without data is *not checkable*, never broken.
 
+use std::fmt;
+
 use serde::Serialize;
 
 use super::model::{DocSide, Expr, Meaning, Step, Trace, STEPS};
@@ -277,15 +279,93 @@ pub fn none_broken(checks: &[SeqCheck]) -> bool {
 pub struct SeqCheck {
     pub step: u8,
     /// e.g. "snd_una at FIN_WAIT1 -> FIN_WAIT2 = U+1".
-    pub relation: String,
+    pub relation: RelationText,
     pub expected: Option<u32>,
     pub observed: Option<u32>,
     pub outcome: Outcome,
     /// Why it is not checkable, or where the expected value came from.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    pub note: Option<CheckNote>,
     #[serde(skip)]
     pub code: &'static str,
+}
+
+// A connection has about ten checks, and nearly all of them hold and are never shown: their
+// words are written only when displayed or serialized, not built for every connection.
+
+/// The words of a relation: `snd_una at FIN_WAIT1 -> FIN_WAIT2 = U+1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelationText {
+    pub field: Field,
+    pub at: At,
+    pub expect: Expr,
+}
+
+impl fmt::Display for RelationText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at {} = {}",
+            self.field.name(),
+            self.at.describe(),
+            self.expect.label()
+        )
+    }
+}
+
+/// Why a check could not be made, or where its expected value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckNote {
+    /// The transition it is read at is missing or not the documented one.
+    NoPoint(&'static str),
+    NoSequenceData,
+    /// This field is where U, V or W is taken from.
+    Defines(Expr),
+    /// The expected value came from this field of this end.
+    From {
+        expect: Expr,
+        ours: bool,
+        field: Field,
+        at: At,
+    },
+    /// U, V or W could not be derived.
+    Unknown(Expr),
+}
+
+impl fmt::Display for CheckNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            CheckNote::NoPoint(why) => f.write_str(why),
+            CheckNote::NoSequenceData => f.write_str("no sequence data at this transition"),
+            CheckNote::Defines(e) => write!(f, "defines {}", expr_base(e)),
+            CheckNote::From {
+                expect,
+                ours,
+                field,
+                at,
+            } => write!(
+                f,
+                "{} from {} {} at {}",
+                expr_base(expect),
+                if ours { "our" } else { "the peer's" },
+                field.name(),
+                at.describe()
+            ),
+            CheckNote::Unknown(e) => write!(f, "{} unknown", expr_base(e)),
+        }
+    }
+}
+
+impl Serialize for RelationText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl Serialize for CheckNote {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Who sent a wave, seen from the judged end.
@@ -429,12 +509,11 @@ pub fn check(ends: &Ends<'_, '_>) -> Vec<SeqCheck> {
         let Some(pt) = point(ends.us, r.at) else {
             continue;
         };
-        let relation = format!(
-            "{} at {} = {}",
-            r.field.name(),
-            r.at.describe(),
-            r.expect.label()
-        );
+        let relation = RelationText {
+            field: r.field,
+            at: r.at,
+            expect: r.expect,
+        };
         let src = expr_source(r.expect, u, v, w);
         let expected = r
             .expect
@@ -449,9 +528,9 @@ pub fn check(ends: &Ends<'_, '_>) -> Vec<SeqCheck> {
             code: r.code,
         };
         match pt {
-            Err(why) => c.note = Some(why.to_owned()),
+            Err(why) => c.note = Some(CheckNote::NoPoint(why)),
             Ok(ev) => match ev.seq {
-                None => c.note = Some("no sequence data at this transition".to_owned()),
+                None => c.note = Some(CheckNote::NoSequenceData),
                 Some(s) => {
                     let observed = r.field.read(&s);
                     c.observed = Some(observed);
@@ -461,7 +540,7 @@ pub fn check(ends: &Ends<'_, '_>) -> Vec<SeqCheck> {
                         {
                             c.outcome = Outcome::Defines;
                             c.expected = Some(observed);
-                            c.note = Some(format!("defines {}", expr_base(r.expect)));
+                            c.note = Some(CheckNote::Defines(r.expect));
                         }
                         (Some(d), Some(e)) => {
                             c.outcome = if e == observed {
@@ -469,15 +548,14 @@ pub fn check(ends: &Ends<'_, '_>) -> Vec<SeqCheck> {
                             } else {
                                 Outcome::Broken
                             };
-                            c.note = Some(format!(
-                                "{} from {} {} at {}",
-                                expr_base(r.expect),
-                                if d.ours { "our" } else { "the peer's" },
-                                d.field.name(),
-                                d.at.describe()
-                            ));
+                            c.note = Some(CheckNote::From {
+                                expect: r.expect,
+                                ours: d.ours,
+                                field: d.field,
+                                at: d.at,
+                            });
                         }
-                        _ => c.note = Some(format!("{} unknown", expr_base(r.expect))),
+                        _ => c.note = Some(CheckNote::Unknown(r.expect)),
                     }
                 }
             },

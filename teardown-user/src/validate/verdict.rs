@@ -1071,7 +1071,7 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
                         "step {}: {} does not hold: {} is {}, expected {}{}",
                         c.step,
                         c.relation,
-                        c.relation.split(' ').next().unwrap_or("field"),
+                        c.relation.field.name(),
                         c.observed.map_or("?".to_owned(), |v| v.to_string()),
                         c.expected.map_or("?".to_owned(), |v| v.to_string()),
                         c.note.as_ref().map_or(String::new(), |n| format!(" ({n})"))
