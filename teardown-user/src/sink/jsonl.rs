@@ -30,16 +30,56 @@ struct Process<'a> {
     comm: &'a str,
 }
 
-#[derive(Serialize)]
+/// One event of a timeline: `{"t_us":..,"kind":"state","old":..,"new":..,"seq":{..},"sock":{..}}`.
 struct Step {
     /// Microseconds since the connection's first event.
     t_us: f64,
-    #[serde(flatten)]
     kind: EventKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<SeqSnapshot>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     sock: Option<SockSnapshot>,
+}
+
+// Written by hand rather than with `#[serde(flatten)]` on the kind: flattening turns the whole
+// step into a map serialized entry by entry, the dearest part of a busy trace's output.
+impl Serialize for Step {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let kind_fields = if matches!(self.kind, EventKind::State { .. }) {
+            3
+        } else {
+            2
+        };
+        let fields =
+            1 + kind_fields + usize::from(self.seq.is_some()) + usize::from(self.sock.is_some());
+        let mut st = s.serialize_struct("Step", fields)?;
+        st.serialize_field("t_us", &self.t_us)?;
+        match self.kind {
+            EventKind::State { old, new } => {
+                st.serialize_field("kind", "state")?;
+                st.serialize_field("old", &old)?;
+                st.serialize_field("new", &new)?;
+            }
+            EventKind::Retransmit { state } => {
+                st.serialize_field("kind", "retransmit")?;
+                st.serialize_field("state", &state)?;
+            }
+            EventKind::ResetSent { state } => {
+                st.serialize_field("kind", "reset_sent")?;
+                st.serialize_field("state", &state)?;
+            }
+            EventKind::ResetReceived { state } => {
+                st.serialize_field("kind", "reset_received")?;
+                st.serialize_field("state", &state)?;
+            }
+        }
+        if let Some(seq) = &self.seq {
+            st.serialize_field("seq", seq)?;
+        }
+        if let Some(sock) = &self.sock {
+            st.serialize_field("sock", sock)?;
+        }
+        st.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -167,5 +207,55 @@ impl<W: Write> Sink for JsonlSink<W> {
         )?;
         self.out.write_all(b"\n")?;
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::event::TcpState;
+
+    /// The hand-written step is the JSON the derived, flattened one was: the kind's own serde
+    /// names, in the same order.
+    #[test]
+    fn steps_are_written_as_the_event_kinds_serialize() {
+        let seq = SeqSnapshot {
+            snd_una: 1,
+            snd_nxt: 2,
+            rcv_nxt: 3,
+            write_seq: 4,
+        };
+        for kind in [
+            EventKind::State {
+                old: TcpState::Established,
+                new: TcpState::FinWait1,
+            },
+            EventKind::Retransmit {
+                state: TcpState::LastAck,
+            },
+            EventKind::ResetSent {
+                state: TcpState::CloseWait,
+            },
+            EventKind::ResetReceived {
+                state: TcpState::Established,
+            },
+        ] {
+            let step = Step {
+                t_us: 1.5,
+                kind,
+                seq: Some(seq),
+                sock: None,
+            };
+            let mut want = serde_json::json!({"t_us": 1.5, "seq": seq});
+            let kind_json = serde_json::to_value(kind).unwrap();
+            for (k, v) in kind_json.as_object().unwrap() {
+                want[k] = v.clone();
+            }
+            let got = serde_json::to_value(&step).unwrap();
+            assert_eq!(got, want);
+            let text = serde_json::to_string(&step).unwrap();
+            assert!(text.starts_with("{\"t_us\":1.5,\"kind\":"), "{text}");
+        }
     }
 }
