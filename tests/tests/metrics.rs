@@ -92,7 +92,10 @@ fn metrics_count_the_judged_teardowns() {
         "{text}"
     );
     assert_eq!(reported(&text), 4.0, "{text}");
-    assert!(text.trim_end().ends_with("# EOF"), "not OpenMetrics: {text}");
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "not OpenMetrics: {text}"
+    );
     let aborted = |role: &str| {
         sample(
             &text,
