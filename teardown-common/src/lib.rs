@@ -32,7 +32,7 @@ pub mod sock_flag {
     pub const DONE: u32 = 1 << 1;
 }
 
-/// One record in the ring buffer. 104 bytes.
+/// One record in the ring buffer. 112 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -50,6 +50,10 @@ pub struct Event {
     pub sk_flags: u32,
     /// `sk_err` (a positive errno), 0 when none.
     pub sk_err: i32,
+    /// Inode number of the socket's network namespace (as in `/proc/PID/ns/net`), 0 when
+    /// unknown.
+    pub netns: u32,
+    pub _pad_netns: u32,
     /// Source and destination address; IPv4 uses the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -83,6 +87,8 @@ impl Event {
         write_seq: 0,
         sk_flags: 0,
         sk_err: 0,
+        netns: 0,
+        _pad_netns: 0,
         saddr: [0; 16],
         daddr: [0; 16],
         sport: 0,
@@ -120,6 +126,10 @@ pub struct SockOffsets {
     pub snd_nxt: u32,
     pub rcv_nxt: u32,
     pub write_seq: u32,
+    /// `sk->__sk_common.skc_net.net`: the socket's `struct net *`.
+    pub skc_net: u32,
+    /// `net->ns.inum`, from the start of `struct net`: the namespace's inode number.
+    pub net_inum: u32,
     /// Bits of [`fast`]: how the kernel program may read the socket (layouts the agent verified
     /// in BTF, and whether plain loads are allowed).
     pub fast: u32,
@@ -168,6 +178,8 @@ impl SockOffsets {
         snd_nxt: OFFSET_UNKNOWN,
         rcv_nxt: OFFSET_UNKNOWN,
         write_seq: OFFSET_UNKNOWN,
+        skc_net: OFFSET_UNKNOWN,
+        net_inum: OFFSET_UNKNOWN,
         fast: 0,
     };
 
@@ -258,7 +270,7 @@ mod tests {
 
     #[test]
     fn event_layout_is_stable() {
-        assert_eq!(core::mem::size_of::<Event>(), 104);
+        assert_eq!(core::mem::size_of::<Event>(), 112);
         assert_eq!(core::mem::align_of::<Event>(), 8);
     }
 }

@@ -99,6 +99,8 @@ fn offsets() -> SockOffsets {
         snd_nxt: field!(snd_nxt),
         rcv_nxt: field!(rcv_nxt),
         write_seq: field!(write_seq),
+        skc_net: field!(skc_net),
+        net_inum: field!(net_inum),
         fast: field!(fast),
     }
 }
@@ -171,6 +173,22 @@ impl Fields {
     #[inline(always)]
     fn probed(self) -> bool {
         matches!(self, Fields::Probed(_))
+    }
+
+    /// The inode number of the socket's network namespace: `skc_net.net->ns.inum`.
+    #[inline(always)]
+    fn netns(self, offs: &SockOffsets) -> Option<u32> {
+        let net = self.read::<*const u8>(offs.skc_net)?;
+        if net.is_null() {
+            return None;
+        }
+        // The pointer read through a BTF-typed socket is itself typed `struct net *` for the
+        // verifier, so the same kind of read goes on.
+        match self {
+            Fields::Probed(_) => Fields::Probed(net),
+            Fields::Direct(_) => Fields::Direct(net),
+        }
+        .read::<u32>(offs.net_inum)
     }
 }
 
@@ -305,10 +323,11 @@ fn fill_task_and_sock(ev: &mut Event, sk: Fields, offs: &SockOffsets) {
     }
 }
 
-/// The 4-tuple from `struct sock_common`, which full, request and timewait sockets share.
-/// Returns false when the family is neither IPv4 nor IPv6.
+/// The 4-tuple and network namespace from `struct sock_common`, which full, request and
+/// timewait sockets share. Returns false when the family is neither IPv4 nor IPv6.
 #[inline(always)]
 fn fill_tuple_common(ev: &mut Event, sk: Fields, offs: &SockOffsets) -> bool {
+    ev.netns = sk.netns(offs).unwrap_or(0);
     if sk.probed() && offs.fast & fast::COMMON_HEAD != 0 {
         // One read for addresses, ports and family (layout verified by the agent in BTF).
         let Some(h) = sk.read::<CommonHead>(offs.skc_daddr) else {
@@ -504,7 +523,9 @@ fn read_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Option<()
     if !wanted(&ev) {
         return Some(());
     }
-    fill_task_and_sock(&mut ev, Fields::Probed(sk as *const u8), &offsets());
+    let offs = offsets();
+    ev.netns = Fields::Probed(sk as *const u8).netns(&offs).unwrap_or(0);
+    fill_task_and_sock(&mut ev, Fields::Probed(sk as *const u8), &offs);
     emit(&ev);
     Some(())
 }

@@ -231,10 +231,18 @@ pub struct Event {
     pub remote: SocketAddr,
     pub pid: u32,
     pub comm: Comm,
+    /// Inode number of the socket's network namespace (`ls -iL /proc/PID/ns/net`), 0 when
+    /// unknown (no BTF, or a recording made before it was traced).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub netns: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<SeqSnapshot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sock: Option<SockSnapshot>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Why a raw record could not be decoded.
@@ -312,6 +320,7 @@ impl Event {
             remote: SocketAddr::new(remote, r.dport),
             pid: r.pid,
             comm: Comm(r.comm),
+            netns: r.netns,
             seq,
             sock,
         })

@@ -51,6 +51,8 @@ pub struct Connection {
     pub remote: SocketAddr,
     /// The owning process, from the first event made in process context.
     pub process: Option<Task>,
+    /// Inode number of its network namespace, from the first event that had one (0: unknown).
+    pub netns: u32,
     pub events: Vec<Event>,
     /// The connection's beginning was seen (it was not first seen mid-life).
     pub seen_from_start: bool,
@@ -69,6 +71,7 @@ impl Connection {
             local: ev.local,
             remote: ev.remote,
             process: None,
+            netns: ev.netns,
             events: Vec::with_capacity(2),
             seen_from_start: ev.starts_connection(),
             events_maybe_lost: false,
@@ -88,6 +91,9 @@ impl Connection {
         }
         if self.process.is_none() {
             self.process = ev.task();
+        }
+        if self.netns == 0 {
+            self.netns = ev.netns;
         }
         self.events.push(ev);
     }
@@ -617,6 +623,7 @@ pub(crate) mod tests {
             remote: r.parse().unwrap(),
             pid: 100,
             comm: Comm::new("app"),
+            netns: 0,
             seq: None,
             sock: None,
         }

@@ -1,7 +1,7 @@
 //! The kernel programs read socket fields two ways: plain loads checked by the verifier against
 //! BTF (the default), and `bpf_probe_read_kernel` (when the verifier refuses plain loads). Both
-//! must give the same facts about a real connection: its 4-tuple, and sequence numbers that
-//! agree across its two ends.
+//! must give the same facts about a real connection: its 4-tuple, its network namespace, and
+//! sequence numbers that agree across its two ends.
 
 // A failed unwrap in a test is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -77,6 +77,16 @@ fn client_sends_and_closes_first(ip: IpAddr, direct_loads: bool) {
         (server_t.finished.conn.local, server_t.finished.conn.remote),
         (server_addr, client_addr)
     );
+
+    // Both ends live in this process's network namespace: every event says which one it is.
+    let own_netns = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32
+    };
+    for t in [&client_t, &server_t] {
+        assert_eq!(t.finished.conn.netns, own_netns);
+        assert!(t.finished.conn.events.iter().all(|e| e.netns == own_netns));
+    }
 
     let c_est = seq_at(&client_t, TcpState::Established);
     let s_est = seq_at(&server_t, TcpState::Established);

@@ -82,6 +82,11 @@ fn timewait_sockets_of_a_named_namespace_join_their_connection() {
     let (followed, unfollowed) = (24_701, 24_702);
 
     let (timeline, facts) = trace(&ns, followed, &["--timewait-netns", ns.name()]);
+    let ns_inode = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(ns.path()).unwrap().ino()
+    };
+    assert_eq!(timeline["netns"], ns_inode, "{timeline:#}");
     assert_eq!(timeline["verdict"]["role"], "active_closer", "{timeline:#}");
     assert_eq!(timeline["verdict"]["time_wait"], "entered", "{timeline:#}");
     assert!(

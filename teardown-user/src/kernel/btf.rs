@@ -155,6 +155,8 @@ pub fn resolve_from(btf: &Btf) -> Result<Resolved, BtfError> {
         snd_nxt: get("snd_nxt", "tcp_sock", &["snd_nxt"]),
         rcv_nxt: get("rcv_nxt", "tcp_sock", &["rcv_nxt"]),
         write_seq: get("write_seq", "tcp_sock", &["write_seq"]),
+        skc_net: get("skc_net", "sock", &["__sk_common", "skc_net", "net"]),
+        net_inum: get("net.ns.inum", "net", &["ns", "inum"]),
         fast: 0,
     };
     let skc_state = get("skc_state", "sock", &common("skc_state"));

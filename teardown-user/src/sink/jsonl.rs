@@ -91,6 +91,9 @@ struct Timeline<'a> {
     remote: Endpoint<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     process: Option<Process<'a>>,
+    /// Inode number of the network namespace, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<u32>,
     /// Wall-clock time of the first event, seconds since the Unix epoch.
     start_unix: f64,
     end: RecordEnd,
@@ -159,6 +162,7 @@ impl<W: Write> Sink for JsonlSink<W> {
                 pid: p.pid,
                 comm: comm.as_deref().unwrap_or(""),
             }),
+            netns: (c.netns != 0).then_some(c.netns),
             start_unix: (t0 as i128 + r.wall_offset_ns as i128) as f64 / 1e9,
             end: c.end,
             state_at_start: c.state_at_start,

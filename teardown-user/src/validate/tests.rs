@@ -30,6 +30,7 @@ fn ev(ts: u64, kind: EventKind) -> Event {
         remote: S.parse().unwrap(),
         pid: 100,
         comm: Comm::new("app"),
+        netns: 0,
         seq: None,
         sock: None,
     }
@@ -73,6 +74,7 @@ fn conn(events: Vec<Event>) -> Connection {
         local: C.parse().unwrap(),
         remote: S.parse().unwrap(),
         process: None,
+        netns: 0,
         events,
         seen_from_start,
         events_maybe_lost: false,
