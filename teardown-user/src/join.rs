@@ -46,6 +46,10 @@ pub enum TwLeft {
 /// One thing sock_diag showed about a timewait socket. Times are ms since the Unix epoch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TwFact {
+    /// Inode number of the network namespace it was seen in (0 in recordings made before
+    /// namespaces were told apart).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub netns: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     /// When the poll that saw it was taken.
@@ -72,6 +76,10 @@ pub enum TwWhat {
     },
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// A socket already closing when the trace began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Closing {
@@ -85,6 +93,14 @@ pub struct TwWatcher {
     poller: Poller,
     tracker: monitor::Tracker,
     known: HashMap<diag::FourTuple, TwSubstate>,
+    /// The namespace's inode number, which its facts carry.
+    netns: u32,
+}
+
+/// Inode number of the calling thread's network namespace (0 if /proc cannot tell).
+pub fn current_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino() as u32)
 }
 
 impl TwWatcher {
@@ -99,6 +115,7 @@ impl TwWatcher {
             })?,
             tracker: monitor::Tracker::new(fin_timeout),
             known: HashMap::new(),
+            netns: current_netns(),
         })
     }
 
@@ -113,6 +130,7 @@ impl TwWatcher {
             seen.insert(t.tuple);
             if self.known.insert(t.tuple, t.substate) != Some(t.substate) {
                 facts.push(TwFact {
+                    netns: self.netns,
                     local: t.tuple.local,
                     remote: t.tuple.remote,
                     at_ms: at,
@@ -129,6 +147,7 @@ impl TwWatcher {
         self.known.retain(|k, _| seen.contains(k));
         for r in &delta.restarts {
             facts.push(TwFact {
+                netns: self.netns,
                 local: r.tuple.local,
                 remote: r.tuple.remote,
                 at_ms: at,
@@ -140,6 +159,7 @@ impl TwWatcher {
         }
         for e in &delta.exits {
             facts.push(TwFact {
+                netns: self.netns,
                 local: e.tuple.local,
                 remote: e.tuple.remote,
                 at_ms: at,
@@ -193,26 +213,46 @@ const CONFIRM_MS: u64 = 5_000;
 const PENDING_MAX: usize = 262_144;
 const PENDING_MS: u64 = 5_000;
 
+/// A timewait socket's identity: network namespace (0 when namespaces are not told apart)
+/// and 4-tuple.
+type Key = (u32, SocketAddr, SocketAddr);
+
 /// Matches timewait facts to reported connections.
 #[derive(Default)]
 pub struct Joiner {
     /// Connections whose timewait socket sock_diag has shown: followed until it leaves.
-    following: HashMap<(SocketAddr, SocketAddr), (u64, u64)>,
+    following: HashMap<Key, (u64, u64)>,
     /// Connections just reported, waiting for sock_diag to show their timewait socket.
-    unconfirmed: HashMap<(SocketAddr, SocketAddr), (u64, u64)>,
-    /// (reported at, 4-tuple) in order, to forget the unconfirmed without scanning.
-    unconfirmed_queue: std::collections::VecDeque<(u64, (SocketAddr, SocketAddr))>,
-    pending: HashMap<(SocketAddr, SocketAddr), Vec<TwFact>>,
+    unconfirmed: HashMap<Key, (u64, u64)>,
+    /// (reported at, key) in order, to forget the unconfirmed without scanning.
+    unconfirmed_queue: std::collections::VecDeque<(u64, Key)>,
+    pending: HashMap<Key, Vec<TwFact>>,
+    /// Connections and facts both carry their network namespace: match on it too.
+    by_netns: bool,
     /// Facts dropped because the pending table was full.
     pub dropped: u64,
 }
 
 impl Joiner {
-    /// Follows connection `id` (reported at `now_ms`), which left a timewait socket behind;
-    /// returns the notes of facts seen before it was reported.
+    /// A joiner that matches on the network namespace too, when both the traced connections
+    /// and the facts carry it (events read with BTF; facts from this version on).
+    pub fn new(by_netns: bool) -> Joiner {
+        Joiner {
+            by_netns,
+            ..Joiner::default()
+        }
+    }
+
+    fn key(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Key {
+        (if self.by_netns { netns } else { 0 }, local, remote)
+    }
+
+    /// Follows connection `id` of namespace `netns` (reported at `now_ms`), which left a
+    /// timewait socket behind; returns the notes of facts seen before it was reported.
     pub fn follow(
         &mut self,
         id: u64,
+        netns: u32,
         local: SocketAddr,
         remote: SocketAddr,
         now_ms: u64,
@@ -229,7 +269,7 @@ impl Joiner {
                 self.unconfirmed.remove(&key);
             }
         }
-        let key = (local, remote);
+        let key = self.key(netns, local, remote);
         self.unconfirmed.insert(key, (id, now_ms));
         self.unconfirmed_queue.push_back((now_ms, key));
         let early = self.pending.remove(&key).unwrap_or_default();
@@ -242,7 +282,7 @@ impl Joiner {
 
     /// The note for `fact`, when it is about a followed connection.
     pub fn on_fact(&mut self, fact: TwFact) -> Option<TimewaitNote> {
-        let key = (fact.local, fact.remote);
+        let key = self.key(fact.netns, fact.local, fact.remote);
         if matches!(fact.what, TwWhat::Entered { .. }) {
             if let Some(entry) = self.unconfirmed.remove(&key) {
                 // Its timewait socket is in sight: follow it until it leaves.
@@ -284,7 +324,7 @@ impl Joiner {
             }
         }
         self.pending
-            .entry((fact.local, fact.remote))
+            .entry(self.key(fact.netns, fact.local, fact.remote))
             .or_default()
             .push(fact);
     }
@@ -296,11 +336,36 @@ mod tests {
 
     fn fact(at: u64, what: TwWhat) -> TwFact {
         TwFact {
+            netns: 0,
             local: "127.0.0.1:40000".parse().unwrap(),
             remote: "127.0.0.1:80".parse().unwrap(),
             at_ms: at,
             what,
         }
+    }
+
+    #[test]
+    fn namespaces_are_told_apart_when_both_sides_carry_them() {
+        let entered = |netns| TwFact {
+            netns,
+            ..fact(
+                1_000,
+                TwWhat::Entered {
+                    state: TwState::TimeWait,
+                    entered_ms: 990,
+                },
+            )
+        };
+        let f = entered(7);
+        // The same 4-tuple in two namespaces: only the connection's own namespace joins.
+        let mut j = Joiner::new(true);
+        assert!(j.follow(1, 9, f.local, f.remote, 900).is_empty());
+        assert_eq!(j.on_fact(entered(7)), None);
+        assert_eq!(j.on_fact(entered(9)).map(|n| n.id), Some(1));
+        // Without namespaces on both sides, the tuple alone joins.
+        let mut j = Joiner::new(false);
+        assert!(j.follow(1, 0, f.local, f.remote, 900).is_empty());
+        assert_eq!(j.on_fact(entered(7)).map(|n| n.id), Some(1));
     }
 
     #[test]
@@ -315,7 +380,7 @@ mod tests {
         );
         // Seen by sock_diag before the connection was reported: joined when it is.
         assert_eq!(j.on_fact(f.clone()), None, "not followed yet");
-        let early = j.follow(7, f.local, f.remote, 1_200);
+        let early = j.follow(7, 0, f.local, f.remote, 1_200);
         assert_eq!(early.len(), 1);
         assert_eq!(early[0].id, 7);
         let again = fact(
@@ -348,12 +413,12 @@ mod tests {
                 entered_ms: 0,
             },
         );
-        assert!(j.follow(1, a.local, a.remote, 1_000).is_empty());
+        assert!(j.follow(1, 0, a.local, a.remote, 1_000).is_empty());
         // Another connection reported after the confirmation time: the first is forgotten
         // (its timewait socket lives in another namespace, out of sight).
         let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
         assert!(j
-            .follow(2, other, a.remote, 1_000 + CONFIRM_MS + 1)
+            .follow(2, 0, other, a.remote, 1_000 + CONFIRM_MS + 1)
             .is_empty());
         assert_eq!(j.unconfirmed.len(), 1);
         let late = fact(
@@ -376,7 +441,7 @@ mod tests {
                 entered_ms: 5,
             },
         );
-        assert!(j.follow(1, f.local, f.remote, 1).is_empty());
+        assert!(j.follow(1, 0, f.local, f.remote, 1).is_empty());
         assert_eq!(j.on_fact(f), None);
     }
 

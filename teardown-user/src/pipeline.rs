@@ -192,6 +192,12 @@ impl Pipeline {
         }
     }
 
+    /// Events carry their network namespace (see [`crate::kernel::Capabilities::netns`]):
+    /// timewait facts are then joined to connections of their own namespace only.
+    pub fn match_netns(&mut self, yes: bool) {
+        self.joiner = Joiner::new(yes);
+    }
+
     pub fn on_event(&mut self, ev: Event) {
         let mut done = Vec::new();
         self.tracker.on_event(ev, &mut |f| done.push(f));
@@ -322,9 +328,13 @@ impl Pipeline {
         }
         if leaves_timewait_socket(&verdict) && f.conn.local.port() != 0 {
             let now_ms = (f.conn.last_ts() as i128 + self.wall_offset_ns as i128) / 1_000_000;
-            let early =
-                self.joiner
-                    .follow(f.conn.id, f.conn.local, f.conn.remote, now_ms.max(0) as u64);
+            let early = self.joiner.follow(
+                f.conn.id,
+                f.conn.netns,
+                f.conn.local,
+                f.conn.remote,
+                now_ms.max(0) as u64,
+            );
             // Reported first, then what sock_diag already saw of its timewait socket.
             self.write_report(f, &verdict);
             for note in &early {

@@ -30,6 +30,10 @@ pub struct Header {
     pub hook: String,
     /// Whether events carry sequence numbers and socket flags.
     pub seq: bool,
+    /// Whether events and timewait facts carry their network namespace (absent in recordings
+    /// made before they did).
+    #[serde(default)]
+    pub netns: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -256,6 +260,7 @@ mod tests {
             wall_offset_ns: 1_700_000_000_000_000_000,
             hook: "btf".into(),
             seq: true,
+            netns: true,
         }
     }
 

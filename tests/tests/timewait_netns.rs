@@ -102,6 +102,77 @@ fn timewait_sockets_of_a_named_namespace_join_their_connection() {
     assert!(facts.is_empty(), "{facts:#?}");
 }
 
+/// The same 4-tuple in TIME_WAIT in two namespaces at once: each connection gets the facts of
+/// its own namespace's timewait socket, once.
+#[test]
+fn the_same_four_tuple_in_two_namespaces_is_joined_to_each_its_own() {
+    if !kernel::available("the_same_four_tuple_in_two_namespaces_is_joined_to_each_its_own") {
+        return;
+    }
+    let ns = Netns::new("td-twns2").unwrap();
+    let (server_port, client_port) = (24_711u16, 24_712u16);
+    let port_s = server_port.to_string();
+    let mut child = cli::start_tracing(&[
+        "trace",
+        "--format",
+        "jsonl",
+        "--duration",
+        "4s",
+        "--port",
+        &port_s,
+        "--timewait-poll",
+        "200ms",
+        "--timewait-netns",
+        ns.name(),
+    ])
+    .unwrap();
+    let connect = || {
+        let listener = TcpListener::bind(("127.0.0.1", server_port)).unwrap();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        let local: SocketAddr = ([127, 0, 0, 1], client_port).into();
+        s.bind(&local.into()).unwrap();
+        let server: SocketAddr = ([127, 0, 0, 1], server_port).into();
+        s.connect(&server.into()).unwrap();
+        let mut client: TcpStream = s.into();
+        let (mut accepted, _) = listener.accept().unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut buf = Vec::new();
+        accepted.read_to_end(&mut buf).unwrap();
+        drop(accepted);
+        client.read_to_end(&mut buf).unwrap();
+    };
+    connect();
+    ns.run(connect);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let client = format!("127.0.0.1:{client_port}");
+    let timelines: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|v| v["type"] == "connection" && v["local"] == client)
+        .collect();
+    assert_eq!(timelines.len(), 2, "{out}");
+    assert_ne!(timelines[0]["netns"], timelines[1]["netns"], "{out}");
+    for t in timelines {
+        let entered: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter(|v| v["type"] == "timewait" && v["id"] == t["id"] && v["fact"] == "entered")
+            .collect();
+        assert_eq!(entered.len(), 1, "{t:#}\n{out}");
+        assert_eq!(entered[0]["netns"], t["netns"], "{out}");
+    }
+}
+
 #[test]
 fn an_unknown_namespace_is_refused_before_tracing() {
     let out = std::process::Command::new(cli::teardown_bin().unwrap())

@@ -45,6 +45,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         vec![sink],
         reader.header.wall_offset_ns,
     );
+    pipeline.match_netns(reader.header.netns);
     if !reader.header.seq {
         crate::say!(
             "note: this recording has no sequence numbers: its sequence checks are skipped"

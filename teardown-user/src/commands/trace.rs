@@ -155,6 +155,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
                 wall_offset_ns,
                 hook: probe.caps.hook.into(),
                 seq: probe.caps.seq,
+                netns: probe.caps.netns,
             };
             let filter =
                 recording::EventFilter::new(args.filters.port.clone(), args.filters.addr.clone());
@@ -173,12 +174,13 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         }
         None => None,
     };
-    let pipeline = Pipeline::new(
+    let mut pipeline = Pipeline::new(
         args.filters.tracker(),
         args.filters.filter(),
         sinks,
         wall_offset_ns,
     );
+    pipeline.match_netns(probe.caps.netns);
     let duration = args.duration;
     let stop = async move {
         tokio::select! {

@@ -144,6 +144,8 @@ pub struct Capabilities {
     pub retransmits_and_resets: bool,
     /// Socket fields are read with plain loads checked by the verifier, not probe reads.
     pub direct_loads: bool,
+    /// Events carry the socket's network namespace.
+    pub netns: bool,
     /// Things the user should know (fallbacks, missing fields), in plain words.
     pub notes: Vec<String>,
 }
@@ -207,6 +209,8 @@ impl Probe {
                     ));
                 }
                 caps.seq = r.has_seq();
+                caps.netns =
+                    r.offsets.skc_net != OFFSET_UNKNOWN && r.offsets.net_inum != OFFSET_UNKNOWN;
                 (r.offsets, r.skc_state)
             }
             None => (SockOffsets::UNKNOWN, OFFSET_UNKNOWN),

@@ -338,6 +338,7 @@ mod tests {
         let fact = |what| TimewaitNote {
             id: 1,
             fact: TwFact {
+                netns: 0,
                 local: "127.0.0.1:1".parse().unwrap(),
                 remote: "127.0.0.1:2".parse().unwrap(),
                 at_ms: 0,
