@@ -23,6 +23,8 @@ pub struct Filter {
     pub addrs: Vec<IpAddr>,
     /// Owning process (from a process-context event).
     pub pids: Vec<u32>,
+    /// Network namespace, by inode number.
+    pub netns: Vec<u32>,
     /// Report listening sockets too.
     pub listeners: bool,
 }
@@ -33,7 +35,8 @@ impl Filter {
             return false;
         }
         let pid_ok = self.pids.is_empty() || c.process.is_some_and(|t| self.pids.contains(&t.pid));
-        tuple_matches(&self.ports, &self.addrs, &c.local, &c.remote) && pid_ok
+        let netns_ok = self.netns.is_empty() || self.netns.contains(&c.netns);
+        tuple_matches(&self.ports, &self.addrs, &c.local, &c.remote) && pid_ok && netns_ok
     }
 }
 

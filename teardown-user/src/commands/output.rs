@@ -49,6 +49,11 @@ pub struct FilterArgs {
     /// process's own connect/close calls, so a connection it never closed may not match.
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
+    /// Only connections in this network namespace (repeatable): a name from `ip netns`, a path
+    /// such as /proc/PID/ns/net of a container's process, or the namespace's inode number.
+    /// Needs kernel BTF (events carry their namespace then).
+    #[arg(long, value_name = "NAME|PATH|INODE")]
+    pub netns: Vec<String>,
     /// Report listening sockets too (hidden by default).
     #[arg(long)]
     pub listeners: bool,
@@ -58,13 +63,19 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    pub fn filter(&self) -> Filter {
-        Filter {
+    /// The filter; an error names a --netns that is no namespace.
+    pub fn filter(&self) -> anyhow::Result<Filter> {
+        Ok(Filter {
             ports: self.port.clone(),
             addrs: self.addr.clone(),
             pids: self.pid.clone(),
+            netns: self
+                .netns
+                .iter()
+                .map(|n| netns_inode(n))
+                .collect::<anyhow::Result<_>>()?,
             listeners: self.listeners,
-        }
+        })
     }
 
     pub fn tracker(&self) -> TrackerConfig {
@@ -73,6 +84,24 @@ impl FilterArgs {
             ..TrackerConfig::default()
         }
     }
+}
+
+/// The inode number of a network namespace given as an inode number, a name from `ip netns`,
+/// or a path.
+pub fn netns_inode(name: &str) -> anyhow::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(inode) = name.parse::<u32>() {
+        return Ok(inode);
+    }
+    let path = crate::diag::netns::path_for(name);
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "--netns {name}: no network namespace at {} ({e}); see `ip netns list`, or give \
+             /proc/PID/ns/net of a process inside it, or its inode number",
+            path.display()
+        )
+    })?;
+    u32::try_from(meta.ino()).map_err(|_| anyhow::anyhow!("--netns {name}: inode out of range"))
 }
 
 impl OutputArgs {

@@ -41,7 +41,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
     let sink = args.output.sink()?;
     let mut pipeline = Pipeline::new(
         args.filters.tracker(),
-        args.filters.filter(),
+        args.filters.filter()?,
         vec![sink],
         reader.header.wall_offset_ns,
     );

@@ -84,12 +84,13 @@ pub struct TopArgs {
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
     // First of all, so that a signal while the tracer loads still ends `top` cleanly.
     let signals = SignalWatch::start().context("cannot watch SIGINT/SIGTERM")?;
-    if args.netns.is_some() {
-        // The tracer sees the whole host: its teardowns would not belong to the namespace.
-        let why = "the eBPF tracer is host-wide: not shown with --netns".to_owned();
-        return run_with(args, None, Some(why), &signals.flag);
-    }
-    match TracerFeed::start() {
+    // The tracer is host-wide: with --netns, only that namespace's teardowns are shown.
+    let netns = args
+        .netns
+        .as_deref()
+        .map(super::output::netns_inode)
+        .transpose()?;
+    match TracerFeed::start(netns) {
         Ok(feed) => {
             let TracerFeed {
                 lines,
@@ -118,7 +119,8 @@ struct TracerFeed {
 }
 
 impl TracerFeed {
-    fn start() -> Result<TracerFeed, String> {
+    /// Starts the tracer; with `netns` (an inode number), only that namespace's teardowns.
+    fn start(netns: Option<u32>) -> Result<TracerFeed, String> {
         use crate::{
             clock,
             kernel::{Probe, ProbeConfig},
@@ -150,13 +152,25 @@ impl TracerFeed {
                             return;
                         }
                     };
+                    if netns.is_some() && !probe.caps.netns {
+                        let _ = ready_tx.send(Err("this kernel's BTF does not give the \
+                            socket's network namespace, so teardowns cannot be shown for one \
+                            namespace"
+                            .into()));
+                        return;
+                    }
                     let _ = ready_tx.send(Ok(()));
-                    let pipeline = Pipeline::new(
+                    let filter = Filter {
+                        netns: netns.into_iter().collect(),
+                        ..Filter::default()
+                    };
+                    let mut pipeline = Pipeline::new(
                         TrackerConfig::default(),
-                        Filter::default(),
+                        filter,
                         vec![Box::new(DeviationLines::new(line_tx))],
                         clock::wall_offset_ns(),
                     );
+                    pipeline.match_netns(probe.caps.netns);
                     let stop = async move {
                         let _ = stop_rx.await;
                     };

@@ -143,7 +143,14 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let timewait = args.timewait_follow()?;
+    let filter = args.filters.filter()?;
     let mut probe = load(&args)?;
+    if !filter.netns.is_empty() && !probe.caps.netns {
+        anyhow::bail!(
+            "--netns needs the socket's namespace in each event, which this kernel's BTF does \
+             not give (see the notes above); filter by --addr or --port instead"
+        );
+    }
     let wall_offset_ns = clock::wall_offset_ns();
     let recorder = match &record {
         Some(path) => {
@@ -174,12 +181,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         }
         None => None,
     };
-    let mut pipeline = Pipeline::new(
-        args.filters.tracker(),
-        args.filters.filter(),
-        sinks,
-        wall_offset_ns,
-    );
+    let mut pipeline = Pipeline::new(args.filters.tracker(), filter, sinks, wall_offset_ns);
     pipeline.match_netns(probe.caps.netns);
     let duration = args.duration;
     let stop = async move {

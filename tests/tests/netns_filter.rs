@@ -1,0 +1,149 @@
+//! Connections are told apart by network namespace: `trace --netns` reports one namespace's
+//! connections only, and `top --batch --netns` shows only that namespace's deviating teardowns.
+
+// A failed unwrap in a test is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{TcpListener, TcpStream},
+    os::unix::fs::MetadataExt as _,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use socket2::SockRef;
+use teardown_integration_tests::{cli, kernel, netns::Netns};
+
+/// A connection on loopback port `port` of the calling thread's namespace, aborted with
+/// SO_LINGER 0 when `abort`, else closed in order.
+fn connection(port: u16, abort: bool) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    if abort {
+        SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    }
+    drop(client);
+    let mut buf = Vec::new();
+    let _ = server.read_to_end(&mut buf);
+}
+
+#[test]
+fn trace_reports_only_the_named_namespace() {
+    if !kernel::available("trace_reports_only_the_named_namespace") {
+        return;
+    }
+    let ns = Netns::new("td-nsf").unwrap();
+    let port = 24_721u16;
+    let port_s = port.to_string();
+    let mut child = cli::start_tracing(&[
+        "trace",
+        "--format",
+        "jsonl",
+        "--duration",
+        "3s",
+        "--port",
+        &port_s,
+        "--netns",
+        ns.name(),
+    ])
+    .unwrap();
+    // The same port in both namespaces: only the namespace's two ends are reported.
+    connection(port, false);
+    ns.run(|| connection(port, false));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let inode = std::fs::metadata(ns.path()).unwrap().ino();
+    let conns: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "connection")
+        .collect();
+    assert_eq!(conns.len(), 2, "{out}");
+    assert!(conns.iter().all(|c| c["netns"] == inode), "{out}");
+}
+
+#[test]
+fn top_batch_shows_only_the_named_namespaces_teardowns() {
+    if !kernel::available("top_batch_shows_only_the_named_namespaces_teardowns") {
+        return;
+    }
+    let ns = Netns::new("td-nst").unwrap();
+    let (host_port, ns_port) = (24_731u16, 24_732u16);
+    let mut child = cli::Running::new(
+        Command::new(cli::teardown_bin().unwrap())
+            .args(["top", "--batch", "--interval", "0.2", "--no-owners"])
+            .args(["--netns", ns.name(), "--duration", "120s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, lines) = mpsc::channel::<String>();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        for l in stdout.lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || lines.recv_timeout(Duration::from_secs(30)).unwrap();
+    let first = next();
+    assert!(
+        !first.starts_with('#'),
+        "the tracer did not attach: {first}"
+    );
+
+    // An abort on the host first, then one in the namespace: only the latter is shown.
+    connection(host_port, true);
+    ns.run(|| connection(ns_port, true));
+    let mut shown = Vec::new();
+    // Bounded: the namespace's two lines come within a settle time; 100 lines is ample.
+    for _ in 0..100 {
+        let l = next();
+        if l.starts_with("teardown ") {
+            shown.push(l);
+            if shown
+                .iter()
+                .filter(|l| l.contains(&format!(":{ns_port}")))
+                .count()
+                == 2
+            {
+                break;
+            }
+        }
+    }
+    assert!(
+        shown.iter().all(|l| !l.contains(&format!(":{host_port}"))),
+        "a host teardown was shown: {shown:?}"
+    );
+    assert_eq!(
+        shown
+            .iter()
+            .filter(|l| l.contains(&format!(":{ns_port}")))
+            .count(),
+        2,
+        "{shown:?}"
+    );
+
+    // SAFETY: sending a signal to our own child.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    assert!(child.wait().unwrap().success());
+    drop(lines);
+    reader.join().unwrap();
+}
