@@ -543,8 +543,8 @@ fn start_trace(ctx: &Ctx, out: &Path, err: &Path) -> Result<Proc> {
 
 /// What the top configuration runs, for the report.
 const TOP_BACK_END: &str = "teardown top --batch --interval 1 --netns (the churn's namespace): \
-its sock_diag collector, history, leak and pressure figures, as the view gets them; with \
---netns, top does not load its eBPF tracer (a host-wide one), whose cost is the trace row's";
+its sock_diag collector, history, leak and pressure figures, and its eBPF tracer judging every \
+teardown of that namespace for the deviation panel, as the view gets them";
 
 /// In every line `top --batch` prints per poll.
 const TOP_POLL_LINE: &str = " TIME_WAIT=";
