@@ -105,7 +105,9 @@ pub fn netns_inode(name: &str) -> anyhow::Result<u32> {
 }
 
 impl OutputArgs {
-    pub fn sink(&self) -> anyhow::Result<Box<dyn Sink + Send>> {
+    /// The output. `home_netns` is the network namespace the text output need not name (a live
+    /// trace's own); connections of any other are marked with theirs.
+    pub fn sink(&self, home_netns: Option<u32>) -> anyhow::Result<Box<dyn Sink + Send>> {
         let out: Box<dyn io::Write + Send> = match &self.output {
             Some(path) => Box::new(
                 File::create(path)
@@ -115,7 +117,7 @@ impl OutputArgs {
         };
         let out = BufWriter::with_capacity(64 * 1024, out);
         Ok(match self.format {
-            Format::Text => Box::new(TextSink::new(out, self.raw)),
+            Format::Text => Box::new(TextSink::new(out, self.raw).with_home_netns(home_netns)),
             Format::Jsonl => Box::new(JsonlSink::new(out)),
         })
     }

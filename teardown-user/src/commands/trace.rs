@@ -170,7 +170,12 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         }
         None => None,
     };
-    let mut sinks = vec![args.output.sink()?];
+    let home_netns = probe
+        .caps
+        .netns
+        .then(crate::join::current_netns)
+        .filter(|&n| n != 0);
+    let mut sinks = vec![args.output.sink(home_netns)?];
     let metrics = match args.metrics {
         Some(addr) => {
             let m = Arc::new(Metrics::new());

@@ -16,6 +16,8 @@ pub struct TextSink<W: Write> {
     buf: String,
     /// Show raw sequence fields on each event line.
     raw: bool,
+    /// Connections of any other network namespace are marked with theirs.
+    home_netns: Option<u32>,
 }
 
 impl<W: Write> TextSink<W> {
@@ -24,7 +26,14 @@ impl<W: Write> TextSink<W> {
             out,
             buf: String::new(),
             raw,
+            home_netns: None,
         }
+    }
+
+    /// Marks connections outside network namespace `home` (e.g. a container's) with theirs.
+    pub fn with_home_netns(mut self, home: Option<u32>) -> Self {
+        self.home_netns = home;
+        self
     }
 }
 
@@ -59,15 +68,20 @@ impl<W: Write> Sink for TextSink<W> {
             .peer_id
             .map(|p| format!("  peer #{p}"))
             .unwrap_or_default();
+        let netns = match self.home_netns {
+            Some(home) if c.netns != 0 && c.netns != home => format!("  netns {}", c.netns),
+            _ => String::new(),
+        };
         writeln!(
             self.out,
-            "#{} {} -> {}  {}  {}{}",
+            "#{} {} -> {}  {}  {}{}{}",
             c.id,
             endpoint(&c.local),
             endpoint(&c.remote),
             process,
             end,
-            peer
+            peer,
+            netns
         )?;
         writeln!(self.out, "    {}", r.verdict.headline())?;
         if let Some(st) = c.state_at_start {
@@ -163,5 +177,65 @@ impl<W: Write> Sink for TextSink<W> {
     fn finish(&mut self, s: &Summary) -> io::Result<()> {
         writeln!(self.out, "{}", s.to_text())?;
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod netns_tests {
+    use super::*;
+    use crate::{
+        event::{Comm, Event, EventKind, TcpState},
+        tracker::Connection,
+    };
+
+    fn header(home: Option<u32>, netns: u32) -> String {
+        let ev = Event {
+            ts_ns: 1,
+            sk: 0xa,
+            kind: EventKind::State {
+                old: TcpState::Close,
+                new: TcpState::SynSent,
+            },
+            local: "10.0.0.1:40000".parse().unwrap(),
+            remote: "10.0.0.2:80".parse().unwrap(),
+            pid: 7,
+            comm: Comm::new("app"),
+            netns,
+            seq: None,
+            sock: None,
+        };
+        let conn = Connection {
+            id: 1,
+            sk: 0xa,
+            local: ev.local,
+            remote: ev.remote,
+            process: ev.task(),
+            netns,
+            events: vec![ev],
+            seen_from_start: true,
+            events_maybe_lost: false,
+            state_at_start: None,
+            end: RecordEnd::StillOpen,
+        };
+        let verdict = crate::validate::judge(&conn, None);
+        let mut sink = TextSink::new(Vec::new(), false).with_home_netns(home);
+        sink.connection(&Report {
+            conn: &conn,
+            peer_id: None,
+            verdict: &verdict,
+            wall_offset_ns: 0,
+        })
+        .unwrap();
+        let text = String::from_utf8(sink.out).unwrap();
+        text.lines().next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn connections_of_another_namespace_are_marked() {
+        assert!(header(Some(4), 5).ends_with("still open  netns 5"));
+        assert!(header(Some(5), 5).ends_with("still open"));
+        assert!(header(None, 5).ends_with("still open"));
+        assert!(header(Some(4), 0).ends_with("still open"));
     }
 }
