@@ -282,6 +282,8 @@ fn in_process_context(old: u8, new: u8) -> bool {
 #[inline(always)]
 fn fill_task_and_sock(ev: &mut Event, sk: Fields, offs: &SockOffsets) {
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    // After the filter: a pointer chase that events the filter drops need not pay.
+    ev.netns = sk.netns(offs).unwrap_or(0);
     ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // The name is only worth copying when the task may be the owner: a system call, or an
     // abortive close (which may be one).
@@ -323,11 +325,10 @@ fn fill_task_and_sock(ev: &mut Event, sk: Fields, offs: &SockOffsets) {
     }
 }
 
-/// The 4-tuple and network namespace from `struct sock_common`, which full, request and
-/// timewait sockets share. Returns false when the family is neither IPv4 nor IPv6.
+/// The 4-tuple from `struct sock_common`, which full, request and timewait sockets share.
+/// Returns false when the family is neither IPv4 nor IPv6.
 #[inline(always)]
 fn fill_tuple_common(ev: &mut Event, sk: Fields, offs: &SockOffsets) -> bool {
-    ev.netns = sk.netns(offs).unwrap_or(0);
     if sk.probed() && offs.fast & fast::COMMON_HEAD != 0 {
         // One read for addresses, ports and family (layout verified by the agent in BTF).
         let Some(h) = sk.read::<CommonHead>(offs.skc_daddr) else {
@@ -433,6 +434,7 @@ fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
         }
         ev.ts_ns = unsafe { bpf_ktime_get_ns() };
         ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        ev.netns = Fields::Probed(sk).netns(&offs).unwrap_or(0);
         emit(&ev);
         return 0;
     }
@@ -523,9 +525,7 @@ fn read_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Option<()
     if !wanted(&ev) {
         return Some(());
     }
-    let offs = offsets();
-    ev.netns = Fields::Probed(sk as *const u8).netns(&offs).unwrap_or(0);
-    fill_task_and_sock(&mut ev, Fields::Probed(sk as *const u8), &offs);
+    fill_task_and_sock(&mut ev, Fields::Probed(sk as *const u8), &offsets());
     emit(&ev);
     Some(())
 }

@@ -83,6 +83,8 @@ fn is_zero(n: &u32) -> bool {
 /// A socket already closing when the trace began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Closing {
+    /// Inode number of the namespace it was seen in (0: unknown).
+    pub netns: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub state: TcpState,
@@ -97,10 +99,20 @@ pub struct TwWatcher {
     netns: u32,
 }
 
-/// Inode number of the calling thread's network namespace (0 if /proc cannot tell).
+/// Inode number of the calling thread's network namespace (0 if /proc cannot tell). The
+/// thread's own, not the process's: a sock_diag thread may have entered another namespace.
 pub fn current_netns() -> u32 {
     use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino() as u32)
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    [
+        "/proc/thread-self/ns/net".to_owned(),
+        format!("/proc/self/task/{tid}/ns/net"),
+    ]
+    .iter()
+    .find_map(|p| std::fs::metadata(p).ok())
+    .and_then(|m| u32::try_from(m.ino()).ok())
+    .unwrap_or(0)
 }
 
 impl TwWatcher {
@@ -179,6 +191,7 @@ impl TwWatcher {
             .iter()
             .filter_map(|s| {
                 Some(Closing {
+                    netns: self.netns,
                     local: s.tuple.local,
                     remote: s.tuple.remote,
                     state: TcpState::from_kernel(s.state.kernel_number())?,

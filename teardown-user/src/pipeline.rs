@@ -211,7 +211,7 @@ impl Pipeline {
     pub fn seed(&mut self, closing: &[Closing]) {
         self.summary.closing_at_start += closing.len() as u64;
         for c in closing {
-            self.tracker.seed(c.local, c.remote, c.state);
+            self.tracker.seed(c.netns, c.local, c.remote, c.state);
         }
     }
 

@@ -202,21 +202,44 @@ pub struct Tracker {
     /// The same for orphaned ends waiting longer for their peer (`peer_wait_ns`).
     orphan_queue: std::collections::VecDeque<(u64, u64)>,
     /// 4-tuple -> open or settling connection.
-    by_tuple: HashMap<(SocketAddr, SocketAddr), Slot>,
+    by_tuple: HashMap<TupleKey, Slot>,
     next_id: u64,
     lost: u64,
     /// Monotonic time spans in which the kernel lost events, newest last (bounded).
     loss_windows: std::collections::VecDeque<(u64, u64)>,
     /// Connections already closing when the trace began (sock_diag), by 4-tuple.
-    seeds: HashMap<(SocketAddr, SocketAddr), TcpState>,
+    seeds: HashMap<TupleKey, TcpState>,
     /// Closed ends whose peer was still open, by their own 4-tuple.
-    awaiting_peer: HashMap<(SocketAddr, SocketAddr), (u64, Arc<Connection>)>,
+    awaiting_peer: HashMap<TupleKey, (u64, Arc<Connection>)>,
     stats: TrackerStats,
 }
 
 /// Closed ends kept for a peer that is still open, at most, and for how long once full.
 const AWAITING_PEER_MAX: usize = 16_384;
 const AWAITING_PEER_NS: u64 = 120_000_000_000;
+
+/// A 4-tuple as the tracker tells sockets apart: with its network namespace when it is a
+/// loopback one (loopback traffic never leaves its namespace, so two containers may each have
+/// the same loopback 4-tuple), without it otherwise (veth traffic between namespaces joins ends
+/// in two of them). The namespace is 0 when events do not carry it.
+type TupleKey = (u32, SocketAddr, SocketAddr);
+
+fn tuple_key(netns: u32, local: SocketAddr, remote: SocketAddr) -> TupleKey {
+    let scoped = local.ip().is_loopback() || remote.ip().is_loopback();
+    (if scoped { netns } else { 0 }, local, remote)
+}
+
+impl Connection {
+    /// Its own tuple key.
+    fn key(&self) -> TupleKey {
+        tuple_key(self.netns, self.local, self.remote)
+    }
+
+    /// The tuple key its peer has.
+    fn peer_key(&self) -> TupleKey {
+        tuple_key(self.netns, self.remote, self.local)
+    }
+}
 
 /// A FIN_WAIT2 -> CLOSE of an orphan whose peer's FIN had not come: the socket became a
 /// FIN_WAIT2 timewait socket (teardown-sequence.md, fact 2).
@@ -284,9 +307,10 @@ impl Tracker {
 
     /// A connection already in `state` when the trace began: when its events come, its record
     /// says so (its beginning is not in the trace).
-    pub fn seed(&mut self, local: SocketAddr, remote: SocketAddr, state: TcpState) {
+    /// `netns` is the inode number of the namespace it was seen in (0: unknown).
+    pub fn seed(&mut self, netns: u32, local: SocketAddr, remote: SocketAddr, state: TcpState) {
         if self.seeds.len() < self.cfg.max_open {
-            self.seeds.insert((local, remote), state);
+            self.seeds.insert(tuple_key(netns, local, remote), state);
         }
     }
 
@@ -336,7 +360,7 @@ impl Tracker {
                 }
             }
             c.push(ev);
-            let tuple_now = c.has_tuple().then_some((c.local, c.remote));
+            let tuple_now = c.has_tuple().then(|| c.key());
             if let Some(t) = tuple_now {
                 self.by_tuple.entry(t).or_insert(Slot::Open(ev.sk));
             }
@@ -362,7 +386,7 @@ impl Tracker {
                 // is still open: the rest of its teardown is the peer's to show, so it waits
                 // (bounded) to be judged with it, whatever the application's timing.
                 let peer_open = c.has_tuple()
-                    && matches!(self.by_tuple.get(&c.mirrored()), Some(Slot::Open(sk)) if self.open.contains_key(sk));
+                    && matches!(self.by_tuple.get(&c.peer_key()), Some(Slot::Open(sk)) if self.open.contains_key(sk));
                 let (queue, wait) = if peer_open && is_orphan_fin_wait2(&ev) {
                     (&mut self.orphan_queue, self.cfg.peer_wait_ns)
                 } else {
@@ -370,10 +394,7 @@ impl Tracker {
                 };
                 queue.push_back((ev.ts_ns.saturating_add(wait), c.id));
                 if c.has_tuple() {
-                    let slot = self
-                        .by_tuple
-                        .entry((c.local, c.remote))
-                        .or_insert(Slot::Settling(c.id));
+                    let slot = self.by_tuple.entry(c.key()).or_insert(Slot::Settling(c.id));
                     if *slot == Slot::Open(ev.sk) {
                         *slot = Slot::Settling(c.id);
                     }
@@ -409,7 +430,7 @@ impl Tracker {
         if !c.has_tuple() {
             return None;
         }
-        let key = c.mirrored();
+        let key = c.peer_key();
         let overlaps = self
             .awaiting_peer
             .get(&key)
@@ -447,18 +468,18 @@ impl Tracker {
         }
         let mut c = Connection::new(self.next_id, &ev);
         if !c.seen_from_start && !self.seeds.is_empty() {
-            c.state_at_start = self.seeds.remove(&(ev.local, ev.remote));
+            c.state_at_start = self.seeds.remove(&tuple_key(ev.netns, ev.local, ev.remote));
         }
         self.next_id += 1;
         self.stats.connections += 1;
         if c.has_tuple() {
-            self.by_tuple.insert((c.local, c.remote), Slot::Open(c.sk));
+            self.by_tuple.insert(c.key(), Slot::Open(c.sk));
         }
         self.open.insert(ev.sk, c);
     }
 
     fn attach_by_tuple(&mut self, ev: Event) {
-        let attached = match self.by_tuple.get(&(ev.local, ev.remote)) {
+        let attached = match self.by_tuple.get(&tuple_key(ev.netns, ev.local, ev.remote)) {
             Some(Slot::Open(sk)) => self.open.get_mut(sk),
             Some(Slot::Settling(id)) => self.settling.get_mut(id),
             None => None,
@@ -471,7 +492,7 @@ impl Tracker {
 
     /// Forgets the 4-tuple of a connection leaving `slot`, unless another holds it now.
     fn unindex(&mut self, c: &Connection, slot: Slot) {
-        if let Entry::Occupied(e) = self.by_tuple.entry((c.local, c.remote)) {
+        if let Entry::Occupied(e) = self.by_tuple.entry(c.key()) {
             if *e.get() == slot {
                 e.remove();
             }
@@ -526,8 +547,7 @@ impl Tracker {
                 self.awaiting_peer.retain(|_, (t, _)| *t >= oldest_kept);
             }
         }
-        self.awaiting_peer
-            .insert((conn.local, conn.remote), (now, conn));
+        self.awaiting_peer.insert(conn.key(), (now, conn));
     }
 
     fn overlaps_loss(&self, c: &Connection) -> bool {
@@ -544,7 +564,7 @@ impl Tracker {
             conn.events_maybe_lost = true;
         }
         let slot = if conn.has_tuple() {
-            self.by_tuple.get(&conn.mirrored()).copied()
+            self.by_tuple.get(&conn.peer_key()).copied()
         } else {
             None
         };
@@ -670,6 +690,59 @@ pub(crate) mod tests {
         assert_eq!(out[1].conn.sk, 0xb);
         assert_eq!(out[1].peer.as_ref().unwrap().sk, 0xa);
         assert_eq!(out[1].conn.process.unwrap().pid, 100);
+    }
+
+    /// `ev` in network namespace `netns`.
+    fn ev_in(netns: u32, e: Event) -> Event {
+        Event { netns, ..e }
+    }
+
+    /// One orderly close of client `c` and server `s` in namespace `ns`, from time `t`.
+    fn close_in(ns: u32, t: u64, (c, s): (u64, u64), (cl, sv): (&str, &str)) -> Vec<Event> {
+        [
+            ev(t, c, Close, SynSent, cl, sv),
+            ev(t + 1, s, Listen, SynRecv, sv, cl),
+            ev(t + 2, c, SynSent, Established, cl, sv),
+            ev(t + 3, s, SynRecv, Established, sv, cl),
+            ev(t + 4, c, Established, FinWait1, cl, sv),
+            ev(t + 5, s, Established, CloseWait, sv, cl),
+            ev(t + 6, c, FinWait1, FinWait2, cl, sv),
+            ev(t + 7, s, CloseWait, LastAck, sv, cl),
+            ev(t + 8, c, FinWait2, Close, Z, sv),
+            ev(t + 9, s, LastAck, Close, Z, cl),
+        ]
+        .into_iter()
+        .map(|e| ev_in(ns, e))
+        .collect()
+    }
+
+    #[test]
+    fn the_same_loopback_tuple_in_two_namespaces_is_two_connections() {
+        // Two containers' loopback connections on the same 4-tuple, one just after the other
+        // (the first still settling): each end is paired with its own namespace's.
+        let mut events = close_in(1, 100, (0xa, 0xb), (C, S));
+        events.extend(close_in(2, 120, (0xc, 0xd), (C, S)));
+        let out = run(&events);
+        assert_eq!(out.len(), 4, "{out:#?}");
+        for f in &out {
+            let peer = f.peer.as_ref().unwrap_or_else(|| panic!("no peer: {f:#?}"));
+            assert_eq!(peer.netns, f.conn.netns, "{f:#?}");
+        }
+    }
+
+    #[test]
+    fn ends_in_two_namespaces_over_veth_are_paired() {
+        let (cl, sv) = ("10.0.0.1:40000", "10.0.0.2:80");
+        let events: Vec<Event> = close_in(0, 100, (0xa, 0xb), (cl, sv))
+            .into_iter()
+            .map(|e| Event {
+                netns: if e.sk == 0xa { 1 } else { 2 },
+                ..e
+            })
+            .collect();
+        let out = run(&events);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|f| f.peer.is_some()), "{out:#?}");
     }
 
     #[test]

@@ -110,7 +110,15 @@ fn the_same_four_tuple_in_two_namespaces_is_joined_to_each_its_own() {
         return;
     }
     let ns = Netns::new("td-twns2").unwrap();
-    let (server_port, client_port) = (24_711u16, 24_712u16);
+    // Ports free on the host now (the namespace is new: free there too).
+    let free_port = || {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (server_port, client_port) = (free_port(), free_port());
     let port_s = server_port.to_string();
     let mut child = cli::start_tracing(&[
         "trace",
@@ -164,6 +172,13 @@ fn the_same_four_tuple_in_two_namespaces_is_joined_to_each_its_own() {
     assert_eq!(timelines.len(), 2, "{out}");
     assert_ne!(timelines[0]["netns"], timelines[1]["netns"], "{out}");
     for t in timelines {
+        // Judged with the server end of its own namespace, not the other one's.
+        let peer = lines
+            .iter()
+            .find(|v| v["type"] == "connection" && v["id"] == t["peer"])
+            .unwrap_or_else(|| panic!("no peer for {t:#}\n{out}"));
+        assert_eq!(peer["netns"], t["netns"], "{out}");
+        assert_eq!(t["verdict"]["conformance"], "conforms", "{t:#}");
         let entered: Vec<&serde_json::Value> = lines
             .iter()
             .filter(|v| v["type"] == "timewait" && v["id"] == t["id"] && v["fact"] == "entered")

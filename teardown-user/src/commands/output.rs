@@ -51,7 +51,8 @@ pub struct FilterArgs {
     pub pid: Vec<u32>,
     /// Only connections in this network namespace (repeatable): a name from `ip netns`, a path
     /// such as /proc/PID/ns/net of a container's process, or the namespace's inode number.
-    /// Needs kernel BTF (events carry their namespace then).
+    /// Needs kernel BTF (events carry their namespace then). With `record`, it narrows what is
+    /// reported, not what is recorded.
     #[arg(long, value_name = "NAME|PATH|INODE")]
     pub netns: Vec<String>,
     /// Report listening sockets too (hidden by default).
@@ -86,22 +87,36 @@ impl FilterArgs {
     }
 }
 
-/// The inode number of a network namespace given as an inode number, a name from `ip netns`,
-/// or a path.
+/// The inode number of a network namespace given as a name from `ip netns`, a path, or an
+/// inode number (tried in that order).
 pub fn netns_inode(name: &str) -> anyhow::Result<u32> {
-    use std::os::unix::fs::MetadataExt as _;
-    if let Ok(inode) = name.parse::<u32>() {
-        return Ok(inode);
-    }
     let path = crate::diag::netns::path_for(name);
-    let meta = std::fs::metadata(&path).map_err(|e| {
-        anyhow::anyhow!(
-            "--netns {name}: no network namespace at {} ({e}); see `ip netns list`, or give \
-             /proc/PID/ns/net of a process inside it, or its inode number",
-            path.display()
-        )
-    })?;
-    u32::try_from(meta.ino()).map_err(|_| anyhow::anyhow!("--netns {name}: inode out of range"))
+    match namespace_file_inode(&path) {
+        Ok(inode) => Ok(inode),
+        Err(_) if name.parse::<u32>().is_ok_and(|n| n != 0) => Ok(name.parse()?),
+        Err(e) => anyhow::bail!(
+            "--netns {name}: {e}; see `ip netns list`, or give /proc/PID/ns/net of a process \
+             inside it, or its inode number (`ls -iL /proc/PID/ns/net`)"
+        ),
+    }
+}
+
+/// The inode number of the network namespace file at `path`, refusing any other file.
+pub fn namespace_file_inode(path: &std::path::Path) -> anyhow::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("no network namespace at {} ({e})", path.display()))?;
+    // A bind-mounted namespace lives on nsfs; a leftover /var/run/netns entry whose namespace
+    // is gone, or any other file, does not.
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs writes into a zeroed struct of the right type; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    if rc != 0 || st.f_type as i64 != NSFS_MAGIC {
+        anyhow::bail!("{} is not a namespace file", path.display());
+    }
+    u32::try_from(meta.ino()).map_err(|_| anyhow::anyhow!("{}: inode out of range", path.display()))
 }
 
 impl OutputArgs {
@@ -120,5 +135,24 @@ impl OutputArgs {
             Format::Text => Box::new(TextSink::new(out, self.raw).with_home_netns(home_netns)),
             Format::Jsonl => Box::new(JsonlSink::new(out)),
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_files_of_nsfs_or_inode_numbers() {
+        use std::os::unix::fs::MetadataExt as _;
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        assert_eq!(netns_inode("/proc/self/ns/net").unwrap(), own);
+        assert_eq!(netns_inode(&own.to_string()).unwrap(), own);
+        // A file that is no namespace, a missing one, and 0 are refused.
+        let e = netns_inode("/proc/self/status").unwrap_err().to_string();
+        assert!(e.contains("is not a namespace file"), "{e}");
+        assert!(netns_inode("/no/such/namespace").is_err());
+        assert!(netns_inode("0").is_err());
     }
 }

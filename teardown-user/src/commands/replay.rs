@@ -47,6 +47,12 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         reader.header.wall_offset_ns,
     );
     pipeline.match_netns(reader.header.netns);
+    if !reader.header.netns && !args.filters.netns.is_empty() {
+        anyhow::bail!(
+            "--netns: the events of this recording carry no network namespace (it was made \
+             without kernel BTF, or by an older teardown); filter by --addr or --port instead"
+        );
+    }
     if !reader.header.seq {
         crate::say!(
             "note: this recording has no sequence numbers: its sequence checks are skipped"

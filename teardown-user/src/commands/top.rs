@@ -85,11 +85,16 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     // First of all, so that a signal while the tracer loads still ends `top` cleanly.
     let signals = SignalWatch::start().context("cannot watch SIGINT/SIGTERM")?;
     // The tracer is host-wide: with --netns, only that namespace's teardowns are shown.
-    let netns = args
-        .netns
-        .as_deref()
-        .map(super::output::netns_inode)
-        .transpose()?;
+    let netns = match args.netns.as_deref() {
+        // sock_diag enters the namespace by its file: it must be one, and is checked before
+        // anything loads.
+        Some(name) => Some(
+            super::output::namespace_file_inode(&netns::path_for(name)).with_context(|| {
+                format!("--netns {name}: give a name from `ip netns` or a path")
+            })?,
+        ),
+        None => None,
+    };
     match TracerFeed::start(netns) {
         Ok(feed) => {
             let TracerFeed {

@@ -90,7 +90,13 @@ impl TraceArgs {
         let mut seen = vec![id(std::path::Path::new("/proc/self/ns/net"))
             .context("cannot read this process's network namespace")?];
         let mut netns = Vec::with_capacity(self.timewait_netns.len());
-        for name in &self.timewait_netns {
+        // The namespaces reported with --netns (by name or path) are followed too.
+        let filtered = self
+            .filters
+            .netns
+            .iter()
+            .filter(|n| crate::diag::netns::path_for(n).exists());
+        for name in self.timewait_netns.iter().chain(filtered) {
             let path = crate::diag::netns::path_for(name);
             let Ok(ns) = id(&path) else {
                 anyhow::bail!(

@@ -155,8 +155,10 @@ pub fn resolve_from(btf: &Btf) -> Result<Resolved, BtfError> {
         snd_nxt: get("snd_nxt", "tcp_sock", &["snd_nxt"]),
         rcv_nxt: get("rcv_nxt", "tcp_sock", &["rcv_nxt"]),
         write_seq: get("write_seq", "tcp_sock", &["write_seq"]),
-        skc_net: get("skc_net", "sock", &["__sk_common", "skc_net", "net"]),
-        net_inum: get("net.ns.inum", "net", &["ns", "inum"]),
+        // Optional: without them events carry no network namespace (said on its own).
+        skc_net: offset_of(btf, "sock", &["__sk_common", "skc_net", "net"])
+            .unwrap_or(OFFSET_UNKNOWN),
+        net_inum: offset_of(btf, "net", &["ns", "inum"]).unwrap_or(OFFSET_UNKNOWN),
         fast: 0,
     };
     let skc_state = get("skc_state", "sock", &common("skc_state"));

@@ -211,6 +211,13 @@ impl Probe {
                 caps.seq = r.has_seq();
                 caps.netns =
                     r.offsets.skc_net != OFFSET_UNKNOWN && r.offsets.net_inum != OFFSET_UNKNOWN;
+                if !caps.netns {
+                    caps.notes.push(
+                        "this kernel's BTF has no network namespace inode for sockets: events \
+                         carry no namespace, and --netns is unavailable"
+                            .into(),
+                    );
+                }
                 (r.offsets, r.skc_state)
             }
             None => (SockOffsets::UNKNOWN, OFFSET_UNKNOWN),

@@ -220,10 +220,19 @@ mod tests {
     use super::*;
     use crate::event::TcpState;
 
-    /// The hand-written step is the JSON the derived, flattened one was: the kind's own serde
-    /// names, in the same order.
+    /// The hand-written step writes the very bytes the derived, flattened one did.
     #[test]
     fn steps_are_written_as_the_event_kinds_serialize() {
+        #[derive(Serialize)]
+        struct Flattened {
+            t_us: f64,
+            #[serde(flatten)]
+            kind: EventKind,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            seq: Option<SeqSnapshot>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            sock: Option<SockSnapshot>,
+        }
         let seq = SeqSnapshot {
             snd_una: 1,
             snd_nxt: 2,
@@ -245,6 +254,29 @@ mod tests {
                 state: TcpState::Established,
             },
         ] {
+            for (seq, sock) in [
+                (Some(seq), None),
+                (None, Some(SockSnapshot { flags: 3, err: 104 })),
+                (Some(seq), Some(SockSnapshot { flags: 0, err: 0 })),
+                (None, None),
+            ] {
+                let step = Step {
+                    t_us: 1.5,
+                    kind,
+                    seq,
+                    sock,
+                };
+                let old = Flattened {
+                    t_us: 1.5,
+                    kind,
+                    seq,
+                    sock,
+                };
+                assert_eq!(
+                    serde_json::to_string(&step).unwrap(),
+                    serde_json::to_string(&old).unwrap()
+                );
+            }
             let step = Step {
                 t_us: 1.5,
                 kind,
