@@ -66,7 +66,9 @@ pub struct TopArgs {
     #[arg(long)]
     pub no_owners: bool,
 
-    /// Observe another network namespace: a name from `ip netns` or a path.
+    /// Observe another network namespace: a name from `ip netns` or a path such as
+    /// /proc/PID/ns/net of a container's process. Its closing sockets are polled there, and
+    /// only its deviating teardowns are shown.
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
 
