@@ -51,7 +51,8 @@ pub struct Connection {
     pub remote: SocketAddr,
     /// The owning process, from the first event made in process context.
     pub process: Option<Task>,
-    /// Inode number of its network namespace, from the first event that had one (0: unknown).
+    /// Inode number of its network namespace, from its first event (0: unknown). Fixed for its
+    /// life: it is part of the keys the tracker files it under.
     pub netns: u32,
     pub events: Vec<Event>,
     /// The connection's beginning was seen (it was not first seen mid-life).
@@ -91,9 +92,6 @@ impl Connection {
         }
         if self.process.is_none() {
             self.process = ev.task();
-        }
-        if self.netns == 0 {
-            self.netns = ev.netns;
         }
         self.events.push(ev);
     }
