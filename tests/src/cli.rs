@@ -38,6 +38,54 @@ impl Running {
     pub fn new(child: Child) -> Running {
         Running(child)
     }
+
+    /// Waits for a `--format jsonl` run to end by itself (its `--duration`), and returns its
+    /// stdout and the parsed lines; an error if it failed or wrote anything but JSON.
+    pub fn jsonl_output(mut self) -> io::Result<(String, Vec<serde_json::Value>)> {
+        let mut out = String::new();
+        if let Some(mut stdout) = self.0.stdout.take() {
+            io::Read::read_to_string(&mut stdout, &mut out)?;
+        }
+        let status = self.0.wait()?;
+        if !status.success() {
+            return Err(io::Error::other(format!(
+                "teardown ended with {status}: {out}"
+            )));
+        }
+        let lines = out
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .map_err(|e| io::Error::other(format!("not JSON Lines ({e}): {out}")))?;
+        Ok((out, lines))
+    }
+}
+
+/// Starts `teardown top --batch` with `args` and its output lines as a channel, read on a
+/// thread (the channel closes when teardown does).
+pub fn start_top_batch(args: &[&str]) -> io::Result<(Running, mpsc::Receiver<String>)> {
+    let mut child = Running::new(
+        Command::new(teardown_bin()?)
+            .args(["top", "--batch"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no stdout"))?;
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Ok((child, lines))
 }
 
 impl Deref for Running {

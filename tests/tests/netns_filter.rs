@@ -5,11 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     net::{TcpListener, TcpStream},
     os::unix::fs::MetadataExt as _,
-    process::{Command, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
@@ -40,7 +38,7 @@ fn trace_reports_only_the_named_namespace() {
     let ns = Netns::new("td-nsf").unwrap();
     let port = 24_721u16;
     let port_s = port.to_string();
-    let mut child = cli::start_tracing(&[
+    let child = cli::start_tracing(&[
         "trace",
         "--format",
         "jsonl",
@@ -55,20 +53,10 @@ fn trace_reports_only_the_named_namespace() {
     // The same port in both namespaces: only the namespace's two ends are reported.
     connection(port, false);
     ns.run(|| connection(port, false));
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let (out, lines) = child.jsonl_output().unwrap();
     let inode = std::fs::metadata(ns.path()).unwrap().ino();
-    let conns: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["type"] == "connection")
-        .collect();
+    let conns: Vec<&serde_json::Value> =
+        lines.iter().filter(|v| v["type"] == "connection").collect();
     assert_eq!(conns.len(), 2, "{out}");
     assert!(conns.iter().all(|c| c["netns"] == inode), "{out}");
 }
@@ -80,25 +68,16 @@ fn top_batch_shows_only_the_named_namespaces_teardowns() {
     }
     let ns = Netns::new("td-nst").unwrap();
     let (host_port, ns_port) = (24_731u16, 24_732u16);
-    let mut child = cli::Running::new(
-        Command::new(cli::teardown_bin().unwrap())
-            .args(["top", "--batch", "--interval", "0.2", "--no-owners"])
-            .args(["--netns", ns.name(), "--duration", "120s"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let (tx, lines) = mpsc::channel::<String>();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        for l in stdout.lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, lines) = cli::start_top_batch(&[
+        "--interval",
+        "0.2",
+        "--no-owners",
+        "--netns",
+        ns.name(),
+        "--duration",
+        "120s",
+    ])
+    .unwrap();
     let next = || lines.recv_timeout(Duration::from_secs(30)).unwrap();
     let first = next();
     assert!(
@@ -144,6 +123,4 @@ fn top_batch_shows_only_the_named_namespaces_teardowns() {
         0
     );
     assert!(child.wait().unwrap().success());
-    drop(lines);
-    reader.join().unwrap();
 }

@@ -30,7 +30,7 @@ fn timewait_entry_and_reuse_join_the_traced_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = listener.local_addr().unwrap();
     let port = server.port().to_string();
-    let mut child = cli::start_tracing(&[
+    let child = cli::start_tracing(&[
         "trace",
         "--format",
         "jsonl",
@@ -63,19 +63,7 @@ fn timewait_entry_and_reuse_join_the_traced_connection() {
     drop(again);
     drop(accepted2);
 
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success());
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (out, lines) = child.jsonl_output().unwrap();
     let first = lines
         .iter()
         .find(|v| {

@@ -45,20 +45,9 @@ fn trace(ns: &Netns, port: u16, extra: &[&str]) -> (serde_json::Value, Vec<serde
         "200ms",
     ];
     args.extend_from_slice(extra);
-    let mut child = cli::start_tracing(&args).unwrap();
+    let child = cli::start_tracing(&args).unwrap();
     let client = client_enters_time_wait(ns, port);
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (out, lines) = child.jsonl_output().unwrap();
     let timeline = lines
         .iter()
         .find(|v| v["type"] == "connection" && v["local"] == client.to_string())
@@ -120,7 +109,7 @@ fn the_same_four_tuple_in_two_namespaces_is_joined_to_each_its_own() {
     };
     let (server_port, client_port) = (free_port(), free_port());
     let port_s = server_port.to_string();
-    let mut child = cli::start_tracing(&[
+    let child = cli::start_tracing(&[
         "trace",
         "--format",
         "jsonl",
@@ -152,18 +141,7 @@ fn the_same_four_tuple_in_two_namespaces_is_joined_to_each_its_own() {
     };
     connect();
     ns.run(connect);
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (out, lines) = child.jsonl_output().unwrap();
     let client = format!("127.0.0.1:{client_port}");
     let timelines: Vec<&serde_json::Value> = lines
         .iter()

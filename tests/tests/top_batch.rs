@@ -5,10 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
-    io::{BufRead, BufReader},
     net::{TcpListener, TcpStream},
-    process::{Command, Stdio},
-    sync::mpsc,
     time::Duration,
 };
 
@@ -21,25 +18,8 @@ fn batch_mode_reports_polls_and_a_reset_then_stops_on_sigterm() {
         return;
     }
     // --duration: a backstop should the test fail before its SIGTERM.
-    let mut child = cli::Running::new(
-        Command::new(cli::teardown_bin().unwrap())
-            .args(["top", "--batch", "--interval", "0.2", "--no-owners"])
-            .args(["--duration", "120s"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let (tx, lines) = mpsc::channel::<String>();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        for l in stdout.lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, lines) =
+        cli::start_top_batch(&["--interval", "0.2", "--no-owners", "--duration", "120s"]).unwrap();
     let next = || lines.recv_timeout(Duration::from_secs(30)).unwrap();
     // The tracer is attached before the first poll is printed.
     let first = next();
@@ -92,6 +72,4 @@ fn batch_mode_reports_polls_and_a_reset_then_stops_on_sigterm() {
     );
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
-    drop(lines);
-    reader.join().unwrap();
 }
