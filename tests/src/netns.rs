@@ -84,7 +84,7 @@ impl Netns {
         F: FnOnce() -> T + Send,
         T: Send,
     {
-        match teardown::diag::netns::run_in(&self.path(), f) {
+        match teardown::sock_diag::netns::run_in(&self.path(), f) {
             Ok(v) => v,
             Err(e) => panic!("entering {}: {e}", self.name),
         }
@@ -98,7 +98,7 @@ impl Netns {
     {
         let path = self.path();
         std::thread::spawn(move || {
-            if let Err(e) = teardown::diag::netns::enter(&path) {
+            if let Err(e) = teardown::sock_diag::netns::enter(&path) {
                 panic!("entering {}: {e}", path.display());
             }
             f()

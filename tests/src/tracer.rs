@@ -12,10 +12,10 @@ use std::{
 };
 
 use teardown::{
-    event::Event,
+    decode::Event,
+    judge::{self, Verdict},
     kernel::{Capabilities, Probe, ProbeConfig},
-    tracker::{Finished, Tracker, TrackerConfig},
-    validate::{self, Verdict},
+    track::{Finished, Tracker, TrackerConfig},
 };
 
 /// What the tracer thread hands back: the events and the kernel's lost-event count.
@@ -37,7 +37,7 @@ pub struct Traced {
 impl Traced {
     /// The states, as `OLD->NEW` strings, and non-state events as `retransmit@STATE` and so on.
     pub fn steps(&self) -> Vec<String> {
-        use teardown::event::EventKind::*;
+        use teardown::decode::EventKind::*;
         self.finished
             .conn
             .events
@@ -136,7 +136,7 @@ impl Tracer {
         out.into_iter()
             .filter(|f| !f.conn.is_listener() && (f.conn.local == end || f.conn.remote == end))
             .map(|finished| {
-                let verdict = validate::judge(&finished.conn, finished.peer.as_deref());
+                let verdict = judge::judge(&finished.conn, finished.peer.as_deref());
                 Traced { finished, verdict }
             })
             .collect()

@@ -13,7 +13,7 @@ use std::{
 };
 
 use teardown::{
-    event::{EventKind, SeqSnapshot, TcpState},
+    decode::{EventKind, SeqSnapshot, TcpState},
     kernel::ProbeConfig,
 };
 use teardown_integration_tests::{kernel, tracer::Tracer};

@@ -54,7 +54,7 @@ fn only_matching_sockets_reach_the_agent() {
     assert!(unhashed >= 1, "{events:#?}");
     let states = events
         .iter()
-        .filter(|e| matches!(e.kind, teardown::event::EventKind::State { .. }))
+        .filter(|e| matches!(e.kind, teardown::decode::EventKind::State { .. }))
         .count();
     assert_eq!(states, 10, "{events:#?}");
 }

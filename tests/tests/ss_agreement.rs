@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use teardown::event::EventKind;
+use teardown::decode::EventKind;
 use teardown_integration_tests::{kernel, tracer::Tracer};
 
 /// `bytes_received:N` and `bytes_acked:N` of the socket with local port `port` in `state`.

@@ -1,7 +1,7 @@
 //! TIME_WAIT / CLOSE_WAIT monitor against `ss`, in fresh network namespaces (root).
 //!
 //! Each test builds a known set of closing sockets inside its own namespace, reads them through
-//! `teardown::diag` / `teardown::monitor` from a thread inside that namespace, and checks the
+//! `teardown::sock_diag` / `teardown::monitor` from a thread inside that namespace, and checks the
 //! figures exactly against `ip netns exec NAME ss ...`.
 
 // A failed unwrap in a test is a failed test, with its location.
@@ -13,9 +13,9 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use teardown::commands::timewait::{collect, render_text, OutputFormat, TimewaitArgs};
-use teardown::diag::{self, FourTuple, PollOptions, Poller, ScanLimits, TwSubstate};
 use teardown::monitor::figures::{per_local_addr, per_remote, port_pressure, state_counts};
 use teardown::monitor::{Collector, KernelSettings, Level, ReportConfig, Reuse, Thresholds};
+use teardown::sock_diag::{self, FourTuple, PollOptions, Poller, ScanLimits, TwSubstate};
 use teardown_integration_tests::netns::{require_root, veth_pair, Netns};
 
 const PORT: u16 = 5000; // below ip_local_port_range: no collision with client ports
@@ -208,7 +208,7 @@ fn close_wait_leak_found_with_our_pid() {
         no_open: false,
         netns: None,
     };
-    let r = diag::netns::run_in(&ns.path(), || collect(&args))
+    let r = sock_diag::netns::run_in(&ns.path(), || collect(&args))
         .unwrap()
         .unwrap();
     assert_eq!(r.polls, 2);
@@ -313,7 +313,7 @@ fn veth_between_namespaces_and_per_namespace_view() {
         }
         s
     });
-    let snap_b = b.run(|| diag::snapshot().unwrap());
+    let snap_b = b.run(|| sock_diag::snapshot().unwrap());
     assert_eq!(snap_a.timewait.len(), 1);
     assert_eq!(
         snap_a.timewait[0].tuple.remote.to_string(),

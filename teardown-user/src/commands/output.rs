@@ -10,9 +10,9 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    pipeline::Filter,
-    sink::{JsonlSink, Sink, TextSink},
-    tracker::TrackerConfig,
+    live::Filter,
+    sinks::{JsonlSink, Sink, TextSink},
+    track::TrackerConfig,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -90,7 +90,7 @@ impl FilterArgs {
 /// The inode number of a network namespace given as a name from `ip netns`, a path, or an
 /// inode number (tried in that order).
 pub fn netns_inode(name: &str) -> anyhow::Result<u32> {
-    let path = crate::diag::netns::path_for(name);
+    let path = crate::sock_diag::netns::path_for(name);
     match namespace_file_inode(&path) {
         Ok(inode) => Ok(inode),
         Err(_) if name.parse::<u32>().is_ok_and(|n| n != 0) => Ok(name.parse()?),

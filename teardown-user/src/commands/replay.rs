@@ -10,8 +10,8 @@ use anyhow::Context as _;
 
 use super::output::{FilterArgs, OutputArgs};
 use crate::{
-    pipeline::{Pipeline, Summary},
-    recording::{ReadError, Reader, Record},
+    decode::recording::{ReadError, Reader, Record},
+    live::{Pipeline, Summary},
 };
 
 #[derive(Clone, Debug, clap::Args)]

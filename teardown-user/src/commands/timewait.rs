@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::diag::{netns, PollOptions, ScanLimits};
 use crate::monitor::report::{human_age, human_ms};
 use crate::monitor::{Collector, Report, ReportConfig, Reuse, Thresholds};
+use crate::sock_diag::{netns, PollOptions, ScanLimits};
 
 /// Output format of `teardown timewait`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -59,16 +59,16 @@ pub struct TimewaitArgs {
 
     /// Poll twice, this many seconds apart, to measure the TIME_WAIT entry rate and exits
     /// (0: one poll; the rate is then estimated from the timers).
-    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = crate::clock::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = crate::kernel::clock::parse_secs)]
     pub interval: f64,
 
     /// Report CLOSE_WAIT sockets older than this many seconds as leaks.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::clock::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::kernel::clock::parse_secs)]
     pub close_wait_threshold: f64,
 
     /// Report LAST_ACK, FIN_WAIT1 and CLOSING sockets older than this many seconds as stuck
     /// (FIN_WAIT2 is measured against net.ipv4.tcp_fin_timeout).
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::clock::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::kernel::clock::parse_secs)]
     pub stall_after: f64,
 
     /// Port pressure (percent of ip_local_port_range held) at which to warn.
@@ -406,8 +406,8 @@ fn parse_pct(s: &str) -> Result<f64, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::diag::{FourTuple, FullSocket, Snapshot, TcpState, TimewaitSocket, TwSubstate};
     use crate::monitor::{build_report, KernelSettings, Tracker};
+    use crate::sock_diag::{FourTuple, FullSocket, Snapshot, TcpState, TimewaitSocket, TwSubstate};
     use clap::Parser;
 
     #[derive(Parser)]

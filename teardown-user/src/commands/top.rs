@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::timewait::secs_to_ms;
-use crate::diag::{netns, PollOptions, ScanLimits};
 use crate::monitor::{Collector, ReportConfig, Thresholds};
-use crate::tui::{self, App, Feed};
+use crate::sock_diag::{netns, PollOptions, ScanLimits};
+use crate::views::{self, App, Feed};
 
 /// Watch TIME_WAIT and CLOSE_WAIT build-up live.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,15 +43,15 @@ as `top -b` does, for logs and scripts. It stops on Ctrl-C, SIGTERM or --duratio
 )]
 pub struct TopArgs {
     /// Seconds between two sock_diag polls.
-    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = crate::clock::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = crate::kernel::clock::parse_secs)]
     pub interval: f64,
 
     /// CLOSE_WAIT sockets older than this many seconds are shown as leaks.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::clock::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::kernel::clock::parse_secs)]
     pub close_wait_threshold: f64,
 
     /// LAST_ACK, FIN_WAIT1 and CLOSING sockets older than this many seconds are shown as stuck.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::clock::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::kernel::clock::parse_secs)]
     pub stall_after: f64,
 
     /// Polls kept for the history chart.
@@ -77,7 +77,7 @@ pub struct TopArgs {
     pub batch: bool,
 
     /// Stop after this long (e.g. 30s, 5m, 1h); by default, run until q, Ctrl-C or SIGTERM.
-    #[arg(long, value_name = "DURATION", value_parser = crate::clock::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::kernel::clock::parse_duration)]
     pub duration: Option<Duration>,
 }
 
@@ -129,11 +129,11 @@ impl TracerFeed {
     /// Starts the tracer; with `netns` (an inode number), only that namespace's teardowns.
     fn start(netns: Option<u32>) -> Result<TracerFeed, String> {
         use crate::{
-            clock,
+            kernel::clock,
             kernel::{Probe, ProbeConfig},
-            pipeline::{Filter, Pipeline},
-            sink::DeviationLines,
-            tracker::TrackerConfig,
+            live::{Filter, Pipeline},
+            sinks::DeviationLines,
+            track::TrackerConfig,
         };
         let (line_tx, lines) = mpsc::sync_channel(1024);
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -263,7 +263,7 @@ pub fn run_with(
     app.set_tracer(teardowns.is_some(), tracer_note);
     let until = args.duration.map(|d| Instant::now() + d);
     let result = if args.batch {
-        tui::batch::run(
+        views::batch::run(
             &mut app,
             &rx,
             teardowns.as_ref(),
@@ -273,7 +273,7 @@ pub fn run_with(
         )
         .context("writing to stdout")
     } else {
-        tui::run(&mut app, rx, teardowns, signalled, until).map_err(Into::into)
+        views::run(&mut app, rx, teardowns, signalled, until).map_err(Into::into)
     };
     stop.store(true, Ordering::Relaxed);
     let _ = collector.join();

@@ -15,12 +15,12 @@ use tokio::{
 
 use super::output::{FilterArgs, OutputArgs};
 use crate::{
-    clock,
-    event::Event,
+    decode::recording::{self, Record},
+    decode::Event,
+    kernel::clock,
     kernel::{Hook, Probe, ProbeConfig},
-    pipeline::{Pipeline, Summary},
-    recording::{self, Record},
-    sink::{Metrics, MetricsSink},
+    live::{Pipeline, Summary},
+    sinks::{Metrics, MetricsSink},
 };
 
 #[derive(Clone, Debug, clap::Args)]
@@ -95,9 +95,9 @@ impl TraceArgs {
             .filters
             .netns
             .iter()
-            .filter(|n| crate::diag::netns::path_for(n).exists());
+            .filter(|n| crate::sock_diag::netns::path_for(n).exists());
         for name in self.timewait_netns.iter().chain(filtered) {
-            let path = crate::diag::netns::path_for(name);
+            let path = crate::sock_diag::netns::path_for(name);
             let Ok(ns) = id(&path) else {
                 anyhow::bail!(
                     "--timewait-netns {name}: no network namespace at {} (see `ip netns list`, \
@@ -179,13 +179,13 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     let home_netns = probe
         .caps
         .netns
-        .then(crate::join::current_netns)
+        .then(crate::track::timewait::current_netns)
         .filter(|&n| n != 0);
     let mut sinks = vec![args.output.sink(home_netns)?];
     let metrics = match args.metrics {
         Some(addr) => {
             let m = Arc::new(Metrics::new());
-            let server = crate::sink::metrics::serve(addr, Arc::clone(&m))?;
+            let server = crate::sinks::metrics::serve(addr, Arc::clone(&m))?;
             crate::say!("metrics at http://{}/metrics", server.addr);
             sinks.push(Box::new(MetricsSink::new(Arc::clone(&m))));
             Some((m, server))
@@ -446,10 +446,10 @@ const TICK_LAG_NS: u64 = 500_000_000;
 
 /// One sock_diag poll of one network namespace.
 struct Polled {
-    facts: Vec<crate::join::TwFact>,
+    facts: Vec<crate::track::timewait::TwFact>,
     /// The sockets closing at that moment, on the namespace's first poll only (they seed the
     /// tracker: connections first seen mid-teardown).
-    closing_at_start: Option<Vec<crate::join::Closing>>,
+    closing_at_start: Option<Vec<crate::track::timewait::Closing>>,
 }
 
 /// Polls sock_diag on threads of its own, one per network namespace (a dump can take
@@ -489,12 +489,12 @@ fn poll_timewait(
         .map(|p| format!(" in {}", p.display()))
         .unwrap_or_default();
     if let Some(path) = &netns {
-        if let Err(e) = crate::diag::netns::enter(path) {
+        if let Err(e) = crate::sock_diag::netns::enter(path) {
             crate::say!("note: timewait sockets{where_} are not followed: {e}");
             return;
         }
     }
-    let mut watcher = match crate::join::TwWatcher::new() {
+    let mut watcher = match crate::track::timewait::TwWatcher::new() {
         Ok(w) => w,
         Err(e) => {
             crate::say!("note: timewait sockets{where_} are not followed: {e}");

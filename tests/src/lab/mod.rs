@@ -22,7 +22,7 @@ use std::{
 };
 
 use socket2::{Domain, SockRef, Socket, Type};
-use teardown::diag::{self, Snapshot, TcpState, TwSubstate};
+use teardown::sock_diag::{self, Snapshot, TcpState, TwSubstate};
 
 use crate::netns::{veth_pair, Netns};
 
@@ -218,12 +218,12 @@ impl Lab {
     /// One sock_diag snapshot inside a namespace.
     pub fn snapshot(&self, side: Side) -> io::Result<Snapshot> {
         self.ns(side)
-            .run(diag::snapshot)
+            .run(sock_diag::snapshot)
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
     /// This scenario's timewait sockets in one namespace.
-    pub fn timewait(&self, side: Side) -> io::Result<Vec<diag::TimewaitSocket>> {
+    pub fn timewait(&self, side: Side) -> io::Result<Vec<sock_diag::TimewaitSocket>> {
         let port = self.port;
         Ok(self
             .snapshot(side)?
@@ -234,7 +234,7 @@ impl Lab {
     }
 
     /// This scenario's full sockets in a closing state in one namespace.
-    pub fn closing(&self, side: Side) -> io::Result<Vec<diag::FullSocket>> {
+    pub fn closing(&self, side: Side) -> io::Result<Vec<sock_diag::FullSocket>> {
         let port = self.port;
         Ok(self
             .snapshot(side)?
@@ -250,7 +250,7 @@ impl Lab {
         wait_until(&format!("{side:?} socket in {state}"), limit, || {
             let snap = self.snapshot(side)?;
             let port = self.port;
-            let ours = |t: &diag::FourTuple| t.local.port() == port || t.remote.port() == port;
+            let ours = |t: &sock_diag::FourTuple| t.local.port() == port || t.remote.port() == port;
             Ok(snap
                 .timewait
                 .iter()

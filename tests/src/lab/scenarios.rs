@@ -16,10 +16,10 @@ use std::{
 
 use socket2::SockRef;
 use teardown::{
-    diag::TcpState,
-    event::{Event, SeqSnapshot, SockSnapshot},
+    decode::{Event, SeqSnapshot, SockSnapshot},
+    judge::{Outcome, Role, Variant},
     monitor::{Collector, ReportConfig},
-    validate::{Outcome, Role, Variant},
+    sock_diag::TcpState,
 };
 
 use super::{ack_now, read_to_eof, wait_until, Family, Lab, Side, WAIT};
@@ -124,7 +124,7 @@ fn flags(s: &SockSnapshot) -> String {
         v.push("DONE".to_owned());
     }
     if s.err != 0 {
-        v.push(format!("err={}", teardown::event::errno_name(s.err)));
+        v.push(format!("err={}", teardown::decode::errno_name(s.err)));
     }
     v.join("|")
 }
@@ -318,7 +318,7 @@ fn four_way_client_first_in(slot: u8, family: Family) {
     assert_conforms(&s, Role::PassiveCloser, Variant::FourWayClose);
     assert_eq!(
         c.verdict.time_wait,
-        Some(teardown::validate::TimeWaitPath::FinWait2TimewaitThenTimeWait)
+        Some(teardown::judge::TimeWaitPath::FinWait2TimewaitThenTimeWait)
     );
     assert!(c.verdict.with_peer && s.verdict.with_peer);
 }
@@ -548,7 +548,7 @@ fn final_ack_lost_in(slot: u8, family: Family) {
     assert_conforms(&c, Role::ActiveCloser, Variant::FourWayClose);
     assert_eq!(
         c.verdict.time_wait,
-        Some(teardown::validate::TimeWaitPath::Entered)
+        Some(teardown::judge::TimeWaitPath::Entered)
     );
     assert_conforms(&s, Role::PassiveCloser, Variant::FourWayClose);
     assert!(
@@ -975,7 +975,7 @@ fn reset_in_close_wait() {
     let at_rst = seq(&s, "rst_received@CLOSE_WAIT");
     assert_eq!(at_rst.snd_nxt, at_rst.snd_una, "the server sent no data");
     let reset = s.verdict.reset.as_ref().expect("reset info");
-    assert_eq!(reset.by, teardown::validate::ResetBy::Peer);
+    assert_eq!(reset.by, teardown::judge::ResetBy::Peer);
     assert!(
         !reset.cause.contains("wrote"),
         "validator misjudges the cause: {:?} (the server wrote nothing; the peer aborted)",
@@ -1151,6 +1151,6 @@ fn syn_to_closed_port() {
     assert!(c.verdict.findings.is_empty(), "{:?}", c.verdict.findings);
     assert_eq!(
         c.verdict.reset.as_ref().map(|r| r.by),
-        Some(teardown::validate::ResetBy::Peer)
+        Some(teardown::judge::ResetBy::Peer)
     );
 }

@@ -12,8 +12,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 
-use super::kernel::TIMEWAIT_LEN_MS;
-use crate::diag::{FourTuple, Snapshot, TcpState, TwSubstate};
+use super::sysctl::TIMEWAIT_LEN_MS;
+use crate::sock_diag::{FourTuple, Snapshot, TcpState, TwSubstate};
 
 /// Entry-time movements smaller than this are clock and rounding noise, not restarts.
 pub const RESTART_TOLERANCE_MS: u64 = 1_000;
@@ -414,7 +414,7 @@ pub fn entry_rate(tracker: &Tracker, snap: &Snapshot) -> EntryRate {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::diag::{FullSocket, OpenSocket, TimewaitSocket};
+    use crate::sock_diag::{FullSocket, OpenSocket, TimewaitSocket};
 
     fn tuple(lport: u16) -> FourTuple {
         FourTuple {

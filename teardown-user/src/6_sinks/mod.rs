@@ -12,7 +12,7 @@ pub use jsonl::JsonlSink;
 pub use metrics::{Metrics, MetricsSink};
 pub use text::TextSink;
 
-use crate::{join::TimewaitNote, pipeline::Summary, tracker::Connection, validate::Verdict};
+use crate::{judge::Verdict, live::Summary, track::timewait::TimewaitNote, track::Connection};
 
 /// One finished connection with its verdict, as handed to every sink.
 pub struct Report<'a> {

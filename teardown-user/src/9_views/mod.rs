@@ -134,8 +134,8 @@ fn event_loop(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::diag::{FourTuple, FullSocket, Snapshot, TcpState, TimewaitSocket, TwSubstate};
     use crate::monitor::{build_report, KernelSettings, ReportConfig, Tracker};
+    use crate::sock_diag::{FourTuple, FullSocket, Snapshot, TcpState, TimewaitSocket, TwSubstate};
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 

@@ -2,6 +2,8 @@
 //!
 //! Decoding allocates nothing: an [`Event`] is `Copy`, so the hot path moves plain values.
 
+pub mod recording;
+
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

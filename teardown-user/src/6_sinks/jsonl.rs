@@ -7,11 +7,11 @@ use serde::Serialize;
 
 use super::{Report, Sink};
 use crate::{
-    event::{EventKind, SeqSnapshot, SockSnapshot, TcpState},
-    join::TimewaitNote,
-    pipeline::Summary,
-    tracker::RecordEnd,
-    validate::Verdict,
+    decode::{EventKind, SeqSnapshot, SockSnapshot, TcpState},
+    judge::Verdict,
+    live::Summary,
+    track::timewait::TimewaitNote,
+    track::RecordEnd,
 };
 
 pub struct JsonlSink<W: Write> {
@@ -132,7 +132,7 @@ impl Serialize for Endpoint<'_> {
 }
 
 struct Steps<'a> {
-    events: &'a [crate::event::Event],
+    events: &'a [crate::decode::Event],
     t0: u64,
 }
 
@@ -218,7 +218,7 @@ impl<W: Write> Sink for JsonlSink<W> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::event::TcpState;
+    use crate::decode::TcpState;
 
     /// The hand-written step writes the very bytes the derived, flattened one did.
     #[test]

@@ -12,23 +12,21 @@
 
 pub mod collect;
 pub mod figures;
-pub mod kernel;
 pub mod report;
-pub mod tracker;
 
+pub use crate::sock_diag::follow::{
+    entry_rate, EntryRate, PollDelta, Tracker, TwExit, TwExitKind, TwRestart,
+};
+pub use crate::sock_diag::sysctl::{KernelSettings, TIMEWAIT_LEN_MS};
 pub use collect::Collector;
 pub use figures::{Level, PortPressure, Reuse, StateCounts, Thresholds, TimewaitGroup, TwBuckets};
-pub use kernel::{KernelSettings, TIMEWAIT_LEN_MS};
 pub use report::{build_report, Leak, Report, ReportConfig, Stall};
-pub use tracker::{entry_rate, EntryRate, PollDelta, Tracker, TwExit, TwExitKind, TwRestart};
 
 /// Errors reading the kernel's settings.
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
-    #[error("cannot read {0}: {1}")]
-    Read(String, #[source] std::io::Error),
-    #[error("unexpected value of {0}: {1:?}")]
-    Parse(String, String),
     #[error(transparent)]
-    Diag(#[from] crate::diag::DiagError),
+    Settings(#[from] crate::sock_diag::sysctl::SettingsError),
+    #[error(transparent)]
+    Diag(#[from] crate::sock_diag::DiagError),
 }

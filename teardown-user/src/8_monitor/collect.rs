@@ -3,9 +3,9 @@
 //! [`Collector`] on a thread of the network namespace to observe.
 
 use super::report::{build_report, leak_inodes, Report, ReportConfig};
-use super::tracker::{PollDelta, Tracker};
 use super::{KernelSettings, MonitorError};
-use crate::diag::{find_owners, PollOptions, Poller, ScanLimits, Snapshot};
+use crate::sock_diag::follow::{PollDelta, Tracker};
+use crate::sock_diag::{find_owners, PollOptions, Poller, ScanLimits, Snapshot};
 
 /// Polls sock_diag and keeps the history the figures need.
 #[derive(Debug)]

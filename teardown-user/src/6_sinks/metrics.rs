@@ -29,9 +29,9 @@ use prometheus_client::{
 
 use super::{Report, Sink};
 use crate::{
-    join::{TimewaitNote, TwLeft, TwWhat},
-    pipeline::Summary,
-    validate::Conformance,
+    judge::Conformance,
+    live::Summary,
+    track::timewait::{TimewaitNote, TwLeft, TwWhat},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -312,11 +312,11 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Server, ServeErr
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::join::{TwFact, TwState};
+    use crate::track::timewait::{TwFact, TwState};
 
     #[test]
     fn role_labels_are_the_json_names() {
-        use crate::validate::Role;
+        use crate::judge::Role;
         for r in [
             Role::ActiveCloser,
             Role::PassiveCloser,

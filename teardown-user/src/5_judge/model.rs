@@ -13,7 +13,7 @@
 
 use serde::Serialize;
 
-use crate::event::{Event, EventKind, TcpState};
+use crate::decode::{Event, EventKind, TcpState};
 
 /// The four documented steps ("waves") of the close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -3,6 +3,7 @@
 //! streams ring-buffer records.
 
 pub mod btf;
+pub mod clock;
 mod preflight;
 mod stream;
 pub mod tracefs;

@@ -6,8 +6,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::{
-    event::{Comm, Event, EventKind, SeqSnapshot, SockSnapshot, TcpState},
-    tracker::{Connection, RecordEnd},
+    decode::{Comm, Event, EventKind, SeqSnapshot, SockSnapshot, TcpState},
+    track::{Connection, RecordEnd},
 };
 use teardown_common::sock_flag::{DEAD, DONE};
 use TcpState::*;

@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use super::kernel::{KernelSettings, TIMEWAIT_LEN_MS};
-use crate::diag::{Snapshot, TcpState, TwSubstate};
+use crate::sock_diag::sysctl::{KernelSettings, TIMEWAIT_LEN_MS};
+use crate::sock_diag::{Snapshot, TcpState, TwSubstate};
 
 /// How many sockets sit in each closing state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -82,7 +82,7 @@ impl<K> TimewaitGroup<K> {
 
 fn group_by<K: Ord + Copy>(
     snap: &Snapshot,
-    key: impl Fn(&crate::diag::TimewaitSocket) -> K,
+    key: impl Fn(&crate::sock_diag::TimewaitSocket) -> K,
 ) -> Vec<TimewaitGroup<K>> {
     let mut m: BTreeMap<K, (usize, usize)> = BTreeMap::new();
     for t in &snap.timewait {
@@ -314,7 +314,7 @@ pub fn tw_buckets(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::diag::{FourTuple, FullSocket, TimewaitSocket};
+    use crate::sock_diag::{FourTuple, FullSocket, TimewaitSocket};
 
     fn tw(l: &str, r: &str, sub: TwSubstate, remaining: u64) -> TimewaitSocket {
         TimewaitSocket {

@@ -7,11 +7,11 @@ use std::{collections::BTreeMap, fmt::Write as _, io, net::IpAddr};
 use serde::Serialize;
 
 use crate::{
-    event::Event,
-    join::{Closing, Joiner, TimewaitNote, TwFact, TwLeft, TwWhat},
-    sink::{Report, Sink},
-    tracker::{Connection, Finished, Tracker, TrackerConfig, TrackerStats},
-    validate::{self, Conformance},
+    decode::Event,
+    judge::{self, Conformance},
+    sinks::{Report, Sink},
+    track::timewait::{Closing, Joiner, TimewaitNote, TwFact, TwLeft, TwWhat},
+    track::{Connection, Finished, Tracker, TrackerConfig, TrackerStats},
 };
 
 /// Which connections to report. A connection matches when every given filter matches.
@@ -314,7 +314,7 @@ impl Pipeline {
         if !self.filter.matches(&f.conn) {
             return;
         }
-        let verdict = validate::judge(&f.conn, f.peer.as_deref());
+        let verdict = judge::judge(&f.conn, f.peer.as_deref());
         self.summary.connections += 1;
         *self
             .summary
@@ -348,7 +348,7 @@ impl Pipeline {
         self.write_report(f, &verdict);
     }
 
-    fn write_report(&mut self, f: &Finished, verdict: &validate::Verdict) {
+    fn write_report(&mut self, f: &Finished, verdict: &judge::Verdict) {
         if self.error.is_some() {
             return;
         }
@@ -369,8 +369,8 @@ impl Pipeline {
 
 /// A close that hands the connection to a timewait socket (TIME_WAIT, or an orphan's
 /// FIN_WAIT2), which only sock_diag can follow further.
-fn leaves_timewait_socket(v: &validate::Verdict) -> bool {
-    use validate::TimeWaitPath::*;
+fn leaves_timewait_socket(v: &judge::Verdict) -> bool {
+    use judge::TimeWaitPath::*;
     matches!(
         v.time_wait,
         Some(Entered | FinWait2Timewait | FinWait2TimewaitThenTimeWait)

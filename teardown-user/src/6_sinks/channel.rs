@@ -3,7 +3,7 @@
 use std::{io, sync::mpsc::SyncSender};
 
 use super::{endpoint, Report, Sink};
-use crate::{pipeline::Summary, validate::Conformance};
+use crate::{judge::Conformance, live::Summary};
 
 pub struct DeviationLines {
     tx: SyncSender<String>,

@@ -15,9 +15,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    diag::{self, PollOptions, Poller, TwSubstate},
-    event::TcpState,
+    decode::TcpState,
     monitor::{self, TwExitKind},
+    sock_diag::{self, PollOptions, Poller, TwSubstate},
 };
 
 /// The sub-state of a timewait socket.
@@ -94,7 +94,7 @@ pub struct Closing {
 pub struct TwWatcher {
     poller: Poller,
     tracker: monitor::Tracker,
-    known: HashMap<diag::FourTuple, TwSubstate>,
+    known: HashMap<sock_diag::FourTuple, TwSubstate>,
     /// The namespace's inode number, which its facts carry.
     netns: u32,
 }
@@ -116,7 +116,7 @@ pub fn current_netns() -> u32 {
 }
 
 impl TwWatcher {
-    pub fn new() -> Result<TwWatcher, diag::DiagError> {
+    pub fn new() -> Result<TwWatcher, sock_diag::DiagError> {
         let fin_timeout = monitor::KernelSettings::read()
             .map(|k| k.fin_timeout_s)
             .unwrap_or(60);
@@ -132,7 +132,7 @@ impl TwWatcher {
     }
 
     /// One poll: what changed, and the full sockets now closing (for seeding at start).
-    pub fn poll(&mut self) -> Result<(Vec<TwFact>, Vec<Closing>), diag::DiagError> {
+    pub fn poll(&mut self) -> Result<(Vec<TwFact>, Vec<Closing>), sock_diag::DiagError> {
         let snap = self.poller.poll()?;
         let delta = self.tracker.observe(&snap);
         let at = snap.taken_at_ms;

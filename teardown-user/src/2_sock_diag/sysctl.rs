@@ -8,7 +8,14 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::MonitorError;
+/// A setting that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read {0}: {1}")]
+    Read(String, #[source] std::io::Error),
+    #[error("unexpected value of {0}: {1:?}")]
+    Parse(String, String),
+}
 
 /// Linux holds a TIME_WAIT socket for this long (`TCP_TIMEWAIT_LEN`), whatever the sysctls say.
 pub const TIMEWAIT_LEN_MS: u64 = 60_000;
@@ -48,7 +55,7 @@ impl KernelSettings {
     }
 
     /// Reads the settings of the calling thread's network namespace.
-    pub fn read() -> Result<Self, MonitorError> {
+    pub fn read() -> Result<Self, SettingsError> {
         Self::read_from(
             Path::new("/proc/sys/net/ipv4"),
             Path::new("/proc/thread-self/net/netstat"),
@@ -56,20 +63,21 @@ impl KernelSettings {
     }
 
     /// Reads from other paths (for tests).
-    pub fn read_from(ipv4_sysctl_dir: &Path, netstat: &Path) -> Result<Self, MonitorError> {
-        let read = |name: &str| -> Result<String, MonitorError> {
+    pub fn read_from(ipv4_sysctl_dir: &Path, netstat: &Path) -> Result<Self, SettingsError> {
+        let read = |name: &str| -> Result<String, SettingsError> {
             let p = ipv4_sysctl_dir.join(name);
-            std::fs::read_to_string(&p).map_err(|e| MonitorError::Read(p.display().to_string(), e))
+            std::fs::read_to_string(&p).map_err(|e| SettingsError::Read(p.display().to_string(), e))
         };
-        let num = |name: &str| -> Result<u64, MonitorError> {
+        let num = |name: &str| -> Result<u64, SettingsError> {
             let s = read(name)?;
             s.trim()
                 .parse()
-                .map_err(|_| MonitorError::Parse(name.to_string(), s.trim().to_string()))
+                .map_err(|_| SettingsError::Parse(name.to_string(), s.trim().to_string()))
         };
         let range_text = read("ip_local_port_range")?;
-        let port_range = parse_port_range(&range_text)
-            .ok_or_else(|| MonitorError::Parse("ip_local_port_range".into(), range_text.clone()))?;
+        let port_range = parse_port_range(&range_text).ok_or_else(|| {
+            SettingsError::Parse("ip_local_port_range".into(), range_text.clone())
+        })?;
         let tw_overflow = std::fs::read_to_string(netstat)
             .ok()
             .and_then(|t| parse_netstat(&t).get("TcpExt.TCPTimeWaitOverflow").copied());

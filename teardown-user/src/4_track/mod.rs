@@ -12,6 +12,8 @@
 //! `close()` is traced just after the `-> CLOSE`, and the peer's socket usually closes a moment
 //! later, so that both ends can be judged together.
 
+pub mod timewait;
+
 use std::{
     collections::{hash_map::Entry, HashMap},
     net::SocketAddr,
@@ -24,7 +26,7 @@ type SkMap<V> = rustc_hash::FxHashMap<u64, V>;
 
 use serde::Serialize;
 
-use crate::event::{Event, EventKind, Task, TcpState};
+use crate::decode::{Event, EventKind, Task, TcpState};
 
 /// How a connection's record ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -630,7 +632,7 @@ impl Tracker {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::event::{Comm, EventKind};
+    use crate::decode::{Comm, EventKind};
 
     pub(crate) fn ev(ts: u64, sk: u64, old: TcpState, new: TcpState, l: &str, r: &str) -> Event {
         Event {
@@ -783,7 +785,7 @@ pub(crate) mod tests {
         let mut t = Tracker::new(TrackerConfig::default());
         let mut out = Vec::new();
         let mut orphan_close = ev(8, 0xa, FinWait2, Close, Z, S);
-        orphan_close.sock = Some(crate::event::SockSnapshot {
+        orphan_close.sock = Some(crate::decode::SockSnapshot {
             flags: teardown_common::sock_flag::DEAD,
             err: 0,
         });

@@ -4,10 +4,10 @@ use std::io::{self, Write};
 
 use super::{endpoint, utc_time, Report, Sink};
 use crate::{
-    event::{EventKind, SockSnapshot},
-    join::{TimewaitNote, TwLeft, TwState, TwWhat},
-    pipeline::Summary,
-    tracker::RecordEnd,
+    decode::{EventKind, SockSnapshot},
+    live::Summary,
+    track::timewait::{TimewaitNote, TwLeft, TwState, TwWhat},
+    track::RecordEnd,
 };
 
 pub struct TextSink<W: Write> {
@@ -46,7 +46,7 @@ fn sock_note(s: &SockSnapshot) -> String {
         parts.push("DONE".to_owned());
     }
     if s.err != 0 {
-        parts.push(format!("err={}", crate::event::errno_name(s.err)));
+        parts.push(format!("err={}", crate::decode::errno_name(s.err)));
     }
     parts.join(" ")
 }
@@ -185,8 +185,8 @@ impl<W: Write> Sink for TextSink<W> {
 mod netns_tests {
     use super::*;
     use crate::{
-        event::{Comm, Event, EventKind, TcpState},
-        tracker::Connection,
+        decode::{Comm, Event, EventKind, TcpState},
+        track::Connection,
     };
 
     fn header(home: Option<u32>, netns: u32) -> String {
@@ -218,7 +218,7 @@ mod netns_tests {
             state_at_start: None,
             end: RecordEnd::StillOpen,
         };
-        let verdict = crate::validate::judge(&conn, None);
+        let verdict = crate::judge::judge(&conn, None);
         let mut sink = TextSink::new(Vec::new(), false).with_home_netns(home);
         sink.connection(&Report {
             conn: &conn,

@@ -17,9 +17,11 @@
 //! sockets the kernel returns; the kernel filters by state, so established connections are only
 //! read when [`PollOptions::include_open`] asks for them.
 
+pub mod follow;
 mod netlink;
 pub mod netns;
 pub mod owners;
+pub mod sysctl;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -10,9 +10,9 @@ use super::figures::{
     per_local_addr, per_remote, port_pressure, state_counts, tw_buckets, Level, PortPressure,
     StateCounts, Thresholds, TimewaitGroup, TwBuckets,
 };
-use super::kernel::KernelSettings;
-use super::tracker::{entry_rate, EntryRate, FullTrack, Tracker, TwExit, TwExitKind};
-use crate::diag::{FourTuple, Owner, OwnerScan, Snapshot, TcpState, TwSubstate};
+use crate::sock_diag::follow::{entry_rate, EntryRate, FullTrack, Tracker, TwExit, TwExitKind};
+use crate::sock_diag::sysctl::KernelSettings;
+use crate::sock_diag::{FourTuple, Owner, OwnerScan, Snapshot, TcpState, TwSubstate};
 
 /// What the report looks for, and how much of it it lists.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -147,7 +147,7 @@ pub fn leak_candidates<'a>(
     v
 }
 
-/// The inodes of the leak candidates, for [`crate::diag::find_owners`].
+/// The inodes of the leak candidates, for [`crate::sock_diag::find_owners`].
 pub fn leak_inodes(tracker: &Tracker, now_ms: u64, cfg: &ReportConfig) -> HashSet<u64> {
     leak_candidates(tracker, now_ms, cfg)
         .into_iter()
@@ -341,7 +341,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::diag::{FullSocket, TimewaitSocket};
+    use crate::sock_diag::{FullSocket, TimewaitSocket};
 
     const T0: u64 = 1_700_000_000_000;
 

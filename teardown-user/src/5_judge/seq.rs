@@ -15,7 +15,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::model::{DocSide, Expr, Meaning, Step, Trace, STEPS};
-use crate::event::{Event, EventKind, SeqSnapshot};
+use crate::decode::{Event, EventKind, SeqSnapshot};
 
 /// A sequence field of `struct tcp_sock`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -418,7 +418,7 @@ pub fn point<'a>(t: &Trace<'a>, at: At) -> Option<Result<&'a Event, &'static str
     let needs_clean_end = matches!(at, At::TimeWaitEntry | At::ClosingAcked | At::FinalAck);
     if needs_clean_end {
         if let EventKind::State {
-            new: crate::event::TcpState::TimeWait,
+            new: crate::decode::TcpState::TimeWait,
             ..
         } = ev.kind
         {

@@ -13,7 +13,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{event::Event, join::TwFact};
+use crate::{decode::Event, track::timewait::TwFact};
 
 pub const FORMAT: &str = "teardown-recording";
 pub const VERSION: u32 = 1;
@@ -78,7 +78,7 @@ impl EventFilter {
 
     /// For facts about a 4-tuple (no socket address): whether the tuple matches.
     pub fn keep_tuple(&self, local: &std::net::SocketAddr, remote: &std::net::SocketAddr) -> bool {
-        crate::pipeline::tuple_matches(&self.ports, &self.addrs, local, remote)
+        crate::live::tuple_matches(&self.ports, &self.addrs, local, remote)
     }
 
     pub fn keep(&mut self, ev: &Event) -> bool {
@@ -251,7 +251,7 @@ fn read_line_bounded<R: BufRead>(input: &mut R, buf: &mut Vec<u8>) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::TcpState;
+    use crate::decode::TcpState;
 
     fn header() -> Header {
         Header {
@@ -265,7 +265,7 @@ mod tests {
     }
 
     fn sample() -> Event {
-        crate::tracker::tests::ev(
+        crate::track::tests::ev(
             5,
             0xabc,
             TcpState::Established,
@@ -340,7 +340,7 @@ mod tests {
     #[test]
     fn filter_keeps_whole_timelines_of_matching_sockets() {
         use TcpState::*;
-        let mk = |sk, old, new, l: &str, r: &str| crate::tracker::tests::ev(1, sk, old, new, l, r);
+        let mk = |sk, old, new, l: &str, r: &str| crate::track::tests::ev(1, sk, old, new, l, r);
         let mut f = EventFilter::new(vec![8080], vec![]).unwrap();
         // The last transition has no local port: it is kept because its socket matched before.
         assert!(f.keep(&mk(1, Close, SynSent, "127.0.0.1:40000", "127.0.0.1:8080")));

@@ -8,8 +8,8 @@ use super::{
     seq::{self, Ends, Outcome, SeqCheck, Waves},
 };
 use crate::{
-    event::{Event, TcpState},
-    tracker::{Connection, RecordEnd},
+    decode::{Event, TcpState},
+    track::{Connection, RecordEnd},
 };
 
 use libc::{ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT};
@@ -21,7 +21,7 @@ pub const MERGED_GAP_NS: u64 = 20_000;
 
 /// `ECONNRESET 104`: the name with the number, as the kernel's users know both.
 fn errno_text(err: i32) -> String {
-    let name = crate::event::errno_name(err);
+    let name = crate::decode::errno_name(err);
     if name.starts_with("errno") {
         name.into_owned()
     } else {
@@ -1017,7 +1017,7 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
 
     // Transitions.
     for ev in &us.illegal {
-        if let crate::event::EventKind::State { old, new } = ev.kind {
+        if let crate::decode::EventKind::State { old, new } = ev.kind {
             j.finding(
                 step_pending(old),
                 "illegal_transition",
@@ -1028,7 +1028,7 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
         }
     }
     for (cur, ev) in &us.gaps {
-        if let crate::event::EventKind::State { old, new } = ev.kind {
+        if let crate::decode::EventKind::State { old, new } = ev.kind {
             let msg = format!("the socket was in {cur}, the next transition is {old} -> {new}: a transition is missing");
             if gaps_expected {
                 j.note(
