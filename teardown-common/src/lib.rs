@@ -1,8 +1,18 @@
 //! Types shared by the kernel programs (`teardown-ebpf`) and the agent (`teardown-user`).
 //!
-//! Everything here is `#[repr(C)]` and plain data: the kernel writes these bytes into the ring
-//! buffer and the agent reads them back, so both sides must agree on the layout to the byte.
+//! Two kinds of things live here, each defined once for the kernel programs, the decoder,
+//! sock_diag and recordings alike:
+//! - the records the kernel writes into the ring buffer and the settings the agent hands the
+//!   programs: `#[repr(C)]` plain data, whose layout both sides must agree on to the byte;
+//! - the shared vocabulary: TCP states and the predicates on their changes ([`tcp`]), event
+//!   kinds ([`kind`]), timewait substates and fates ([`timewait`]).
 #![no_std]
+
+pub mod tcp;
+pub mod timewait;
+
+pub use tcp::TcpState;
+pub use timewait::{TwFate, TwSubstate};
 
 /// What produced an [`Event`].
 pub mod kind {

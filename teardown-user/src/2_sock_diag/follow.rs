@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use serde::Serialize;
 
 use super::sysctl::TIMEWAIT_LEN_MS;
-use crate::sock_diag::{FourTuple, Snapshot, TcpState, TwSubstate};
+use super::{FourTuple, Snapshot, TcpState, TwFate, TwSubstate};
 
 /// Entry-time movements smaller than this are clock and rounding noise, not restarts.
 pub const RESTART_TOLERANCE_MS: u64 = 1_000;
@@ -38,29 +38,6 @@ pub struct TwTrack {
     pub was_fin_wait2: bool,
 }
 
-/// How a timewait socket left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TwExitKind {
-    /// Gone when its timer ran out.
-    Expired,
-    /// A new connection took the same 4-tuple (`tcp_tw_reuse`, or a SYN accepted in TIME_WAIT).
-    Reused,
-    /// Gone before its timer ran out with no new connection on its 4-tuple: killed by a RST
-    /// (RFC 1337 "TIME-WAIT assassination"), or reused by a connection that has already ended.
-    Killed,
-}
-
-impl TwExitKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Expired => "expired",
-            Self::Reused => "reused",
-            Self::Killed => "killed",
-        }
-    }
-}
-
 /// A timewait socket that left between two polls.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TwExit {
@@ -71,7 +48,7 @@ pub struct TwExit {
     pub last_seen_ms: u64,
     /// ...and found gone at this one.
     pub gone_at_ms: u64,
-    pub kind: TwExitKind,
+    pub kind: TwFate,
     pub restarts: u32,
 }
 
@@ -128,7 +105,7 @@ pub struct Tracker {
     full: HashMap<u64, FullTrack>,
     /// Entries observed after the first poll (count, over `first_poll..last_poll`).
     entries_observed: u64,
-    exit_counts: HashMap<TwExitKind, u64>,
+    exit_counts: HashMap<TwFate, u64>,
     restart_count: u64,
     recent_exits: VecDeque<TwExit>,
     recent_restarts: VecDeque<TwRestart>,
@@ -201,7 +178,7 @@ impl Tracker {
                 Some(old) => {
                     // Same 4-tuple, another socket: the old one was reused by a new connection,
                     // which has already closed in turn.
-                    delta.exits.push(exit_of(old, now, TwExitKind::Reused));
+                    delta.exits.push(exit_of(old, now, TwFate::Reused));
                     *old = fresh;
                     delta.entered += 1;
                 }
@@ -230,11 +207,11 @@ impl Tracker {
         for k in gone {
             if let Some(old) = self.tw.remove(&k) {
                 let kind = if live.contains(&k) {
-                    TwExitKind::Reused
+                    TwFate::Reused
                 } else if now + RESTART_TOLERANCE_MS >= old.expires_ms {
-                    TwExitKind::Expired
+                    TwFate::Expired
                 } else {
-                    TwExitKind::Killed
+                    TwFate::Killed
                 };
                 delta.exits.push(exit_of(&old, now, kind));
             }
@@ -322,7 +299,7 @@ impl Tracker {
     }
 
     /// Exits seen so far, by kind.
-    pub fn exit_count(&self, kind: TwExitKind) -> u64 {
+    pub fn exit_count(&self, kind: TwFate) -> u64 {
         self.exit_counts.get(&kind).copied().unwrap_or(0)
     }
 
@@ -342,7 +319,7 @@ impl Tracker {
     }
 }
 
-fn exit_of(t: &TwTrack, now: u64, kind: TwExitKind) -> TwExit {
+fn exit_of(t: &TwTrack, now: u64, kind: TwFate) -> TwExit {
     TwExit {
         tuple: t.tuple,
         substate: t.substate,
@@ -493,12 +470,12 @@ mod tests {
         });
         let d = t.observe(&s);
         let kind = |p: u16| d.exits.iter().find(|e| e.tuple == tuple(p)).unwrap().kind;
-        assert_eq!(kind(40000), TwExitKind::Expired);
-        assert_eq!(kind(40001), TwExitKind::Reused);
-        assert_eq!(kind(40002), TwExitKind::Killed);
-        assert_eq!(kind(40003), TwExitKind::Reused);
+        assert_eq!(kind(40000), TwFate::Expired);
+        assert_eq!(kind(40001), TwFate::Reused);
+        assert_eq!(kind(40002), TwFate::Killed);
+        assert_eq!(kind(40003), TwFate::Reused);
         assert_eq!(d.entered, 1);
-        assert_eq!(t.exit_count(TwExitKind::Reused), 2);
+        assert_eq!(t.exit_count(TwFate::Reused), 2);
         assert_eq!(t.recent_exits().count(), 4);
     }
 

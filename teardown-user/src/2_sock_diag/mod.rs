@@ -22,6 +22,7 @@ mod netlink;
 pub mod netns;
 pub mod owners;
 pub mod sysctl;
+pub mod watch;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -52,121 +53,7 @@ pub enum DiagError {
     Interrupted(u32),
 }
 
-/// TCP states as the kernel numbers them (`include/net/tcp_states.h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum TcpState {
-    Established,
-    SynSent,
-    SynRecv,
-    FinWait1,
-    FinWait2,
-    TimeWait,
-    Close,
-    CloseWait,
-    LastAck,
-    Listen,
-    Closing,
-    NewSynRecv,
-}
-
-impl TcpState {
-    /// The state for a kernel state number.
-    pub fn from_kernel(n: u8) -> Option<Self> {
-        Some(match n {
-            1 => Self::Established,
-            2 => Self::SynSent,
-            3 => Self::SynRecv,
-            4 => Self::FinWait1,
-            5 => Self::FinWait2,
-            6 => Self::TimeWait,
-            7 => Self::Close,
-            8 => Self::CloseWait,
-            9 => Self::LastAck,
-            10 => Self::Listen,
-            11 => Self::Closing,
-            12 => Self::NewSynRecv,
-            _ => return None,
-        })
-    }
-
-    /// The kernel's state number.
-    pub fn kernel_number(self) -> u8 {
-        match self {
-            Self::Established => 1,
-            Self::SynSent => 2,
-            Self::SynRecv => 3,
-            Self::FinWait1 => 4,
-            Self::FinWait2 => 5,
-            Self::TimeWait => 6,
-            Self::Close => 7,
-            Self::CloseWait => 8,
-            Self::LastAck => 9,
-            Self::Listen => 10,
-            Self::Closing => 11,
-            Self::NewSynRecv => 12,
-        }
-    }
-
-    /// The name as `ss` and the RFC write it (`TIME-WAIT` is `TIME_WAIT` here).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Established => "ESTABLISHED",
-            Self::SynSent => "SYN_SENT",
-            Self::SynRecv => "SYN_RECV",
-            Self::FinWait1 => "FIN_WAIT1",
-            Self::FinWait2 => "FIN_WAIT2",
-            Self::TimeWait => "TIME_WAIT",
-            Self::Close => "CLOSE",
-            Self::CloseWait => "CLOSE_WAIT",
-            Self::LastAck => "LAST_ACK",
-            Self::Listen => "LISTEN",
-            Self::Closing => "CLOSING",
-            Self::NewSynRecv => "NEW_SYN_RECV",
-        }
-    }
-
-    /// The closing states a full (non-timewait) socket can be in.
-    pub const CLOSING_FULL: [TcpState; 5] = [
-        TcpState::FinWait1,
-        TcpState::FinWait2,
-        TcpState::Closing,
-        TcpState::CloseWait,
-        TcpState::LastAck,
-    ];
-}
-
-impl fmt::Display for TcpState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The sub-state of a timewait socket (`tw_substate`, reported by sock_diag as the state).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum TwSubstate {
-    /// The peer's FIN was received: the real TIME_WAIT (60 s, restarted by a resent FIN).
-    TimeWait,
-    /// An orphaned FIN_WAIT2 socket: our FIN was acknowledged, the peer's FIN has not come yet.
-    /// The timer is `tcp_fin_timeout`; the peer's FIN turns it into TIME_WAIT.
-    FinWait2,
-}
-
-impl TwSubstate {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::TimeWait => "TIME_WAIT",
-            Self::FinWait2 => "FIN_WAIT2",
-        }
-    }
-}
-
-impl fmt::Display for TwSubstate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use teardown_common::{TcpState, TwFate, TwSubstate};
 
 /// A connection's addresses, as seen from this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

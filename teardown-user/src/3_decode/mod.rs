@@ -2,6 +2,7 @@
 //!
 //! Decoding allocates nothing: an [`Event`] is `Copy`, so the hot path moves plain values.
 
+pub mod filter;
 pub mod recording;
 
 use std::{
@@ -12,82 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use teardown_common as raw;
 
-/// TCP states, numbered as the Linux kernel numbers them (`include/net/tcp_states.h`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[repr(u8)]
-pub enum TcpState {
-    Established = 1,
-    SynSent = 2,
-    SynRecv = 3,
-    FinWait1 = 4,
-    FinWait2 = 5,
-    TimeWait = 6,
-    Close = 7,
-    CloseWait = 8,
-    LastAck = 9,
-    Listen = 10,
-    Closing = 11,
-    NewSynRecv = 12,
-    BoundInactive = 13,
-}
-
-impl TcpState {
-    pub fn from_kernel(n: u8) -> Option<TcpState> {
-        use TcpState::*;
-        Some(match n {
-            1 => Established,
-            2 => SynSent,
-            3 => SynRecv,
-            4 => FinWait1,
-            5 => FinWait2,
-            6 => TimeWait,
-            7 => Close,
-            8 => CloseWait,
-            9 => LastAck,
-            10 => Listen,
-            11 => Closing,
-            12 => NewSynRecv,
-            13 => BoundInactive,
-            _ => return None,
-        })
-    }
-
-    /// The name `ss` and the RFC use, e.g. `FIN_WAIT1`.
-    pub fn name(self) -> &'static str {
-        use TcpState::*;
-        match self {
-            Established => "ESTABLISHED",
-            SynSent => "SYN_SENT",
-            SynRecv => "SYN_RECV",
-            FinWait1 => "FIN_WAIT1",
-            FinWait2 => "FIN_WAIT2",
-            TimeWait => "TIME_WAIT",
-            Close => "CLOSE",
-            CloseWait => "CLOSE_WAIT",
-            LastAck => "LAST_ACK",
-            Listen => "LISTEN",
-            Closing => "CLOSING",
-            NewSynRecv => "NEW_SYN_RECV",
-            BoundInactive => "BOUND_INACTIVE",
-        }
-    }
-
-    /// States a connection passes through while it is being torn down.
-    pub fn is_closing(self) -> bool {
-        use TcpState::*;
-        matches!(
-            self,
-            FinWait1 | FinWait2 | Closing | CloseWait | LastAck | TimeWait
-        )
-    }
-}
-
-impl fmt::Display for TcpState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.name())
-    }
-}
+pub use teardown_common::TcpState;
 
 /// What happened to the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,26 +258,12 @@ impl Event {
     /// (connect, listen, close, shutdown). Other transitions run in softirq or timer context,
     /// where the current task is whoever happened to be on the CPU (on loopback, often the peer).
     pub fn in_process_context(&self) -> bool {
-        use TcpState::*;
-        matches!(
-            self.kind,
-            EventKind::State {
-                old: Close,
-                new: SynSent | Listen
-            } | EventKind::State {
-                old: Listen,
-                new: Close
-            } | EventKind::State {
-                old: Established,
-                new: FinWait1
-            } | EventKind::State {
-                old: CloseWait,
-                new: LastAck
-            } | EventKind::State {
-                old: FinWait2,
-                new: FinWait2
+        match self.kind {
+            EventKind::State { old, new } => {
+                raw::tcp::in_process_context(old.kernel_number(), new.kernel_number())
             }
-        )
+            _ => false,
+        }
     }
 
     /// The task, when the event was made in process context.
@@ -365,22 +277,39 @@ impl Event {
     /// True when this event begins a new life of the socket address: `connect()`, `listen()`,
     /// or a child socket created for an incoming SYN.
     pub fn starts_connection(&self) -> bool {
-        use TcpState::*;
-        matches!(
-            self.kind,
-            EventKind::State {
-                old: Close,
-                new: SynSent | Listen
-            } | EventKind::State {
-                old: Listen,
-                new: SynRecv
+        match self.kind {
+            EventKind::State { old, new } => {
+                raw::tcp::starts_connection(old.kernel_number(), new.kernel_number())
             }
-        )
+            _ => false,
+        }
     }
 
     /// The 4-tuple is usable (not yet zeroed by unhashing).
     pub fn has_tuple(&self) -> bool {
         self.local.port() != 0 && self.remote.port() != 0
+    }
+}
+
+/// Events made by hand for the unit tests of every stage.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A state change of socket `sk` between `l` and `r`, owned by `app` (pid 100).
+    pub(crate) fn ev(ts: u64, sk: u64, old: TcpState, new: TcpState, l: &str, r: &str) -> Event {
+        Event {
+            ts_ns: ts,
+            sk,
+            kind: EventKind::State { old, new },
+            local: l.parse().unwrap(),
+            remote: r.parse().unwrap(),
+            pid: 100,
+            comm: Comm::new("app"),
+            netns: 0,
+            seq: None,
+            sock: None,
+        }
     }
 }
 

@@ -5,15 +5,13 @@
 //! loss counter moved). The format is documented in the README; a reader refuses versions it does
 //! not know rather than guessing.
 
-use std::{
-    collections::HashSet,
-    io::{self, BufRead, Write},
-    net::IpAddr,
-};
+use std::io::{self, BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{decode::Event, track::timewait::TwFact};
+pub use super::filter::EventFilter;
+use super::Event;
+use crate::sock_diag::watch::TwFact;
 
 pub const FORMAT: &str = "teardown-recording";
 pub const VERSION: u32 = 1;
@@ -54,46 +52,6 @@ pub enum Record {
 pub struct Writer<W: Write> {
     out: W,
     filter: Option<EventFilter>,
-}
-
-/// Keeps the events of sockets whose 4-tuple matched the user's port and address filters at
-/// some point of their life: the last events of a connection carry no local port (the socket
-/// was unhashed), so matching event by event would cut timelines short.
-#[derive(Debug, Default)]
-pub struct EventFilter {
-    ports: Vec<u16>,
-    addrs: Vec<IpAddr>,
-    matched: HashSet<u64>,
-}
-
-impl EventFilter {
-    /// None when there is nothing to filter on.
-    pub fn new(ports: Vec<u16>, addrs: Vec<IpAddr>) -> Option<EventFilter> {
-        (!ports.is_empty() || !addrs.is_empty()).then(|| EventFilter {
-            ports,
-            addrs,
-            matched: HashSet::new(),
-        })
-    }
-
-    /// For facts about a 4-tuple (no socket address): whether the tuple matches.
-    pub fn keep_tuple(&self, local: &std::net::SocketAddr, remote: &std::net::SocketAddr) -> bool {
-        crate::live::tuple_matches(&self.ports, &self.addrs, local, remote)
-    }
-
-    pub fn keep(&mut self, ev: &Event) -> bool {
-        // Either port is enough: connect() changes state before the local port is chosen.
-        let hit = self.keep_tuple(&ev.local, &ev.remote);
-        if ev.starts_connection() {
-            // A new life of the address: forget what the old one matched.
-            self.matched.remove(&ev.sk);
-        }
-        if hit {
-            self.matched.insert(ev.sk);
-            return true;
-        }
-        self.matched.contains(&ev.sk)
-    }
 }
 
 impl<W: Write> Writer<W> {
@@ -265,7 +223,7 @@ mod tests {
     }
 
     fn sample() -> Event {
-        crate::track::tests::ev(
+        crate::decode::testing::ev(
             5,
             0xabc,
             TcpState::Established,
@@ -335,23 +293,6 @@ mod tests {
             Err(ReadError::NotARecording(_))
         ));
         assert!(matches!(Reader::new(&b""[..]), Err(ReadError::Empty)));
-    }
-
-    #[test]
-    fn filter_keeps_whole_timelines_of_matching_sockets() {
-        use TcpState::*;
-        let mk = |sk, old, new, l: &str, r: &str| crate::track::tests::ev(1, sk, old, new, l, r);
-        let mut f = EventFilter::new(vec![8080], vec![]).unwrap();
-        // The last transition has no local port: it is kept because its socket matched before.
-        assert!(f.keep(&mk(1, Close, SynSent, "127.0.0.1:40000", "127.0.0.1:8080")));
-        assert!(f.keep(&mk(1, FinWait2, Close, "0.0.0.0:0", "127.0.0.1:8080")));
-        assert!(!f.keep(&mk(2, LastAck, Close, "0.0.0.0:0", "0.0.0.0:0")));
-        // connect(): the destination port is known before the local one.
-        assert!(f.keep(&mk(3, Close, SynSent, "127.0.0.1:0", "127.0.0.1:8080")));
-        // Another connection on the same socket address, to another port: dropped.
-        assert!(!f.keep(&mk(1, Close, SynSent, "127.0.0.1:40001", "127.0.0.1:9090")));
-        assert!(!f.keep(&mk(1, SynSent, Close, "0.0.0.0:0", "0.0.0.0:0")));
-        assert!(EventFilter::new(vec![], vec![]).is_none());
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! `close()` is traced just after the `-> CLOSE`, and the peer's socket usually closes a moment
 //! later, so that both ends can be judged together.
 
+pub mod filter;
 pub mod timewait;
+
+pub use filter::Filter;
 
 use std::{
     collections::{hash_map::Entry, HashMap},
@@ -630,24 +633,9 @@ impl Tracker {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::decode::{Comm, EventKind};
-
-    pub(crate) fn ev(ts: u64, sk: u64, old: TcpState, new: TcpState, l: &str, r: &str) -> Event {
-        Event {
-            ts_ns: ts,
-            sk,
-            kind: EventKind::State { old, new },
-            local: l.parse().unwrap(),
-            remote: r.parse().unwrap(),
-            pid: 100,
-            comm: Comm::new("app"),
-            netns: 0,
-            seq: None,
-            sock: None,
-        }
-    }
+    use crate::decode::{testing::ev, EventKind};
 
     fn run(events: &[Event]) -> Vec<Finished> {
         let mut t = Tracker::new(TrackerConfig::default());

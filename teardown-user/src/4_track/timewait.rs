@@ -7,200 +7,11 @@
 //! [`TwWatcher`] polls that on its own thread and turns it into [`TwFact`]s; the pipeline's
 //! [`Joiner`] matches them, by 4-tuple, to the connections it reported.
 
-use std::{
-    collections::{HashMap, HashSet},
-    net::SocketAddr,
-};
+use std::{collections::HashMap, net::SocketAddr};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::{
-    decode::TcpState,
-    monitor::{self, TwExitKind},
-    sock_diag::{self, PollOptions, Poller, TwSubstate},
-};
-
-/// The sub-state of a timewait socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum TwState {
-    /// The real TIME_WAIT: the peer's FIN was received.
-    TimeWait,
-    /// An orphan whose FIN was ACKed, waiting for the peer's FIN (tcp_fin_timeout).
-    FinWait2,
-}
-
-/// How a timewait socket left.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TwLeft {
-    /// Its timer ran out.
-    Expired,
-    /// A new connection took its 4-tuple.
-    Reused,
-    /// Gone early with no new connection on its 4-tuple: killed by a RST (or reused by a
-    /// connection that has already ended).
-    Killed,
-}
-
-/// One thing sock_diag showed about a timewait socket. Times are ms since the Unix epoch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TwFact {
-    /// Inode number of the network namespace it was seen in (0 in recordings made before
-    /// namespaces were told apart).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub netns: u32,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    /// When the poll that saw it was taken.
-    pub at_ms: u64,
-    #[serde(flatten)]
-    pub what: TwWhat,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "fact", rename_all = "snake_case")]
-pub enum TwWhat {
-    /// First seen in this sub-state, which it entered at `entered_ms` (from its timer).
-    Entered { state: TwState, entered_ms: u64 },
-    /// Its timer restarted: the peer resent its FIN (the final ACK was lost).
-    Restarted {
-        previous_entered_ms: u64,
-        entered_ms: u64,
-    },
-    /// It left.
-    Left {
-        how: TwLeft,
-        entered_ms: u64,
-        restarts: u32,
-    },
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-/// A socket already closing when the trace began.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Closing {
-    /// Inode number of the namespace it was seen in (0: unknown).
-    pub netns: u32,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    pub state: TcpState,
-}
-
-/// Polls sock_diag in the calling thread's network namespace.
-pub struct TwWatcher {
-    poller: Poller,
-    tracker: monitor::Tracker,
-    known: HashMap<sock_diag::FourTuple, TwSubstate>,
-    /// The namespace's inode number, which its facts carry.
-    netns: u32,
-}
-
-/// Inode number of the calling thread's network namespace (0 if /proc cannot tell). The
-/// thread's own, not the process's: a sock_diag thread may have entered another namespace.
-pub fn current_netns() -> u32 {
-    use std::os::unix::fs::MetadataExt as _;
-    // SAFETY: gettid has no arguments and cannot fail.
-    let tid = unsafe { libc::gettid() };
-    [
-        "/proc/thread-self/ns/net".to_owned(),
-        format!("/proc/self/task/{tid}/ns/net"),
-    ]
-    .iter()
-    .find_map(|p| std::fs::metadata(p).ok())
-    .and_then(|m| u32::try_from(m.ino()).ok())
-    .unwrap_or(0)
-}
-
-impl TwWatcher {
-    pub fn new() -> Result<TwWatcher, sock_diag::DiagError> {
-        let fin_timeout = monitor::KernelSettings::read()
-            .map(|k| k.fin_timeout_s)
-            .unwrap_or(60);
-        Ok(TwWatcher {
-            poller: Poller::new(PollOptions {
-                include_open: true,
-                ipv6: true,
-            })?,
-            tracker: monitor::Tracker::new(fin_timeout),
-            known: HashMap::new(),
-            netns: current_netns(),
-        })
-    }
-
-    /// One poll: what changed, and the full sockets now closing (for seeding at start).
-    pub fn poll(&mut self) -> Result<(Vec<TwFact>, Vec<Closing>), sock_diag::DiagError> {
-        let snap = self.poller.poll()?;
-        let delta = self.tracker.observe(&snap);
-        let at = snap.taken_at_ms;
-        let mut facts = Vec::new();
-        let mut seen = HashSet::with_capacity(snap.timewait.len());
-        for t in self.tracker.timewait() {
-            seen.insert(t.tuple);
-            if self.known.insert(t.tuple, t.substate) != Some(t.substate) {
-                facts.push(TwFact {
-                    netns: self.netns,
-                    local: t.tuple.local,
-                    remote: t.tuple.remote,
-                    at_ms: at,
-                    what: TwWhat::Entered {
-                        state: match t.substate {
-                            TwSubstate::TimeWait => TwState::TimeWait,
-                            TwSubstate::FinWait2 => TwState::FinWait2,
-                        },
-                        entered_ms: t.entered_ms,
-                    },
-                });
-            }
-        }
-        self.known.retain(|k, _| seen.contains(k));
-        for r in &delta.restarts {
-            facts.push(TwFact {
-                netns: self.netns,
-                local: r.tuple.local,
-                remote: r.tuple.remote,
-                at_ms: at,
-                what: TwWhat::Restarted {
-                    previous_entered_ms: r.previous_entered_ms,
-                    entered_ms: r.entered_ms,
-                },
-            });
-        }
-        for e in &delta.exits {
-            facts.push(TwFact {
-                netns: self.netns,
-                local: e.tuple.local,
-                remote: e.tuple.remote,
-                at_ms: at,
-                what: TwWhat::Left {
-                    how: match e.kind {
-                        TwExitKind::Expired => TwLeft::Expired,
-                        TwExitKind::Reused => TwLeft::Reused,
-                        TwExitKind::Killed => TwLeft::Killed,
-                    },
-                    entered_ms: e.entered_ms,
-                    restarts: e.restarts,
-                },
-            });
-        }
-        let closing = snap
-            .closing
-            .iter()
-            .filter_map(|s| {
-                Some(Closing {
-                    netns: self.netns,
-                    local: s.tuple.local,
-                    remote: s.tuple.remote,
-                    state: TcpState::from_kernel(s.state.kernel_number())?,
-                })
-            })
-            .collect();
-        Ok((facts, closing))
-    }
-}
+pub use crate::sock_diag::watch::{Closing, TwFact, TwWhat};
 
 /// A fact about a reported connection's timewait socket, ready for the sinks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -346,6 +157,7 @@ impl Joiner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sock_diag::{TwFate, TwSubstate};
 
     fn fact(at: u64, what: TwWhat) -> TwFact {
         TwFact {
@@ -364,7 +176,7 @@ mod tests {
             ..fact(
                 1_000,
                 TwWhat::Entered {
-                    state: TwState::TimeWait,
+                    state: TwSubstate::TimeWait,
                     entered_ms: 990,
                 },
             )
@@ -387,7 +199,7 @@ mod tests {
         let f = fact(
             1_000,
             TwWhat::Entered {
-                state: TwState::TimeWait,
+                state: TwSubstate::TimeWait,
                 entered_ms: 990,
             },
         );
@@ -399,7 +211,7 @@ mod tests {
         let again = fact(
             1_500,
             TwWhat::Entered {
-                state: TwState::FinWait2,
+                state: TwSubstate::FinWait2,
                 entered_ms: 1_400,
             },
         );
@@ -407,7 +219,7 @@ mod tests {
         let left = fact(
             61_000,
             TwWhat::Left {
-                how: TwLeft::Expired,
+                how: TwFate::Expired,
                 entered_ms: 990,
                 restarts: 0,
             },
@@ -422,7 +234,7 @@ mod tests {
         let a = fact(
             0,
             TwWhat::Entered {
-                state: TwState::TimeWait,
+                state: TwSubstate::TimeWait,
                 entered_ms: 0,
             },
         );
@@ -437,7 +249,7 @@ mod tests {
         let late = fact(
             7_000,
             TwWhat::Entered {
-                state: TwState::TimeWait,
+                state: TwSubstate::TimeWait,
                 entered_ms: 6_900,
             },
         );
@@ -463,7 +275,7 @@ mod tests {
         let f = fact(
             5,
             TwWhat::Left {
-                how: TwLeft::Killed,
+                how: TwFate::Killed,
                 entered_ms: 1,
                 restarts: 2,
             },

@@ -2,8 +2,8 @@
 
 use std::{io, sync::mpsc::SyncSender};
 
-use super::{endpoint, Report, Sink};
-use crate::{judge::Conformance, live::Summary};
+use super::{endpoint, Report, Sink, Summary};
+use crate::judge::Conformance;
 
 pub struct DeviationLines {
     tx: SyncSender<String>,

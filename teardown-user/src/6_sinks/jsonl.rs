@@ -5,11 +5,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::{Report, Sink};
+use super::{Report, Sink, Summary};
 use crate::{
     decode::{EventKind, SeqSnapshot, SockSnapshot, TcpState},
     judge::Verdict,
-    live::Summary,
     track::timewait::TimewaitNote,
     track::RecordEnd,
 };

@@ -27,11 +27,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{Report, Sink};
+use super::{Report, Sink, Summary};
 use crate::{
     judge::Conformance,
-    live::Summary,
-    track::timewait::{TimewaitNote, TwLeft, TwWhat},
+    sock_diag::TwFate,
+    track::timewait::{TimewaitNote, TwWhat},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -209,9 +209,9 @@ impl Sink for MetricsSink {
             TwWhat::Entered { .. } => "entered",
             TwWhat::Restarted { .. } => "restarted",
             TwWhat::Left { how, .. } => match how {
-                TwLeft::Expired => "expired",
-                TwLeft::Reused => "reused",
-                TwLeft::Killed => "killed",
+                TwFate::Expired => "expired",
+                TwFate::Reused => "reused",
+                TwFate::Killed => "killed",
             },
         };
         self.metrics
@@ -312,7 +312,8 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Server, ServeErr
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::track::timewait::{TwFact, TwState};
+    use crate::sock_diag::TwSubstate;
+    use crate::track::timewait::TwFact;
 
     #[test]
     fn role_labels_are_the_json_names() {
@@ -346,12 +347,12 @@ mod tests {
             },
         };
         sink.timewait(&fact(TwWhat::Entered {
-            state: TwState::TimeWait,
+            state: TwSubstate::TimeWait,
             entered_ms: 0,
         }))
         .unwrap();
         sink.timewait(&fact(TwWhat::Left {
-            how: TwLeft::Reused,
+            how: TwFate::Reused,
             entered_ms: 0,
             restarts: 0,
         }))

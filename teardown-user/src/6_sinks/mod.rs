@@ -3,6 +3,7 @@
 mod channel;
 mod jsonl;
 pub mod metrics;
+mod summary;
 mod text;
 
 use std::{io, net::SocketAddr};
@@ -10,9 +11,10 @@ use std::{io, net::SocketAddr};
 pub use channel::DeviationLines;
 pub use jsonl::JsonlSink;
 pub use metrics::{Metrics, MetricsSink};
+pub use summary::{Summary, TimewaitCounts};
 pub use text::TextSink;
 
-use crate::{judge::Verdict, live::Summary, track::timewait::TimewaitNote, track::Connection};
+use crate::{judge::Verdict, track::timewait::TimewaitNote, track::Connection};
 
 /// One finished connection with its verdict, as handed to every sink.
 pub struct Report<'a> {

@@ -2,11 +2,11 @@
 
 use std::io::{self, Write};
 
-use super::{endpoint, utc_time, Report, Sink};
+use super::{endpoint, utc_time, Report, Sink, Summary};
 use crate::{
     decode::{EventKind, SockSnapshot},
-    live::Summary,
-    track::timewait::{TimewaitNote, TwLeft, TwState, TwWhat},
+    sock_diag::{TwFate, TwSubstate},
+    track::timewait::{TimewaitNote, TwWhat},
     track::RecordEnd,
 };
 
@@ -132,11 +132,11 @@ impl<W: Write> Sink for TextSink<W> {
         let f = &n.fact;
         let what = match &f.what {
             TwWhat::Entered {
-                state: TwState::TimeWait,
+                state: TwSubstate::TimeWait,
                 entered_ms,
             } => format!("entered TIME_WAIT at {} UTC (from its timer)", utc_time(*entered_ms)),
             TwWhat::Entered {
-                state: TwState::FinWait2,
+                state: TwSubstate::FinWait2,
                 entered_ms,
             } => format!(
                 "FIN_WAIT2 timewait socket since {} UTC, waiting for the peer's FIN",
@@ -155,9 +155,9 @@ impl<W: Write> Sink for TextSink<W> {
                 restarts,
             } => {
                 let how = match how {
-                    TwLeft::Expired => "expired",
-                    TwLeft::Reused => "reused by a new connection on the same 4-tuple",
-                    TwLeft::Killed => "killed early (a RST, or a reuse already over)",
+                    TwFate::Expired => "expired",
+                    TwFate::Reused => "reused by a new connection on the same 4-tuple",
+                    TwFate::Killed => "killed early (a RST, or a reuse already over)",
                 };
                 format!(
                     "left TIME_WAIT: {how}, {:.1} s after entering, {restarts} timer restart(s)",

@@ -2,161 +2,16 @@
 //! user's filters and the running summary. Live tracing and replay both drive this, so a
 //! recording replays to the same output as the live trace that made it.
 
-use std::{collections::BTreeMap, fmt::Write as _, io, net::IpAddr};
-
-use serde::Serialize;
+use std::io;
 
 use crate::{
     decode::Event,
     judge::{self, Conformance},
-    sinks::{Report, Sink},
-    track::timewait::{Closing, Joiner, TimewaitNote, TwFact, TwLeft, TwWhat},
-    track::{Connection, Finished, Tracker, TrackerConfig, TrackerStats},
+    sinks::{Report, Sink, Summary},
+    sock_diag::TwFate,
+    track::timewait::{Closing, Joiner, TimewaitNote, TwFact, TwWhat},
+    track::{Filter, Finished, Tracker, TrackerConfig, TrackerStats},
 };
-
-/// Which connections to report. A connection matches when every given filter matches.
-#[derive(Clone, Debug, Default)]
-pub struct Filter {
-    /// Local or remote port.
-    pub ports: Vec<u16>,
-    /// Local or remote address.
-    pub addrs: Vec<IpAddr>,
-    /// Owning process (from a process-context event).
-    pub pids: Vec<u32>,
-    /// Network namespace, by inode number.
-    pub netns: Vec<u32>,
-    /// Report listening sockets too.
-    pub listeners: bool,
-}
-
-impl Filter {
-    pub fn matches(&self, c: &Connection) -> bool {
-        if !self.listeners && c.is_listener() {
-            return false;
-        }
-        let pid_ok = self.pids.is_empty() || c.process.is_some_and(|t| self.pids.contains(&t.pid));
-        let netns_ok = self.netns.is_empty() || self.netns.contains(&c.netns);
-        tuple_matches(&self.ports, &self.addrs, &c.local, &c.remote) && pid_ok && netns_ok
-    }
-}
-
-/// Either end has one of `ports` (or there are none), and either end one of `addrs` (or none).
-pub fn tuple_matches(
-    ports: &[u16],
-    addrs: &[IpAddr],
-    local: &std::net::SocketAddr,
-    remote: &std::net::SocketAddr,
-) -> bool {
-    let port_ok = ports.is_empty()
-        || ports
-            .iter()
-            .any(|&p| p == local.port() || p == remote.port());
-    let addr_ok = addrs.is_empty() || addrs.iter().any(|&a| a == local.ip() || a == remote.ip());
-    port_ok && addr_ok
-}
-
-/// What the trace saw, printed at the end and written as the last JSON line.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Summary {
-    /// Connections reported (after filters).
-    pub connections: u64,
-    /// Connections seen in all, reported or not.
-    pub connections_seen: u64,
-    /// Kernel events received.
-    pub events: u64,
-    /// Events the kernel could not deliver (ring buffer full). Never silent.
-    pub lost_events: u64,
-    /// Records that could not be decoded.
-    pub undecodable: u64,
-    /// Connections dropped from a full table.
-    pub evicted: u64,
-    /// Events of timewait sockets matching no traced connection.
-    pub unattached: u64,
-    /// Replay: bad lines skipped.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skipped_lines: Option<u64>,
-    pub by_variant: BTreeMap<&'static str, u64>,
-    pub by_finding: BTreeMap<&'static str, u64>,
-    pub conforming: u64,
-    pub deviating: u64,
-    pub incomplete: u64,
-    /// Sockets already closing when the trace began (sock_diag).
-    pub closing_at_start: u64,
-    /// What sock_diag showed of reported connections' timewait sockets.
-    pub timewait: TimewaitCounts,
-}
-
-/// Timewait facts joined to reported connections.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct TimewaitCounts {
-    pub entered: u64,
-    pub restarts: u64,
-    pub expired: u64,
-    pub reused: u64,
-    pub killed: u64,
-}
-
-impl Summary {
-    pub fn to_text(&self) -> String {
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "summary: {} connections reported ({} seen), {} events, {} lost events{}",
-            self.connections,
-            self.connections_seen,
-            self.events,
-            self.lost_events,
-            if self.lost_events > 0 {
-                " (ring buffer full: raise --ring-size or narrow the filters)"
-            } else {
-                ""
-            }
-        );
-        let _ = writeln!(
-            s,
-            "  verdicts: {} conform, {} deviate, {} incomplete",
-            self.conforming, self.deviating, self.incomplete
-        );
-        if !self.by_variant.is_empty() {
-            let _ = writeln!(s, "  by variant:");
-            for (k, v) in &self.by_variant {
-                let _ = writeln!(s, "    {v:>8}  {k}");
-            }
-        }
-        if !self.by_finding.is_empty() {
-            let _ = writeln!(s, "  by finding:");
-            for (k, v) in &self.by_finding {
-                let _ = writeln!(s, "    {v:>8}  {k}");
-            }
-        }
-        if self.undecodable + self.evicted + self.unattached > 0 {
-            let _ = writeln!(
-                s,
-                "  also: {} undecodable records, {} connections evicted from a full table, {} unattached timewait events",
-                self.undecodable, self.evicted, self.unattached
-            );
-        }
-        let tw = &self.timewait;
-        if tw.entered + tw.restarts + tw.expired + tw.reused + tw.killed > 0 {
-            let _ = writeln!(
-                s,
-                "  timewait sockets (sock_diag): {} seen, {} timer restarts, {} expired, {} reused, {} killed",
-                tw.entered, tw.restarts, tw.expired, tw.reused, tw.killed
-            );
-        }
-        if self.closing_at_start > 0 {
-            let _ = writeln!(
-                s,
-                "  {} sockets were already closing when the trace began",
-                self.closing_at_start
-            );
-        }
-        if let Some(n) = self.skipped_lines {
-            let _ = writeln!(s, "  {n} bad lines skipped");
-        }
-        s.trim_end().to_owned()
-    }
-}
 
 /// Running totals of a live pipeline (see [`Pipeline::progress`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -228,9 +83,9 @@ impl Pipeline {
             TwWhat::Entered { .. } => tw.entered += 1,
             TwWhat::Restarted { .. } => tw.restarts += 1,
             TwWhat::Left { how, .. } => match how {
-                TwLeft::Expired => tw.expired += 1,
-                TwLeft::Reused => tw.reused += 1,
-                TwLeft::Killed => tw.killed += 1,
+                TwFate::Expired => tw.expired += 1,
+                TwFate::Reused => tw.reused += 1,
+                TwFate::Killed => tw.killed += 1,
             },
         }
         if self.error.is_some() {

@@ -10,9 +10,9 @@ use super::figures::{
     per_local_addr, per_remote, port_pressure, state_counts, tw_buckets, Level, PortPressure,
     StateCounts, Thresholds, TimewaitGroup, TwBuckets,
 };
-use crate::sock_diag::follow::{entry_rate, EntryRate, FullTrack, Tracker, TwExit, TwExitKind};
+use crate::sock_diag::follow::{entry_rate, EntryRate, FullTrack, Tracker, TwExit};
 use crate::sock_diag::sysctl::KernelSettings;
-use crate::sock_diag::{FourTuple, Owner, OwnerScan, Snapshot, TcpState, TwSubstate};
+use crate::sock_diag::{FourTuple, Owner, OwnerScan, Snapshot, TcpState, TwFate, TwSubstate};
 
 /// What the report looks for, and how much of it it lists.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -254,9 +254,9 @@ pub fn build_report(
             .collect()
     };
     let exits = Exits {
-        expired: tracker.exit_count(TwExitKind::Expired),
-        reused: tracker.exit_count(TwExitKind::Reused),
-        killed: tracker.exit_count(TwExitKind::Killed),
+        expired: tracker.exit_count(TwFate::Expired),
+        reused: tracker.exit_count(TwFate::Reused),
+        killed: tracker.exit_count(TwFate::Killed),
         timer_restarts: tracker.restart_count(),
         recent,
     };

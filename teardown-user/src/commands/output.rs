@@ -10,8 +10,8 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    live::Filter,
     sinks::{JsonlSink, Sink, TextSink},
+    track::Filter,
     track::TrackerConfig,
 };
 

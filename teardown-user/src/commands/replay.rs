@@ -11,7 +11,8 @@ use anyhow::Context as _;
 use super::output::{FilterArgs, OutputArgs};
 use crate::{
     decode::recording::{ReadError, Reader, Record},
-    live::{Pipeline, Summary},
+    live::Pipeline,
+    sinks::Summary,
 };
 
 #[derive(Clone, Debug, clap::Args)]

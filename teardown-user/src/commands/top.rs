@@ -131,8 +131,9 @@ impl TracerFeed {
         use crate::{
             kernel::clock,
             kernel::{Probe, ProbeConfig},
-            live::{Filter, Pipeline},
+            live::Pipeline,
             sinks::DeviationLines,
+            track::Filter,
             track::TrackerConfig,
         };
         let (line_tx, lines) = mpsc::sync_channel(1024);

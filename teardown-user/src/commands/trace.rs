@@ -19,7 +19,8 @@ use crate::{
     decode::Event,
     kernel::clock,
     kernel::{Hook, Probe, ProbeConfig},
-    live::{Pipeline, Summary},
+    live::Pipeline,
+    sinks::Summary,
     sinks::{Metrics, MetricsSink},
 };
 
@@ -179,7 +180,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     let home_netns = probe
         .caps
         .netns
-        .then(crate::track::timewait::current_netns)
+        .then(crate::sock_diag::watch::current_netns)
         .filter(|&n| n != 0);
     let mut sinks = vec![args.output.sink(home_netns)?];
     let metrics = match args.metrics {
@@ -494,7 +495,7 @@ fn poll_timewait(
             return;
         }
     }
-    let mut watcher = match crate::track::timewait::TwWatcher::new() {
+    let mut watcher = match crate::sock_diag::watch::TwWatcher::new() {
         Ok(w) => w,
         Err(e) => {
             crate::say!("note: timewait sockets{where_} are not followed: {e}");
