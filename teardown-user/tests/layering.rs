@@ -3,6 +3,8 @@
 //!
 //! Imports are found by reading the sources: every `crate::<stage>` path, including those inside
 //! `use crate::{...}` groups, counts. Test modules count too: a stage's tests may not reach up.
+//! clap, the command line's crate, appears only in `commands`.
+#![allow(clippy::expect_used)]
 
 use std::{
     fs,
@@ -110,6 +112,26 @@ fn no_stage_imports_a_later_one() {
         "only {checked} imports found: is the scan broken?"
     );
     assert!(upward.is_empty(), "upward imports:\n{}", upward.join("\n"));
+}
+
+#[test]
+fn clap_stays_in_the_commands() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    for &(dir, _) in &STAGES[..STAGES.len() - 1] {
+        let mut files = Vec::new();
+        rust_files(&src.join(dir), &mut files);
+        for file in files {
+            let text = fs::read_to_string(&file).expect("readable source");
+            for (n, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                if code.contains("clap::") || code.contains("use clap") {
+                    found.push(format!("{}:{}", file.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "clap outside commands:\n{}", found.join("\n"));
 }
 
 #[test]

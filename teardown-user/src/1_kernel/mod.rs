@@ -24,7 +24,7 @@ pub use stream::EventStream;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/teardown"));
 
 /// Which hook carries the state changes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hook {
     /// The BTF raw tracepoint when the kernel has BTF, else the classic tracepoint.

@@ -154,13 +154,11 @@ impl TwWatcher {
         let closing = snap
             .closing
             .iter()
-            .filter_map(|s| {
-                Some(Closing {
-                    netns: self.netns,
-                    local: s.tuple.local,
-                    remote: s.tuple.remote,
-                    state: s.state,
-                })
+            .map(|s| Closing {
+                netns: self.netns,
+                local: s.tuple.local,
+                remote: s.tuple.remote,
+                state: s.state,
             })
             .collect();
         Ok((facts, closing))

@@ -2,6 +2,14 @@
 //! user's filters and the running summary. Live tracing and replay both drive this, so a
 //! recording replays to the same output as the live trace that made it.
 
+mod feed;
+mod run;
+mod timewait;
+
+pub use feed::TracerFeed;
+pub use run::{live, Recorder};
+pub use timewait::TimewaitFollow;
+
 use std::io;
 
 use crate::{

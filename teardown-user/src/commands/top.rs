@@ -97,9 +97,9 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    match TracerFeed::start(netns) {
+    match crate::live::TracerFeed::start(netns) {
         Ok(feed) => {
-            let TracerFeed {
+            let crate::live::TracerFeed {
                 lines,
                 stop,
                 thread,
@@ -115,93 +115,6 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
             Some(format!("eBPF tracer not attached: {why}")),
             &signals.flag,
         ),
-    }
-}
-
-/// The live trace pipeline on its own thread, sending a line per deviating teardown.
-struct TracerFeed {
-    lines: Receiver<String>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl TracerFeed {
-    /// Starts the tracer; with `netns` (an inode number), only that namespace's teardowns.
-    fn start(netns: Option<u32>) -> Result<TracerFeed, String> {
-        use crate::{
-            kernel::clock,
-            kernel::{Probe, ProbeConfig},
-            live::Pipeline,
-            sinks::DeviationLines,
-            track::Filter,
-            track::TrackerConfig,
-        };
-        let (line_tx, lines) = mpsc::sync_channel(1024);
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let thread = std::thread::Builder::new()
-            .name("tracer".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let mut probe = match Probe::load(ProbeConfig::default()) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e.to_string()));
-                            return;
-                        }
-                    };
-                    if netns.is_some() && !probe.caps.netns {
-                        let _ = ready_tx.send(Err("this kernel's BTF does not give the \
-                            socket's network namespace, so teardowns cannot be shown for one \
-                            namespace"
-                            .into()));
-                        return;
-                    }
-                    let _ = ready_tx.send(Ok(()));
-                    let filter = Filter {
-                        netns: netns.into_iter().collect(),
-                        ..Filter::default()
-                    };
-                    let mut pipeline = Pipeline::new(
-                        TrackerConfig::default(),
-                        filter,
-                        vec![Box::new(DeviationLines::new(line_tx))],
-                        clock::wall_offset_ns(),
-                    );
-                    pipeline.match_netns(probe.caps.netns);
-                    let stop = async move {
-                        let _ = stop_rx.await;
-                    };
-                    if let Err(e) =
-                        super::trace::live(&mut probe, pipeline, None, None, None, stop).await
-                    {
-                        log::warn!("the tracer behind `top` stopped: {e:#}");
-                    }
-                });
-            })
-            .map_err(|e| e.to_string())?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(TracerFeed {
-                lines,
-                stop,
-                thread,
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => Err("the tracer thread ended before starting".into()),
-        }
     }
 }
 

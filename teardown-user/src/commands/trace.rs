@@ -1,25 +1,18 @@
-//! `teardown trace` and `teardown record`: the live pipeline.
-//!
-//! ring buffer -> decode -> bounded channel -> tracker -> validator -> sinks. The reader task
-//! and the pipeline share one thread; the bounded channel between them means a slow pipeline
-//! makes the ring buffer fill, and the kernel counts what it could not deliver: loss is
-//! reported, never silent.
+//! `teardown trace` and `teardown record`: the arguments, turned into a loaded probe, sinks and
+//! a [`Pipeline`] that the live loop ([`crate::live::live`]) drives until Ctrl-C, SIGTERM or
+//! `--duration`.
 
 use std::{fs::File, io::BufWriter, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::{
-    signal::unix::{signal, SignalKind},
-    sync::{mpsc, oneshot},
-};
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::output::{FilterArgs, OutputArgs};
 use crate::{
-    decode::recording::{self, Record},
-    decode::Event,
+    decode::recording,
     kernel::clock,
     kernel::{Hook, Probe, ProbeConfig},
-    live::Pipeline,
+    live::{live, Pipeline, TimewaitFollow},
     sinks::Summary,
     sinks::{Metrics, MetricsSink},
 };
@@ -42,8 +35,8 @@ pub struct TraceArgs {
     #[arg(long, short, value_parser = clock::parse_duration)]
     pub duration: Option<Duration>,
     /// Kernel hook for state changes.
-    #[arg(long, value_enum, default_value_t = Hook::Auto)]
-    pub hook: Hook,
+    #[arg(long, value_enum, default_value_t = HookArg::Auto)]
+    pub hook: HookArg,
     /// Ring buffer size in MiB (a power of two). Raise it if events are lost in bursts.
     #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = parse_ring_mib)]
     pub ring_size: u32,
@@ -63,14 +56,6 @@ pub struct TraceArgs {
     /// events and losses. E.g. 127.0.0.1:9464; port 0 picks a free one (the address is said).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
-}
-
-/// Which network namespaces' timewait sockets are followed, and how often.
-#[derive(Clone, Debug)]
-pub struct TimewaitFollow {
-    pub every: Duration,
-    /// Namespaces besides the process's own, as paths.
-    pub netns: Vec<PathBuf>,
 }
 
 impl TraceArgs {
@@ -128,6 +113,27 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// `--hook`, as clap sees [`Hook`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookArg {
+    /// The BTF raw tracepoint when the kernel has BTF, else the classic tracepoint.
+    Auto,
+    /// `tp_btf/inet_sock_set_state`: needs kernel BTF; gives sequence numbers and flags.
+    Btf,
+    /// `tracepoint/sock/inet_sock_set_state`: needs tracefs; state changes and 4-tuples only.
+    Tracepoint,
+}
+
+impl From<HookArg> for Hook {
+    fn from(h: HookArg) -> Hook {
+        match h {
+            HookArg::Auto => Hook::Auto,
+            HookArg::Btf => Hook::Btf,
+            HookArg::Tracepoint => Hook::Tracepoint,
+        }
+    }
+}
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct RecordArgs {
     /// File to write the raw events to (versioned JSON Lines; replay it with `teardown replay`).
@@ -136,12 +142,6 @@ pub struct RecordArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub trace: TraceArgs,
-}
-
-/// A batch of decoded records from one wake-up of the reader.
-struct Batch {
-    events: Vec<Event>,
-    undecodable: u64,
 }
 
 pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Summary> {
@@ -242,7 +242,7 @@ pub fn load(args: &TraceArgs) -> anyhow::Result<Probe> {
         );
     }
     let cfg = ProbeConfig {
-        hook: args.hook,
+        hook: args.hook.into(),
         ring_bytes: args.ring_size << 20,
         ports: ports.clone(),
         ..ProbeConfig::default()
@@ -252,276 +252,4 @@ pub fn load(args: &TraceArgs) -> anyhow::Result<Probe> {
         crate::say!("note: {note}");
     }
     Ok(probe)
-}
-
-type Recorder = recording::Writer<BufWriter<File>>;
-
-/// Runs the live pipeline until `stop` resolves (or an output fails), then drains the ring
-/// buffer, flushes everything and returns the summary.
-pub async fn live(
-    probe: &mut Probe,
-    mut pipeline: Pipeline,
-    mut recorder: Option<Recorder>,
-    timewait: Option<TimewaitFollow>,
-    metrics: Option<Arc<Metrics>>,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<Summary> {
-    let mut stream = probe.events().context("cannot read the ring buffer")?;
-    let (mut tw_rx, tw_stop) = match timewait {
-        Some(follow) => {
-            let (rx, stop) = watch_timewait(&follow);
-            (Some(rx), Some(stop))
-        }
-        None => (None, None),
-    };
-    let (tx, mut rx) = mpsc::channel::<Batch>(256);
-    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-    let reader = tokio::spawn(async move {
-        let decode =
-            |events: &mut Vec<Event>, undecodable: &mut u64, bytes: &[u8]| match Event::decode(
-                bytes,
-            ) {
-                Ok(e) => events.push(e),
-                Err(_) => *undecodable += 1,
-            };
-        loop {
-            let mut batch = Batch {
-                events: Vec::with_capacity(256),
-                undecodable: 0,
-            };
-            tokio::select! {
-                biased;
-                _ = &mut stop_rx => {
-                    // Last read: what is already in the ring buffer is still reported.
-                    stream.drain_now(|b| decode(&mut batch.events, &mut batch.undecodable, b));
-                    let _ = tx.send(batch).await;
-                    return Ok::<(), std::io::Error>(());
-                }
-                r = stream.next_batch(4096, |b| decode(&mut batch.events, &mut batch.undecodable, b)) => {
-                    r?;
-                    if tx.send(batch).await.is_err() {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    });
-
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_lost = 0u64;
-    let mut last_check_ns = clock::monotonic_ns();
-    let handle = |pipeline: &mut Pipeline,
-                  recorder: &mut Option<Recorder>,
-                  batch: Batch|
-     -> anyhow::Result<()> {
-        for _ in 0..batch.undecodable {
-            pipeline.on_undecodable();
-        }
-        for ev in batch.events {
-            if let Some(r) = recorder.as_mut() {
-                r.write(&Record::Event(ev))
-                    .context("cannot write to the recording")?;
-            }
-            pipeline.on_event(ev);
-        }
-        Ok(())
-    };
-    let mut check_lost =
-        |pipeline: &mut Pipeline, recorder: &mut Option<Recorder>| -> anyhow::Result<()> {
-            let now = clock::monotonic_ns();
-            let total = probe.lost().context("cannot read the lost-event counter")?;
-            if total != last_lost {
-                last_lost = total;
-                if let Some(r) = recorder.as_mut() {
-                    r.write(&Record::Lost {
-                        ts_ns: now,
-                        total,
-                        since_ns: last_check_ns,
-                    })?;
-                }
-                pipeline.on_lost(total, last_check_ns, now);
-            }
-            last_check_ns = now;
-            Ok(())
-        };
-
-    tokio::pin!(stop);
-    // A failure (the reader stopped, the recording cannot be written) ends the loop, but the
-    // pipeline is still finished and its output flushed before the error is returned.
-    let mut failure: Option<anyhow::Error> = None;
-    loop {
-        let step: anyhow::Result<()> = tokio::select! {
-            batch = rx.recv() => match batch {
-                Some(batch) => handle(&mut pipeline, &mut recorder, batch),
-                None => Err(anyhow::anyhow!("the ring-buffer reader stopped")),
-            },
-            _ = tick.tick() => {
-                let r = check_lost(&mut pipeline, &mut recorder);
-                // Hand on what settled, by a clock held back behind the reader (which may lag
-                // the kernel by a batch): live output then matches a replay of the recording.
-                // Totals first: a scrape never shows connections whose events it does not count.
-                if let Some(m) = &metrics {
-                    let p = pipeline.progress();
-                    m.set_totals(p.events, p.lost_events, p.open_connections);
-                }
-                pipeline.tick(clock::monotonic_ns().saturating_sub(TICK_LAG_NS));
-                r
-            }
-            Some(polled) = async {
-                match tw_rx.as_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let Polled { facts, closing_at_start } = polled;
-                if let Some(closing) = closing_at_start {
-                    pipeline.seed(&closing);
-                }
-                let mut r = Ok(());
-                for fact in facts {
-                    if let Some(rec) = recorder.as_mut() {
-                        if let Err(e) = rec.write(&Record::Timewait(fact.clone())) {
-                            r = Err(anyhow::Error::new(e).context("cannot write to the recording"));
-                        }
-                    }
-                    pipeline.on_timewait(fact);
-                }
-                r
-            }
-            _ = &mut stop => break,
-        };
-        if let Err(e) = step {
-            failure = Some(e);
-            break;
-        }
-        if pipeline.failed() {
-            break;
-        }
-    }
-    if failure.is_some() {
-        // The recording failed or the reader stopped: keep the output, drop the recording.
-        recorder = None;
-    }
-
-    // Clean stop: the reader drains the ring buffer once more, then everything is flushed.
-    if let Some(s) = tw_stop {
-        s.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    let _ = stop_tx.send(());
-    while let Some(batch) = rx.recv().await {
-        if let Err(e) = handle(&mut pipeline, &mut recorder, batch) {
-            failure.get_or_insert(e);
-            recorder = None;
-        }
-    }
-    match reader.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            failure.get_or_insert(anyhow::Error::new(e).context("reading the ring buffer failed"));
-        }
-        Err(e) => {
-            failure.get_or_insert(anyhow::anyhow!("the ring-buffer reader stopped: {e}"));
-        }
-    }
-    if let Err(e) = check_lost(&mut pipeline, &mut recorder) {
-        failure.get_or_insert(e);
-    }
-    if let Some(mut r) = recorder {
-        if let Err(e) = r.flush() {
-            failure.get_or_insert(anyhow::Error::new(e).context("cannot write to the recording"));
-        }
-    }
-    let summary = pipeline.finish().context("cannot write the output")?;
-    match failure {
-        Some(e) => Err(e.context(format!(
-            "the trace stopped early; the output so far was written ({})",
-            summary.to_text().lines().next().unwrap_or_default()
-        ))),
-        None => Ok(summary),
-    }
-}
-
-/// How far the settle clock is held back behind real time in a live trace.
-const TICK_LAG_NS: u64 = 500_000_000;
-
-/// One sock_diag poll of one network namespace.
-struct Polled {
-    facts: Vec<crate::track::timewait::TwFact>,
-    /// The sockets closing at that moment, on the namespace's first poll only (they seed the
-    /// tracker: connections first seen mid-teardown).
-    closing_at_start: Option<Vec<crate::track::timewait::Closing>>,
-}
-
-/// Polls sock_diag on threads of its own, one per network namespace (a dump can take
-/// milliseconds on a busy host; the ring buffer must not wait for it). Problems are reported
-/// once and end the polling of that namespace, not the trace.
-fn watch_timewait(
-    follow: &TimewaitFollow,
-) -> (
-    mpsc::Receiver<Polled>,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
-    let (tx, rx) = mpsc::channel::<Polled>(16);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let namespaces = std::iter::once(None).chain(follow.netns.iter().cloned().map(Some));
-    for netns in namespaces {
-        let (tx, stop, every) = (tx.clone(), stop.clone(), follow.every);
-        let spawned = std::thread::Builder::new()
-            .name("sock_diag".into())
-            .spawn(move || poll_timewait(netns, every, &tx, &stop));
-        if let Err(e) = spawned {
-            crate::say!("note: timewait sockets are not followed: {e}");
-        }
-    }
-    (rx, stop)
-}
-
-/// The loop of one [`watch_timewait`] thread, in `netns` (None: the process's own).
-fn poll_timewait(
-    netns: Option<PathBuf>,
-    every: Duration,
-    tx: &mpsc::Sender<Polled>,
-    stop: &std::sync::atomic::AtomicBool,
-) {
-    use std::sync::atomic::Ordering;
-    let where_ = netns
-        .as_ref()
-        .map(|p| format!(" in {}", p.display()))
-        .unwrap_or_default();
-    if let Some(path) = &netns {
-        if let Err(e) = crate::sock_diag::netns::enter(path) {
-            crate::say!("note: timewait sockets{where_} are not followed: {e}");
-            return;
-        }
-    }
-    let mut watcher = match crate::sock_diag::watch::TwWatcher::new() {
-        Ok(w) => w,
-        Err(e) => {
-            crate::say!("note: timewait sockets{where_} are not followed: {e}");
-            return;
-        }
-    };
-    let mut first = true;
-    while !stop.load(Ordering::Relaxed) {
-        let started = std::time::Instant::now();
-        match watcher.poll() {
-            Ok((facts, closing)) => {
-                let polled = Polled {
-                    facts,
-                    closing_at_start: std::mem::take(&mut first).then_some(closing),
-                };
-                if tx.blocking_send(polled).is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                crate::say!("note: timewait sockets{where_} are no longer followed: {e}");
-                return;
-            }
-        }
-        while started.elapsed() < every && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(20).min(every));
-        }
-    }
 }

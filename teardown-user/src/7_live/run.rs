@@ -1,0 +1,221 @@
+//! The live loop: kernel records read on a task of their own, decoded, recorded if asked, and
+//! fed with sock_diag's timewait facts through the [`Pipeline`] until told to stop.
+//!
+//! The reader task and the pipeline share one thread; the bounded channel between them means
+//! a slow pipeline makes the ring buffer fill, and the kernel counts what it could not deliver:
+//! loss is reported, never silent.
+
+use std::{fs::File, io::BufWriter, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    timewait::{watch_timewait, Polled, TimewaitFollow},
+    Pipeline,
+};
+use crate::{
+    decode::{
+        recording::{self, Record},
+        Event,
+    },
+    kernel::{clock, Probe},
+    sinks::{Metrics, Summary},
+};
+
+/// A batch of decoded records from one wake-up of the reader.
+struct Batch {
+    events: Vec<Event>,
+    undecodable: u64,
+}
+
+pub type Recorder = recording::Writer<BufWriter<File>>;
+
+/// Runs the live pipeline until `stop` resolves (or an output fails), then drains the ring
+/// buffer, flushes everything and returns the summary.
+pub async fn live(
+    probe: &mut Probe,
+    mut pipeline: Pipeline,
+    mut recorder: Option<Recorder>,
+    timewait: Option<TimewaitFollow>,
+    metrics: Option<Arc<Metrics>>,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Summary> {
+    let mut stream = probe.events().context("cannot read the ring buffer")?;
+    let (mut tw_rx, tw_stop) = match timewait {
+        Some(follow) => {
+            let (rx, stop) = watch_timewait(&follow);
+            (Some(rx), Some(stop))
+        }
+        None => (None, None),
+    };
+    let (tx, mut rx) = mpsc::channel::<Batch>(256);
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        let decode =
+            |events: &mut Vec<Event>, undecodable: &mut u64, bytes: &[u8]| match Event::decode(
+                bytes,
+            ) {
+                Ok(e) => events.push(e),
+                Err(_) => *undecodable += 1,
+            };
+        loop {
+            let mut batch = Batch {
+                events: Vec::with_capacity(256),
+                undecodable: 0,
+            };
+            tokio::select! {
+                biased;
+                _ = &mut stop_rx => {
+                    // Last read: what is already in the ring buffer is still reported.
+                    stream.drain_now(|b| decode(&mut batch.events, &mut batch.undecodable, b));
+                    let _ = tx.send(batch).await;
+                    return Ok::<(), std::io::Error>(());
+                }
+                r = stream.next_batch(4096, |b| decode(&mut batch.events, &mut batch.undecodable, b)) => {
+                    r?;
+                    if tx.send(batch).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    });
+
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_lost = 0u64;
+    let mut last_check_ns = clock::monotonic_ns();
+    let handle = |pipeline: &mut Pipeline,
+                  recorder: &mut Option<Recorder>,
+                  batch: Batch|
+     -> anyhow::Result<()> {
+        for _ in 0..batch.undecodable {
+            pipeline.on_undecodable();
+        }
+        for ev in batch.events {
+            if let Some(r) = recorder.as_mut() {
+                r.write(&Record::Event(ev))
+                    .context("cannot write to the recording")?;
+            }
+            pipeline.on_event(ev);
+        }
+        Ok(())
+    };
+    let mut check_lost =
+        |pipeline: &mut Pipeline, recorder: &mut Option<Recorder>| -> anyhow::Result<()> {
+            let now = clock::monotonic_ns();
+            let total = probe.lost().context("cannot read the lost-event counter")?;
+            if total != last_lost {
+                last_lost = total;
+                if let Some(r) = recorder.as_mut() {
+                    r.write(&Record::Lost {
+                        ts_ns: now,
+                        total,
+                        since_ns: last_check_ns,
+                    })?;
+                }
+                pipeline.on_lost(total, last_check_ns, now);
+            }
+            last_check_ns = now;
+            Ok(())
+        };
+
+    tokio::pin!(stop);
+    // A failure (the reader stopped, the recording cannot be written) ends the loop, but the
+    // pipeline is still finished and its output flushed before the error is returned.
+    let mut failure: Option<anyhow::Error> = None;
+    loop {
+        let step: anyhow::Result<()> = tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(batch) => handle(&mut pipeline, &mut recorder, batch),
+                None => Err(anyhow::anyhow!("the ring-buffer reader stopped")),
+            },
+            _ = tick.tick() => {
+                let r = check_lost(&mut pipeline, &mut recorder);
+                // Hand on what settled, by a clock held back behind the reader (which may lag
+                // the kernel by a batch): live output then matches a replay of the recording.
+                // Totals first: a scrape never shows connections whose events it does not count.
+                if let Some(m) = &metrics {
+                    let p = pipeline.progress();
+                    m.set_totals(p.events, p.lost_events, p.open_connections);
+                }
+                pipeline.tick(clock::monotonic_ns().saturating_sub(TICK_LAG_NS));
+                r
+            }
+            Some(polled) = async {
+                match tw_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Polled { facts, closing_at_start } = polled;
+                if let Some(closing) = closing_at_start {
+                    pipeline.seed(&closing);
+                }
+                let mut r = Ok(());
+                for fact in facts {
+                    if let Some(rec) = recorder.as_mut() {
+                        if let Err(e) = rec.write(&Record::Timewait(fact.clone())) {
+                            r = Err(anyhow::Error::new(e).context("cannot write to the recording"));
+                        }
+                    }
+                    pipeline.on_timewait(fact);
+                }
+                r
+            }
+            _ = &mut stop => break,
+        };
+        if let Err(e) = step {
+            failure = Some(e);
+            break;
+        }
+        if pipeline.failed() {
+            break;
+        }
+    }
+    if failure.is_some() {
+        // The recording failed or the reader stopped: keep the output, drop the recording.
+        recorder = None;
+    }
+
+    // Clean stop: the reader drains the ring buffer once more, then everything is flushed.
+    if let Some(s) = tw_stop {
+        s.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let _ = stop_tx.send(());
+    while let Some(batch) = rx.recv().await {
+        if let Err(e) = handle(&mut pipeline, &mut recorder, batch) {
+            failure.get_or_insert(e);
+            recorder = None;
+        }
+    }
+    match reader.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            failure.get_or_insert(anyhow::Error::new(e).context("reading the ring buffer failed"));
+        }
+        Err(e) => {
+            failure.get_or_insert(anyhow::anyhow!("the ring-buffer reader stopped: {e}"));
+        }
+    }
+    if let Err(e) = check_lost(&mut pipeline, &mut recorder) {
+        failure.get_or_insert(e);
+    }
+    if let Some(mut r) = recorder {
+        if let Err(e) = r.flush() {
+            failure.get_or_insert(anyhow::Error::new(e).context("cannot write to the recording"));
+        }
+    }
+    let summary = pipeline.finish().context("cannot write the output")?;
+    match failure {
+        Some(e) => Err(e.context(format!(
+            "the trace stopped early; the output so far was written ({})",
+            summary.to_text().lines().next().unwrap_or_default()
+        ))),
+        None => Ok(summary),
+    }
+}
+
+/// How far the settle clock is held back behind real time in a live trace.
+const TICK_LAG_NS: u64 = 500_000_000;
