@@ -131,7 +131,11 @@ fn clap_stays_in_the_commands() {
             }
         }
     }
-    assert!(found.is_empty(), "clap outside commands:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "clap outside commands:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use teardown_common::{SockOffsets, OFFSET_UNKNOWN};
+use teardown_common::{SockOffsets, TcpState, OFFSET_UNKNOWN};
 
 /// The kernel's own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -26,6 +26,8 @@ pub struct Resolved {
     /// Offset of `skc_state` (a byte), for events that are not state changes.
     pub skc_state: u32,
     pub missing: Vec<&'static str>,
+    /// Whether the kernel numbers the TCP states as the programs and the decoder do.
+    pub state_numbers: StateNumbers,
 }
 
 impl Resolved {
@@ -118,6 +120,55 @@ fn sock_flags_match(btf: &Btf) -> bool {
         && value("SOCK_DONE") == Some(bit(teardown_common::sock_flag::DONE))
 }
 
+/// How the running kernel numbers the TCP states, against [`TcpState`]'s numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StateNumbers {
+    /// Every state the kernel's BTF names has the number teardown gives it.
+    Match,
+    /// The BTF has no enum of TCP states (nothing to check against).
+    Unknown,
+    /// States the kernel numbers otherwise: (name, the kernel's number, ours).
+    Differ(Vec<(&'static str, u32, u8)>),
+}
+
+/// Finds the kernel's enum of TCP states (`TCP_ESTABLISHED = 1, ...`, an anonymous enum in
+/// `include/net/tcp_states.h`) and compares it with [`TcpState`]. States the kernel does not have
+/// (`TCP_BOUND_INACTIVE` before 6.8) are not a difference: their events never come.
+pub fn tcp_state_numbers(btf: &Btf) -> StateNumbers {
+    // The enum has no name to look it up by: scan the types, which btf-rs holds in memory.
+    let mut id = 1;
+    while let Ok(t) = btf.resolve_type_by_id(id) {
+        id += 1;
+        let Type::Enum(e) = t else { continue };
+        let value = |name: &str| {
+            e.members
+                .iter()
+                .find(|m| btf.resolve_name(*m).is_ok_and(|n| n == name))
+                .map(|m| m.val())
+        };
+        if value(TcpState::Established.kernel_name()).is_none() {
+            continue;
+        }
+        let differ: Vec<_> = TcpState::ALL
+            .iter()
+            .filter_map(|s| {
+                let theirs = value(s.kernel_name())?;
+                (theirs != u32::from(s.kernel_number())).then_some((
+                    s.kernel_name(),
+                    theirs,
+                    s.kernel_number(),
+                ))
+            })
+            .collect();
+        return if differ.is_empty() {
+            StateNumbers::Match
+        } else {
+            StateNumbers::Differ(differ)
+        };
+    }
+    StateNumbers::Unknown
+}
+
 /// Resolves every offset the kernel programs use.
 pub fn resolve(path: &Path) -> Result<Resolved, BtfError> {
     let btf = Btf::from_file(path).map_err(|e| BtfError::Read {
@@ -178,6 +229,7 @@ pub fn resolve_from(btf: &Btf) -> Result<Resolved, BtfError> {
         offsets,
         skc_state,
         missing,
+        state_numbers: tcp_state_numbers(btf),
     })
 }
 
@@ -198,6 +250,8 @@ mod tests {
             eprintln!("SKIPPED: this kernel has no BTF at {VMLINUX_BTF}");
             return;
         }
+        let btf = Btf::from_file(path).unwrap();
+        assert_eq!(tcp_state_numbers(&btf), StateNumbers::Match);
         let r = resolve(path).unwrap();
         assert!(r.missing.is_empty(), "unresolved: {:?}", r.missing);
         let o = r.offsets;

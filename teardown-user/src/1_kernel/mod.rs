@@ -43,6 +43,15 @@ pub enum KernelError {
     NoBtf,
     #[error(transparent)]
     Btf(#[from] btf::BtfError),
+    #[error(
+        "this kernel numbers TCP states otherwise than teardown was built for ({}): its events \
+         would be misread; please report this kernel's version",
+        .0.iter()
+            .map(|(name, theirs, ours)| format!("{name} is {theirs} here, {ours} in teardown"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )]
+    StateNumbers(Vec<(&'static str, u32, u8)>),
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
     #[error("loading the eBPF object failed: {0}")]
@@ -197,6 +206,17 @@ impl Probe {
 
         let (sock_offsets, skc_state) = match &resolved {
             Some(r) => {
+                match &r.state_numbers {
+                    btf::StateNumbers::Match => {}
+                    btf::StateNumbers::Unknown => caps.notes.push(
+                        "this kernel's BTF has no enum of TCP states: the state numbers could \
+                         not be checked"
+                            .into(),
+                    ),
+                    btf::StateNumbers::Differ(d) => {
+                        return Err(KernelError::StateNumbers(d.clone()))
+                    }
+                }
                 if !r.missing.is_empty() {
                     let lacking = match (r.has_seq(), r.offsets.skc_flags != OFFSET_UNKNOWN) {
                         (true, true) => "part of their",
