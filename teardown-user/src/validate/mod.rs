@@ -2,7 +2,7 @@
 //!
 //! - [`model`]: the documented steps and the legal transitions as data, and the one transition
 //!   function ([`model::Trace::apply`]) that folds events into the judgement state;
-//! - [`seq`]: U, V, W and the relations of the documented table (teardown-sequence.md, 3);
+//! - [`seq`]: U, V, W and the relations of the documented table (docs/close-sequence.md, §5);
 //! - [`verdict`]: the verdict and the classification of how a connection ended;
 //! - [`render`]: text for the terminal.
 //!

@@ -2,14 +2,14 @@
 //! transition function that folds a connection's events into a [`Trace`].
 //!
 //! Read this file top-down to read the model:
-//! 1. [`STEPS`]: the four documented waves (teardown-sequence.md, section 1);
+//! 1. [`STEPS`]: the four documented waves (docs/close-sequence.md, §1);
 //! 2. [`TRANSITIONS`]: every legal state change (RFC 9293's diagram plus the Linux facts of
-//!    section 3), each with the [`Meaning`] it carries for the close;
+//!    docs/close-sequence.md, §5), each with the [`Meaning`] it carries for the close;
 //! 3. [`Trace::apply`]: the transition function.
 //!
 //! What a `-> CLOSE` means (TIME_WAIT, a timewait socket, a RST, a timeout) is decided from the
 //! socket's flags and error by the classification in `verdict.rs`: the state names alone are the
-//! same for many teardowns (fact 10).
+//! same for many teardowns (docs/close-sequence.md, fact 10).
 
 use serde::Serialize;
 
@@ -104,7 +104,7 @@ pub struct StepSpec {
     pub text: &'static str,
 }
 
-/// The documented sequence (teardown-sequence.md, section 1).
+/// The documented sequence (docs/close-sequence.md, §1).
 pub const STEPS: [StepSpec; 4] = [
     StepSpec {
         step: Step::FirstWave,
@@ -174,11 +174,13 @@ pub enum Meaning {
     FinAcked,
     /// FIN_WAIT1 -> CLOSING: the peer's FIN crossed ours (simultaneous close).
     SimultaneousFin,
-    /// FIN_WAIT2 -> FIN_WAIT2: a shut-down socket was closed and orphaned (fact 9).
+    /// FIN_WAIT2 -> FIN_WAIT2: a shut-down socket was closed and orphaned
+    /// (docs/close-sequence.md, fact 9).
     Orphaned,
     /// CLOSE_WAIT -> LAST_ACK: we send step 3.
     SendThirdWave,
-    /// FIN_WAIT1 / FIN_WAIT2 -> TIME_WAIT, on Linux -> CLOSE (fact 1): step 3 arrived, we send
+    /// FIN_WAIT1 / FIN_WAIT2 -> TIME_WAIT, on Linux -> CLOSE (docs/close-sequence.md,
+    /// fact 1): step 3 arrived, we send
     /// step 4 — or the socket became a FIN_WAIT2 timewait socket, or it was reset or gave up.
     TimeWaitEntry,
     /// CLOSING -> TIME_WAIT, on Linux -> CLOSE: our FIN is ACKed after a simultaneous close.
@@ -223,7 +225,7 @@ use Step as S;
 use TcpState::*;
 
 /// Every legal transition: RFC 9293's diagram (section 3.3.2) with Linux's additions (facts 1
-/// and 9 of teardown-sequence.md). Anything else is an illegal transition.
+/// and 9 of docs/close-sequence.md). Anything else is an illegal transition.
 pub const TRANSITIONS: &[Rule] = &[
     // Opening.
     rule(Close, SynSent, M::Connect, None, "connect()"),

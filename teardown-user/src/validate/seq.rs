@@ -1,5 +1,5 @@
 //! Sequence arithmetic: U, V and W derived from the sockets' own fields, and every relation of
-//! the documented table checked on the end being judged (teardown-sequence.md, section 3).
+//! the documented table checked on the end being judged (docs/close-sequence.md, §5).
 //!
 //! - U: the active closer's FIN seq = its `write_seq` at ESTABLISHED -> FIN_WAIT1
 //!   (else the passive closer's `rcv_nxt` - 1 at ESTABLISHED -> CLOSE_WAIT);
@@ -130,7 +130,7 @@ const fn rel(
 use DocSide::{Active as A, Passive as P};
 use Step::{FirstWave as S1, FourthWave as S4, SecondWave as S2, ThirdWave as S3};
 
-/// The measured block of teardown-sequence.md, section 3, as relations.
+/// The measured relations of docs/close-sequence.md, §5, as data.
 pub const RELATIONS: &[Relation] = &[
     rel(
         S1,

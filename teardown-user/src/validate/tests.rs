@@ -1,5 +1,6 @@
 //! Table-driven tests of every variant and of a deviation of each, built from the measured
-//! numbers of teardown-sequence.md section 3, and property tests over arbitrary events.
+//! numbers of docs/close-sequence.md, §5 ("fact N" below is a fact of that section), and property
+//! tests over arbitrary events.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;

@@ -15,7 +15,7 @@ use crate::{
 use libc::{ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT};
 
 /// Below this gap between the ACK of our FIN and the peer's FIN, both were in one segment (the
-/// kernel processes the ACK part, then the FIN, in one pass: fact 8). A heuristic, used only
+/// kernel processes the ACK part, then the FIN, in one pass: docs/close-sequence.md, fact 8). A heuristic, used only
 /// when neither the peer's trace nor the orphan flag decides.
 pub const MERGED_GAP_NS: u64 = 20_000;
 
@@ -93,7 +93,7 @@ pub enum Variant {
     /// The passive closer sent data from CLOSE_WAIT before its FIN (W != V).
     HalfCloseWithData,
     /// The application closed; the ACK of its FIN came alone and the socket became a FIN_WAIT2
-    /// timewait socket (fact 2). The normal path of a plain close(): the rest (the peer's FIN,
+    /// timewait socket (docs/close-sequence.md, fact 2). The normal path of a plain close(): the rest (the peer's FIN,
     /// TIME_WAIT) happens without events.
     OrphanedFinWait2,
     /// FIN_WAIT2 ended without the peer's FIN (tcp_fin_timeout).
@@ -241,7 +241,7 @@ pub struct ResetInfo {
     pub cause: String,
 }
 
-/// What became of a closing socket at its `-> CLOSE` (issue 4, point 3).
+/// What became of a closing socket at its `-> CLOSE` (docs/close-sequence.md, fact 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeWaitPath {
@@ -755,7 +755,8 @@ fn clean_final_ack(p: &Trace<'_>) -> bool {
     p.close_from() == Some(TcpState::LastAck) && reset_by(p).is_none() && close_err(p) == 0
 }
 
-/// FIN_WAIT2 -> CLOSE orphaned without the peer's FIN: a FIN_WAIT2 timewait socket (fact 2).
+/// FIN_WAIT2 -> CLOSE orphaned without the peer's FIN: a FIN_WAIT2 timewait socket
+/// (docs/close-sequence.md, fact 2).
 fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
     use TcpState::*;
     let us = cx.us;
@@ -895,7 +896,7 @@ fn reset_end(
                 .to_owned(),
         ),
         (ResetBy::Us, _) => (Variant::AbortByRst, format!("we sent RST in {from}")),
-        // Any RST received in CLOSE_WAIT leaves EPIPE; it is fact 4 only when we had written
+        // Any RST received in CLOSE_WAIT leaves EPIPE; it is fact 4 (docs/close-sequence.md) only when we had written
         // data the peer never acknowledged (its closed socket answered that data).
         (ResetBy::Peer, CloseWait) if err == EPIPE && wrote_unacked(cx.us) == Some(true) => (
             Variant::AbortByRst,
