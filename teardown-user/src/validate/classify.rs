@@ -2,7 +2,7 @@
 //! [`Trace`]s of the connection and, when it was traced too, of its peer.
 
 use super::{
-    model::{Meaning, Step, Trace},
+    model::{step_pending, Meaning, Step, Trace},
     seq::{self, Ends},
     verdict::{Judgement, ResetBy, ResetInfo, Role, TimeWaitPath, Variant},
 };
@@ -52,17 +52,6 @@ fn never_came(step: Option<Step>) -> String {
     step.map_or(String::new(), |s| {
         format!("step {} never came: ", s.number())
     })
-}
-
-/// The first documented step a socket still waited for in `state` (on its own side).
-pub(super) fn step_pending(state: TcpState) -> Option<Step> {
-    match state {
-        TcpState::Established => Some(Step::FirstWave),
-        TcpState::FinWait1 | TcpState::Closing => Some(Step::SecondWave),
-        TcpState::FinWait2 | TcpState::CloseWait => Some(Step::ThirdWave),
-        TcpState::LastAck => Some(Step::FourthWave),
-        _ => None,
-    }
 }
 
 fn close_err(t: &Trace<'_>) -> i32 {

@@ -1,8 +1,8 @@
 //! The judge: one connection's events in, one [`Verdict`] out.
 
 use super::{
-    classify::{classify, role_of, step_pending, Ctx},
-    model::{DocSide, Meaning, Step, Trace},
+    classify::{classify, role_of, Ctx},
+    model::{step_pending, DocSide, Step, Trace},
     seq::{self, Ends, Outcome},
     verdict::{CheckCounts, Conformance, Judgement, TimeWaitPath, Variant, Verdict},
 };
@@ -146,19 +146,7 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
                         .to_owned(),
                 );
             }
-            let closing = us.marks.iter().any(|(m, _)| {
-                !matches!(
-                    m,
-                    Meaning::Connect
-                        | Meaning::Listen
-                        | Meaning::SynReceived
-                        | Meaning::SimultaneousOpen
-                        | Meaning::Established
-                        | Meaning::HandshakeFailed
-                        | Meaning::ListenerClosed
-                        | Meaning::Abort
-                )
-            });
+            let closing = us.close_began();
             let waves = seq::waves(ends);
             let known = waves.u.is_some() || waves.v.is_some() || waves.w.is_some();
             ((closing || known).then_some(waves), checks)
