@@ -4,7 +4,7 @@
 use super::{
     model::{step_pending, Meaning, Step, Trace},
     seq::{self, Ends},
-    verdict::{Judgement, ResetBy, ResetInfo, Role, TimeWaitPath, Variant},
+    verdict::{Code, Judgement, ResetBy, ResetInfo, Role, TimeWaitPath, Variant},
 };
 use crate::{
     event::{Event, TcpState},
@@ -217,7 +217,7 @@ pub(super) fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
         if us.state == Some(CloseWait) {
             j.note(
                 Some(Step::ThirdWave),
-                "close_wait_open",
+                Code::CloseWaitOpen,
                 "in CLOSE_WAIT: the peer closed but the application has not called close() yet \
                  (a descriptor leak if it never does)"
                     .to_owned(),
@@ -302,27 +302,27 @@ pub(super) fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
         let (variant, code, msg) = match from {
             FinWait1 => (
                 Variant::FinWait1GivenUp,
-                "no_fin_ack",
+                Code::NoFinAck,
                 format!("step 2 never came: our FIN was never ACKed; FIN_WAIT1 gave up{tries} (ETIMEDOUT)"),
             ),
             Closing => (
                 Variant::ClosingGivenUp,
-                "no_fin_ack",
+                Code::NoFinAck,
                 format!("step 2 never came: our FIN was never ACKed; CLOSING gave up{tries} (ETIMEDOUT)"),
             ),
             LastAck => (
                 Variant::LastAckGivenUp,
-                "no_final_ack",
+                Code::NoFinalAck,
                 format!("step 4 never came: the final ACK never arrived; LAST_ACK gave up{tries} (ETIMEDOUT)"),
             ),
             FinWait2 => (
                 Variant::FinWait2Timeout,
-                "no_peer_fin",
+                Code::NoPeerFin,
                 "step 3 never came: the peer sent no FIN; FIN_WAIT2 timed out (ETIMEDOUT)".to_owned(),
             ),
             _ => (
                 Variant::TimedOut,
-                "timed_out",
+                Code::TimedOut,
                 format!(
                     "{}the connection timed out in {from}{tries} (ETIMEDOUT)",
                     never_came(pending)
@@ -339,7 +339,7 @@ pub(super) fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
     if err != 0 && by.is_none() {
         j.finding(
             pending,
-            "aborted_by_error",
+            Code::AbortedByError,
             format!(
                 "{}the connection ended in {from} with {}",
                 never_came(pending),
@@ -414,7 +414,7 @@ fn active_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement, from: TcpState, close: &E
     let step = step_pending(from);
     j.finding(
         step,
-        "unexplained_close",
+        Code::UnexplainedClose,
         format!(
             "{}{from} -> CLOSE without the peer's FIN, orphaning, RST or error",
             never_came(step)
@@ -451,7 +451,7 @@ fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
                 let perr = close_err(p);
                 j.finding(
                     Some(Step::ThirdWave),
-                    "no_peer_fin",
+                    Code::NoPeerFin,
                     format!(
                         "step 3 never came: the peer sent no FIN; it wrote after our close and our \
                          timewait socket reset it in {pfrom}{} (fact 4)",
@@ -477,7 +477,7 @@ fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
         if pc.end == RecordEnd::StillOpen && p.state == Some(CloseWait) {
             j.note(
                 Some(Step::ThirdWave),
-                "peer_in_close_wait",
+                Code::PeerInCloseWait,
                 "the peer is still in CLOSE_WAIT: its application has not closed yet".to_owned(),
             );
         }
@@ -485,7 +485,7 @@ fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
     if !us.timewait_resets.is_empty() {
         j.finding(
             Some(Step::ThirdWave),
-            "no_peer_fin",
+            Code::NoPeerFin,
             "step 3 never came: the peer sent no FIN; it wrote after our close and our timewait \
              socket answered with RST (fact 4)"
                 .to_owned(),
@@ -503,7 +503,7 @@ fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
     }
     j.note(
         Some(Step::ThirdWave),
-        "time_wait_not_visible",
+        Code::TimeWaitNotVisible,
         "orphaned: the socket became a FIN_WAIT2 timewait socket when its FIN was ACKed (fact 2); \
          the peer's FIN and the TIME_WAIT entry happen there, without events (sock_diag shows them)"
             .to_owned(),
@@ -594,10 +594,10 @@ fn reset_end(
         ),
     };
     let code = match (variant, by) {
-        (Variant::FinWait2Timeout, _) => "no_peer_fin",
-        (_, ResetBy::Peer) => "reset_received",
-        (_, ResetBy::Us) => "reset_sent",
-        (_, ResetBy::Unknown) => "reset",
+        (Variant::FinWait2Timeout, _) => Code::NoPeerFin,
+        (_, ResetBy::Peer) => Code::ResetReceived,
+        (_, ResetBy::Us) => Code::ResetSent,
+        (_, ResetBy::Unknown) => Code::Reset,
     };
     let what = match from {
         Established => "no FIN was sent".to_owned(),

@@ -4,7 +4,7 @@ use super::{
     classify::{classify, role_of, Ctx},
     model::{step_pending, DocSide, Step, Trace},
     seq::{self, Ends, Outcome},
-    verdict::{CheckCounts, Conformance, Judgement, TimeWaitPath, Variant, Verdict},
+    verdict::{CheckCounts, Code, Conformance, Judgement, TimeWaitPath, Variant, Verdict},
 };
 use crate::{
     event::TcpState,
@@ -31,21 +31,21 @@ fn retransmit_notes(us: &Trace<'_>, j: &mut Judgement) {
         match s {
             FinWait1 => j.note(
                 Some(Step::SecondWave),
-                "fin_retransmitted",
+                Code::FinRetransmitted,
                 format!("retransmitted {times} from FIN_WAIT1: our FIN (or data before it) was not ACKed in time; step 2 came late"),
             ),
             Closing => j.note(
                 Some(Step::SecondWave),
-                "fin_retransmitted",
+                Code::FinRetransmitted,
                 format!("FIN retransmitted {times} from CLOSING: the ACK of our FIN was lost or late"),
             ),
             LastAck => j.note(
                 Some(Step::FourthWave),
-                "fin_retransmitted",
+                Code::FinRetransmitted,
                 format!("FIN retransmitted {times} from LAST_ACK: the final ACK (step 4) was lost or late"),
             ),
-            SynSent | SynRecv => j.note(None, "syn_retransmitted", format!("handshake retransmitted {times} in {s}")),
-            _ => j.note(None, "data_retransmitted", format!("retransmitted {times} in {s}")),
+            SynSent | SynRecv => j.note(None, Code::SynRetransmitted, format!("handshake retransmitted {times} in {s}")),
+            _ => j.note(None, Code::DataRetransmitted, format!("retransmitted {times} in {s}")),
         }
     }
 }
@@ -70,7 +70,7 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
         if let crate::event::EventKind::State { old, new } = ev.kind {
             j.finding(
                 step_pending(old),
-                "illegal_transition",
+                Code::IllegalTransition,
                 format!(
                     "{old} -> {new} is not a legal transition (RFC 9293 with Linux's additions)"
                 ),
@@ -83,11 +83,11 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
             if gaps_expected {
                 j.note(
                     step_pending(*cur),
-                    "discontinuous_transition",
+                    Code::DiscontinuousTransition,
                     format!("{msg} (events may have been lost)"),
                 );
             } else {
-                j.finding(step_pending(*cur), "discontinuous_transition", msg);
+                j.finding(step_pending(*cur), Code::DiscontinuousTransition, msg);
             }
         }
     }
@@ -132,7 +132,7 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
                 if let Some(d) = seq::w_minus_v(ends).filter(|&d| d < 0) {
                     j.finding(
                         Some(Step::ThirdWave),
-                        "step3_w_before_v",
+                        Code::Step3WBeforeV,
                         format!("step 3: our FIN's seq W is {} before V (W = V + data sent from CLOSE_WAIT)", -i64::from(d)),
                     );
                 }
@@ -141,7 +141,7 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
             if no_seq {
                 j.note(
                     None,
-                    "no_sequence_data",
+                    Code::NoSequenceData,
                     "the events carry no sequence data: the U/V/W relations are not checkable"
                         .to_owned(),
                 );
@@ -158,7 +158,7 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
     if !us.timewait_resets.is_empty() && end.time_wait != Some(TimeWaitPath::Reset) {
         j.note(
             None,
-            "timewait_reset",
+            Code::TimewaitReset,
             "our timewait socket sent a RST (to a segment after the close)".to_owned(),
         );
     }
@@ -168,7 +168,7 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
     {
         j.note(
             Some(Step::SecondWave),
-            "merge_not_visible",
+            Code::MergeNotVisible,
             "from this end alone it is not visible whether step 2 rode on step 3 (a three-segment close)"
                 .to_owned(),
         );

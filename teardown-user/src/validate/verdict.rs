@@ -189,13 +189,150 @@ pub enum Conformance {
     Incomplete,
 }
 
+/// What a finding or a note is about: a stable identifier, for counting and filtering (its
+/// snake_case name in JSON, metrics and text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// A transition not in the model's table.
+    IllegalTransition,
+    /// A transition whose `old` is not the state the socket was in.
+    DiscontinuousTransition,
+    /// Wave 2 never came: our FIN was never ACKed.
+    NoFinAck,
+    /// Wave 4 never came: the final ACK never arrived.
+    NoFinalAck,
+    /// Wave 3 never came: the peer sent no FIN.
+    NoPeerFin,
+    /// The connection timed out before or outside the close.
+    TimedOut,
+    /// Ended by a socket error other than a RST or a timeout.
+    AbortedByError,
+    /// Ended by the peer's RST.
+    ResetReceived,
+    /// Ended by our RST.
+    ResetSent,
+    /// Ended by a RST whose sender is unknown.
+    Reset,
+    /// An active closer's `-> CLOSE` that no flag, RST or error explains.
+    UnexplainedClose,
+    /// A relation of wave 1 (the FIN's seq U) does not hold.
+    Step1FinSeqMismatch,
+    /// Wave 2's seq is not V.
+    Step2SeqMismatch,
+    /// Wave 2's ack is not U+1.
+    Step2AckMismatch,
+    /// A relation of wave 3's seq W does not hold.
+    Step3FinSeqMismatch,
+    /// Wave 3's ack is not U+1.
+    Step3AckMismatch,
+    /// W lies before V.
+    Step3WBeforeV,
+    /// A relation of wave 4's seq U+1 does not hold.
+    Step4SeqMismatch,
+    /// Wave 4's ack is not W+1.
+    Step4AckMismatch,
+    /// Note: still in CLOSE_WAIT, the application has not closed.
+    CloseWaitOpen,
+    /// Note: TIME_WAIT happens in a timewait socket, without events.
+    TimeWaitNotVisible,
+    /// Note: the peer is still in CLOSE_WAIT.
+    PeerInCloseWait,
+    /// Note: our timewait socket sent a RST.
+    TimewaitReset,
+    /// Note: from one end it is not visible whether waves 2 and 3 were one segment.
+    MergeNotVisible,
+    /// Note: the events carry no sequence fields.
+    NoSequenceData,
+    /// Note: a FIN was retransmitted.
+    FinRetransmitted,
+    /// Note: the handshake was retransmitted.
+    SynRetransmitted,
+    /// Note: data was retransmitted.
+    DataRetransmitted,
+}
+
+impl Code {
+    /// The snake_case name (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::IllegalTransition => "illegal_transition",
+            Code::DiscontinuousTransition => "discontinuous_transition",
+            Code::NoFinAck => "no_fin_ack",
+            Code::NoFinalAck => "no_final_ack",
+            Code::NoPeerFin => "no_peer_fin",
+            Code::TimedOut => "timed_out",
+            Code::AbortedByError => "aborted_by_error",
+            Code::ResetReceived => "reset_received",
+            Code::ResetSent => "reset_sent",
+            Code::Reset => "reset",
+            Code::UnexplainedClose => "unexplained_close",
+            Code::Step1FinSeqMismatch => "step1_fin_seq_mismatch",
+            Code::Step2SeqMismatch => "step2_seq_mismatch",
+            Code::Step2AckMismatch => "step2_ack_mismatch",
+            Code::Step3FinSeqMismatch => "step3_fin_seq_mismatch",
+            Code::Step3AckMismatch => "step3_ack_mismatch",
+            Code::Step3WBeforeV => "step3_w_before_v",
+            Code::Step4SeqMismatch => "step4_seq_mismatch",
+            Code::Step4AckMismatch => "step4_ack_mismatch",
+            Code::CloseWaitOpen => "close_wait_open",
+            Code::TimeWaitNotVisible => "time_wait_not_visible",
+            Code::PeerInCloseWait => "peer_in_close_wait",
+            Code::TimewaitReset => "timewait_reset",
+            Code::MergeNotVisible => "merge_not_visible",
+            Code::NoSequenceData => "no_sequence_data",
+            Code::FinRetransmitted => "fin_retransmitted",
+            Code::SynRetransmitted => "syn_retransmitted",
+            Code::DataRetransmitted => "data_retransmitted",
+        }
+    }
+
+    /// Every code, for tests.
+    pub const ALL: [Code; 28] = [
+        Code::IllegalTransition,
+        Code::DiscontinuousTransition,
+        Code::NoFinAck,
+        Code::NoFinalAck,
+        Code::NoPeerFin,
+        Code::TimedOut,
+        Code::AbortedByError,
+        Code::ResetReceived,
+        Code::ResetSent,
+        Code::Reset,
+        Code::UnexplainedClose,
+        Code::Step1FinSeqMismatch,
+        Code::Step2SeqMismatch,
+        Code::Step2AckMismatch,
+        Code::Step3FinSeqMismatch,
+        Code::Step3AckMismatch,
+        Code::Step3WBeforeV,
+        Code::Step4SeqMismatch,
+        Code::Step4AckMismatch,
+        Code::CloseWaitOpen,
+        Code::TimeWaitNotVisible,
+        Code::PeerInCloseWait,
+        Code::TimewaitReset,
+        Code::MergeNotVisible,
+        Code::NoSequenceData,
+        Code::FinRetransmitted,
+        Code::SynRetransmitted,
+        Code::DataRetransmitted,
+    ];
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A way in which the teardown departed from the documented sequence (in `findings`), or an
 /// observation that is not a deviation (in `notes`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// The documented step (1-4) it concerns.
     pub step: Option<u8>,
-    /// Stable short identifier, for counting and filtering.
+    /// [`Code::as_str`]: the sinks count findings by this name.
     pub code: &'static str,
     pub message: String,
 }
@@ -302,17 +439,17 @@ pub(super) struct Judgement {
 }
 
 impl Judgement {
-    pub(super) fn finding(&mut self, step: Option<Step>, code: &'static str, message: String) {
+    pub(super) fn finding(&mut self, step: Option<Step>, code: Code, message: String) {
         self.findings.push(Finding {
             step: step.map(Step::number),
-            code,
+            code: code.as_str(),
             message,
         });
     }
-    pub(super) fn note(&mut self, step: Option<Step>, code: &'static str, message: String) {
+    pub(super) fn note(&mut self, step: Option<Step>, code: Code, message: String) {
         self.notes.push(Finding {
             step: step.map(Step::number),
-            code,
+            code: code.as_str(),
             message,
         });
     }
@@ -340,5 +477,22 @@ impl CheckCounts {
             }
         }
         c
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::Code;
+
+    #[test]
+    fn a_code_is_serialized_as_its_name() {
+        for c in Code::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        let mut names: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Code::ALL.len());
     }
 }
