@@ -1,21 +1,27 @@
 //! How a connection ended: its role and the variant of its close, classified from the folded
 //! [`Trace`]s of the connection and, when it was traced too, of its peer.
+//!
+//! The classification is the table [`ENDINGS`]: (state left at `-> CLOSE`, [`Cause`]) ->
+//! (variant, finding, RST, TIME_WAIT path), read top-down, the first row that holds deciding.
+//! Where the table says "clean" or "timewait socket", the peer's trace and the sequence numbers
+//! tell the variant ([`clean_variant`], [`orphan_end`]).
 
 use super::{
-    model::{step_pending, Meaning, Step, Trace},
+    model::{heads_for_time_wait, step_pending, Meaning, Step, Trace},
     seq::{self, Ends},
     verdict::{Code, Judgement, ResetBy, ResetInfo, Role, TimeWaitPath, Variant},
 };
 use crate::{
-    event::{Event, TcpState},
+    event::{Event, SockSnapshot, TcpState},
     tracker::{Connection, RecordEnd},
 };
 
 use libc::{ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT};
+use TcpState::*;
 
 /// Below this gap between the ACK of our FIN and the peer's FIN, both were in one segment (the
-/// kernel processes the ACK part, then the FIN, in one pass: docs/close-sequence.md, fact 8). A heuristic, used only
-/// when neither the peer's trace nor the orphan flag decides.
+/// kernel processes the ACK part, then the FIN, in one pass: docs/close-sequence.md, fact 8). A
+/// heuristic, used only when neither the peer's trace nor the orphan flag decides.
 pub const MERGED_GAP_NS: u64 = 20_000;
 
 /// `ECONNRESET 104`: the name with the number, as the kernel's users know both.
@@ -206,8 +212,365 @@ impl Ctx<'_, '_, '_> {
     }
 }
 
+/// What ended a socket, as its `-> CLOSE` and its reset events tell: the cause column of
+/// [`ENDINGS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// Whatever is left in the row's states.
+    Any,
+    /// The socket's flags and error were not read at the close.
+    NotRead,
+    /// `sk_err` = ETIMEDOUT: a retransmission timer gave up.
+    TimedOut,
+    /// A RST from the peer, or `sk_err` = ECONNREFUSED: what refuses a handshake.
+    Refused,
+    /// `sk_err` is set.
+    Error,
+    /// `sk_err` is set, and no RST was seen or implied by it.
+    ErrorWithoutReset,
+    /// A RST sent by the side named.
+    Rst(ResetBy),
+    /// Our RST from FIN_WAIT2 without an error: the tcp_fin_timeout timer's reset.
+    FinWait2Timer,
+    /// Our RST while the socket was still the application's (not orphaned) and without an
+    /// error: the application aborted.
+    OurRstByTheApplication,
+    /// Our RST after the application had closed (orphaned, or ECONNRESET): data came in.
+    OurRstAfterClose,
+    /// The peer's RST left EPIPE after we wrote data it never ACKed (fact 4).
+    PeerRstAfterOurData,
+    /// The peer's RST left EPIPE, and we had sent nothing it had not ACKed.
+    PeerRstNothingUnacked,
+    /// SOCK_DONE: the peer's FIN was received (fact 3).
+    PeerFin,
+    /// SOCK_DEAD: the socket was orphaned (fact 3).
+    Orphaned,
+}
+
+/// What the judging knows at a `-> CLOSE`, for the causes and the words of [`ENDINGS`].
+struct Facts<'x> {
+    cx: &'x Ctx<'x, 'x, 'x>,
+    close: &'x Event,
+    /// The state the socket left.
+    from: TcpState,
+    /// `sk_err` at the close, 0 when not set or not read.
+    err: i32,
+    sock: Option<SockSnapshot>,
+    /// Who reset, from the reset events and `sk_err`.
+    by: Option<ResetBy>,
+    /// The wave the socket still waited for.
+    pending: Option<Step>,
+}
+
+impl Cause {
+    fn holds(self, f: &Facts<'_>) -> bool {
+        let dead = f.sock.is_some_and(|s| s.dead());
+        match self {
+            Cause::Any => true,
+            Cause::NotRead => f.sock.is_none(),
+            Cause::TimedOut => f.err == ETIMEDOUT,
+            Cause::Refused => f.by == Some(ResetBy::Peer) || f.err == ECONNREFUSED,
+            Cause::Error => f.err != 0,
+            Cause::ErrorWithoutReset => f.err != 0 && f.by.is_none(),
+            Cause::Rst(by) => f.by == Some(by),
+            Cause::FinWait2Timer => {
+                f.by == Some(ResetBy::Us)
+                    && f.err == 0
+                    && f.cx
+                        .us
+                        .resets_sent
+                        .iter()
+                        .any(|e| e.kind.state_after() == TcpState::FinWait2)
+            }
+            Cause::OurRstByTheApplication => f.by == Some(ResetBy::Us) && !dead && f.err == 0,
+            Cause::OurRstAfterClose => f.by == Some(ResetBy::Us) && (f.err == ECONNRESET || dead),
+            Cause::PeerRstAfterOurData => {
+                f.by == Some(ResetBy::Peer)
+                    && f.err == EPIPE
+                    && wrote_unacked(f.cx.us) == Some(true)
+            }
+            Cause::PeerRstNothingUnacked => {
+                f.by == Some(ResetBy::Peer)
+                    && f.err == EPIPE
+                    && wrote_unacked(f.cx.us) == Some(false)
+            }
+            Cause::PeerFin => f.sock.is_some_and(|s| s.done()),
+            Cause::Orphaned => dead,
+        }
+    }
+}
+
+/// The variant a row gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    Is(Variant),
+    /// The documented close or a legal variant of it: [`clean_variant`] tells which, from the
+    /// peer's trace and the sequence numbers.
+    Clean,
+    /// The orphan's FIN_WAIT2 timewait socket: what became of it, the peer's trace tells
+    /// ([`orphan_end`]).
+    TimewaitSocket,
+    /// The socket's flags were not read: a clean close when the peer's trace shows one, else
+    /// this variant.
+    Unread(Variant),
+}
+
+/// What a row says of the socket's TIME_WAIT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tw {
+    Nothing,
+    /// This path, for a socket heading for TIME_WAIT ([`heads_for_time_wait`]).
+    Heading(TimeWaitPath),
+    /// This path: the socket was in TIME_WAIT.
+    Was(TimeWaitPath),
+}
+
+/// The RST of a row ended by one: who sent it and why.
+struct Rst<'s> {
+    by: ResetBy,
+    cause: &'s str,
+}
+
+/// Words of a row, from the facts and, for a row ended by RST, that RST.
+type Words = fn(&Facts<'_>, &Rst<'_>) -> String;
+
+/// One row of the classification: in these states (none: any), for this cause, the close is
+/// this variant with this finding.
+struct Ending {
+    states: &'static [TcpState],
+    cause: Cause,
+    then: Then,
+    /// The finding, on the wave the socket waited for.
+    finding: Option<Code>,
+    /// Who sent the RST that ended it, for a row ended by RST.
+    reset: Option<ResetBy>,
+    time_wait: Tw,
+    why: Words,
+    /// The finding's message.
+    message: Words,
+    /// The RST's cause, for a row ended by RST.
+    rst_cause: Words,
+}
+
+const HANDSHAKE: &[TcpState] = &[SynSent, SynRecv];
+const ANY: &[TcpState] = &[];
+
+/// The row defaults: no finding, no RST, nothing of TIME_WAIT, no words.
+const ROW: Ending = Ending {
+    states: ANY,
+    cause: Cause::Any,
+    then: Then::Is(Variant::Unclassified),
+    finding: None,
+    reset: None,
+    time_wait: Tw::Nothing,
+    why: |_, _| String::new(),
+    message: |_, _| String::new(),
+    rst_cause: |_, _| String::new(),
+};
+
+/// How a connection ended, from the state its socket left at `-> CLOSE` and the cause
+/// (docs/close-sequence.md, §4 and facts 1-4, 8, 10): the first row whose states and cause hold
+/// decides.
+#[rustfmt::skip]
+const ENDINGS: &[Ending] = &[
+    // A handshake that did not complete.
+    Ending { states: &[SynSent], cause: Cause::Refused, then: Then::Is(Variant::HandshakeRefused),
+        reset: Some(ResetBy::Peer),
+        why: |f, _| format!("RST from the peer in {}", f.from),
+        rst_cause: |_, _| "connection refused".to_owned(), ..ROW },
+    Ending { states: &[SynRecv], cause: Cause::Refused, then: Then::Is(Variant::HandshakeAborted),
+        reset: Some(ResetBy::Peer),
+        why: |f, _| format!("RST from the peer in {}", f.from),
+        rst_cause: |_, _| "the peer reset the handshake".to_owned(), ..ROW },
+    Ending { states: HANDSHAKE, cause: Cause::TimedOut, then: Then::Is(Variant::HandshakeTimedOut),
+        why: |f, _| format!("{} timed out (ETIMEDOUT)", f.from), ..ROW },
+    Ending { states: HANDSHAKE, cause: Cause::Error, then: Then::Is(Variant::HandshakeAborted),
+        why: |f, _| format!("{} ended with {}", f.from, errno_text(f.err)), ..ROW },
+    Ending { states: HANDSHAKE, cause: Cause::NotRead, then: Then::Is(Variant::HandshakeAborted),
+        why: |f, _| format!("{} -> CLOSE (socket error not read)", f.from), ..ROW },
+    Ending { states: HANDSHAKE, cause: Cause::Any, then: Then::Is(Variant::HandshakeAborted),
+        why: |f, _| format!("{} -> CLOSE: closed before established", f.from), ..ROW },
+    // Timers that gave up (ETIMEDOUT).
+    Ending { states: &[FinWait1], cause: Cause::TimedOut, then: Then::Is(Variant::FinWait1GivenUp),
+        finding: Some(Code::NoFinAck), time_wait: Tw::Heading(TimeWaitPath::TimedOut),
+        why: timed_out_why, message: |f, _| gave_up(f, "our FIN was never ACKed"), ..ROW },
+    Ending { states: &[Closing], cause: Cause::TimedOut, then: Then::Is(Variant::ClosingGivenUp),
+        finding: Some(Code::NoFinAck), time_wait: Tw::Heading(TimeWaitPath::TimedOut),
+        why: timed_out_why, message: |f, _| gave_up(f, "our FIN was never ACKed"), ..ROW },
+    Ending { states: &[LastAck], cause: Cause::TimedOut, then: Then::Is(Variant::LastAckGivenUp),
+        finding: Some(Code::NoFinalAck),
+        why: timed_out_why, message: |f, _| gave_up(f, "the final ACK never arrived"), ..ROW },
+    Ending { states: &[FinWait2], cause: Cause::TimedOut, then: Then::Is(Variant::FinWait2Timeout),
+        finding: Some(Code::NoPeerFin), time_wait: Tw::Heading(TimeWaitPath::TimedOut),
+        why: timed_out_why,
+        message: |f, _| format!("{}the peer sent no FIN; {} timed out (ETIMEDOUT)", never_came(f.pending), f.from),
+        ..ROW },
+    Ending { states: ANY, cause: Cause::TimedOut, then: Then::Is(Variant::TimedOut),
+        finding: Some(Code::TimedOut), time_wait: Tw::Heading(TimeWaitPath::TimedOut),
+        why: timed_out_why,
+        message: |f, _| format!("{}the connection timed out in {}{} (ETIMEDOUT)", never_came(f.pending), f.from, tries(f)),
+        ..ROW },
+    // Socket errors other than a RST.
+    Ending { states: ANY, cause: Cause::ErrorWithoutReset, then: Then::Is(Variant::AbortByError),
+        finding: Some(Code::AbortedByError), time_wait: Tw::Heading(TimeWaitPath::Undetermined),
+        why: |f, _| format!("{} -> CLOSE with {}", f.from, errno_text(f.err)),
+        message: |f, _| format!("{}the connection ended in {} with {}", never_came(f.pending), f.from, errno_text(f.err)),
+        ..ROW },
+    // RSTs we sent. The timeout path sends its RST before the -> CLOSE; a RST sent after it
+    // (in CLOSE) answered data that reached the already closed socket.
+    Ending { states: &[FinWait2], cause: Cause::FinWait2Timer, then: Then::Is(Variant::FinWait2Timeout),
+        finding: Some(Code::NoPeerFin), reset: Some(ResetBy::Us), time_wait: Tw::Heading(TimeWaitPath::Reset),
+        why: rst_why,
+        message: |f, _| format!("{}{}; {} timed out and we reset", never_came(f.pending), missing(f.from), f.from),
+        rst_cause: |_, _| "FIN_WAIT2 timed out (tcp_fin_timeout) and we reset: the peer's FIN never came".to_owned(),
+        ..ROW },
+    Ending { states: &[Established, CloseWait], cause: Cause::Rst(ResetBy::Us), then: Then::Is(Variant::AbortByRst),
+        finding: Some(Code::ResetSent), reset: Some(ResetBy::Us),
+        why: rst_why, message: rst_message, rst_cause: abortive_close, ..ROW },
+    Ending { states: &[FinWait1, FinWait2, Closing, LastAck], cause: Cause::OurRstByTheApplication,
+        then: Then::Is(Variant::AbortByRst),
+        finding: Some(Code::ResetSent), reset: Some(ResetBy::Us), time_wait: Tw::Heading(TimeWaitPath::Reset),
+        why: rst_why, message: rst_message,
+        rst_cause: |f, _| format!("abortive close by the application in {} (SO_LINGER 0){}", f.from, f.cx.by_owner(f.close).unwrap_or_default()),
+        ..ROW },
+    Ending { states: ANY, cause: Cause::OurRstAfterClose, then: Then::Is(Variant::AbortByRst),
+        finding: Some(Code::ResetSent), reset: Some(ResetBy::Us), time_wait: Tw::Heading(TimeWaitPath::Reset),
+        why: rst_why, message: rst_message,
+        rst_cause: |_, _| "data arrived after close(): the closed socket answered the peer's data with RST".to_owned(),
+        ..ROW },
+    Ending { states: ANY, cause: Cause::Rst(ResetBy::Us), then: Then::Is(Variant::AbortByRst),
+        finding: Some(Code::ResetSent), reset: Some(ResetBy::Us), time_wait: Tw::Heading(TimeWaitPath::Reset),
+        why: rst_why, message: rst_message, rst_cause: |f, _| format!("we sent RST in {}", f.from),
+        ..ROW },
+    // RSTs the peer sent. Any RST received in CLOSE_WAIT leaves EPIPE; it is fact 4 only when
+    // we had written data the peer never acknowledged (its closed socket answered that data).
+    Ending { states: &[CloseWait], cause: Cause::PeerRstAfterOurData, then: Then::Is(Variant::AbortByRst),
+        finding: Some(Code::ResetReceived), reset: Some(ResetBy::Peer),
+        why: rst_why, message: rst_message,
+        rst_cause: |_, _| "the peer reset while we were in CLOSE_WAIT (EPIPE): we wrote after the peer had \
+                           fully closed (fact 4)".to_owned(),
+        ..ROW },
+    Ending { states: &[CloseWait], cause: Cause::PeerRstNothingUnacked, then: Then::Is(Variant::AbortByRst),
+        finding: Some(Code::ResetReceived), reset: Some(ResetBy::Peer),
+        why: rst_why, message: rst_message,
+        rst_cause: |_, _| "the peer aborted while we were in CLOSE_WAIT (we had sent nothing unacknowledged)".to_owned(),
+        ..ROW },
+    Ending { states: ANY, cause: Cause::Rst(ResetBy::Peer), then: Then::Is(Variant::AbortByRst),
+        finding: Some(Code::ResetReceived), reset: Some(ResetBy::Peer), time_wait: Tw::Heading(TimeWaitPath::Reset),
+        why: rst_why, message: rst_message, rst_cause: |_, _| "the peer reset the connection".to_owned(),
+        ..ROW },
+    // No RST event and no error before the close began: an abortive close by the application
+    // (its RST event may not have been traced), unless the error was not read.
+    Ending { states: &[Established, CloseWait], cause: Cause::NotRead, then: Then::Is(Variant::AbortByRst),
+        finding: Some(Code::Reset), reset: Some(ResetBy::Unknown),
+        why: rst_why, message: rst_message,
+        rst_cause: |f, _| format!("{} -> CLOSE; who reset is unknown (socket error not read)", f.from),
+        ..ROW },
+    Ending { states: &[Established, CloseWait], cause: Cause::Any, then: Then::Is(Variant::AbortByRst),
+        finding: Some(Code::ResetSent), reset: Some(ResetBy::Us),
+        why: rst_why, message: rst_message, rst_cause: abortive_close, ..ROW },
+    // The documented ends: the final ACK, TIME_WAIT, or the orphan's timewait socket.
+    Ending { states: &[Closing], cause: Cause::Any, then: Then::Clean,
+        time_wait: Tw::Heading(TimeWaitPath::Entered), ..ROW },
+    Ending { states: &[TimeWait], cause: Cause::Any, then: Then::Clean,
+        time_wait: Tw::Was(TimeWaitPath::Entered), ..ROW },
+    Ending { states: &[LastAck], cause: Cause::Any, then: Then::Clean, ..ROW },
+    Ending { states: &[FinWait1, FinWait2], cause: Cause::NotRead, then: Then::Unread(Variant::Unclassified),
+        time_wait: Tw::Heading(TimeWaitPath::Undetermined),
+        why: |f, _| format!("{} -> CLOSE, flags not read", f.from), ..ROW },
+    Ending { states: &[FinWait1, FinWait2], cause: Cause::PeerFin, then: Then::Clean,
+        time_wait: Tw::Heading(TimeWaitPath::Entered), ..ROW },
+    Ending { states: &[FinWait2], cause: Cause::Orphaned, then: Then::TimewaitSocket, ..ROW },
+    Ending { states: &[FinWait1, FinWait2], cause: Cause::Any, then: Then::Is(Variant::Unclassified),
+        finding: Some(Code::UnexplainedClose), time_wait: Tw::Heading(TimeWaitPath::Undetermined),
+        why: |f, _| format!("{} -> CLOSE, unexplained", f.from),
+        message: |f, _| format!("{}{} -> CLOSE without the peer's FIN, orphaning, RST or error", never_came(f.pending), f.from),
+        ..ROW },
+    Ending { states: ANY, cause: Cause::Any, then: Then::Is(Variant::Unclassified),
+        why: |f, _| format!("{} -> CLOSE", f.from), ..ROW },
+];
+
+fn timed_out_why(f: &Facts<'_>, _: &Rst<'_>) -> String {
+    format!("{} -> CLOSE with ETIMEDOUT", f.from)
+}
+
+/// " after N retransmissions" in the state the socket left.
+fn tries(f: &Facts<'_>) -> String {
+    let n =
+        f.cx.us
+            .retransmits
+            .iter()
+            .filter(|r| r.kind.state_after() == f.from)
+            .count();
+    match n {
+        0 => String::new(),
+        1 => " after 1 retransmission".to_owned(),
+        n => format!(" after {n} retransmissions"),
+    }
+}
+
+/// "step 2 never came: our FIN was never ACKed; FIN_WAIT1 gave up after 3 retransmissions".
+fn gave_up(f: &Facts<'_>, what: &str) -> String {
+    format!(
+        "{}{what}; {} gave up{} (ETIMEDOUT)",
+        never_came(f.pending),
+        f.from,
+        tries(f)
+    )
+}
+
+fn rst_why(f: &Facts<'_>, _: &Rst<'_>) -> String {
+    format!("RST in {}", f.from)
+}
+
+fn abortive_close(f: &Facts<'_>, _: &Rst<'_>) -> String {
+    format!(
+        "abortive close: close() with unread received data (RFC 2525) or SO_LINGER 0{}",
+        f.cx.by_owner(f.close).unwrap_or_default()
+    )
+}
+
+/// What never came, for a socket that ended in `from` before the close was done.
+fn missing(from: TcpState) -> String {
+    match from {
+        Established => "no FIN was sent".to_owned(),
+        FinWait1 | Closing => "our FIN was never ACKed".to_owned(),
+        FinWait2 => "the peer sent no FIN".to_owned(),
+        CloseWait => "we sent no FIN".to_owned(),
+        LastAck => "the final ACK never came".to_owned(),
+        _ => format!("ended in {from}"),
+    }
+}
+
+/// "step 3 never came: we sent no FIN; ended by the peer's RST in CLOSE_WAIT (EPIPE 32): ...".
+/// The cause is left out of a plain RST from the peer: it says no more than the rest.
+fn rst_message(f: &Facts<'_>, rst: &Rst<'_>) -> String {
+    let by = rst.by;
+    let who = match by {
+        ResetBy::Us => "by our RST",
+        ResetBy::Peer => "by the peer's RST",
+        ResetBy::Unknown => "by RST",
+    };
+    let err_txt = if f.err != 0 {
+        format!(" ({})", errno_text(f.err))
+    } else {
+        String::new()
+    };
+    let generic = by == ResetBy::Peer && !(f.from == CloseWait && f.err == EPIPE);
+    let cause_txt = if generic {
+        String::new()
+    } else {
+        format!(": {}", rst.cause)
+    };
+    format!(
+        "{}{}; ended {who} in {}{err_txt}{cause_txt}",
+        never_came(f.pending),
+        missing(f.from),
+        f.from
+    )
+}
+
 pub(super) fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
-    use TcpState::*;
     let us = cx.us;
     if cx.conn.is_listener() {
         return End::new(Variant::Listener, "a listening socket");
@@ -229,202 +592,75 @@ pub(super) fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
         };
     };
     let from = us.close_from().unwrap_or(Close);
-    let sock = close.sock;
-    let err = sock.map_or(0, |s| s.err);
-    let by = reset_by(us);
-    let pending = step_pending(from);
-
-    // Handshakes.
-    if matches!(from, SynSent | SynRecv) {
-        let mut e = if by == Some(ResetBy::Peer) || err == ECONNREFUSED {
-            let mut e = End::new(
-                if from == SynSent {
-                    Variant::HandshakeRefused
-                } else {
-                    Variant::HandshakeAborted
-                },
-                format!("RST from the peer in {from}"),
-            );
-            e.reset = Some(ResetInfo {
-                by: ResetBy::Peer,
-                state: from,
-                err: (err != 0).then_some(err),
-                cause: if from == SynSent {
-                    "connection refused".to_owned()
-                } else {
-                    "the peer reset the handshake".to_owned()
-                },
-            });
-            e
-        } else if err == ETIMEDOUT {
-            End::new(
-                Variant::HandshakeTimedOut,
-                format!("{from} timed out (ETIMEDOUT)"),
-            )
-        } else if err != 0 {
-            End::new(
-                Variant::HandshakeAborted,
-                format!("{from} ended with {}", errno_text(err)),
-            )
-        } else if sock.is_none() {
-            End::new(
-                Variant::HandshakeAborted,
-                format!("{from} -> CLOSE (socket error not read)"),
-            )
-        } else {
-            End::new(
-                Variant::HandshakeAborted,
-                format!("{from} -> CLOSE: closed before established"),
-            )
-        };
-        if us
-            .retransmits
-            .iter()
-            .any(|r| matches!(r.kind.state_after(), SynSent | SynRecv))
-        {
-            e.why.push_str(" after SYN retransmissions");
-        }
-        return e;
-    }
-
-    // Timeouts and errors other than RST.
-    if err == ETIMEDOUT {
-        let n = us
-            .retransmits
-            .iter()
-            .filter(|r| r.kind.state_after() == from)
-            .count();
-        let tries = match n {
-            0 => String::new(),
-            1 => " after 1 retransmission".to_owned(),
-            n => format!(" after {n} retransmissions"),
-        };
-        let (variant, code, msg) = match from {
-            FinWait1 => (
-                Variant::FinWait1GivenUp,
-                Code::NoFinAck,
-                format!("step 2 never came: our FIN was never ACKed; FIN_WAIT1 gave up{tries} (ETIMEDOUT)"),
-            ),
-            Closing => (
-                Variant::ClosingGivenUp,
-                Code::NoFinAck,
-                format!("step 2 never came: our FIN was never ACKed; CLOSING gave up{tries} (ETIMEDOUT)"),
-            ),
-            LastAck => (
-                Variant::LastAckGivenUp,
-                Code::NoFinalAck,
-                format!("step 4 never came: the final ACK never arrived; LAST_ACK gave up{tries} (ETIMEDOUT)"),
-            ),
-            FinWait2 => (
-                Variant::FinWait2Timeout,
-                Code::NoPeerFin,
-                "step 3 never came: the peer sent no FIN; FIN_WAIT2 timed out (ETIMEDOUT)".to_owned(),
-            ),
-            _ => (
-                Variant::TimedOut,
-                Code::TimedOut,
-                format!(
-                    "{}the connection timed out in {from}{tries} (ETIMEDOUT)",
-                    never_came(pending)
-                ),
-            ),
-        };
-        j.finding(pending, code, msg);
-        let mut e = End::new(variant, format!("{from} -> CLOSE with ETIMEDOUT"));
-        if matches!(from, FinWait1 | FinWait2 | Closing) {
-            e.time_wait = Some(TimeWaitPath::TimedOut);
-        }
-        return e;
-    }
-    if err != 0 && by.is_none() {
-        j.finding(
-            pending,
-            Code::AbortedByError,
-            format!(
-                "{}the connection ended in {from} with {}",
-                never_came(pending),
-                errno_text(err)
-            ),
-        );
-        let mut e = End::new(
-            Variant::AbortByError,
-            format!("{from} -> CLOSE with {}", errno_text(err)),
-        );
-        if matches!(from, FinWait1 | FinWait2 | Closing) {
-            e.time_wait = Some(TimeWaitPath::Undetermined);
-        }
-        return e;
-    }
-
-    // Resets.
-    if let Some(by) = by {
-        return reset_end(cx, j, from, by, err, close);
-    }
-    if matches!(from, Established | CloseWait) {
-        // No RST event and no error: an abortive close by the application (its RST event may
-        // not have been traced), unless the error was not read.
-        let by = if sock.is_some() {
-            ResetBy::Us
-        } else {
-            ResetBy::Unknown
-        };
-        return reset_end(cx, j, from, by, err, close);
-    }
-
-    // The documented ends.
-    match from {
-        Closing | TimeWait => {
-            let mut e = clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref());
-            e.time_wait = Some(TimeWaitPath::Entered);
-            e
-        }
-        LastAck => clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref()),
-        FinWait1 | FinWait2 => active_end(cx, j, from, close),
-        _ => End::new(Variant::Unclassified, format!("{from} -> CLOSE")),
-    }
+    let f = Facts {
+        cx,
+        close,
+        from,
+        err: close.sock.map_or(0, |s| s.err),
+        sock: close.sock,
+        by: reset_by(us),
+        pending: step_pending(from),
+    };
+    let row = ENDINGS
+        .iter()
+        .find(|r| (r.states.is_empty() || r.states.contains(&from)) && r.cause.holds(&f));
+    let Some(row) = row else {
+        return End::new(Variant::Unclassified, format!("{from} -> CLOSE"));
+    };
+    conclude(row, &f, j)
 }
 
-/// A normal `-> CLOSE` from FIN_WAIT1 or FIN_WAIT2: TIME_WAIT, a timewait socket, or unknown.
-fn active_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement, from: TcpState, close: &Event) -> End {
-    let us = cx.us;
-    let Some(sock) = close.sock else {
-        j.unknown.push(format!(
-            "socket flags not read at {from} -> CLOSE: TIME_WAIT, timewait socket or other end unknown (fact 10)"
-        ));
-        let mut e = match cx.peer {
-            Some((_, p)) if clean_final_ack(p) => {
-                clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref())
-            }
-            _ => End::new(
-                Variant::Unclassified,
-                format!("{from} -> CLOSE, flags not read"),
-            ),
-        };
-        e.time_wait = Some(TimeWaitPath::Undetermined);
-        return e;
+/// The end a row of [`ENDINGS`] gives, its finding recorded.
+fn conclude(row: &Ending, f: &Facts<'_>, j: &mut Judgement) -> End {
+    let cx = f.cx;
+    let from = f.from;
+    let clean = || clean_variant(cx.role, cx.us, cx.peer_trace(), cx.ends.as_ref());
+    let by = row.reset.unwrap_or(ResetBy::Unknown);
+    let rst_cause = (row.rst_cause)(f, &Rst { by, cause: "" });
+    let rst = Rst {
+        by,
+        cause: &rst_cause,
     };
-    if sock.done() {
-        let mut e = clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref());
-        e.time_wait = Some(TimeWaitPath::Entered);
-        return e;
+    let mut e = match row.then {
+        Then::Is(v) => End::new(v, (row.why)(f, &rst)),
+        Then::Clean => clean(),
+        Then::TimewaitSocket => orphan_end(cx, j),
+        Then::Unread(v) => {
+            j.unknown.push(format!(
+                "socket flags not read at {from} -> CLOSE: TIME_WAIT, timewait socket or other end unknown (fact 10)"
+            ));
+            match cx.peer {
+                Some((_, p)) if clean_final_ack(p) => clean(),
+                _ => End::new(v, (row.why)(f, &rst)),
+            }
+        }
+    };
+    if let Some(code) = row.finding {
+        j.finding(f.pending, code, (row.message)(f, &rst));
     }
-    if from == TcpState::FinWait2 && sock.dead() {
-        return orphan_end(cx, j);
+    if let Some(by) = row.reset {
+        e.reset = Some(ResetInfo {
+            by,
+            state: from,
+            err: (f.err != 0).then_some(f.err),
+            cause: rst_cause.clone(),
+        });
     }
-    let step = step_pending(from);
-    j.finding(
-        step,
-        Code::UnexplainedClose,
-        format!(
-            "{}{from} -> CLOSE without the peer's FIN, orphaning, RST or error",
-            never_came(step)
-        ),
-    );
-    let mut e = End::new(
-        Variant::Unclassified,
-        format!("{from} -> CLOSE, unexplained"),
-    );
-    e.time_wait = Some(TimeWaitPath::Undetermined);
+    match row.time_wait {
+        Tw::Nothing => {}
+        Tw::Heading(path) if heads_for_time_wait(from) => e.time_wait = Some(path),
+        Tw::Heading(_) => {}
+        Tw::Was(path) => e.time_wait = Some(path),
+    }
+    if HANDSHAKE.contains(&from)
+        && cx
+            .us
+            .retransmits
+            .iter()
+            .any(|r| HANDSHAKE.contains(&r.kind.state_after()))
+    {
+        e.why.push_str(" after SYN retransmissions");
+    }
     e
 }
 
@@ -516,7 +752,6 @@ fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
     e
 }
 
-/// A connection ended by a RST, sent by `by`, in `from`.
 /// Whether we had sent data the peer had not acknowledged when its RST arrived (None: the
 /// sequence fields were not read).
 fn wrote_unacked(t: &Trace<'_>) -> Option<bool> {
@@ -524,118 +759,69 @@ fn wrote_unacked(t: &Trace<'_>) -> Option<bool> {
     Some(seq.snd_nxt != seq.snd_una)
 }
 
-fn reset_end(
-    cx: &Ctx<'_, '_, '_>,
-    j: &mut Judgement,
-    from: TcpState,
-    by: ResetBy,
-    err: i32,
-    close: &Event,
-) -> End {
-    use TcpState::*;
-    let step = step_pending(from);
-    let err_txt = if err != 0 {
-        format!(" ({})", errno_text(err))
-    } else {
-        String::new()
-    };
-    let dead = close.sock.is_some_and(|s| s.dead());
-    let (variant, cause) = match (by, from) {
-        // The timeout path sends its RST before the -> CLOSE; a RST sent after it (in CLOSE)
-        // answered data that reached the already closed socket (below).
-        (ResetBy::Us, FinWait2)
-            if err == 0
-                && cx
-                    .us
-                    .resets_sent
-                    .iter()
-                    .any(|e| e.kind.state_after() == FinWait2) =>
-        (
-            Variant::FinWait2Timeout,
-            "FIN_WAIT2 timed out (tcp_fin_timeout) and we reset: the peer's FIN never came".to_owned(),
-        ),
-        (ResetBy::Us, Established | CloseWait) => (
-            Variant::AbortByRst,
-            format!(
-                "abortive close: close() with unread received data (RFC 2525) or SO_LINGER 0{}",
-                cx.by_owner(close).unwrap_or_default()
-            ),
-        ),
-        (ResetBy::Us, FinWait1 | FinWait2 | Closing | LastAck) if !dead && err == 0 => (
-            Variant::AbortByRst,
-            format!(
-                "abortive close by the application in {from} (SO_LINGER 0){}",
-                cx.by_owner(close).unwrap_or_default()
-            ),
-        ),
-        (ResetBy::Us, _) if err == ECONNRESET || dead => (
-            Variant::AbortByRst,
-            "data arrived after close(): the closed socket answered the peer's data with RST"
-                .to_owned(),
-        ),
-        (ResetBy::Us, _) => (Variant::AbortByRst, format!("we sent RST in {from}")),
-        // Any RST received in CLOSE_WAIT leaves EPIPE; it is fact 4 (docs/close-sequence.md) only when we had written
-        // data the peer never acknowledged (its closed socket answered that data).
-        (ResetBy::Peer, CloseWait) if err == EPIPE && wrote_unacked(cx.us) == Some(true) => (
-            Variant::AbortByRst,
-            "the peer reset while we were in CLOSE_WAIT (EPIPE): we wrote after the peer had fully \
-             closed (fact 4)"
-                .to_owned(),
-        ),
-        (ResetBy::Peer, CloseWait) if err == EPIPE && wrote_unacked(cx.us) == Some(false) => (
-            Variant::AbortByRst,
-            "the peer aborted while we were in CLOSE_WAIT (we had sent nothing unacknowledged)"
-                .to_owned(),
-        ),
-        (ResetBy::Peer, _) => (Variant::AbortByRst, "the peer reset the connection".to_owned()),
-        (ResetBy::Unknown, _) => (
-            Variant::AbortByRst,
-            format!("{from} -> CLOSE; who reset is unknown (socket error not read)"),
-        ),
-    };
-    let code = match (variant, by) {
-        (Variant::FinWait2Timeout, _) => Code::NoPeerFin,
-        (_, ResetBy::Peer) => Code::ResetReceived,
-        (_, ResetBy::Us) => Code::ResetSent,
-        (_, ResetBy::Unknown) => Code::Reset,
-    };
-    let what = match from {
-        Established => "no FIN was sent".to_owned(),
-        FinWait1 | Closing => "our FIN was never ACKed".to_owned(),
-        FinWait2 => "the peer sent no FIN".to_owned(),
-        CloseWait => "we sent no FIN".to_owned(),
-        LastAck => "the final ACK never came".to_owned(),
-        _ => format!("ended in {from}"),
-    };
-    let message = if variant == Variant::FinWait2Timeout {
-        format!("step 3 never came: {what}; FIN_WAIT2 timed out and we reset")
-    } else {
-        let who = match by {
-            ResetBy::Us => "by our RST",
-            ResetBy::Peer => "by the peer's RST",
-            ResetBy::Unknown => "by RST",
-        };
-        let generic = by == ResetBy::Peer && !(from == CloseWait && err == EPIPE);
-        let cause_txt = if generic {
-            String::new()
-        } else {
-            format!(": {cause}")
-        };
-        format!(
-            "{}{what}; ended {who} in {from}{err_txt}{cause_txt}",
-            never_came(step)
-        )
-    };
-    j.finding(step, code, message);
-    let mut e = End::new(variant, format!("RST in {from}"));
-    e.reset = Some(ResetInfo {
-        by,
-        state: from,
-        err: (err != 0).then_some(err),
-        cause,
-    });
-    if matches!(from, FinWait1 | FinWait2 | Closing) {
-        e.time_wait = Some(TimeWaitPath::Reset);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL_STATES: [TcpState; 12] = [
+        Established,
+        SynSent,
+        SynRecv,
+        FinWait1,
+        FinWait2,
+        TimeWait,
+        Close,
+        CloseWait,
+        LastAck,
+        Listen,
+        Closing,
+        NewSynRecv,
+    ];
+
+    fn covers(r: &Ending, s: TcpState) -> bool {
+        r.states.is_empty() || r.states.contains(&s)
     }
-    e
+
+    #[test]
+    fn every_row_of_the_endings_can_decide() {
+        // A row is dead when, in each of its states, an earlier row holds whatever the cause.
+        for (i, row) in ENDINGS.iter().enumerate() {
+            let live = ALL_STATES.iter().any(|&s| {
+                covers(row, s)
+                    && !ENDINGS[..i]
+                        .iter()
+                        .any(|e| e.cause == Cause::Any && covers(e, s))
+            });
+            assert!(
+                live,
+                "row {i} ({:?}, {:?}) is shadowed",
+                row.states, row.cause
+            );
+        }
+    }
+
+    #[test]
+    fn every_state_has_an_ending() {
+        for s in ALL_STATES {
+            assert!(
+                ENDINGS
+                    .iter()
+                    .any(|r| r.cause == Cause::Any && covers(r, s)),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_close_ended_by_rst_is_a_finding_a_refused_handshake_is_not() {
+        for (i, row) in ENDINGS.iter().enumerate() {
+            let handshake =
+                !row.states.is_empty() && row.states.iter().all(|s| HANDSHAKE.contains(s));
+            if handshake {
+                assert!(row.finding.is_none(), "row {i}");
+            } else if row.reset.is_some() {
+                assert!(row.finding.is_some(), "row {i}");
+            }
+        }
+    }
 }
