@@ -64,6 +64,12 @@ fn retx(ts: u64, state: TcpState) -> Event {
     ev(ts, EventKind::Retransmit { state })
 }
 
+/// `base` followed by `more`.
+fn then(mut base: Vec<Event>, more: impl IntoIterator<Item = Event>) -> Vec<Event> {
+    base.extend(more);
+    base
+}
+
 fn conn(events: Vec<Event>) -> Connection {
     let seen_from_start = events.first().is_some_and(|e| e.starts_connection());
     let closed = events
@@ -316,15 +322,14 @@ fn cases() -> Vec<Case> {
             R::Simultaneous,
             X::SimultaneousClose,
         )
-        .peer({
-            let mut e = client_open();
-            e.extend([
-                sq(10 * MS, Established, FinWait1, [V, V, U, V], NO_FLAGS, 0),
-                sq(11 * MS, FinWait1, Closing, [V, V + 1, U + 1, V + 1], DONE, 0),
-                sq(12 * MS, Closing, Close, [V + 1, V + 1, U + 1, V + 1], DONE, 0),
-            ]);
-            e
-        })
+        .peer(then(
+            client_open(),
+            [
+                    sq(10 * MS, Established, FinWait1, [V, V, U, V], NO_FLAGS, 0),
+                    sq(11 * MS, FinWait1, Closing, [V, V + 1, U + 1, V + 1], DONE, 0),
+                    sq(12 * MS, Closing, Close, [V + 1, V + 1, U + 1, V + 1], DONE, 0),
+            ],
+        ))
         .deviates(&["step3_fin_seq_mismatch"], Some(3)),
         case(
             "half-close with data, active, measured",
@@ -389,53 +394,46 @@ fn cases() -> Vec<Case> {
             R::ActiveCloser,
             X::AbortByRst,
         )
-        .peer({
-            let mut e = server_open();
-            e.extend([
-                sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0),
-                rst_in(12 * MS, CloseWait),
-                sq(12 * MS, CloseWait, Close, [V, V + 4, U + 1, V + 4], DONE, 32),
-            ]);
-            e
-        })
+        .peer(then(
+            server_open(),
+            [
+                    sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0),
+                    rst_in(12 * MS, CloseWait),
+                    sq(12 * MS, CloseWait, Close, [V, V + 4, U + 1, V + 4], DONE, 32),
+            ],
+        ))
         .deviates(&["no_peer_fin"], Some(3)),
         case(
             "orphaned FIN_WAIT2, timewait socket sent RST",
-            {
-                let mut e = orphan_close();
-                e.push(rst_out(12 * MS, TimeWait));
-                e
-            },
+            then(orphan_close(), [rst_out(12 * MS, TimeWait)]),
             R::ActiveCloser,
             X::AbortByRst,
         )
         .deviates(&["no_peer_fin"], Some(3)),
         case(
             "shutdown, then close in FIN_WAIT2 (fact 9)",
-            {
-                let mut e = client_open();
-                e.extend([
-                    sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
-                    sq(11 * MS, FinWait1, FinWait2, [U + 1, U + 1, V, U + 1], NO_FLAGS, 0),
-                    sq(30 * MS, FinWait2, FinWait2, [U + 1, U + 1, V, U + 1], DEAD, 0),
-                    sq(30 * MS + 1_000, FinWait2, Close, [U + 1, U + 1, V, U + 1], DEAD, 0),
-                ]);
-                e
-            },
+            then(
+                client_open(),
+                [
+                        sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
+                        sq(11 * MS, FinWait1, FinWait2, [U + 1, U + 1, V, U + 1], NO_FLAGS, 0),
+                        sq(30 * MS, FinWait2, FinWait2, [U + 1, U + 1, V, U + 1], DEAD, 0),
+                        sq(30 * MS + 1_000, FinWait2, Close, [U + 1, U + 1, V, U + 1], DEAD, 0),
+                ],
+            ),
             R::ActiveCloser,
             X::OrphanedFinWait2,
         ),
         case(
             "three-segment, not orphaned (timing)",
-            {
-                let mut e = client_open();
-                e.extend([
-                    sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
-                    sq(13 * MS, FinWait1, FinWait2, [U + 1, U + 1, V, U + 1], NO_FLAGS, 0),
-                    sq(13 * MS + 2_000, FinWait2, Close, [U + 1, U + 1, V + 1, U + 1], DONE, 0),
-                ]);
-                e
-            },
+            then(
+                client_open(),
+                [
+                        sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
+                        sq(13 * MS, FinWait1, FinWait2, [U + 1, U + 1, V, U + 1], NO_FLAGS, 0),
+                        sq(13 * MS + 2_000, FinWait2, Close, [U + 1, U + 1, V + 1, U + 1], DONE, 0),
+                ],
+            ),
             R::ActiveCloser,
             X::ThreeSegmentClose,
         ),
@@ -458,57 +456,53 @@ fn cases() -> Vec<Case> {
         // --- Resets.
         case(
             "RST by us in ESTABLISHED (SO_LINGER 0)",
-            {
-                let mut e = client_open();
-                e.extend([
-                    sq(10 * MS, Established, Close, [U, U, V, U], NO_FLAGS, 0),
-                    rst_out(10 * MS, Close),
-                ]);
-                e
-            },
+            then(
+                client_open(),
+                [
+                        sq(10 * MS, Established, Close, [U, U, V, U], NO_FLAGS, 0),
+                        rst_out(10 * MS, Close),
+                ],
+            ),
             R::ActiveCloser,
             X::AbortByRst,
         )
         .deviates(&["reset_sent"], Some(1)),
         case(
             "RST by peer in ESTABLISHED",
-            {
-                let mut e = client_open();
-                e.extend([
-                    rst_in(10 * MS, Established),
-                    sq(10 * MS, Established, Close, [U, U, V, U], NO_FLAGS, 104),
-                ]);
-                e
-            },
+            then(
+                client_open(),
+                [
+                        rst_in(10 * MS, Established),
+                        sq(10 * MS, Established, Close, [U, U, V, U], NO_FLAGS, 104),
+                ],
+            ),
             R::PassiveCloser,
             X::AbortByRst,
         )
         .deviates(&["reset_received"], Some(1)),
         case(
             "RST by peer in CLOSE_WAIT (EPIPE, fact 4)",
-            {
-                let mut e = server_open();
-                e.extend([
-                    sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0),
-                    sq(12 * MS, CloseWait, Close, [V, V + 4, U + 1, V + 4], DONE, 32),
-                ]);
-                e
-            },
+            then(
+                server_open(),
+                [
+                        sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0),
+                        sq(12 * MS, CloseWait, Close, [V, V + 4, U + 1, V + 4], DONE, 32),
+                ],
+            ),
             R::PassiveCloser,
             X::AbortByRst,
         )
         .deviates(&["reset_received"], Some(3)),
         case(
             "RST by us in CLOSE_WAIT (unread data)",
-            {
-                let mut e = server_open();
-                e.extend([
-                    sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0),
-                    sq(12 * MS, CloseWait, Close, [V, V, U + 1, V], DONE, 0),
-                    rst_out(12 * MS, Close),
-                ]);
-                e
-            },
+            then(
+                server_open(),
+                [
+                        sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0),
+                        sq(12 * MS, CloseWait, Close, [V, V, U + 1, V], DONE, 0),
+                        rst_out(12 * MS, Close),
+                ],
+            ),
             R::PassiveCloser,
             X::AbortByRst,
         )
@@ -539,11 +533,7 @@ fn cases() -> Vec<Case> {
         .deviates(&["reset_received"], Some(4)),
         case(
             "abort by error",
-            {
-                let mut e = client_open();
-                e.push(sq(10 * MS, Established, Close, [U, U, V, U], NO_FLAGS, 113));
-                e
-            },
+            then(client_open(), [sq(10 * MS, Established, Close, [U, U, V, U], NO_FLAGS, 113)]),
             R::Unknown,
             X::AbortByError,
         )
@@ -551,16 +541,15 @@ fn cases() -> Vec<Case> {
         // --- Given up.
         case(
             "FIN_WAIT1 given up",
-            {
-                let mut e = client_open();
-                e.extend([
-                    sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
-                    retx(210 * MS, FinWait1),
-                    retx(610 * MS, FinWait1),
-                    sq(9_000 * MS, FinWait1, Close, [U, U + 1, V, U + 1], DEAD, 110),
-                ]);
-                e
-            },
+            then(
+                client_open(),
+                [
+                        sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
+                        retx(210 * MS, FinWait1),
+                        retx(610 * MS, FinWait1),
+                        sq(9_000 * MS, FinWait1, Close, [U, U + 1, V, U + 1], DEAD, 110),
+                ],
+            ),
             R::ActiveCloser,
             X::FinWait1GivenUp,
         )
@@ -590,14 +579,13 @@ fn cases() -> Vec<Case> {
         .deviates(&["no_final_ack"], Some(4)),
         case(
             "timed out in ESTABLISHED",
-            {
-                let mut e = client_open();
-                e.extend([
-                    retx(5 * MS, Established),
-                    sq(9_000 * MS, Established, Close, [U, U + 9, V, U + 9], NO_FLAGS, 110),
-                ]);
-                e
-            },
+            then(
+                client_open(),
+                [
+                        retx(5 * MS, Established),
+                        sq(9_000 * MS, Established, Close, [U, U + 9, V, U + 9], NO_FLAGS, 110),
+                ],
+            ),
             R::Unknown,
             X::TimedOut,
         )
@@ -665,22 +653,14 @@ fn cases() -> Vec<Case> {
         case("still open", client_open(), R::Unknown, X::StillOpen).incomplete(),
         case(
             "still open in CLOSE_WAIT",
-            {
-                let mut e = server_open();
-                e.push(sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0));
-                e
-            },
+            then(server_open(), [sq(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0)]),
             R::PassiveCloser,
             X::StillOpen,
         )
         .incomplete(),
         case(
             "still open after an illegal transition",
-            {
-                let mut e = client_open();
-                e.push(st(3 * MS, Established, LastAck));
-                e
-            },
+            then(client_open(), [st(3 * MS, Established, LastAck)]),
             R::PassiveCloser,
             X::StillOpen,
         )
