@@ -116,7 +116,7 @@ fn each_recorded_teardown_gets_its_verdict() {
             "four_way_close",
             &[
                 // A plain close(): the ACK of the FIN turns the socket into a FIN_WAIT2
-                // timewait socket (fact 2); the rest of its teardown is seen on the peer, with
+                // timewait socket (docs/close-sequence.md, fact 2); the rest of its teardown is seen on the peer, with
                 // which it is judged.
                 ("active_closer", ("four_way_close", "conforms", &[])),
                 ("passive_closer", ("four_way_close", "conforms", &[])),
@@ -238,8 +238,9 @@ fn each_recorded_teardown_gets_its_verdict() {
     }
 }
 
-/// The validator once took every RST received in CLOSE_WAIT (EPIPE) for fact 4, data written
-/// after the peer had fully closed. Here the server wrote nothing: the peer aborted.
+/// The validator once took every RST received in CLOSE_WAIT (EPIPE) for data written after the
+/// peer had fully closed (docs/close-sequence.md, fact 4). Here the server wrote nothing: the
+/// peer aborted.
 #[test]
 fn a_reset_in_close_wait_is_not_taken_for_data_after_close() {
     let mut causes = BTreeMap::new();
@@ -259,7 +260,7 @@ fn a_reset_in_close_wait_is_not_taken_for_data_after_close() {
         causes["active_closer"].contains("SO_LINGER 0"),
         "{causes:?}"
     );
-    // And fact 4 itself is still recognised as such.
+    // And fact 4 itself is still recognised as such, and cited by its number.
     let mut fact4 = String::new();
     for line in replay("data_after_close", &["--format", "jsonl"]).lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -1,4 +1,4 @@
-//! The scenario lab (issue 5): every teardown variant reproduced in a pair of network
+//! The scenario lab (docs/close-sequence.md, §4): every teardown variant reproduced in a pair of network
 //! namespaces, traced by the real eBPF programs and judged by the validator. One test per
 //! scenario; the scenarios are in `teardown_integration_tests::lab::scenarios` (also run by hand
 //! with `cargo xtask scenario NAME`). Needs root, BTF and `nft`.

@@ -118,7 +118,7 @@ fn client_closes_first(ip: IpAddr) {
     assert_eq!(c.finished.conn.process.map(|p| p.pid), Some(me));
     assert_eq!(s.finished.conn.process.map(|p| p.pid), Some(me));
     // The client's plain close() orphans its socket: the ACK of its FIN turns it into a
-    // FIN_WAIT2 timewait socket at once (fact 2). The server closes right after reading EOF,
+    // FIN_WAIT2 timewait socket at once (docs/close-sequence.md, fact 2). The server closes right after reading EOF,
     // within its delayed-ACK time, so its ACK may ride on its FIN.
     verdict(&c, "active_closer", &["four_way_close"], "conforms", &[]);
     verdict(&s, "passive_closer", &["four_way_close"], "conforms", &[]);

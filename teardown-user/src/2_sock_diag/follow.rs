@@ -2,7 +2,7 @@
 //! its timer restarted, how it left, the rate of entries, and how long closing full sockets have
 //! been in their state.
 //!
-//! Timing rests on fact 6 of the teardown notes: Linux holds TIME_WAIT for a fixed 60 s, and
+//! Timing rests on docs/close-sequence.md, fact 6: Linux holds TIME_WAIT for a fixed 60 s, and
 //! sock_diag gives the time left, so `entered = now + remaining - 60 s`. The same timewait socket
 //! keeps its cookie; if its entry time moves forward, its timer was restarted (the peer resent
 //! its FIN). An orphaned FIN_WAIT2 timewait socket runs on `tcp_fin_timeout` instead, and becomes

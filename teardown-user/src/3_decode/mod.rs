@@ -97,7 +97,7 @@ impl<'de> Deserialize<'de> for Comm {
     }
 }
 
-/// The socket's sequence fields at the moment of the event (see teardown-sequence.md, 3).
+/// The socket's sequence fields at the moment of the event (docs/close-sequence.md, §5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeqSnapshot {
     /// Oldest unacknowledged sequence number: our FIN is ACKed once this is FIN seq + 1.

@@ -2,7 +2,7 @@
 //!
 //! A connection is one life of a kernel socket: from `connect()` (CLOSE -> SYN_SENT), `listen()`,
 //! or a child socket made for an incoming SYN (LISTEN -> SYN_RECV), to its `-> CLOSE`. Two kernel
-//! facts shape this module (teardown-sequence.md, section 3):
+//! facts shape this module (docs/close-sequence.md, fact 5):
 //! - the 4-tuple is already zero at the last transition (the socket was unhashed), so connections
 //!   are keyed by socket address and keep the tuple seen at earlier transitions;
 //! - a socket address is reused after free, so a connection-starting event on a known address
@@ -245,7 +245,7 @@ impl Connection {
 }
 
 /// A FIN_WAIT2 -> CLOSE of an orphan whose peer's FIN had not come: the socket became a
-/// FIN_WAIT2 timewait socket (teardown-sequence.md, fact 2).
+/// FIN_WAIT2 timewait socket (docs/close-sequence.md, fact 2).
 fn is_orphan_fin_wait2(ev: &Event) -> bool {
     matches!(
         ev.kind,

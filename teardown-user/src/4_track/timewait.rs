@@ -1,7 +1,7 @@
 //! Joins what sock_diag sees of timewait sockets to the traced connections they came from.
 //!
 //! A socket that enters TIME_WAIT is replaced by a timewait socket, and the tracepoint sees no
-//! more of it (teardown-sequence.md, facts 1, 2 and 6). sock_diag does: its timer tells when it
+//! more of it (docs/close-sequence.md, facts 1, 2 and 6). sock_diag does: its timer tells when it
 //! entered (Linux holds TIME_WAIT 60 s, so entry = now + remaining - 60 s), a jump of that entry
 //! time tells that the peer resent its FIN, and its disappearance tells how it left. A
 //! [`TwWatcher`] polls that on its own thread and turns it into [`TwFact`]s; the pipeline's

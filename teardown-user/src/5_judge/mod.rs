@@ -2,12 +2,16 @@
 //!
 //! - [`model`]: the documented steps and the legal transitions as data, and the one transition
 //!   function ([`model::Trace::apply`]) that folds events into the judgement state;
-//! - [`seq`]: U, V, W and the relations of the documented table (teardown-sequence.md, 3);
-//! - [`verdict`]: the verdict and the classification of how a connection ended;
+//! - [`seq`]: U, V, W and the relations of the documented table (docs/close-sequence.md, §5);
+//! - `classify`: the role of each end and how the connection ended (variant, finding);
+//! - `decide`: [`judge`], which folds, classifies and checks one connection into a verdict;
+//! - [`verdict`]: the verdict and its parts, as the sinks read them;
 //! - [`render`]: text for the terminal.
 //!
 //! [`judge`] never panics, whatever the events: every input gives exactly one verdict.
 
+mod classify;
+mod decide;
 pub mod model;
 pub mod render;
 pub mod seq;
@@ -16,8 +20,7 @@ pub mod verdict;
 #[cfg(test)]
 mod tests;
 
+pub use decide::judge;
 pub use model::{DocSide, Meaning, StateTime, Step, STEPS, TRANSITIONS};
 pub use seq::{Outcome, Sender, SeqCheck, Term, Wave, Waves};
-pub use verdict::{
-    judge, Conformance, Finding, ResetBy, ResetInfo, Role, TimeWaitPath, Variant, Verdict,
-};
+pub use verdict::{Conformance, Finding, ResetBy, ResetInfo, Role, TimeWaitPath, Variant, Verdict};

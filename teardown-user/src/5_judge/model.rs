@@ -1,15 +1,44 @@
 //! The documented close sequence and the TCP state diagram, written as data, and the one
-//! transition function that folds a connection's events into a [`Trace`].
+//! transition function that folds a connection's events into a [`Trace`]. The judging code reads
+//! these tables: the waves and their numbers ([`STEPS`]), the legal transitions with the wave each
+//! records ([`TRANSITIONS`]), and from them the wave a socket still waits for ([`step_pending`]).
+//!
+//! The documented close (docs/close-sequence.md, §1), each arrow with its row of [`STEPS`] and,
+//! under each end, the row of [`TRANSITIONS`] that end's tracepoint shows for it:
+//!
+//! ```text
+//!  active closer                                           passive closer
+//!  ESTABLISHED                                             ESTABLISHED
+//!       |  STEPS[0] FirstWave: FIN seq=U                         |
+//!       |------------------------------------------------------->|
+//!  FIN_WAIT1                                               CLOSE_WAIT
+//!    Established -> FinWait1 (SendFin)                       Established -> CloseWait (ReceiveFin)
+//!       |         STEPS[1] SecondWave: ACK seq=V ack=U+1         |
+//!       |<-------------------------------------------------------|
+//!  FIN_WAIT2                                               CLOSE_WAIT
+//!    FinWait1 -> FinWait2 (FinAcked)                           (no transition: it sent the ACK)
+//!       |      STEPS[2] ThirdWave: FIN,ACK seq=W ack=U+1         |
+//!       |<-------------------------------------------------------|
+//!  TIME_WAIT                                               LAST_ACK
+//!    FinWait2 -> TimeWait, on Linux -> Close (TimeWaitEntry)   CloseWait -> LastAck (SendThirdWave)
+//!       |  STEPS[3] FourthWave: ACK seq=U+1 ack=W+1              |
+//!       |------------------------------------------------------->|
+//!  TIME_WAIT                                               CLOSED
+//!       |  2MSL (on Linux 60 s)                                  LastAck -> Close (FinalAck)
+//!  CLOSED
+//!    TimeWait -> Close (TimeWaitEnd; on Linux a timewait socket's, no event)
+//! ```
 //!
 //! Read this file top-down to read the model:
-//! 1. [`STEPS`]: the four documented waves (teardown-sequence.md, section 1);
+//! 1. [`STEPS`]: the four documented waves (docs/close-sequence.md, §1);
 //! 2. [`TRANSITIONS`]: every legal state change (RFC 9293's diagram plus the Linux facts of
-//!    section 3), each with the [`Meaning`] it carries for the close;
+//!    docs/close-sequence.md, §5), each with the [`Meaning`] it carries, the [`Phase`] of the
+//!    connection's life it belongs to and the wave it records;
 //! 3. [`Trace::apply`]: the transition function.
 //!
 //! What a `-> CLOSE` means (TIME_WAIT, a timewait socket, a RST, a timeout) is decided from the
-//! socket's flags and error by the classification in `verdict.rs`: the state names alone are the
-//! same for many teardowns (fact 10).
+//! socket's flags and error by the classification table of `classify.rs`: the state names alone
+//! are the same for many teardowns (docs/close-sequence.md, fact 10).
 
 use serde::Serialize;
 
@@ -91,7 +120,7 @@ impl Expr {
     }
 }
 
-/// One row of the documented table.
+/// One row of the documented table: who sends which segment with which numbers.
 #[derive(Clone, Copy, Debug)]
 pub struct StepSpec {
     pub step: Step,
@@ -99,12 +128,10 @@ pub struct StepSpec {
     pub sender: DocSide,
     pub seq: Expr,
     pub ack: Option<Expr>,
-    pub sender_after: TcpState,
-    pub receiver_after: TcpState,
-    pub text: &'static str,
 }
 
-/// The documented sequence (teardown-sequence.md, section 1).
+/// The documented sequence (docs/close-sequence.md, §1). The states each end is in after each
+/// wave are the `to` of the [`TRANSITIONS`] rows that record it (the module's figure).
 pub const STEPS: [StepSpec; 4] = [
     StepSpec {
         step: Step::FirstWave,
@@ -112,9 +139,6 @@ pub const STEPS: [StepSpec; 4] = [
         sender: DocSide::Active,
         seq: Expr::U,
         ack: None,
-        sender_after: TcpState::FinWait1,
-        receiver_after: TcpState::CloseWait,
-        text: "the active closer sends its FIN",
     },
     StepSpec {
         step: Step::SecondWave,
@@ -122,9 +146,6 @@ pub const STEPS: [StepSpec; 4] = [
         sender: DocSide::Passive,
         seq: Expr::V,
         ack: Some(Expr::UPlus1),
-        sender_after: TcpState::CloseWait,
-        receiver_after: TcpState::FinWait2,
-        text: "the passive closer ACKs that FIN",
     },
     StepSpec {
         step: Step::ThirdWave,
@@ -132,9 +153,6 @@ pub const STEPS: [StepSpec; 4] = [
         sender: DocSide::Passive,
         seq: Expr::W,
         ack: Some(Expr::UPlus1),
-        sender_after: TcpState::LastAck,
-        receiver_after: TcpState::TimeWait,
-        text: "the passive closer sends its own FIN",
     },
     StepSpec {
         step: Step::FourthWave,
@@ -142,9 +160,6 @@ pub const STEPS: [StepSpec; 4] = [
         sender: DocSide::Active,
         seq: Expr::UPlus1,
         ack: Some(Expr::WPlus1),
-        sender_after: TcpState::TimeWait,
-        receiver_after: TcpState::Close,
-        text: "the active closer ACKs the passive closer's FIN",
     },
 ];
 
@@ -174,11 +189,13 @@ pub enum Meaning {
     FinAcked,
     /// FIN_WAIT1 -> CLOSING: the peer's FIN crossed ours (simultaneous close).
     SimultaneousFin,
-    /// FIN_WAIT2 -> FIN_WAIT2: a shut-down socket was closed and orphaned (fact 9).
+    /// FIN_WAIT2 -> FIN_WAIT2: a shut-down socket was closed and orphaned
+    /// (docs/close-sequence.md, fact 9).
     Orphaned,
     /// CLOSE_WAIT -> LAST_ACK: we send step 3.
     SendThirdWave,
-    /// FIN_WAIT1 / FIN_WAIT2 -> TIME_WAIT, on Linux -> CLOSE (fact 1): step 3 arrived, we send
+    /// FIN_WAIT1 / FIN_WAIT2 -> TIME_WAIT, on Linux -> CLOSE (docs/close-sequence.md,
+    /// fact 1): step 3 arrived, we send
     /// step 4 — or the socket became a FIN_WAIT2 timewait socket, or it was reset or gave up.
     TimeWaitEntry,
     /// CLOSING -> TIME_WAIT, on Linux -> CLOSE: our FIN is ACKed after a simultaneous close.
@@ -191,209 +208,117 @@ pub enum Meaning {
     Abort,
 }
 
+/// The part of a connection's life a transition belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Opening, listening, and handshakes that fail.
+    Open,
+    /// The close: the documented sequence and its legal variants.
+    Close,
+    /// An abortive close from a synchronized state.
+    Abort,
+}
+
 /// A legal transition and what it means.
 #[derive(Clone, Copy, Debug)]
 pub struct Rule {
     pub from: TcpState,
     pub to: TcpState,
     pub meaning: Meaning,
-    /// The documented step this transition records, when it records one.
+    pub phase: Phase,
+    /// The documented wave this transition records on the socket that makes it, if any.
     pub step: Option<Step>,
-    pub why: &'static str,
 }
 
 const fn rule(
     from: TcpState,
     to: TcpState,
     meaning: Meaning,
+    phase: Phase,
     step: Option<Step>,
-    why: &'static str,
 ) -> Rule {
     Rule {
         from,
         to,
         meaning,
+        phase,
         step,
-        why,
     }
 }
 
 use Meaning as M;
+use Phase::{Abort as Ab, Close as Cl, Open as Op};
 use Step as S;
 use TcpState::*;
 
 /// Every legal transition: RFC 9293's diagram (section 3.3.2) with Linux's additions (facts 1
-/// and 9 of teardown-sequence.md). Anything else is an illegal transition.
+/// and 9 of docs/close-sequence.md). Anything else is an illegal transition.
+#[rustfmt::skip]
 pub const TRANSITIONS: &[Rule] = &[
     // Opening.
-    rule(Close, SynSent, M::Connect, None, "connect()"),
-    rule(
-        Listen,
-        SynSent,
-        M::Connect,
-        None,
-        "RFC 9293: send from LISTEN",
-    ),
-    rule(Close, Listen, M::Listen, None, "listen()"),
-    rule(
-        Listen,
-        SynRecv,
-        M::SynReceived,
-        None,
-        "a SYN arrived: child socket",
-    ),
-    rule(
-        SynSent,
-        SynRecv,
-        M::SimultaneousOpen,
-        None,
-        "simultaneous open",
-    ),
-    rule(
-        SynSent,
-        Established,
-        M::Established,
-        None,
-        "SYN,ACK received",
-    ),
-    rule(
-        SynRecv,
-        Established,
-        M::Established,
-        None,
-        "handshake ACK received",
-    ),
-    rule(
-        SynSent,
-        Close,
-        M::HandshakeFailed,
-        None,
-        "handshake failed or connect() aborted",
-    ),
-    rule(SynRecv, Close, M::HandshakeFailed, None, "handshake failed"),
-    rule(
-        SynRecv,
-        Listen,
-        M::HandshakeFailed,
-        None,
-        "RFC 9293: RST in SYN-RECEIVED",
-    ),
-    rule(Listen, Close, M::ListenerClosed, None, "listener closed"),
-    // The documented close.
-    rule(
-        Established,
-        FinWait1,
-        M::SendFin,
-        Some(S::FirstWave),
-        "close()/shutdown(): our FIN",
-    ),
-    rule(
-        SynRecv,
-        FinWait1,
-        M::SendFin,
-        Some(S::FirstWave),
-        "RFC 9293: close in SYN-RECEIVED",
-    ),
-    rule(
-        Established,
-        CloseWait,
-        M::ReceiveFin,
-        Some(S::FirstWave),
-        "the peer's FIN arrived",
-    ),
-    rule(
-        SynRecv,
-        CloseWait,
-        M::ReceiveFin,
-        Some(S::FirstWave),
-        "Linux: FIN in SYN_RECV",
-    ),
-    rule(
-        FinWait1,
-        FinWait2,
-        M::FinAcked,
-        Some(S::SecondWave),
-        "our FIN is ACKed",
-    ),
-    rule(
-        FinWait1,
-        Closing,
-        M::SimultaneousFin,
-        Some(S::ThirdWave),
-        "the FINs crossed",
-    ),
-    rule(
-        FinWait1,
-        TimeWait,
-        M::TimeWaitEntry,
-        Some(S::ThirdWave),
-        "RFC 9293: FIN,ACK in FIN-WAIT-1",
-    ),
-    rule(
-        FinWait1,
-        Close,
-        M::TimeWaitEntry,
-        Some(S::ThirdWave),
-        "Linux: TIME_WAIT entry, or abort (fact 1)",
-    ),
-    rule(
-        FinWait2,
-        FinWait2,
-        M::Orphaned,
-        None,
-        "Linux: closed after shutdown (fact 9)",
-    ),
-    rule(
-        FinWait2,
-        TimeWait,
-        M::TimeWaitEntry,
-        Some(S::ThirdWave),
-        "RFC 9293: the peer's FIN",
-    ),
-    rule(
-        FinWait2,
-        Close,
-        M::TimeWaitEntry,
-        Some(S::ThirdWave),
-        "Linux: TIME_WAIT or timewait socket (facts 1-3)",
-    ),
-    rule(
-        Closing,
-        TimeWait,
-        M::ClosingAcked,
-        Some(S::SecondWave),
-        "RFC 9293: our FIN is ACKed",
-    ),
-    rule(
-        Closing,
-        Close,
-        M::ClosingAcked,
-        Some(S::SecondWave),
-        "Linux: TIME_WAIT entry (fact 1)",
-    ),
-    rule(
-        CloseWait,
-        LastAck,
-        M::SendThirdWave,
-        Some(S::ThirdWave),
-        "close(): our FIN",
-    ),
-    rule(
-        LastAck,
-        Close,
-        M::FinalAck,
-        Some(S::FourthWave),
-        "the final ACK arrived",
-    ),
-    rule(TimeWait, Close, M::TimeWaitEnd, None, "2MSL elapsed"),
+    rule(Close,       SynSent,     M::Connect,          Op, None), // connect()
+    rule(Listen,      SynSent,     M::Connect,          Op, None), // RFC 9293: send from LISTEN
+    rule(Close,       Listen,      M::Listen,           Op, None), // listen()
+    rule(Listen,      SynRecv,     M::SynReceived,      Op, None), // a SYN arrived: child socket
+    rule(SynSent,     SynRecv,     M::SimultaneousOpen, Op, None),
+    rule(SynSent,     Established, M::Established,      Op, None), // SYN,ACK received
+    rule(SynRecv,     Established, M::Established,      Op, None), // handshake ACK received
+    rule(SynSent,     Close,       M::HandshakeFailed,  Op, None), // or connect() aborted
+    rule(SynRecv,     Close,       M::HandshakeFailed,  Op, None),
+    rule(SynRecv,     Listen,      M::HandshakeFailed,  Op, None), // RFC 9293: RST in SYN-RECEIVED
+    rule(Listen,      Close,       M::ListenerClosed,   Op, None),
+    // The close. Wave 1: our FIN (close(), shutdown()), or the peer's.
+    rule(Established, FinWait1,    M::SendFin,          Cl, Some(S::FirstWave)),
+    rule(SynRecv,     FinWait1,    M::SendFin,          Cl, Some(S::FirstWave)), // RFC 9293
+    rule(Established, CloseWait,   M::ReceiveFin,       Cl, Some(S::FirstWave)),
+    rule(SynRecv,     CloseWait,   M::ReceiveFin,       Cl, Some(S::FirstWave)), // Linux
+    // Wave 2: our FIN is ACKed (after crossed FINs too; on Linux -> CLOSE is TIME_WAIT, fact 1).
+    rule(FinWait1,    FinWait2,    M::FinAcked,         Cl, Some(S::SecondWave)),
+    rule(Closing,     TimeWait,    M::ClosingAcked,     Cl, Some(S::SecondWave)),
+    rule(Closing,     Close,       M::ClosingAcked,     Cl, Some(S::SecondWave)),
+    // Wave 3: the passive closer's FIN, sent, crossing ours, or received (-> CLOSE on Linux:
+    // TIME_WAIT, a FIN_WAIT2 timewait socket, or an abort; facts 1-3).
+    rule(CloseWait,   LastAck,     M::SendThirdWave,    Cl, Some(S::ThirdWave)),
+    rule(FinWait1,    Closing,     M::SimultaneousFin,  Cl, Some(S::ThirdWave)),
+    rule(FinWait1,    TimeWait,    M::TimeWaitEntry,    Cl, Some(S::ThirdWave)), // FIN,ACK at once
+    rule(FinWait1,    Close,       M::TimeWaitEntry,    Cl, Some(S::ThirdWave)),
+    rule(FinWait2,    TimeWait,    M::TimeWaitEntry,    Cl, Some(S::ThirdWave)),
+    rule(FinWait2,    Close,       M::TimeWaitEntry,    Cl, Some(S::ThirdWave)),
+    rule(FinWait2,    FinWait2,    M::Orphaned,         Cl, None), // closed after shutdown (fact 9)
+    // Wave 4: the final ACK arrives; the active closer waits 2MSL.
+    rule(LastAck,     Close,       M::FinalAck,         Cl, Some(S::FourthWave)),
+    rule(TimeWait,    Close,       M::TimeWaitEnd,      Cl, None),
     // Abortive closes (RFC 9293: a RST or an abort from any synchronized state).
-    rule(Established, Close, M::Abort, None, "abort: RST or error"),
-    rule(CloseWait, Close, M::Abort, None, "abort: RST or error"),
+    rule(Established, Close,       M::Abort,            Ab, None),
+    rule(CloseWait,   Close,       M::Abort,            Ab, None),
 ];
 
 /// The rule of a transition, `None` when it is illegal.
 pub fn rule_of(from: TcpState, to: TcpState) -> Option<&'static Rule> {
     TRANSITIONS.iter().find(|r| r.from == from && r.to == to)
+}
+
+/// The first documented wave a socket in `state` still waits for on its own side: the earliest
+/// wave a transition out of `state` records. Only a connection that reached ESTABLISHED waits
+/// for one: a handshake state waits for none, though its close would record wave 1.
+pub fn step_pending(state: TcpState) -> Option<Step> {
+    if !(state == Established || state.is_closing()) {
+        return None;
+    }
+    TRANSITIONS
+        .iter()
+        .filter(|r| r.from == state)
+        .filter_map(|r| r.step)
+        .min()
+}
+
+/// Whether a transition into TIME_WAIT is legal from `state`: the socket sent its FIN first or
+/// simultaneously, so its `-> CLOSE` says what became of its TIME_WAIT.
+pub fn heads_for_time_wait(state: TcpState) -> bool {
+    TRANSITIONS
+        .iter()
+        .any(|r| r.from == state && r.to == TimeWait)
 }
 
 /// Time spent in one state.
@@ -415,8 +340,8 @@ pub struct Trace<'a> {
     entered_at: Option<u64>,
     /// Time spent in closing states, in order of first entry.
     pub times: Vec<StateTime>,
-    /// Legal transitions seen, with their meaning.
-    pub marks: Vec<(Meaning, &'a Event)>,
+    /// Legal transitions seen, with their rule.
+    pub marks: Vec<(&'static Rule, &'a Event)>,
     /// Transitions not in [`TRANSITIONS`].
     pub illegal: Vec<&'a Event>,
     /// Transitions whose `old` is not the state the socket was in: (state it was in, event).
@@ -458,7 +383,7 @@ impl<'a> Trace<'a> {
                     self.spend(old, ev.ts_ns.saturating_sub(t0));
                 }
                 match rule_of(old, new) {
-                    Some(r) => self.marks.push((r.meaning, ev)),
+                    Some(r) => self.marks.push((r, ev)),
                     None => self.illegal.push(ev),
                 }
                 if new == Established || old == Established {
@@ -487,9 +412,17 @@ impl<'a> Trace<'a> {
         }
     }
 
+    /// Whether a transition of the close (not the opening, not an abort) was seen.
+    pub fn close_began(&self) -> bool {
+        self.marks.iter().any(|(r, _)| r.phase == Phase::Close)
+    }
+
     /// The first transition with this meaning.
     pub fn mark(&self, m: Meaning) -> Option<&'a Event> {
-        self.marks.iter().find(|(mm, _)| *mm == m).map(|(_, e)| *e)
+        self.marks
+            .iter()
+            .find(|(r, _)| r.meaning == m)
+            .map(|(_, e)| *e)
     }
 
     /// The last transition with this meaning.
@@ -497,7 +430,7 @@ impl<'a> Trace<'a> {
         self.marks
             .iter()
             .rev()
-            .find(|(mm, _)| *mm == m)
+            .find(|(r, _)| r.meaning == m)
             .map(|(_, e)| *e)
     }
 
@@ -556,5 +489,58 @@ mod tests {
         }
         assert!(rule_of(Established, LastAck).is_none());
         assert!(rule_of(CloseWait, FinWait1).is_none());
+    }
+
+    #[test]
+    fn the_pending_wave_is_the_next_one_on_each_lifeline() {
+        use Step::*;
+        for (state, step) in [
+            (Established, Some(FirstWave)),
+            (FinWait1, Some(SecondWave)),
+            (Closing, Some(SecondWave)),
+            (FinWait2, Some(ThirdWave)),
+            (CloseWait, Some(ThirdWave)),
+            (LastAck, Some(FourthWave)),
+            (TimeWait, None),
+            (Close, None),
+            (SynSent, None),
+            (SynRecv, None),
+            (Listen, None),
+        ] {
+            assert_eq!(step_pending(state), step, "{state}");
+        }
+    }
+
+    #[test]
+    fn only_the_ends_that_sent_a_fin_first_head_for_time_wait() {
+        let heading: Vec<TcpState> = [
+            Established,
+            SynSent,
+            SynRecv,
+            FinWait1,
+            FinWait2,
+            TimeWait,
+            Close,
+            CloseWait,
+            LastAck,
+            Listen,
+            Closing,
+        ]
+        .into_iter()
+        .filter(|&s| heads_for_time_wait(s))
+        .collect();
+        assert_eq!(heading, [FinWait1, FinWait2, Closing]);
+    }
+
+    #[test]
+    fn every_wave_is_recorded_by_a_transition_of_the_close() {
+        let mut recorded: Vec<Step> = TRANSITIONS.iter().filter_map(|r| r.step).collect();
+        recorded.sort();
+        recorded.dedup();
+        assert_eq!(recorded, STEPS.map(|s| s.step));
+        assert!(TRANSITIONS
+            .iter()
+            .filter(|r| r.step.is_some())
+            .all(|r| r.phase == Phase::Close));
     }
 }

@@ -1,5 +1,5 @@
 //! Sequence arithmetic: U, V and W derived from the sockets' own fields, and every relation of
-//! the documented table checked on the end being judged (teardown-sequence.md, section 3).
+//! the documented table checked on the end being judged (docs/close-sequence.md, §5).
 //!
 //! - U: the active closer's FIN seq = its `write_seq` at ESTABLISHED -> FIN_WAIT1
 //!   (else the passive closer's `rcv_nxt` - 1 at ESTABLISHED -> CLOSE_WAIT);
@@ -14,7 +14,10 @@ use std::fmt;
 
 use serde::Serialize;
 
-use super::model::{DocSide, Expr, Meaning, Step, Trace, STEPS};
+use super::{
+    model::{DocSide, Expr, Meaning, Step, Trace, STEPS},
+    verdict::Code,
+};
 use crate::decode::{Event, EventKind, SeqSnapshot};
 
 /// A sequence field of `struct tcp_sock`.
@@ -106,7 +109,7 @@ pub struct Relation {
     pub field: Field,
     pub expect: Expr,
     /// Finding code when it does not hold.
-    pub code: &'static str,
+    pub code: Code,
 }
 
 const fn rel(
@@ -115,7 +118,7 @@ const fn rel(
     at: At,
     field: Field,
     expect: Expr,
-    code: &'static str,
+    code: Code,
 ) -> Relation {
     Relation {
         step,
@@ -130,7 +133,7 @@ const fn rel(
 use DocSide::{Active as A, Passive as P};
 use Step::{FirstWave as S1, FourthWave as S4, SecondWave as S2, ThirdWave as S3};
 
-/// The measured block of teardown-sequence.md, section 3, as relations.
+/// The measured relations of docs/close-sequence.md, §5, as data.
 pub const RELATIONS: &[Relation] = &[
     rel(
         S1,
@@ -138,7 +141,7 @@ pub const RELATIONS: &[Relation] = &[
         At::SendFin,
         Field::WriteSeq,
         Expr::U,
-        "step1_fin_seq_mismatch",
+        Code::Step1FinSeqMismatch,
     ),
     rel(
         S1,
@@ -146,7 +149,7 @@ pub const RELATIONS: &[Relation] = &[
         At::ReceiveFin,
         Field::RcvNxt,
         Expr::UPlus1,
-        "step1_fin_seq_mismatch",
+        Code::Step1FinSeqMismatch,
     ),
     rel(
         S2,
@@ -154,7 +157,7 @@ pub const RELATIONS: &[Relation] = &[
         At::ReceiveFin,
         Field::SndNxt,
         Expr::V,
-        "step2_seq_mismatch",
+        Code::Step2SeqMismatch,
     ),
     rel(
         S2,
@@ -162,7 +165,7 @@ pub const RELATIONS: &[Relation] = &[
         At::FinAcked,
         Field::SndUna,
         Expr::UPlus1,
-        "step2_ack_mismatch",
+        Code::Step2AckMismatch,
     ),
     rel(
         S2,
@@ -170,7 +173,7 @@ pub const RELATIONS: &[Relation] = &[
         At::ClosingAcked,
         Field::SndUna,
         Expr::UPlus1,
-        "step2_ack_mismatch",
+        Code::Step2AckMismatch,
     ),
     rel(
         S3,
@@ -178,7 +181,7 @@ pub const RELATIONS: &[Relation] = &[
         At::SendThirdWave,
         Field::WriteSeq,
         Expr::W,
-        "step3_fin_seq_mismatch",
+        Code::Step3FinSeqMismatch,
     ),
     rel(
         S3,
@@ -186,7 +189,7 @@ pub const RELATIONS: &[Relation] = &[
         At::SendThirdWave,
         Field::RcvNxt,
         Expr::UPlus1,
-        "step3_ack_mismatch",
+        Code::Step3AckMismatch,
     ),
     rel(
         S3,
@@ -194,7 +197,7 @@ pub const RELATIONS: &[Relation] = &[
         At::SimultaneousFin,
         Field::RcvNxt,
         Expr::WPlus1,
-        "step3_fin_seq_mismatch",
+        Code::Step3FinSeqMismatch,
     ),
     rel(
         S3,
@@ -202,7 +205,7 @@ pub const RELATIONS: &[Relation] = &[
         At::TimeWaitEntry,
         Field::RcvNxt,
         Expr::WPlus1,
-        "step3_fin_seq_mismatch",
+        Code::Step3FinSeqMismatch,
     ),
     rel(
         S4,
@@ -210,7 +213,7 @@ pub const RELATIONS: &[Relation] = &[
         At::TimeWaitEntry,
         Field::SndNxt,
         Expr::UPlus1,
-        "step4_seq_mismatch",
+        Code::Step4SeqMismatch,
     ),
     rel(
         S4,
@@ -218,7 +221,7 @@ pub const RELATIONS: &[Relation] = &[
         At::FinalAck,
         Field::SndUna,
         Expr::WPlus1,
-        "step4_ack_mismatch",
+        Code::Step4AckMismatch,
     ),
     rel(
         S4,
@@ -226,7 +229,7 @@ pub const RELATIONS: &[Relation] = &[
         At::FinalAck,
         Field::RcvNxt,
         Expr::UPlus1,
-        "step4_seq_mismatch",
+        Code::Step4SeqMismatch,
     ),
 ];
 
@@ -287,7 +290,7 @@ pub struct SeqCheck {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<CheckNote>,
     #[serde(skip)]
-    pub code: &'static str,
+    pub code: Code,
 }
 
 // A connection has about ten checks, and nearly all of them hold and are never shown: their

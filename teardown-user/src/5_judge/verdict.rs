@@ -1,33 +1,12 @@
-//! The verdict of one connection, and the classification that produces it from the folded
-//! [`Trace`]s of the connection and, when it was traced too, of its peer.
+//! The verdict of one connection: the output types the judging produces and the sinks read.
 
 use serde::Serialize;
 
 use super::{
-    model::{DocSide, Meaning, StateTime, Step, Trace},
-    seq::{self, Ends, Outcome, SeqCheck, Waves},
+    model::{DocSide, StateTime, Step},
+    seq::{self, Outcome, SeqCheck, Waves},
 };
-use crate::{
-    decode::{Event, TcpState},
-    track::{Connection, RecordEnd},
-};
-
-use libc::{ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT};
-
-/// Below this gap between the ACK of our FIN and the peer's FIN, both were in one segment (the
-/// kernel processes the ACK part, then the FIN, in one pass: fact 8). A heuristic, used only
-/// when neither the peer's trace nor the orphan flag decides.
-pub const MERGED_GAP_NS: u64 = 20_000;
-
-/// `ECONNRESET 104`: the name with the number, as the kernel's users know both.
-fn errno_text(err: i32) -> String {
-    let name = crate::decode::errno_name(err);
-    if name.starts_with("errno") {
-        name.into_owned()
-    } else {
-        format!("{name} {err}")
-    }
-}
+use crate::decode::TcpState;
 
 /// Which side of the close a socket was on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -71,7 +50,7 @@ impl Role {
         }
     }
 
-    fn doc_side(self) -> Option<DocSide> {
+    pub(super) fn doc_side(self) -> Option<DocSide> {
         match self {
             Role::ActiveCloser | Role::Simultaneous => Some(DocSide::Active),
             Role::PassiveCloser => Some(DocSide::Passive),
@@ -93,7 +72,7 @@ pub enum Variant {
     /// The passive closer sent data from CLOSE_WAIT before its FIN (W != V).
     HalfCloseWithData,
     /// The application closed; the ACK of its FIN came alone and the socket became a FIN_WAIT2
-    /// timewait socket (fact 2). The normal path of a plain close(): the rest (the peer's FIN,
+    /// timewait socket (docs/close-sequence.md, fact 2). The normal path of a plain close(): the rest (the peer's FIN,
     /// TIME_WAIT) happens without events.
     OrphanedFinWait2,
     /// FIN_WAIT2 ended without the peer's FIN (tcp_fin_timeout).
@@ -210,13 +189,150 @@ pub enum Conformance {
     Incomplete,
 }
 
+/// What a finding or a note is about: a stable identifier, for counting and filtering (its
+/// snake_case name in JSON, metrics and text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// A transition not in the model's table.
+    IllegalTransition,
+    /// A transition whose `old` is not the state the socket was in.
+    DiscontinuousTransition,
+    /// Wave 2 never came: our FIN was never ACKed.
+    NoFinAck,
+    /// Wave 4 never came: the final ACK never arrived.
+    NoFinalAck,
+    /// Wave 3 never came: the peer sent no FIN.
+    NoPeerFin,
+    /// The connection timed out before or outside the close.
+    TimedOut,
+    /// Ended by a socket error other than a RST or a timeout.
+    AbortedByError,
+    /// Ended by the peer's RST.
+    ResetReceived,
+    /// Ended by our RST.
+    ResetSent,
+    /// Ended by a RST whose sender is unknown.
+    Reset,
+    /// An active closer's `-> CLOSE` that no flag, RST or error explains.
+    UnexplainedClose,
+    /// A relation of wave 1 (the FIN's seq U) does not hold.
+    Step1FinSeqMismatch,
+    /// Wave 2's seq is not V.
+    Step2SeqMismatch,
+    /// Wave 2's ack is not U+1.
+    Step2AckMismatch,
+    /// A relation of wave 3's seq W does not hold.
+    Step3FinSeqMismatch,
+    /// Wave 3's ack is not U+1.
+    Step3AckMismatch,
+    /// W lies before V.
+    Step3WBeforeV,
+    /// A relation of wave 4's seq U+1 does not hold.
+    Step4SeqMismatch,
+    /// Wave 4's ack is not W+1.
+    Step4AckMismatch,
+    /// Note: still in CLOSE_WAIT, the application has not closed.
+    CloseWaitOpen,
+    /// Note: TIME_WAIT happens in a timewait socket, without events.
+    TimeWaitNotVisible,
+    /// Note: the peer is still in CLOSE_WAIT.
+    PeerInCloseWait,
+    /// Note: our timewait socket sent a RST.
+    TimewaitReset,
+    /// Note: from one end it is not visible whether waves 2 and 3 were one segment.
+    MergeNotVisible,
+    /// Note: the events carry no sequence fields.
+    NoSequenceData,
+    /// Note: a FIN was retransmitted.
+    FinRetransmitted,
+    /// Note: the handshake was retransmitted.
+    SynRetransmitted,
+    /// Note: data was retransmitted.
+    DataRetransmitted,
+}
+
+impl Code {
+    /// The snake_case name (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::IllegalTransition => "illegal_transition",
+            Code::DiscontinuousTransition => "discontinuous_transition",
+            Code::NoFinAck => "no_fin_ack",
+            Code::NoFinalAck => "no_final_ack",
+            Code::NoPeerFin => "no_peer_fin",
+            Code::TimedOut => "timed_out",
+            Code::AbortedByError => "aborted_by_error",
+            Code::ResetReceived => "reset_received",
+            Code::ResetSent => "reset_sent",
+            Code::Reset => "reset",
+            Code::UnexplainedClose => "unexplained_close",
+            Code::Step1FinSeqMismatch => "step1_fin_seq_mismatch",
+            Code::Step2SeqMismatch => "step2_seq_mismatch",
+            Code::Step2AckMismatch => "step2_ack_mismatch",
+            Code::Step3FinSeqMismatch => "step3_fin_seq_mismatch",
+            Code::Step3AckMismatch => "step3_ack_mismatch",
+            Code::Step3WBeforeV => "step3_w_before_v",
+            Code::Step4SeqMismatch => "step4_seq_mismatch",
+            Code::Step4AckMismatch => "step4_ack_mismatch",
+            Code::CloseWaitOpen => "close_wait_open",
+            Code::TimeWaitNotVisible => "time_wait_not_visible",
+            Code::PeerInCloseWait => "peer_in_close_wait",
+            Code::TimewaitReset => "timewait_reset",
+            Code::MergeNotVisible => "merge_not_visible",
+            Code::NoSequenceData => "no_sequence_data",
+            Code::FinRetransmitted => "fin_retransmitted",
+            Code::SynRetransmitted => "syn_retransmitted",
+            Code::DataRetransmitted => "data_retransmitted",
+        }
+    }
+
+    /// Every code, for tests.
+    pub const ALL: [Code; 28] = [
+        Code::IllegalTransition,
+        Code::DiscontinuousTransition,
+        Code::NoFinAck,
+        Code::NoFinalAck,
+        Code::NoPeerFin,
+        Code::TimedOut,
+        Code::AbortedByError,
+        Code::ResetReceived,
+        Code::ResetSent,
+        Code::Reset,
+        Code::UnexplainedClose,
+        Code::Step1FinSeqMismatch,
+        Code::Step2SeqMismatch,
+        Code::Step2AckMismatch,
+        Code::Step3FinSeqMismatch,
+        Code::Step3AckMismatch,
+        Code::Step3WBeforeV,
+        Code::Step4SeqMismatch,
+        Code::Step4AckMismatch,
+        Code::CloseWaitOpen,
+        Code::TimeWaitNotVisible,
+        Code::PeerInCloseWait,
+        Code::TimewaitReset,
+        Code::MergeNotVisible,
+        Code::NoSequenceData,
+        Code::FinRetransmitted,
+        Code::SynRetransmitted,
+        Code::DataRetransmitted,
+    ];
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A way in which the teardown departed from the documented sequence (in `findings`), or an
 /// observation that is not a deviation (in `notes`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// The documented step (1-4) it concerns.
     pub step: Option<u8>,
-    /// Stable short identifier, for counting and filtering.
+    /// [`Code::as_str`]: the sinks count findings by this name.
     pub code: &'static str,
     pub message: String,
 }
@@ -241,7 +357,7 @@ pub struct ResetInfo {
     pub cause: String,
 }
 
-/// What became of a closing socket at its `-> CLOSE` (issue 4, point 3).
+/// What became of a closing socket at its `-> CLOSE` (docs/close-sequence.md, fact 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeWaitPath {
@@ -316,879 +432,26 @@ pub struct Verdict {
 
 /// Collects findings, notes and unknowns while judging.
 #[derive(Default)]
-struct Judgement {
-    findings: Vec<Finding>,
-    notes: Vec<Finding>,
-    unknown: Vec<String>,
+pub(super) struct Judgement {
+    pub(super) findings: Vec<Finding>,
+    pub(super) notes: Vec<Finding>,
+    pub(super) unknown: Vec<String>,
 }
 
 impl Judgement {
-    fn finding(&mut self, step: Option<Step>, code: &'static str, message: String) {
+    pub(super) fn finding(&mut self, step: Option<Step>, code: Code, message: String) {
         self.findings.push(Finding {
             step: step.map(Step::number),
-            code,
+            code: code.as_str(),
             message,
         });
     }
-    fn note(&mut self, step: Option<Step>, code: &'static str, message: String) {
+    pub(super) fn note(&mut self, step: Option<Step>, code: Code, message: String) {
         self.notes.push(Finding {
             step: step.map(Step::number),
-            code,
+            code: code.as_str(),
             message,
         });
-    }
-}
-
-/// The outcome of the end classification.
-struct End {
-    variant: Variant,
-    why: String,
-    reset: Option<ResetInfo>,
-    time_wait: Option<TimeWaitPath>,
-}
-
-impl End {
-    fn new(variant: Variant, why: impl Into<String>) -> End {
-        End {
-            variant,
-            why: why.into(),
-            reset: None,
-            time_wait: None,
-        }
-    }
-}
-
-/// "step N never came: ", or nothing when no step applies.
-fn never_came(step: Option<Step>) -> String {
-    step.map_or(String::new(), |s| {
-        format!("step {} never came: ", s.number())
-    })
-}
-
-/// The first documented step a socket still waited for in `state` (on its own side).
-fn step_pending(state: TcpState) -> Option<Step> {
-    match state {
-        TcpState::Established => Some(Step::FirstWave),
-        TcpState::FinWait1 | TcpState::Closing => Some(Step::SecondWave),
-        TcpState::FinWait2 | TcpState::CloseWait => Some(Step::ThirdWave),
-        TcpState::LastAck => Some(Step::FourthWave),
-        _ => None,
-    }
-}
-
-fn close_err(t: &Trace<'_>) -> i32 {
-    t.close.and_then(|e| e.sock).map_or(0, |s| s.err)
-}
-
-/// Who reset, from the reset events first, then from `sk_err`.
-fn reset_by(t: &Trace<'_>) -> Option<ResetBy> {
-    if !t.resets_received.is_empty() {
-        Some(ResetBy::Peer)
-    } else if !t.resets_sent.is_empty() {
-        Some(ResetBy::Us)
-    } else if matches!(close_err(t), ECONNRESET | EPIPE | ECONNREFUSED) {
-        Some(ResetBy::Peer)
-    } else {
-        None
-    }
-}
-
-fn states_seen<'t>(t: &'t Trace<'_>) -> impl Iterator<Item = TcpState> + 't {
-    t.first_state
-        .into_iter()
-        .chain(t.marks.iter().map(|(_, e)| e.kind.state_after()))
-        .chain(t.illegal.iter().map(|e| e.kind.state_after()))
-}
-
-fn role_of(conn: &Connection, t: &Trace<'_>) -> Role {
-    use TcpState::*;
-    if conn.is_listener() {
-        return Role::Listener;
-    }
-    if t.has(Meaning::SimultaneousFin) || t.has(Meaning::ClosingAcked) {
-        return Role::Simultaneous;
-    }
-    if t.has(Meaning::SendFin) {
-        return Role::ActiveCloser;
-    }
-    if t.has(Meaning::ReceiveFin) || t.has(Meaning::SendThirdWave) {
-        return Role::PassiveCloser;
-    }
-    let seen: Vec<TcpState> = states_seen(t).collect();
-    if seen.contains(&Closing) {
-        return Role::Simultaneous;
-    }
-    if seen.iter().any(|s| matches!(s, FinWait1 | FinWait2)) {
-        return Role::ActiveCloser;
-    }
-    if seen.iter().any(|s| matches!(s, CloseWait | LastAck)) {
-        return Role::PassiveCloser;
-    }
-    if t.has(Meaning::Abort) {
-        return match reset_by(t) {
-            Some(ResetBy::Peer) => Role::PassiveCloser,
-            Some(ResetBy::Us) => Role::ActiveCloser,
-            _ if close_err(t) == 0 && t.close.and_then(|e| e.sock).is_some() => Role::ActiveCloser,
-            _ => Role::Unknown,
-        };
-    }
-    if !t.established
-        && seen
-            .iter()
-            .all(|s| matches!(s, Close | SynSent | SynRecv | Listen | NewSynRecv))
-        && !seen.is_empty()
-    {
-        return Role::NeverEstablished;
-    }
-    Role::Unknown
-}
-
-/// The evidence that the passive closer's ACK rode on its FIN (three segments).
-fn merged_evidence(
-    active: Option<&Trace<'_>>,
-    passive: Option<&Trace<'_>>,
-) -> Option<&'static str> {
-    if let (Some(a), Some(p)) = (active, passive) {
-        if let (Some(fa), Some(la)) = (a.mark(Meaning::FinAcked), p.mark(Meaning::SendThirdWave)) {
-            return (la.ts_ns <= fa.ts_ns).then_some(
-                "the passive end sent its FIN before the active end got the ACK of its FIN (both ends traced)",
-            );
-        }
-    }
-    let a = active?;
-    let close = a.close?;
-    let done = close.sock.is_some_and(|s| s.done());
-    match a.close_from()? {
-        TcpState::FinWait1 if done => {
-            return Some(
-                "FIN_WAIT1 -> CLOSE with the peer's FIN received: ACK and FIN came together",
-            )
-        }
-        TcpState::FinWait2 if done => {}
-        _ => return None,
-    }
-    let fa = a.mark(Meaning::FinAcked)?;
-    if fa.sock.is_some_and(|s| s.dead()) && !a.has(Meaning::Orphaned) {
-        return Some(
-            "orphaned, yet it did not become a FIN_WAIT2 timewait socket: the FIN came with the ACK (fact 8)",
-        );
-    }
-    (close.ts_ns.saturating_sub(fa.ts_ns) <= MERGED_GAP_NS)
-        .then_some("the peer's FIN was processed with the ACK of ours (within 20 µs): one segment")
-}
-
-/// The variant of a close that followed the documented sequence to its end.
-fn clean_variant(
-    role: Role,
-    us: &Trace<'_>,
-    peer: Option<&Trace<'_>>,
-    ends: Option<&Ends<'_, '_>>,
-) -> End {
-    if role == Role::Simultaneous || us.has(Meaning::SimultaneousFin) {
-        return End::new(
-            Variant::SimultaneousClose,
-            "FIN_WAIT1 -> CLOSING: the FINs crossed",
-        );
-    }
-    if let Some(n) = ends.and_then(seq::data_in_close_wait).filter(|&n| n > 0) {
-        return End::new(
-            Variant::HalfCloseWithData,
-            format!(
-                "W - V = {n}: the passive closer sent {n} bytes from CLOSE_WAIT before its FIN"
-            ),
-        );
-    }
-    let (active, passive) = match role {
-        Role::PassiveCloser => (peer, Some(us)),
-        _ => (Some(us), peer),
-    };
-    match merged_evidence(active, passive) {
-        Some(why) => End::new(Variant::ThreeSegmentClose, why),
-        None => End::new(Variant::FourWayClose, "the documented sequence"),
-    }
-}
-
-struct Ctx<'c, 't, 'a> {
-    conn: &'c Connection,
-    us: &'t Trace<'a>,
-    peer: Option<(&'c Connection, &'t Trace<'a>)>,
-    role: Role,
-    ends: Option<Ends<'t, 'a>>,
-}
-
-impl Ctx<'_, '_, '_> {
-    fn peer_trace(&self) -> Option<&Trace<'_>> {
-        self.peer.map(|(_, t)| t)
-    }
-
-    /// The application itself made this transition (same task as the socket's owner).
-    fn by_owner(&self, ev: &Event) -> Option<String> {
-        let p = self.conn.process?;
-        (p.pid == ev.pid).then(|| format!(" by {} ({})", p.comm, p.pid))
-    }
-}
-
-fn classify(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
-    use TcpState::*;
-    let us = cx.us;
-    if cx.conn.is_listener() {
-        return End::new(Variant::Listener, "a listening socket");
-    }
-    let Some(close) = us.close else {
-        let state = us.state.map_or("no state", |s| s.name());
-        if us.state == Some(CloseWait) {
-            j.note(
-                Some(Step::ThirdWave),
-                "close_wait_open",
-                "in CLOSE_WAIT: the peer closed but the application has not called close() yet \
-                 (a descriptor leak if it never does)"
-                    .to_owned(),
-            );
-        }
-        return match cx.conn.end {
-            RecordEnd::StillOpen => End::new(Variant::StillOpen, format!("still open in {state}")),
-            _ => End::new(Variant::Unfinished, format!("record ended in {state}")),
-        };
-    };
-    let from = us.close_from().unwrap_or(Close);
-    let sock = close.sock;
-    let err = sock.map_or(0, |s| s.err);
-    let by = reset_by(us);
-    let pending = step_pending(from);
-
-    // Handshakes.
-    if matches!(from, SynSent | SynRecv) {
-        let mut e = if by == Some(ResetBy::Peer) || err == ECONNREFUSED {
-            let mut e = End::new(
-                if from == SynSent {
-                    Variant::HandshakeRefused
-                } else {
-                    Variant::HandshakeAborted
-                },
-                format!("RST from the peer in {from}"),
-            );
-            e.reset = Some(ResetInfo {
-                by: ResetBy::Peer,
-                state: from,
-                err: (err != 0).then_some(err),
-                cause: if from == SynSent {
-                    "connection refused".to_owned()
-                } else {
-                    "the peer reset the handshake".to_owned()
-                },
-            });
-            e
-        } else if err == ETIMEDOUT {
-            End::new(
-                Variant::HandshakeTimedOut,
-                format!("{from} timed out (ETIMEDOUT)"),
-            )
-        } else if err != 0 {
-            End::new(
-                Variant::HandshakeAborted,
-                format!("{from} ended with {}", errno_text(err)),
-            )
-        } else if sock.is_none() {
-            End::new(
-                Variant::HandshakeAborted,
-                format!("{from} -> CLOSE (socket error not read)"),
-            )
-        } else {
-            End::new(
-                Variant::HandshakeAborted,
-                format!("{from} -> CLOSE: closed before established"),
-            )
-        };
-        if us
-            .retransmits
-            .iter()
-            .any(|r| matches!(r.kind.state_after(), SynSent | SynRecv))
-        {
-            e.why.push_str(" after SYN retransmissions");
-        }
-        return e;
-    }
-
-    // Timeouts and errors other than RST.
-    if err == ETIMEDOUT {
-        let n = us
-            .retransmits
-            .iter()
-            .filter(|r| r.kind.state_after() == from)
-            .count();
-        let tries = match n {
-            0 => String::new(),
-            1 => " after 1 retransmission".to_owned(),
-            n => format!(" after {n} retransmissions"),
-        };
-        let (variant, code, msg) = match from {
-            FinWait1 => (
-                Variant::FinWait1GivenUp,
-                "no_fin_ack",
-                format!("step 2 never came: our FIN was never ACKed; FIN_WAIT1 gave up{tries} (ETIMEDOUT)"),
-            ),
-            Closing => (
-                Variant::ClosingGivenUp,
-                "no_fin_ack",
-                format!("step 2 never came: our FIN was never ACKed; CLOSING gave up{tries} (ETIMEDOUT)"),
-            ),
-            LastAck => (
-                Variant::LastAckGivenUp,
-                "no_final_ack",
-                format!("step 4 never came: the final ACK never arrived; LAST_ACK gave up{tries} (ETIMEDOUT)"),
-            ),
-            FinWait2 => (
-                Variant::FinWait2Timeout,
-                "no_peer_fin",
-                "step 3 never came: the peer sent no FIN; FIN_WAIT2 timed out (ETIMEDOUT)".to_owned(),
-            ),
-            _ => (
-                Variant::TimedOut,
-                "timed_out",
-                format!(
-                    "{}the connection timed out in {from}{tries} (ETIMEDOUT)",
-                    never_came(pending)
-                ),
-            ),
-        };
-        j.finding(pending, code, msg);
-        let mut e = End::new(variant, format!("{from} -> CLOSE with ETIMEDOUT"));
-        if matches!(from, FinWait1 | FinWait2 | Closing) {
-            e.time_wait = Some(TimeWaitPath::TimedOut);
-        }
-        return e;
-    }
-    if err != 0 && by.is_none() {
-        j.finding(
-            pending,
-            "aborted_by_error",
-            format!(
-                "{}the connection ended in {from} with {}",
-                never_came(pending),
-                errno_text(err)
-            ),
-        );
-        let mut e = End::new(
-            Variant::AbortByError,
-            format!("{from} -> CLOSE with {}", errno_text(err)),
-        );
-        if matches!(from, FinWait1 | FinWait2 | Closing) {
-            e.time_wait = Some(TimeWaitPath::Undetermined);
-        }
-        return e;
-    }
-
-    // Resets.
-    if let Some(by) = by {
-        return reset_end(cx, j, from, by, err, close);
-    }
-    if matches!(from, Established | CloseWait) {
-        // No RST event and no error: an abortive close by the application (its RST event may
-        // not have been traced), unless the error was not read.
-        let by = if sock.is_some() {
-            ResetBy::Us
-        } else {
-            ResetBy::Unknown
-        };
-        return reset_end(cx, j, from, by, err, close);
-    }
-
-    // The documented ends.
-    match from {
-        Closing | TimeWait => {
-            let mut e = clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref());
-            e.time_wait = Some(TimeWaitPath::Entered);
-            e
-        }
-        LastAck => clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref()),
-        FinWait1 | FinWait2 => active_end(cx, j, from, close),
-        _ => End::new(Variant::Unclassified, format!("{from} -> CLOSE")),
-    }
-}
-
-/// A normal `-> CLOSE` from FIN_WAIT1 or FIN_WAIT2: TIME_WAIT, a timewait socket, or unknown.
-fn active_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement, from: TcpState, close: &Event) -> End {
-    let us = cx.us;
-    let Some(sock) = close.sock else {
-        j.unknown.push(format!(
-            "socket flags not read at {from} -> CLOSE: TIME_WAIT, timewait socket or other end unknown (fact 10)"
-        ));
-        let mut e = match cx.peer {
-            Some((_, p)) if clean_final_ack(p) => {
-                clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref())
-            }
-            _ => End::new(
-                Variant::Unclassified,
-                format!("{from} -> CLOSE, flags not read"),
-            ),
-        };
-        e.time_wait = Some(TimeWaitPath::Undetermined);
-        return e;
-    };
-    if sock.done() {
-        let mut e = clean_variant(cx.role, us, cx.peer_trace(), cx.ends.as_ref());
-        e.time_wait = Some(TimeWaitPath::Entered);
-        return e;
-    }
-    if from == TcpState::FinWait2 && sock.dead() {
-        return orphan_end(cx, j);
-    }
-    let step = step_pending(from);
-    j.finding(
-        step,
-        "unexplained_close",
-        format!(
-            "{}{from} -> CLOSE without the peer's FIN, orphaning, RST or error",
-            never_came(step)
-        ),
-    );
-    let mut e = End::new(
-        Variant::Unclassified,
-        format!("{from} -> CLOSE, unexplained"),
-    );
-    e.time_wait = Some(TimeWaitPath::Undetermined);
-    e
-}
-
-/// The peer's socket ended LAST_ACK -> CLOSE cleanly: it got the final ACK.
-fn clean_final_ack(p: &Trace<'_>) -> bool {
-    p.close_from() == Some(TcpState::LastAck) && reset_by(p).is_none() && close_err(p) == 0
-}
-
-/// FIN_WAIT2 -> CLOSE orphaned without the peer's FIN: a FIN_WAIT2 timewait socket (fact 2).
-fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
-    use TcpState::*;
-    let us = cx.us;
-    // The peer's end, when traced, tells what became of the timewait socket.
-    if let Some((pc, p)) = cx.peer {
-        if clean_final_ack(p) {
-            let mut e = clean_variant(cx.role, us, Some(p), cx.ends.as_ref());
-            e.why = format!("{}; the peer's FIN reached our timewait socket", e.why);
-            e.time_wait = Some(TimeWaitPath::FinWait2TimewaitThenTimeWait);
-            return e;
-        }
-        if let (Some(pfrom), Some(pby)) = (p.close_from(), reset_by(p)) {
-            if matches!(pfrom, CloseWait | LastAck) && pby == ResetBy::Peer {
-                let perr = close_err(p);
-                j.finding(
-                    Some(Step::ThirdWave),
-                    "no_peer_fin",
-                    format!(
-                        "step 3 never came: the peer sent no FIN; it wrote after our close and our \
-                         timewait socket reset it in {pfrom}{} (fact 4)",
-                        if perr != 0 { format!(" ({})", errno_text(perr)) } else { String::new() }
-                    ),
-                );
-                let mut e = End::new(
-                    Variant::AbortByRst,
-                    "FIN_WAIT2 timewait socket answered the peer's data with RST",
-                );
-                e.reset = Some(ResetInfo {
-                    by: ResetBy::Us,
-                    state: FinWait2,
-                    err: None,
-                    cause:
-                        "our FIN_WAIT2 timewait socket answered data the peer wrote after our close"
-                            .to_owned(),
-                });
-                e.time_wait = Some(TimeWaitPath::Reset);
-                return e;
-            }
-        }
-        if pc.end == RecordEnd::StillOpen && p.state == Some(CloseWait) {
-            j.note(
-                Some(Step::ThirdWave),
-                "peer_in_close_wait",
-                "the peer is still in CLOSE_WAIT: its application has not closed yet".to_owned(),
-            );
-        }
-    }
-    if !us.timewait_resets.is_empty() {
-        j.finding(
-            Some(Step::ThirdWave),
-            "no_peer_fin",
-            "step 3 never came: the peer sent no FIN; it wrote after our close and our timewait \
-             socket answered with RST (fact 4)"
-                .to_owned(),
-        );
-        let mut e = End::new(Variant::AbortByRst, "FIN_WAIT2 timewait socket sent RST");
-        e.reset = Some(ResetInfo {
-            by: ResetBy::Us,
-            state: FinWait2,
-            err: None,
-            cause: "our FIN_WAIT2 timewait socket answered data the peer wrote after our close"
-                .to_owned(),
-        });
-        e.time_wait = Some(TimeWaitPath::Reset);
-        return e;
-    }
-    j.note(
-        Some(Step::ThirdWave),
-        "time_wait_not_visible",
-        "orphaned: the socket became a FIN_WAIT2 timewait socket when its FIN was ACKed (fact 2); \
-         the peer's FIN and the TIME_WAIT entry happen there, without events (sock_diag shows them)"
-            .to_owned(),
-    );
-    let mut e = End::new(
-        Variant::OrphanedFinWait2,
-        "FIN_WAIT2 -> CLOSE with SOCK_DEAD and no SOCK_DONE: FIN_WAIT2 timewait socket",
-    );
-    e.time_wait = Some(TimeWaitPath::FinWait2Timewait);
-    e
-}
-
-/// A connection ended by a RST, sent by `by`, in `from`.
-/// Whether we had sent data the peer had not acknowledged when its RST arrived (None: the
-/// sequence fields were not read).
-fn wrote_unacked(t: &Trace<'_>) -> Option<bool> {
-    let seq = t.resets_received.last()?.seq?;
-    Some(seq.snd_nxt != seq.snd_una)
-}
-
-fn reset_end(
-    cx: &Ctx<'_, '_, '_>,
-    j: &mut Judgement,
-    from: TcpState,
-    by: ResetBy,
-    err: i32,
-    close: &Event,
-) -> End {
-    use TcpState::*;
-    let step = step_pending(from);
-    let err_txt = if err != 0 {
-        format!(" ({})", errno_text(err))
-    } else {
-        String::new()
-    };
-    let dead = close.sock.is_some_and(|s| s.dead());
-    let (variant, cause) = match (by, from) {
-        // The timeout path sends its RST before the -> CLOSE; a RST sent after it (in CLOSE)
-        // answered data that reached the already closed socket (below).
-        (ResetBy::Us, FinWait2)
-            if err == 0
-                && cx
-                    .us
-                    .resets_sent
-                    .iter()
-                    .any(|e| e.kind.state_after() == FinWait2) =>
-        (
-            Variant::FinWait2Timeout,
-            "FIN_WAIT2 timed out (tcp_fin_timeout) and we reset: the peer's FIN never came".to_owned(),
-        ),
-        (ResetBy::Us, Established | CloseWait) => (
-            Variant::AbortByRst,
-            format!(
-                "abortive close: close() with unread received data (RFC 2525) or SO_LINGER 0{}",
-                cx.by_owner(close).unwrap_or_default()
-            ),
-        ),
-        (ResetBy::Us, FinWait1 | FinWait2 | Closing | LastAck) if !dead && err == 0 => (
-            Variant::AbortByRst,
-            format!(
-                "abortive close by the application in {from} (SO_LINGER 0){}",
-                cx.by_owner(close).unwrap_or_default()
-            ),
-        ),
-        (ResetBy::Us, _) if err == ECONNRESET || dead => (
-            Variant::AbortByRst,
-            "data arrived after close(): the closed socket answered the peer's data with RST"
-                .to_owned(),
-        ),
-        (ResetBy::Us, _) => (Variant::AbortByRst, format!("we sent RST in {from}")),
-        // Any RST received in CLOSE_WAIT leaves EPIPE; it is fact 4 only when we had written
-        // data the peer never acknowledged (its closed socket answered that data).
-        (ResetBy::Peer, CloseWait) if err == EPIPE && wrote_unacked(cx.us) == Some(true) => (
-            Variant::AbortByRst,
-            "the peer reset while we were in CLOSE_WAIT (EPIPE): we wrote after the peer had fully \
-             closed (fact 4)"
-                .to_owned(),
-        ),
-        (ResetBy::Peer, CloseWait) if err == EPIPE && wrote_unacked(cx.us) == Some(false) => (
-            Variant::AbortByRst,
-            "the peer aborted while we were in CLOSE_WAIT (we had sent nothing unacknowledged)"
-                .to_owned(),
-        ),
-        (ResetBy::Peer, _) => (Variant::AbortByRst, "the peer reset the connection".to_owned()),
-        (ResetBy::Unknown, _) => (
-            Variant::AbortByRst,
-            format!("{from} -> CLOSE; who reset is unknown (socket error not read)"),
-        ),
-    };
-    let code = match (variant, by) {
-        (Variant::FinWait2Timeout, _) => "no_peer_fin",
-        (_, ResetBy::Peer) => "reset_received",
-        (_, ResetBy::Us) => "reset_sent",
-        (_, ResetBy::Unknown) => "reset",
-    };
-    let what = match from {
-        Established => "no FIN was sent".to_owned(),
-        FinWait1 | Closing => "our FIN was never ACKed".to_owned(),
-        FinWait2 => "the peer sent no FIN".to_owned(),
-        CloseWait => "we sent no FIN".to_owned(),
-        LastAck => "the final ACK never came".to_owned(),
-        _ => format!("ended in {from}"),
-    };
-    let message = if variant == Variant::FinWait2Timeout {
-        format!("step 3 never came: {what}; FIN_WAIT2 timed out and we reset")
-    } else {
-        let who = match by {
-            ResetBy::Us => "by our RST",
-            ResetBy::Peer => "by the peer's RST",
-            ResetBy::Unknown => "by RST",
-        };
-        let generic = by == ResetBy::Peer && !(from == CloseWait && err == EPIPE);
-        let cause_txt = if generic {
-            String::new()
-        } else {
-            format!(": {cause}")
-        };
-        format!(
-            "{}{what}; ended {who} in {from}{err_txt}{cause_txt}",
-            never_came(step)
-        )
-    };
-    j.finding(step, code, message);
-    let mut e = End::new(variant, format!("RST in {from}"));
-    e.reset = Some(ResetInfo {
-        by,
-        state: from,
-        err: (err != 0).then_some(err),
-        cause,
-    });
-    if matches!(from, FinWait1 | FinWait2 | Closing) {
-        e.time_wait = Some(TimeWaitPath::Reset);
-    }
-    e
-}
-
-/// Notes on retransmissions, grouped by state.
-fn retransmit_notes(us: &Trace<'_>, j: &mut Judgement) {
-    use TcpState::*;
-    let mut by_state: Vec<(TcpState, usize)> = Vec::new();
-    for r in &us.retransmits {
-        let s = r.kind.state_after();
-        match by_state.iter_mut().find(|(st, _)| *st == s) {
-            Some((_, n)) => *n += 1,
-            None => by_state.push((s, 1)),
-        }
-    }
-    for (s, n) in by_state {
-        let times = if n == 1 {
-            "once".to_owned()
-        } else {
-            format!("{n} times")
-        };
-        match s {
-            FinWait1 => j.note(
-                Some(Step::SecondWave),
-                "fin_retransmitted",
-                format!("retransmitted {times} from FIN_WAIT1: our FIN (or data before it) was not ACKed in time; step 2 came late"),
-            ),
-            Closing => j.note(
-                Some(Step::SecondWave),
-                "fin_retransmitted",
-                format!("FIN retransmitted {times} from CLOSING: the ACK of our FIN was lost or late"),
-            ),
-            LastAck => j.note(
-                Some(Step::FourthWave),
-                "fin_retransmitted",
-                format!("FIN retransmitted {times} from LAST_ACK: the final ACK (step 4) was lost or late"),
-            ),
-            SynSent | SynRecv => j.note(None, "syn_retransmitted", format!("handshake retransmitted {times} in {s}")),
-            _ => j.note(None, "data_retransmitted", format!("retransmitted {times} in {s}")),
-        }
-    }
-}
-
-/// Judges one connection; `peer` is the other end when it was traced on this host too.
-pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
-    let us = Trace::of(&conn.events);
-    let peer_trace = peer.map(|p| (p, Trace::of(&p.events)));
-    let peer_ref = peer_trace.as_ref().map(|(p, t)| (*p, t));
-    let role = role_of(conn, &us);
-    let ends = role.doc_side().map(|we_are| Ends {
-        we_are,
-        us: &us,
-        peer: peer_ref.map(|(_, t)| t),
-    });
-    let mut j = Judgement::default();
-    let gaps_expected =
-        conn.events_maybe_lost || matches!(conn.end, RecordEnd::Superseded | RecordEnd::Evicted);
-
-    // Transitions.
-    for ev in &us.illegal {
-        if let crate::decode::EventKind::State { old, new } = ev.kind {
-            j.finding(
-                step_pending(old),
-                "illegal_transition",
-                format!(
-                    "{old} -> {new} is not a legal transition (RFC 9293 with Linux's additions)"
-                ),
-            );
-        }
-    }
-    for (cur, ev) in &us.gaps {
-        if let crate::decode::EventKind::State { old, new } = ev.kind {
-            let msg = format!("the socket was in {cur}, the next transition is {old} -> {new}: a transition is missing");
-            if gaps_expected {
-                j.note(
-                    step_pending(*cur),
-                    "discontinuous_transition",
-                    format!("{msg} (events may have been lost)"),
-                );
-            } else {
-                j.finding(step_pending(*cur), "discontinuous_transition", msg);
-            }
-        }
-    }
-
-    // How it ended.
-    let cx = Ctx {
-        conn,
-        us: &us,
-        peer: peer_ref,
-        role,
-        ends,
-    };
-    let end = classify(&cx, &mut j);
-
-    // Sequence arithmetic.
-    let (waves, checks) = match &cx.ends {
-        Some(ends) => {
-            let checks = seq::check(ends);
-            for c in checks.iter().filter(|c| c.outcome == Outcome::Broken) {
-                let step = match c.step {
-                    1 => Some(Step::FirstWave),
-                    2 => Some(Step::SecondWave),
-                    3 => Some(Step::ThirdWave),
-                    4 => Some(Step::FourthWave),
-                    _ => None,
-                };
-                j.finding(
-                    step,
-                    c.code,
-                    format!(
-                        "step {}: {} does not hold: {} is {}, expected {}{}",
-                        c.step,
-                        c.relation,
-                        c.relation.field.name(),
-                        c.observed.map_or("?".to_owned(), |v| v.to_string()),
-                        c.expected.map_or("?".to_owned(), |v| v.to_string()),
-                        c.note.as_ref().map_or(String::new(), |n| format!(" ({n})"))
-                    ),
-                );
-            }
-            if ends.we_are == DocSide::Passive {
-                if let Some(d) = seq::w_minus_v(ends).filter(|&d| d < 0) {
-                    j.finding(
-                        Some(Step::ThirdWave),
-                        "step3_w_before_v",
-                        format!("step 3: our FIN's seq W is {} before V (W = V + data sent from CLOSE_WAIT)", -i64::from(d)),
-                    );
-                }
-            }
-            let no_seq = !conn.events.is_empty() && conn.events.iter().all(|e| e.seq.is_none());
-            if no_seq {
-                j.note(
-                    None,
-                    "no_sequence_data",
-                    "the events carry no sequence data: the U/V/W relations are not checkable"
-                        .to_owned(),
-                );
-            }
-            let closing = us.marks.iter().any(|(m, _)| {
-                !matches!(
-                    m,
-                    Meaning::Connect
-                        | Meaning::Listen
-                        | Meaning::SynReceived
-                        | Meaning::SimultaneousOpen
-                        | Meaning::Established
-                        | Meaning::HandshakeFailed
-                        | Meaning::ListenerClosed
-                        | Meaning::Abort
-                )
-            });
-            let waves = seq::waves(ends);
-            let known = waves.u.is_some() || waves.v.is_some() || waves.w.is_some();
-            ((closing || known).then_some(waves), checks)
-        }
-        None => (None, Vec::new()),
-    };
-
-    retransmit_notes(&us, &mut j);
-    if !us.timewait_resets.is_empty() && end.time_wait != Some(TimeWaitPath::Reset) {
-        j.note(
-            None,
-            "timewait_reset",
-            "our timewait socket sent a RST (to a segment after the close)".to_owned(),
-        );
-    }
-    if role.doc_side() == Some(DocSide::Passive)
-        && end.variant == Variant::FourWayClose
-        && peer.is_none()
-    {
-        j.note(
-            Some(Step::SecondWave),
-            "merge_not_visible",
-            "from this end alone it is not visible whether step 2 rode on step 3 (a three-segment close)"
-                .to_owned(),
-        );
-    }
-
-    // What is unknown.
-    let mut unknown = Vec::new();
-    if conn.events.is_empty() {
-        unknown.push("no events".to_owned());
-    } else if !conn.seen_from_start && !conn.is_listener() {
-        let first = us.first_state.map_or("?", |s| s.name());
-        unknown.push(format!(
-            "first seen mid-life (in {first}): its beginning was not seen"
-        ));
-    }
-    if conn.events_maybe_lost {
-        unknown.push("events may have been lost while it was open".to_owned());
-    }
-    match conn.end {
-        RecordEnd::Superseded => {
-            unknown.push("its socket began a new connection before its close was seen".to_owned())
-        }
-        RecordEnd::Evicted => {
-            unknown.push("dropped from the full connection table before its close".to_owned())
-        }
-        RecordEnd::StillOpen if us.close.is_none() && !conn.is_listener() && us.state.is_some() => {
-            unknown.push(format!(
-                "still open in {} when the trace stopped: its close was not seen",
-                us.state.map_or("?", |s| s.name())
-            ))
-        }
-        _ => {}
-    }
-    unknown.append(&mut j.unknown);
-
-    let conformance = if !j.findings.is_empty() {
-        Conformance::Deviates
-    } else if !unknown.is_empty() {
-        Conformance::Incomplete
-    } else {
-        Conformance::Conforms
-    };
-    Verdict {
-        role,
-        variant: end.variant,
-        conformance,
-        conforms: j.findings.is_empty(),
-        incomplete: (!unknown.is_empty()).then(|| unknown.join("; ")),
-        why: end.why,
-        findings: j.findings,
-        notes: j.notes,
-        reset: end.reset,
-        time_wait: end.time_wait,
-        closing_times: us.times.clone(),
-        waves,
-        check_counts: CheckCounts::of(&checks),
-        checks,
-        with_peer: peer.is_some(),
     }
 }
 
@@ -1203,7 +466,7 @@ pub struct CheckCounts {
 }
 
 impl CheckCounts {
-    fn of(checks: &[SeqCheck]) -> CheckCounts {
+    pub(super) fn of(checks: &[SeqCheck]) -> CheckCounts {
         let mut c = CheckCounts::default();
         for x in checks {
             match x.outcome {
@@ -1214,5 +477,22 @@ impl CheckCounts {
             }
         }
         c
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::Code;
+
+    #[test]
+    fn a_code_is_serialized_as_its_name() {
+        for c in Code::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+        let mut names: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Code::ALL.len());
     }
 }

@@ -33,10 +33,7 @@ fn main() -> ExitCode {
             if !lab::available(name) {
                 return ExitCode::from(2);
             }
-            println!(
-                "scenario {} (issue 5, #{}): {}\n",
-                s.name, s.number, s.about
-            );
+            println!("scenario {} (#{}): {}\n", s.name, s.number, s.about);
             match std::panic::catch_unwind(s.run) {
                 Ok(()) => {
                     println!(

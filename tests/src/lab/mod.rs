@@ -1,4 +1,4 @@
-//! The scenario lab: every teardown variant reproduced on a real kernel (issue 5).
+//! The scenario lab: every teardown variant reproduced on a real kernel (docs/close-sequence.md, §4).
 //!
 //! A [`Lab`] is two network namespaces, `client` and `server`, joined by a veth pair with IPv4
 //! and IPv6 addresses (built on [`crate::netns`]); both go away when the value is dropped, also
@@ -274,7 +274,7 @@ impl Lab {
     }
 
     /// The entry time (ms since the epoch) of this scenario's timewait socket in TIME_WAIT in
-    /// one namespace: now + remaining - 60 s (fact 6). A later value means a restarted timer.
+    /// one namespace: now + remaining - 60 s (docs/close-sequence.md, fact 6). A later value means a restarted timer.
     pub fn time_wait_entry_ms(&self, side: Side) -> io::Result<Option<u64>> {
         let snap = self.snapshot(side)?;
         let port = self.port;

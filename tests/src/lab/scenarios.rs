@@ -29,7 +29,7 @@ use crate::tracer::{Traced, Tracer};
 pub struct Scenario {
     /// `cargo xtask scenario NAME`.
     pub name: &'static str,
-    /// The scenario number it covers (14 = IPv6 versions).
+    /// The scenario's number in the lab (14 = IPv6 versions).
     pub number: u8,
     pub about: &'static str,
     pub run: fn(),
@@ -37,7 +37,7 @@ pub struct Scenario {
 
 macro_rules! scenarios {
     ($($number:literal $name:literal $f:ident: $about:literal,)*) => {
-        /// Every scenario, in the order.
+        /// Every scenario, in the lab's order.
         pub const ALL: &[Scenario] = &[
             $(Scenario { name: $name, number: $number, about: $about, run: $f },)*
         ];
@@ -228,7 +228,7 @@ fn assert_deviates(t: &Traced, variant: Variant, codes: &[&str]) {
     assert_eq!(finding_codes(t), codes, "findings: {:?}", v.findings);
 }
 
-/// The documented arithmetic (teardown-sequence.md, 1 and 3) read on both ends: U from the
+/// The documented arithmetic (docs/close-sequence.md, §1 and §5) read on both ends: U from the
 /// active end's FIN, V and W from the passive end, and every ACK = FIN + 1. `data` is what the
 /// passive end sent from CLOSE_WAIT (W - V).
 fn assert_documented_seq(active: &Traced, passive: &Traced, data: u32) {
@@ -306,7 +306,7 @@ fn four_way_client_first_in(slot: u8, family: Family) {
     assert_eq!(c.steps(), steps(CLIENT_OPEN, &ACTIVE_CLOSE));
     assert_eq!(s.steps(), steps(SERVER_OPEN, &PASSIVE_CLOSE));
     assert_documented_seq(&c, &s, 0);
-    // Orphaned: the ACK of its FIN made the client a FIN_WAIT2 timewait socket (fact 2).
+    // Orphaned: the ACK of its FIN made the client a FIN_WAIT2 timewait socket (docs/close-sequence.md, fact 2).
     let close = sock(&c, "FIN_WAIT2->CLOSE");
     assert!(close.dead() && !close.done(), "{close:?}");
     assert_eq!(
@@ -366,7 +366,7 @@ fn three_segment_close() {
     assert_documented_seq(&c, &s, 0);
     // The merge, seen on both ends: the server sent its FIN (CLOSE_WAIT -> LAST_ACK) before the
     // client processed the ACK of its own FIN; and that client socket, although orphaned, did not
-    // become a FIN_WAIT2 timewait socket: the FIN came in the same segment (fact 8).
+    // become a FIN_WAIT2 timewait socket: the FIN came in the same segment (docs/close-sequence.md, fact 8).
     assert!(
         event(&s, "CLOSE_WAIT->LAST_ACK").ts_ns <= event(&c, "FIN_WAIT1->FIN_WAIT2").ts_ns,
         "the server's FIN was sent after the client saw the ACK: not merged"
@@ -538,7 +538,7 @@ fn final_ack_lost_in(slot: u8, family: Family) {
     // The client's TIME_WAIT entry: rcv_nxt = W+1 (the server's FIN, the first time).
     let w = seq(&s, "CLOSE_WAIT->LAST_ACK").write_seq;
     assert_eq!(seq(&c, "FIN_WAIT2->CLOSE").rcv_nxt, w.wrapping_add(1));
-    // The resent FIN restarted the client's TIME_WAIT timer (fact 6): its entry time moved by
+    // The resent FIN restarted the client's TIME_WAIT timer (docs/close-sequence.md, fact 6): its entry time moved by
     // about the server's retransmission timeout (200 ms floor).
     assert!(
         entry2 >= entry1 + 150,
@@ -971,7 +971,7 @@ fn reset_in_close_wait() {
     assert_deviates(&s, Variant::AbortByRst, &["reset_received"]);
     // Any RST received in CLOSE_WAIT leaves EPIPE (tcp_reset); here the server wrote nothing
     // (snd_nxt == snd_una): the cause is the peer's abort, not data written after the peer had
-    // fully closed (fact 4, scenario reset-data-after-close).
+    // fully closed (docs/close-sequence.md, fact 4; scenario reset-data-after-close).
     let at_rst = seq(&s, "rst_received@CLOSE_WAIT");
     assert_eq!(at_rst.snd_nxt, at_rst.snd_una, "the server sent no data");
     let reset = s.verdict.reset.as_ref().expect("reset info");
