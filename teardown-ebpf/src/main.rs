@@ -280,6 +280,11 @@ fn emit(ev: &Event) {
 }
 
 /// Whether the user's filter lets this event through. Call with the tuple and states filled.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys by reference are read in place (in `ev` on the stack); by value, each \
+              is first copied to a stack slot of its own, which changes the programs' code"
+)]
 #[inline(always)]
 fn wanted(ev: &Event) -> bool {
     // SAFETY: a valid, aligned static, written only by the loader before the program runs.
@@ -289,9 +294,9 @@ fn wanted(ev: &Event) -> bool {
     }
     // SAFETY: only whether the port is present is used; the returned reference, which a
     // concurrent update could change under us, is dropped at once.
-    let port_hit = |p: u16| p != 0 && unsafe { FILTER_PORTS.get(p) }.is_some();
+    let port_hit = |p: u16| p != 0 && unsafe { FILTER_PORTS.get(&p) }.is_some();
     if port_hit(ev.sport) || port_hit(ev.dport) {
-        let _ = MATCHED.insert(ev.skaddr, 1, 0);
+        let _ = MATCHED.insert(&ev.skaddr, &1, 0);
         return true;
     }
     let starts = ev.kind == kind::STATE
@@ -301,11 +306,11 @@ fn wanted(ev: &Event) -> bool {
         );
     if starts {
         // A new life of this socket address, not ours: forget the old one's match.
-        let _ = MATCHED.remove(ev.skaddr);
+        let _ = MATCHED.remove(&ev.skaddr);
         return false;
     }
     // SAFETY: as for `FILTER_PORTS` above, only presence is used and the reference dropped.
-    unsafe { MATCHED.get(ev.skaddr) }.is_some()
+    unsafe { MATCHED.get(&ev.skaddr) }.is_some()
 }
 
 /// Transitions made by a system call of the socket's owner (connect, listen, close,
