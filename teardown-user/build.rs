@@ -182,7 +182,7 @@ fn build_ebpf(toolchain: &str, ebpf_dir: &Path) -> anyhow::Result<()> {
     // Success: only the real warnings, the compiler's and cargo's own.
     for (level, rendered) in &diagnostics {
         if level == "warning" {
-            for line in rendered.lines() {
+            for line in rendered.trim_end().lines() {
                 println!("cargo:warning={line}");
             }
         }
