@@ -1,12 +1,14 @@
 //! Kernel programs of teardown.
 //!
 //! Every TCP state change (`sock:inet_sock_set_state`), and with BTF also every retransmission
-//! and reset, becomes one [`Event`] in the `EVENTS` ring buffer. The socket's sequence fields and
-//! flags are read at that moment, at offsets the agent resolved from the running kernel's BTF.
-//! Events that find the ring buffer full are counted per CPU in `LOST`; nothing is dropped
-//! silently.
+//! and reset, that passes the agent's port filter becomes one [`Event`] in the `EVENTS` ring
+//! buffer. The socket's sequence fields and flags are read at that moment, at offsets the agent
+//! resolved from the running kernel's BTF. Events that find the ring buffer full, and classic
+//! tracepoint records that cannot be read, are counted per CPU in `LOST`.
 #![no_std]
 #![no_main]
+// Every unsafe block says why it is sound; CI runs clippy on this crate with `-D warnings`.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use aya_ebpf::{
     cty::c_void,
@@ -39,12 +41,14 @@ const LAST_ACK: u8 = 9;
 const LISTEN: u8 = 10;
 const TCP_NEW_SYN_RECV: u8 = 12;
 
-/// Its size is set by the agent at load time (64 MiB by default: about four seconds of events
-/// at this machine kind's maximum churn, so a stalled agent loses nothing for a while).
+/// The 16 MiB here is a placeholder: the agent sets the size at load time (`--ring-size`, 64 MiB
+/// by default: about four seconds of events at the reference VM's maximum churn, so a stalled
+/// agent loses nothing for a while).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
-/// Events that could not be reserved in `EVENTS`, per CPU.
+/// Events that could not be reserved in `EVENTS`, and classic tracepoint records whose fields
+/// could not be read, per CPU.
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -53,11 +57,12 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 
-/// Sockets whose 4-tuple matched the filter during their current life: their last
-/// transitions, when the local port is already zero, still pass.
+/// Socket addresses whose local or remote port matched the filter during the socket's current
+/// life: their last transitions, when the local port is already zero, still pass.
 #[map]
 static MATCHED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
 
+/// Set by the agent at load time: 1 when `FILTER_PORTS` holds the user's ports, 0 for no filter.
 #[no_mangle]
 static FILTER_ON: u8 = 0;
 
@@ -81,6 +86,9 @@ fn offsets() -> SockOffsets {
     // Volatile so the compiler does not fold the placeholder values: the loader rewrites them.
     macro_rules! field {
         ($f:ident) => {
+            // SAFETY: `p` points to a static, so it is valid, aligned and initialised for the
+            // whole program, and nothing writes to it while the program runs (the map behind it
+            // is frozen at load).
             unsafe { core::ptr::read_volatile(&raw const (*p).$f) }
         };
     }
@@ -105,11 +113,22 @@ fn offsets() -> SockOffsets {
     }
 }
 
+/// Reads a `T` at `base + off` with `bpf_probe_read_kernel`, or None when the offset is unknown
+/// or the read faults.
+///
+/// # Safety
+///
+/// Any address may be passed: the helper copies through the kernel's fault-tolerant path and
+/// reports a bad address as an error. `T` must be valid for any bit pattern (plain integers and
+/// arrays of them), as the bytes are whatever the kernel holds there.
 #[inline(always)]
 unsafe fn read_at<T: Copy>(base: *const u8, off: u32) -> Option<T> {
     if off == OFFSET_UNKNOWN {
         return None;
     }
+    // SAFETY: `add` is address arithmetic only (no Rust object lives at `base`, and BPF has no
+    // pointer provenance to break); the helper checks the address itself and fails on a fault.
+    // The caller vouches that `T` accepts any bytes.
     unsafe { bpf_probe_read_kernel(base.add(off as usize) as *const T).ok() }
 }
 
@@ -132,9 +151,13 @@ impl Fields {
         if offs.fast & fast::DIRECT_LOADS != 0 {
             // Checks that it is a full TCP socket and types the pointer as one for the
             // verifier.
+            // SAFETY: `sk` is the tracepoint's BTF-typed socket argument, checked non-null by
+            // the caller; the helper only inspects it and returns null for anything that is not
+            // a full TCP socket.
             let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) };
             return (!tp.is_null()).then_some(Fields::Direct(tp as *const u8));
         }
+        // SAFETY: a u16 accepts any bytes; the probed read tolerates any address.
         let protocol = unsafe { read_at::<u16>(sk, offs.sk_protocol) };
         (protocol == Some(IPPROTO_TCP)).then_some(Fields::Probed(sk))
     }
@@ -142,8 +165,16 @@ impl Fields {
     #[inline(always)]
     fn read<T: Copy>(self, off: u32) -> Option<T> {
         match self {
+            // SAFETY: the probed read tolerates any address; every `T` read here is an integer,
+            // an array of integers, a pointer or `CommonHead`, all valid for any bytes.
             Fields::Probed(base) => unsafe { read_at(base, off) },
             Fields::Direct(base) if off != OFFSET_UNKNOWN => {
+                // SAFETY: `base` came from `bpf_skc_to_tcp_sock` (or was read through such a
+                // pointer), so the verifier knows its BTF type and checks this load against it:
+                // an offset outside the type, or a load straddling two fields, makes the program
+                // fail to load (the agent then retries with probed reads), and the JIT turns a
+                // fault into a zero. Volatile so the compiler neither merges nor widens the load
+                // across fields.
                 Some(unsafe { core::ptr::read_volatile(base.add(off as usize) as *const T) })
             }
             Fields::Direct(_) => None,
@@ -158,8 +189,10 @@ impl Fields {
     #[inline(always)]
     fn read_v6(self, off: u32) -> Option<[u8; 16]> {
         match self {
+            // SAFETY: the probed read tolerates any address; a byte array accepts any bytes.
             Fields::Probed(base) => unsafe { read_at(base, off) },
             Fields::Direct(_) => {
+                // Four 4-byte loads, each within the 16-byte address field.
                 let mut a = [0u8; 16];
                 for i in 0..4u32 {
                     let w = self.read::<u32>(off.checked_add(4 * i)?)?;
@@ -195,6 +228,10 @@ impl Fields {
 #[inline(always)]
 fn count_lost() {
     if let Some(n) = LOST.get_ptr_mut(0) {
+        // SAFETY: the lookup of index 0 succeeded, so `n` points to this CPU's u64 slot of the
+        // one-entry per-CPU array, valid and aligned for the program's run; no other CPU
+        // touches it. (A program of ours interrupting this one on the same CPU could make one
+        // increment go missing, never an invalid access.)
         unsafe { *n += 1 };
     }
 }
@@ -219,6 +256,10 @@ fn emit(ev: &Event) {
             let src = ev as *const Event as *const u64;
             let dst = entry.as_mut_ptr() as *mut u64;
             for i in 0..WORDS {
+                // SAFETY: `src` is a live, 8-aligned `Event` (its alignment is 8) and `dst` the
+                // reserved record of `size_of::<Event>()` bytes, which the ring buffer places on
+                // an 8-byte boundary; `i < WORDS` keeps both inside. The reservation is ours
+                // alone until `submit`.
                 unsafe {
                     core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i)))
                 };
@@ -239,11 +280,20 @@ fn emit(ev: &Event) {
 }
 
 /// Whether the user's filter lets this event through. Call with the tuple and states filled.
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys by reference are read in place (in `ev` on the stack); by value, each \
+              is first copied to a stack slot of its own, which changes the programs' code"
+)]
 #[inline(always)]
 fn wanted(ev: &Event) -> bool {
+    // SAFETY: a valid, aligned static, written only by the loader before the program runs.
+    // Volatile so the compiler does not fold the placeholder 0 that the loader rewrites.
     if unsafe { core::ptr::read_volatile(&FILTER_ON) } == 0 {
         return true;
     }
+    // SAFETY: only whether the port is present is used; the returned reference, which a
+    // concurrent update could change under us, is dropped at once.
     let port_hit = |p: u16| p != 0 && unsafe { FILTER_PORTS.get(&p) }.is_some();
     if port_hit(ev.sport) || port_hit(ev.dport) {
         let _ = MATCHED.insert(&ev.skaddr, &1, 0);
@@ -259,6 +309,7 @@ fn wanted(ev: &Event) -> bool {
         let _ = MATCHED.remove(&ev.skaddr);
         return false;
     }
+    // SAFETY: as for `FILTER_PORTS` above, only presence is used and the reference dropped.
     unsafe { MATCHED.get(&ev.skaddr) }.is_some()
 }
 
@@ -278,15 +329,18 @@ fn in_process_context(old: u8, new: u8) -> bool {
     )
 }
 
-/// Common header of every event: time, task, and the socket's sequence fields and flags.
+/// What every event of a full socket carries besides its tuple: time, network namespace, task,
+/// and the socket's sequence fields and flags.
 #[inline(always)]
 fn fill_task_and_sock(ev: &mut Event, sk: Fields, offs: &SockOffsets) {
+    // SAFETY: the helper takes no arguments and only reads the clock.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     // After the filter: a pointer chase that events the filter drops need not pay.
     ev.netns = sk.netns(offs).unwrap_or(0);
     ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // The name is only worth copying when the task may be the owner: a system call, or an
-    // abortive close (which may be one).
+    // The name is only worth copying when the task may be the owner: a system call, an
+    // abortive close (which may be one), or a retransmission or reset (a reset, e.g., may be
+    // sent by close() itself).
     if ev.kind != kind::STATE
         || in_process_context(ev.oldstate, ev.newstate)
         || (ev.newstate == CLOSE && (ev.oldstate == ESTABLISHED || ev.oldstate == CLOSE_WAIT))
@@ -326,7 +380,7 @@ fn fill_task_and_sock(ev: &mut Event, sk: Fields, offs: &SockOffsets) {
 }
 
 /// The 4-tuple from `struct sock_common`, which full, request and timewait sockets share.
-/// Returns false when the family is neither IPv4 nor IPv6.
+/// Returns false when the family cannot be read or is neither IPv4 nor IPv6.
 #[inline(always)]
 fn fill_tuple_common(ev: &mut Event, sk: Fields, offs: &SockOffsets) -> bool {
     if sk.probed() && offs.fast & fast::COMMON_HEAD != 0 {
@@ -413,9 +467,12 @@ fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
     }
     let offs = offsets();
     let mut ev = Event::ZERO;
+    // SAFETY: a valid, aligned static, written only by the loader before the program runs.
+    // Volatile so the compiler does not fold the placeholder that the loader rewrites.
     let state_off = unsafe { core::ptr::read_volatile(&SKC_STATE_OFFSET) };
     // Without the state we cannot tell a timewait socket (whose struct ends early) from a full
     // one, so nothing past sock_common may be read: skip the event.
+    // SAFETY: a u8 accepts any byte; the probed read tolerates any address.
     let Some(state) = (unsafe { read_at::<u8>(sk, state_off) }) else {
         return 0;
     };
@@ -432,6 +489,7 @@ fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
         if !wanted(&ev) {
             return 0;
         }
+        // SAFETY: the helper takes no arguments and only reads the clock.
         ev.ts_ns = unsafe { bpf_ktime_get_ns() };
         ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
         ev.netns = Fields::Probed(sk).netns(&offs).unwrap_or(0);
@@ -472,20 +530,26 @@ pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
 /// offsets the agent read from the tracepoint's format file.
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
+    // SAFETY: a valid, aligned static of plain integers, written only by the loader before the
+    // program runs. Volatile so the compiler does not fold the placeholders.
     let tp = unsafe { core::ptr::read_volatile(&TP_OFFSETS) };
     if try_tracepoint(&ctx, &tp) == Err(Unreadable) {
-        // A TCP event whose fields could not be read: counted with the lost ones, not dropped
-        // silently.
+        // A record whose fields (or even its protocol) could not be read: counted with the lost
+        // ones, not dropped silently.
         count_lost();
     }
     0
 }
 
+/// A field of the classic tracepoint's record, at an offset from its format file. Only plain
+/// integers and arrays of them are read.
 #[inline(always)]
 fn tp_read<T>(ctx: &TracePointContext, off: u32) -> Option<T> {
     if off == OFFSET_UNKNOWN {
         return None;
     }
+    // SAFETY: `read_at` is `bpf_probe_read_kernel` at the record's address plus `off`: any
+    // address is tolerated (a fault is an error), and every `T` used accepts any bytes.
     unsafe { ctx.read_at::<T>(off as usize).ok() }
 }
 
@@ -530,12 +594,16 @@ fn read_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Option<()
     Some(())
 }
 
+// Nothing here may panic in practice: a panic path left in the object would be this loop, and
+// the verifier refuses a program with an unbounded loop.
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+// GPL-compatible, as the kernel requires of programs calling GPL-only helpers such as
+// bpf_probe_read_kernel.
 #[link_section = "license"]
 #[no_mangle]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,5 +1,5 @@
 //! Developer tasks that a build script should not do: set up the eBPF toolchain, run the agent
-//! as root, run the kernel tests, the scenario lab and the benchmark.
+//! as root, run the kernel tests, clippy on every crate, the scenario lab and the benchmark.
 //!
 //! `cargo xtask <task>` (the alias is in .cargo/config.toml).
 
@@ -39,6 +39,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, then clippy with `-D warnings` on every crate: the host crates (all targets), then
+    /// the eBPF crate for the BPF target with the eBPF toolchain. What CI runs.
+    Clippy,
     /// Loopback connection churn (load generator for the benchmark), in a fresh network
     /// namespace: `cargo xtask churn --threads 8 --seconds 5`.
     Churn {
@@ -66,6 +69,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::setup(false).map(drop),
         Task::Run { args } => run(args),
         Task::Test { args } => test(args),
+        Task::Clippy => clippy(),
         Task::Churn { args } => churn::churn(args),
         Task::Bench { args } => bench::bench(args),
         Task::Scenario { args } => scenario::scenario(args),
@@ -122,4 +126,62 @@ fn test(args: Vec<String>) -> Result<()> {
         all.arg("--").args(&args);
     }
     sh::run(&mut all).context("tests failed")
+}
+
+fn clippy() -> Result<()> {
+    let tc = setup::setup(true)?;
+    sh::run(
+        cargo()
+            .args(["clippy", "--workspace", "--exclude", "teardown-ebpf"])
+            .args(["--all-targets", "--", "-D", "warnings"]),
+    )
+    .context("clippy found problems in the host crates")?;
+
+    // The eBPF crate builds only for the BPF target, with the compiler that teardown-user's
+    // build.rs uses for it (the same choice, TEARDOWN_EBPF_TOOLCHAIN first).
+    let toolchain = std::env::var("TEARDOWN_EBPF_TOOLCHAIN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or(tc.name);
+    if sh::output_of("rustup", &["run", &toolchain, "cargo-clippy", "--version"]).is_none() {
+        anyhow::bail!(
+            "the eBPF toolchain `{toolchain}` has no clippy: install Debian's rust-web-clippy \
+             (for {}) or `rustup component add clippy --toolchain {toolchain}`",
+            setup::LINKED_TOOLCHAIN
+        );
+    }
+    let target = if cfg!(target_endian = "big") {
+        "bpfeb-unknown-none"
+    } else {
+        "bpfel-unknown-none"
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("xtask has no parent directory")?;
+    let mut bpf = Command::new("rustup");
+    bpf.current_dir(root);
+    bpf.args([
+        "run",
+        &toolchain,
+        "cargo",
+        "clippy",
+        "--package",
+        "teardown-ebpf",
+    ]);
+    bpf.args(["--target", target, "-Z", "build-std=core", "--target-dir"]);
+    // A target directory of its own: another compiler than the host crates', other flags.
+    bpf.arg(root.join("target/bpf-clippy"));
+    bpf.args(["--", "-D", "warnings"]);
+    // aya-ebpf's architecture cfg, as the real build sets it.
+    bpf.env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        format!("--cfg=bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+    );
+    bpf.env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    if toolchain != "nightly" {
+        // A stable compiler takes `-Z build-std` only with RUSTC_BOOTSTRAP (as in build.rs).
+        bpf.env("RUSTC_BOOTSTRAP", "1");
+    }
+    sh::run(&mut bpf).context("clippy found problems in the eBPF crate")
 }

@@ -6,8 +6,9 @@
 //! 2. Debian's `rustc-web` with `rust-web-src`, linked into rustup as `teardown-bpf` and used with
 //!    `RUSTC_BOOTSTRAP=1` (teardown-user's build.rs does that);
 //!
-//! and bpf-linker built against the LLVM of the chosen compiler. Everything is checked first,
-//! so a machine that is ready costs about a second.
+//! and bpf-linker built against the LLVM of the chosen compiler. With Debian's compiler it also
+//! installs `rust-web-clippy`, that compiler's clippy, which `cargo xtask clippy` runs on the
+//! eBPF crate. Everything is checked first, so a machine that is ready costs about a second.
 
 use std::{
     path::{Path, PathBuf},
@@ -115,8 +116,9 @@ fn bpf_toolchain() -> Result<BpfToolchain> {
                 bail!(manual_steps());
             }
             apt_install(
-                &["rustc-web", "rust-web-src", "cargo-web"],
-                "a Rust compiler with the core library source, to build the kernel programs",
+                &["rustc-web", "rust-web-src", "cargo-web", "rust-web-clippy"],
+                "a Rust compiler with the core library source, to build the kernel programs, \
+                 and its clippy",
             )?;
         }
         println!("setup: linking Debian's rustc into rustup as `{LINKED_TOOLCHAIN}`");
@@ -126,6 +128,25 @@ fn bpf_toolchain() -> Result<BpfToolchain> {
             bail!(
                 "Debian's rustc is installed but its sysroot has no library source; {}",
                 manual_steps()
+            );
+        }
+    }
+    // A machine set up before clippy was part of the set-up has the compiler but not its clippy.
+    if output_of(
+        "rustup",
+        &["run", LINKED_TOOLCHAIN, "cargo-clippy", "--version"],
+    )
+    .is_none()
+    {
+        if have("apt-get") && apt_has_candidate("rust-web-clippy") {
+            apt_install(
+                &["rust-web-clippy"],
+                "clippy for Debian's compiler, to lint the kernel programs",
+            )?;
+        } else {
+            println!(
+                "setup: note: no rust-web-clippy for Debian's compiler here; \
+                 `cargo xtask clippy` cannot check the eBPF crate"
             );
         }
     }
@@ -184,7 +205,7 @@ fn manual_steps() -> String {
          \x20      rustup toolchain install nightly --component rust-src\n\
          \x20      cargo install bpf-linker\n\
          \x20 b) on Debian 12/13 with the rustc-web packages:\n\
-         \x20      apt-get install rustc-web rust-web-src cargo-web llvm-22-dev\n\
+         \x20      apt-get install rustc-web rust-web-src cargo-web rust-web-clippy llvm-22-dev\n\
          \x20      rustup toolchain link {LINKED_TOOLCHAIN} /usr\n\
          \x20      LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --version {BPF_LINKER_VERSION} \\\n\
          \x20          --no-default-features --features llvm-22"
