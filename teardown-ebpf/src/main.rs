@@ -21,25 +21,18 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use teardown_common::{
-    fast, flags, kind, CommonHead, Event, SockOffsets, TracepointOffsets, OFFSET_UNKNOWN,
+    fast, flags, kind,
+    tcp::{filter_step, may_be_owner, starts_connection, FilterStep},
+    CommonHead, Event, SockOffsets, TcpState, TracepointOffsets, OFFSET_UNKNOWN,
 };
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
-// TCP states as the kernel numbers them (include/net/tcp_states.h; the same numbers `ss` and
-// the sock_diag UAPI use).
-const ESTABLISHED: u8 = 1;
-const SYN_SENT: u8 = 2;
-const SYN_RECV: u8 = 3;
-const FIN_WAIT1: u8 = 4;
-const FIN_WAIT2: u8 = 5;
-const TCP_TIME_WAIT: u8 = 6;
-const CLOSE: u8 = 7;
-const CLOSE_WAIT: u8 = 8;
-const LAST_ACK: u8 = 9;
-const LISTEN: u8 = 10;
-const TCP_NEW_SYN_RECV: u8 = 12;
+// The states whose sockets are not full ones; the numbers are teardown-common's, which the
+// agent checks against the kernel's BTF before it loads these programs.
+const TCP_TIME_WAIT: u8 = TcpState::TimeWait.kernel_number();
+const TCP_NEW_SYN_RECV: u8 = TcpState::NewSynRecv.kernel_number();
 
 /// The 16 MiB here is a placeholder: the agent sets the size at load time (`--ring-size`, 64 MiB
 /// by default: about four seconds of events at the reference VM's maximum churn, so a stalled
@@ -295,38 +288,22 @@ fn wanted(ev: &Event) -> bool {
     // SAFETY: only whether the port is present is used; the returned reference, which a
     // concurrent update could change under us, is dropped at once.
     let port_hit = |p: u16| p != 0 && unsafe { FILTER_PORTS.get(&p) }.is_some();
-    if port_hit(ev.sport) || port_hit(ev.dport) {
-        let _ = MATCHED.insert(&ev.skaddr, &1, 0);
-        return true;
+    let hit = port_hit(ev.sport) || port_hit(ev.dport);
+    let starts = ev.kind == kind::STATE && starts_connection(ev.oldstate, ev.newstate);
+    // The same rule as the agent's filter of recordings: a socket stays matched for its life.
+    match filter_step(hit, starts) {
+        FilterStep::Match => {
+            let _ = MATCHED.insert(&ev.skaddr, &1, 0);
+            true
+        }
+        FilterStep::Forget => {
+            // A new life of this socket address, not ours: forget the old one's match.
+            let _ = MATCHED.remove(&ev.skaddr);
+            false
+        }
+        // SAFETY: as for `FILTER_PORTS` above, only presence is used and the reference dropped.
+        FilterStep::AsBefore => unsafe { MATCHED.get(&ev.skaddr) }.is_some(),
     }
-    let starts = ev.kind == kind::STATE
-        && matches!(
-            (ev.oldstate, ev.newstate),
-            (CLOSE, SYN_SENT) | (CLOSE, LISTEN) | (LISTEN, SYN_RECV)
-        );
-    if starts {
-        // A new life of this socket address, not ours: forget the old one's match.
-        let _ = MATCHED.remove(&ev.skaddr);
-        return false;
-    }
-    // SAFETY: as for `FILTER_PORTS` above, only presence is used and the reference dropped.
-    unsafe { MATCHED.get(&ev.skaddr) }.is_some()
-}
-
-/// Transitions made by a system call of the socket's owner (connect, listen, close,
-/// shutdown): only then is the current task worth naming. Others run in softirq or timer
-/// context, on whatever task the CPU was running. Mirrors `Event::in_process_context`.
-#[inline(always)]
-fn in_process_context(old: u8, new: u8) -> bool {
-    matches!(
-        (old, new),
-        (CLOSE, SYN_SENT)
-            | (CLOSE, LISTEN)
-            | (LISTEN, CLOSE)
-            | (ESTABLISHED, FIN_WAIT1)
-            | (CLOSE_WAIT, LAST_ACK)
-            | (FIN_WAIT2, FIN_WAIT2)
-    )
 }
 
 /// What every event of a full socket carries besides its tuple: time, network namespace, task,
@@ -341,10 +318,7 @@ fn fill_task_and_sock(ev: &mut Event, sk: Fields, offs: &SockOffsets) {
     // The name is only worth copying when the task may be the owner: a system call, an
     // abortive close (which may be one), or a retransmission or reset (a reset, e.g., may be
     // sent by close() itself).
-    if ev.kind != kind::STATE
-        || in_process_context(ev.oldstate, ev.newstate)
-        || (ev.newstate == CLOSE && (ev.oldstate == ESTABLISHED || ev.oldstate == CLOSE_WAIT))
-    {
+    if ev.kind != kind::STATE || may_be_owner(ev.oldstate, ev.newstate) {
         if let Ok(comm) = bpf_get_current_comm() {
             ev.comm = comm;
         }
