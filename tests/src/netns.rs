@@ -14,31 +14,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// True when running as root (effective uid 0).
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// For tests that need root: true when they can go on. Not root: with `CI=true` this panics
-/// (CI must run them), otherwise it prints why the test is skipped and returns false.
-pub fn require_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs root (network namespaces), and CI=true: refusing to skip");
-    }
-    eprintln!("SKIPPED {test}: needs root (network namespaces); run as root to include it");
-    false
-}
-
 fn run_cmd(cmd: &mut Command) -> io::Result<Output> {
     let out = cmd.output()?;
     if !out.status.success() {

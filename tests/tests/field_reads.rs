@@ -16,7 +16,7 @@ use teardown::{
     event::{EventKind, SeqSnapshot, TcpState},
     kernel::ProbeConfig,
 };
-use teardown_integration_tests::{kernel, tracer::Tracer};
+use teardown_integration_tests::{gate, tracer::Tracer};
 
 const SENT: u32 = 5;
 
@@ -111,7 +111,7 @@ fn both_ways(ip: IpAddr) {
 
 #[test]
 fn plain_loads_and_probe_reads_agree_ipv4() {
-    if !kernel::available("plain_loads_and_probe_reads_agree_ipv4") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     both_ways(IpAddr::V4(Ipv4Addr::LOCALHOST));
@@ -119,7 +119,7 @@ fn plain_loads_and_probe_reads_agree_ipv4() {
 
 #[test]
 fn plain_loads_and_probe_reads_agree_ipv6() {
-    if !kernel::available("plain_loads_and_probe_reads_agree_ipv6") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     both_ways(IpAddr::V6(Ipv6Addr::LOCALHOST));

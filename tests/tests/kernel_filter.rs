@@ -11,7 +11,7 @@ use std::{
 };
 
 use teardown::kernel::ProbeConfig;
-use teardown_integration_tests::{kernel, tracer::Tracer};
+use teardown_integration_tests::{gate, tracer::Tracer};
 
 fn one_connection(listener: &TcpListener) {
     let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -23,7 +23,7 @@ fn one_connection(listener: &TcpListener) {
 
 #[test]
 fn only_matching_sockets_reach_the_agent() {
-    if !kernel::available("only_matching_sockets_reach_the_agent") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let wanted = TcpListener::bind("127.0.0.1:0").unwrap();

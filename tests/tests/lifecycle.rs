@@ -12,7 +12,7 @@ use std::{
 
 use socket2::SockRef;
 use teardown_integration_tests::{
-    kernel,
+    gate,
     tracer::{Traced, Tracer},
 };
 
@@ -378,7 +378,7 @@ macro_rules! both_families {
             $(
                 #[test]
                 fn $name() {
-                    if super::kernel::available(concat!("ipv4::", stringify!($name))) {
+                    if super::gate::can_run(super::gate::KERNEL) {
                         super::$name(super::V4);
                     }
                 }
@@ -388,7 +388,7 @@ macro_rules! both_families {
             $(
                 #[test]
                 fn $name() {
-                    if super::kernel::available(concat!("ipv6::", stringify!($name))) {
+                    if super::gate::can_run(super::gate::KERNEL) {
                         super::$name(super::V6);
                     }
                 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use socket2::SockRef;
-use teardown_integration_tests::{cli, kernel};
+use teardown_integration_tests::{cli, gate};
 
 fn scrape(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -35,7 +35,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn metrics_count_the_judged_teardowns() {
-    if !kernel::available("metrics_count_the_judged_teardowns") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

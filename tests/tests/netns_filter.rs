@@ -12,7 +12,7 @@ use std::{
 };
 
 use socket2::SockRef;
-use teardown_integration_tests::{cli, kernel, netns::Netns};
+use teardown_integration_tests::{cli, gate, netns::Netns};
 
 /// A connection on loopback port `port` of the calling thread's namespace, aborted with
 /// SO_LINGER 0 when `abort`, else closed in order.
@@ -32,7 +32,7 @@ fn connection(port: u16, abort: bool) {
 
 #[test]
 fn trace_reports_only_the_named_namespace() {
-    if !kernel::available("trace_reports_only_the_named_namespace") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let ns = Netns::new("td-nsf").unwrap();
@@ -63,7 +63,7 @@ fn trace_reports_only_the_named_namespace() {
 
 #[test]
 fn top_batch_shows_only_the_named_namespaces_teardowns() {
-    if !kernel::available("top_batch_shows_only_the_named_namespaces_teardowns") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let ns = Netns::new("td-nst").unwrap();

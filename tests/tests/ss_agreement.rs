@@ -14,7 +14,7 @@ use std::{
 };
 
 use teardown::event::EventKind;
-use teardown_integration_tests::{kernel, tracer::Tracer};
+use teardown_integration_tests::{gate, tracer::Tracer};
 
 /// `bytes_received:N` and `bytes_acked:N` of the socket with local port `port` in `state`.
 fn ss_counters(state: &str, port: u16) -> (u64, u64) {
@@ -35,7 +35,7 @@ fn ss_counters(state: &str, port: u16) -> (u64, u64) {
 
 #[test]
 fn u_v_and_the_byte_counts_of_ss_agree() {
-    if !kernel::available("u_v_and_the_byte_counts_of_ss_agree") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let tracer = Tracer::start();

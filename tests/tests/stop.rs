@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use teardown_integration_tests::{cli, kernel};
+use teardown_integration_tests::{cli, gate};
 
 fn stops_cleanly_on(signal: libc::c_int) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -69,14 +69,14 @@ fn stops_cleanly_on(signal: libc::c_int) {
 
 #[test]
 fn sigterm_flushes_everything() {
-    if kernel::available("sigterm_flushes_everything") {
+    if gate::can_run(gate::KERNEL) {
         stops_cleanly_on(libc::SIGTERM);
     }
 }
 
 #[test]
 fn ctrl_c_flushes_everything() {
-    if kernel::available("ctrl_c_flushes_everything") {
+    if gate::can_run(gate::KERNEL) {
         stops_cleanly_on(libc::SIGINT);
     }
 }
@@ -86,7 +86,7 @@ fn ctrl_c_flushes_everything() {
 /// the end of its --duration, with every connection and the summary written, is the proof.
 #[test]
 fn a_closed_stderr_does_not_stop_tracing() {
-    if !kernel::available("a_closed_stderr_does_not_stop_tracing") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -16,7 +16,10 @@ use teardown::commands::timewait::{collect, render_text, OutputFormat, TimewaitA
 use teardown::diag::{self, FourTuple, PollOptions, Poller, ScanLimits, TwSubstate};
 use teardown::monitor::figures::{per_local_addr, per_remote, port_pressure, state_counts};
 use teardown::monitor::{Collector, KernelSettings, Level, ReportConfig, Reuse, Thresholds};
-use teardown_integration_tests::netns::{require_root, veth_pair, Netns};
+use teardown_integration_tests::{
+    gate,
+    netns::{veth_pair, Netns},
+};
 
 const PORT: u16 = 5000; // below ip_local_port_range: no collision with client ports
 
@@ -79,7 +82,7 @@ fn tuples(v: impl Iterator<Item = FourTuple>) -> BTreeSet<(String, String)> {
 
 #[test]
 fn counts_match_ss_exactly() {
-    if !require_root("counts_match_ss_exactly") {
+    if !gate::can_run(gate::NETNS) {
         return;
     }
     let ns = Netns::new("td-tw").unwrap();
@@ -160,7 +163,7 @@ fn counts_match_ss_exactly() {
 
 #[test]
 fn close_wait_leak_found_with_our_pid() {
-    if !require_root("close_wait_leak_found_with_our_pid") {
+    if !gate::can_run(gate::NETNS) {
         return;
     }
     let ns = Netns::new("td-cw").unwrap();
@@ -222,7 +225,7 @@ fn close_wait_leak_found_with_our_pid() {
 
 #[test]
 fn port_pressure_warning_with_narrow_port_range() {
-    if !require_root("port_pressure_warning_with_narrow_port_range") {
+    if !gate::can_run(gate::NETNS) {
         return;
     }
     let ns = Netns::new("td-pp").unwrap();
@@ -285,7 +288,7 @@ fn port_pressure_warning_with_narrow_port_range() {
 
 #[test]
 fn veth_between_namespaces_and_per_namespace_view() {
-    if !require_root("veth_between_namespaces_and_per_namespace_view") {
+    if !gate::can_run(gate::NETNS) {
         return;
     }
     let a = Netns::new("td-va").unwrap();

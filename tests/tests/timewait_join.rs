@@ -12,7 +12,7 @@ use std::{
 };
 
 use socket2::{Domain, Socket, Type};
-use teardown_integration_tests::{cli, kernel};
+use teardown_integration_tests::{cli, gate};
 
 fn connect_from(local: SocketAddr, server: SocketAddr) -> std::net::TcpStream {
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
@@ -24,7 +24,7 @@ fn connect_from(local: SocketAddr, server: SocketAddr) -> std::net::TcpStream {
 
 #[test]
 fn timewait_entry_and_reuse_join_the_traced_connection() {
-    if !kernel::available("timewait_entry_and_reuse_join_the_traced_connection") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -10,7 +10,7 @@ use std::{
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
 };
 
-use teardown_integration_tests::{cli, kernel, netns::Netns};
+use teardown_integration_tests::{cli, gate, netns::Netns};
 
 /// A connection inside `ns` whose client closes first and ends in TIME_WAIT there; returns
 /// the client's address.
@@ -63,7 +63,7 @@ fn trace(ns: &Netns, port: u16, extra: &[&str]) -> (serde_json::Value, Vec<serde
 
 #[test]
 fn timewait_sockets_of_a_named_namespace_join_their_connection() {
-    if !kernel::available("timewait_sockets_of_a_named_namespace_join_their_connection") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let ns = Netns::new("td-twns").unwrap();
@@ -95,7 +95,7 @@ fn timewait_sockets_of_a_named_namespace_join_their_connection() {
 /// its own namespace's timewait socket, once.
 #[test]
 fn the_same_four_tuple_in_two_namespaces_is_joined_to_each_its_own() {
-    if !kernel::available("the_same_four_tuple_in_two_namespaces_is_joined_to_each_its_own") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let ns = Netns::new("td-twns2").unwrap();

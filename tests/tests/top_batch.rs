@@ -10,11 +10,11 @@ use std::{
 };
 
 use socket2::SockRef;
-use teardown_integration_tests::{cli, kernel};
+use teardown_integration_tests::{cli, gate};
 
 #[test]
 fn batch_mode_reports_polls_and_a_reset_then_stops_on_sigterm() {
-    if !kernel::available("batch_mode_reports_polls_and_a_reset_then_stops_on_sigterm") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     // --duration: a backstop should the test fail before its SIGTERM.
