@@ -2,7 +2,7 @@
 //!
 //! libtest has no run-time skip: a test that cannot run here returns early and libtest counts it
 //! as passed. So that such a test is still counted, [`can_run`] says why it did not run on
-//! stderr and appends a line `NAME<TAB>REASON` to the file named by [`NOT_RUN_FILE`]
+//! stderr and appends a line `BINARY TEST<TAB>REASON` to the file named by [`NOT_RUN_FILE`]
 //! (`cargo xtask test` sets it, a fresh file per run, and ends with the count grouped by reason).
 //! In CI ([`in_ci`]) a test that cannot run is a failure: the gate panics instead, after
 //! writing the same line.
@@ -103,13 +103,26 @@ pub fn can_run_as(test: &str, need: Need) -> bool {
     false
 }
 
-/// Appends `test<TAB>why` to the file of [`NOT_RUN_FILE`], when it is set. One `write` of an
+/// The test binary's name without cargo's hash (`lifecycle-0123abcd` -> `lifecycle`).
+fn binary() -> String {
+    let exe = std::env::current_exe().ok();
+    let stem = exe
+        .as_deref()
+        .and_then(Path::file_stem)
+        .map_or_else(|| "?".into(), |s| s.to_string_lossy().into_owned());
+    match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_owned(),
+        _ => stem,
+    }
+}
+
+/// Appends `BINARY test<TAB>why` to the file of [`NOT_RUN_FILE`], when it is set. One `write` of an
 /// `O_APPEND` file: lines of tests running at once (threads or processes) do not interleave.
 fn record_not_run(test: &str, why: &str) {
     let Some(path) = std::env::var_os(NOT_RUN_FILE) else {
         return;
     };
-    let line = format!("{test}\t{why}\n");
+    let line = format!("{} {test}\t{why}\n", binary());
     let written = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -11,7 +11,7 @@ mod sh;
 
 use std::process::Command;
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -32,8 +32,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: unit tests, and the root/kernel integration tests. Under
-    /// CI=true the kernel tests fail, never skip, when they cannot run.
+    /// Set up, then run every test: unit tests, and the root/kernel integration tests. Ends with
+    /// the number of tests that could not run here (not root, no BTF...) and why; under CI=true
+    /// such a test fails instead, and so does this task.
     Test {
         /// Extra arguments passed to the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -107,19 +108,66 @@ fn test(args: Vec<String>) -> Result<()> {
     let kernel_ready = setup::is_root() && std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
     if kernel_ready {
         println!("xtask: root and kernel BTF present: the kernel tests will run");
-    } else if std::env::var("CI").is_ok_and(|v| v == "true") {
-        println!("xtask: CI=true without root or BTF: the kernel tests will fail, as they must");
+    } else if in_ci() {
+        println!("xtask: CI without root or BTF: the kernel tests will fail, as they must");
     } else {
         println!(
-            "xtask: not root (or no kernel BTF): the kernel tests will be skipped; run as root"
+            "xtask: not root (or no kernel BTF): the kernel tests will not run (counted at the \
+             end); run as root"
         );
     }
+    // A fresh list per run: the gate of the tests (tests/src/gate.rs) appends a line
+    // `BINARY TEST<TAB>REASON` for each test that could not run.
+    let not_run =
+        std::env::temp_dir().join(format!("teardown-tests-not-run-{}.tsv", std::process::id()));
+    std::fs::write(&not_run, "").with_context(|| format!("cannot create {}", not_run.display()))?;
     // Everything but the eBPF crate: unit tests, replay fixtures, and the root/kernel tests of
     // tests/ (lifecycle, timewait monitor, scenario lab).
     let mut all = cargo();
-    all.args(["test", "--workspace", "--exclude", "teardown-ebpf"]);
+    all.args(["test", "--workspace", "--exclude", "teardown-ebpf"])
+        .env(NOT_RUN_FILE, &not_run);
     if !args.is_empty() {
         all.arg("--").args(&args);
     }
-    sh::run(&mut all).context("tests failed")
+    let ran = sh::run(&mut all);
+    let listed = std::fs::read_to_string(&not_run).unwrap_or_default();
+    let _ = std::fs::remove_file(&not_run);
+    let count = report_not_run(&listed);
+    ran.context("tests failed")?;
+    if count > 0 && in_ci() {
+        bail!("{count} tests did not run, and CI forbids skipping");
+    }
+    Ok(())
+}
+
+/// The variable naming the file the tests' gate lists the tests that did not run in.
+const NOT_RUN_FILE: &str = "TEARDOWN_TESTS_NOT_RUN";
+
+/// Whether this run is CI: `CI=true` (what `.ci/run` sets) or `CI=1`. The same rule as the
+/// tests' gate (`tests/src/gate.rs`, where the reason for `1` is written).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Prints the tests that did not run, grouped by reason, and last their number; returns it.
+fn report_not_run(listed: &str) -> usize {
+    let mut by_reason: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for line in listed.lines().filter(|l| !l.trim().is_empty()) {
+        let (test, why) = line.split_once('\t').unwrap_or((line, "(no reason given)"));
+        by_reason.entry(why).or_default().push(test);
+    }
+    let count: usize = by_reason.values().map(Vec::len).sum();
+    if count > 0 {
+        println!("xtask: tests that did not run, by reason:");
+        for (why, tests) in &mut by_reason {
+            tests.sort_unstable();
+            println!("  {:>3}  {why}", tests.len());
+            for t in tests.iter() {
+                println!("         {t}");
+            }
+        }
+    }
+    let noun = if count == 1 { "test" } else { "tests" };
+    println!("xtask: {count} {noun} did not run");
+    count
 }
