@@ -55,10 +55,13 @@ fn timewait_entry_and_reuse_join_the_traced_connection() {
     let mut client = client;
     client.read_to_end(&mut buf).unwrap();
     drop(client);
-    // tcp_tw_reuse lets a TIME_WAIT 4-tuple be taken again after 1 s (loopback, timestamps).
+    // tcp_tw_reuse lets a TIME_WAIT 4-tuple be taken again after 1 s (loopback, timestamps):
+    // the sleep is the scenario, the socket growing older than that.
     std::thread::sleep(Duration::from_millis(1500));
     let again = connect_from(local, server);
     let (accepted2, _) = listener.accept().unwrap();
+    // Held open across three of the agent's 200 ms polls: it tells "reused" from "killed" by
+    // seeing the new connection on the 4-tuple, which the test cannot observe from outside.
     std::thread::sleep(Duration::from_millis(600));
     drop(again);
     drop(accepted2);
