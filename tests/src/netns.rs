@@ -9,12 +9,13 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn run_cmd(cmd: &mut Command) -> io::Result<Output> {
+/// Runs a command, failing with its stderr; returns its stdout.
+pub(crate) fn run_cmd(cmd: &mut Command) -> io::Result<String> {
     let out = cmd.output()?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
@@ -23,7 +24,7 @@ fn run_cmd(cmd: &mut Command) -> io::Result<Output> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(out)
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A network namespace that exists as long as this value does.
@@ -94,12 +95,11 @@ impl Netns {
 
     /// Runs a command inside the namespace (`ip netns exec NAME ...`) and returns its stdout.
     pub fn exec(&self, args: &[&str]) -> io::Result<String> {
-        let out = run_cmd(
+        run_cmd(
             Command::new("ip")
                 .args(["netns", "exec", &self.name])
                 .args(args),
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        )
     }
 
     /// `ss ARGS` inside the namespace, header line removed.

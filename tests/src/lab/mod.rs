@@ -24,7 +24,7 @@ use std::{
 use socket2::{Domain, SockRef, Socket, Type};
 use teardown::diag::{self, Snapshot, TcpState, TwSubstate};
 
-use crate::netns::{veth_pair, Netns};
+use crate::netns::{run_cmd, veth_pair, Netns};
 pub use crate::wait::wait_until;
 
 pub use nft::{Nft, Rule};
@@ -82,7 +82,7 @@ impl Lab {
         )?;
         // IPv6 without duplicate address detection, so the addresses are usable at once.
         for (ns, dev, host) in [(&client, &client_dev, 1), (&server, &server_dev, 2)] {
-            run(Command::new("ip").args([
+            run_cmd(Command::new("ip").args([
                 "-n",
                 ns.name(),
                 "-6",
@@ -153,7 +153,7 @@ impl Lab {
             ("-4", format!("10.201.{}.0/24", self.slot), "0"),
             ("-6", format!("fd00:201:{:x}::/64", self.slot), "256"),
         ] {
-            run(Command::new("ip").args([
+            run_cmd(Command::new("ip").args([
                 "-n",
                 self.ns(side).name(),
                 fam,
@@ -288,19 +288,6 @@ impl Lab {
             })
             .map(|t| (snap.taken_at_ms + t.remaining_ms).saturating_sub(60_000)))
     }
-}
-
-/// Runs a command, failing with its stderr.
-pub(crate) fn run(cmd: &mut Command) -> io::Result<String> {
-    let out = cmd.output()?;
-    if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "{:?} failed: {}",
-            cmd,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Reads until the peer's FIN (bounded by the stream's read timeout); returns the bytes.
