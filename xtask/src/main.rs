@@ -9,7 +9,7 @@ mod scenario;
 mod setup;
 mod sh;
 
-use std::process::Command;
+use std::{collections::BTreeMap, process::Command};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
@@ -149,20 +149,29 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// Prints the tests that did not run, grouped by reason, and last their number; returns it.
-fn report_not_run(listed: &str) -> usize {
-    let mut by_reason: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+/// The lines `BINARY TEST<TAB>REASON` of the tests that did not run, grouped by reason, each
+/// group's tests sorted.
+fn not_run_by_reason(listed: &str) -> BTreeMap<&str, Vec<&str>> {
+    let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for line in listed.lines().filter(|l| !l.trim().is_empty()) {
         let (test, why) = line.split_once('\t').unwrap_or((line, "(no reason given)"));
         by_reason.entry(why).or_default().push(test);
     }
+    for tests in by_reason.values_mut() {
+        tests.sort_unstable();
+    }
+    by_reason
+}
+
+/// Prints the tests that did not run, grouped by reason, and last their number; returns it.
+fn report_not_run(listed: &str) -> usize {
+    let by_reason = not_run_by_reason(listed);
     let count: usize = by_reason.values().map(Vec::len).sum();
     if count > 0 {
         println!("xtask: tests that did not run, by reason:");
-        for (why, tests) in &mut by_reason {
-            tests.sort_unstable();
+        for (why, tests) in &by_reason {
             println!("  {:>3}  {why}", tests.len());
-            for t in tests.iter() {
+            for t in tests {
                 println!("         {t}");
             }
         }
@@ -170,4 +179,21 @@ fn report_not_run(listed: &str) -> usize {
     let noun = if count == 1 { "test" } else { "tests" };
     println!("xtask: {count} {noun} did not run");
     count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tests_that_did_not_run_are_grouped_by_reason() {
+        let listed = "lab s02\tnot root\n\nlab s01\tnot root\nstop x\tno BTF\nodd line\n";
+        let by = not_run_by_reason(listed);
+        assert_eq!(by["not root"], ["lab s01", "lab s02"]);
+        assert_eq!(by["no BTF"], ["stop x"]);
+        assert_eq!(by["(no reason given)"], ["odd line"]);
+        assert_eq!(by.len(), 3);
+        assert_eq!(report_not_run(listed), 4);
+        assert_eq!(report_not_run(""), 0);
+    }
 }
