@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod gate;
 pub mod lab;
+pub mod loopback;
 pub mod netns;
 pub mod tracer;
 pub mod wait;

@@ -10,8 +10,7 @@ use std::{
     time::Duration,
 };
 
-use socket2::SockRef;
-use teardown_integration_tests::{cli, gate, wait::wait_until};
+use teardown_integration_tests::{cli, gate, loopback::close_one, wait::wait_until};
 
 fn scrape(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -58,16 +57,7 @@ fn metrics_count_the_judged_teardowns() {
 
     // One orderly close, one abort with SO_LINGER 0.
     for abort in [false, true] {
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
-        if abort {
-            SockRef::from(&client)
-                .set_linger(Some(Duration::ZERO))
-                .unwrap();
-        }
-        drop(client);
-        let mut buf = Vec::new();
-        let _ = server.read_to_end(&mut buf);
+        close_one(&listener, abort).unwrap();
     }
 
     // Both ends of both connections are reported once they settle: scrape until they are

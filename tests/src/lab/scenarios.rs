@@ -296,6 +296,23 @@ fn assert_reset_in_close_wait(s: &Traced) {
     assert_deviates(s, Variant::AbortByRst, &["reset_received"]);
 }
 
+/// The end of the scenarios where the client, its FIN ACKed, sends a RST (from `rst_at`) that
+/// the server gets in CLOSE_WAIT: waits for that, stops tracing, checks both ends' steps and
+/// the server's verdict, and returns the ends (client, server).
+fn rst_into_close_wait(lab: &Lab, tracer: Tracer, s: TcpStream, rst_at: &str) -> (Traced, Traced) {
+    lab.wait_gone(Side::Server, TcpState::CloseWait, WAIT)
+        .unwrap();
+    drop(s);
+    let (c, s) = ends(lab, tracer);
+    let rst = format!("rst_sent@{rst_at}");
+    assert_eq!(
+        c.steps(),
+        steps(CLIENT_OPEN, &[&ACTIVE_CLOSE[..], &[rst.as_str()]].concat())
+    );
+    assert_reset_in_close_wait(&s);
+    (c, s)
+}
+
 /// A connection the client aborted while established: the client sent the RST, the server got
 /// it, and each verdict says so.
 fn assert_reset_while_established(c: &Traced, s: &Traced) {
@@ -813,25 +830,8 @@ fn reset_data_after_close() {
     drop(c);
     server_acks_fin(&lab, &mut s);
     s.write_all(b"too late").unwrap();
-    lab.wait_gone(Side::Server, TcpState::CloseWait, WAIT)
-        .unwrap();
-    drop(s);
-    let (c, s) = ends(&lab, tracer);
-
-    assert_eq!(
-        c.steps(),
-        steps(
-            CLIENT_OPEN,
-            &[
-                "ESTABLISHED->FIN_WAIT1",
-                "FIN_WAIT1->FIN_WAIT2",
-                "FIN_WAIT2->CLOSE",
-                // Sent by its timewait socket (FIN_WAIT2 sub-state).
-                "rst_sent@TIME_WAIT"
-            ]
-        )
-    );
-    assert_reset_in_close_wait(&s);
+    // The RST is sent by the client's timewait socket (FIN_WAIT2 sub-state).
+    let (c, _) = rst_into_close_wait(&lab, tracer, s, "TIME_WAIT");
     assert_deviates(&c, Variant::AbortByRst, &["no_peer_fin"]);
 }
 
@@ -843,24 +843,7 @@ fn reset_in_close_wait() {
     server_acks_fin(&lab, &mut s);
     SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
     drop(c); // abort from FIN_WAIT2: RST
-    lab.wait_gone(Side::Server, TcpState::CloseWait, WAIT)
-        .unwrap();
-    drop(s);
-    let (c, s) = ends(&lab, tracer);
-
-    assert_eq!(
-        c.steps(),
-        steps(
-            CLIENT_OPEN,
-            &[
-                "ESTABLISHED->FIN_WAIT1",
-                "FIN_WAIT1->FIN_WAIT2",
-                "FIN_WAIT2->CLOSE",
-                "rst_sent@CLOSE"
-            ]
-        )
-    );
-    assert_reset_in_close_wait(&s);
+    let (c, s) = rst_into_close_wait(&lab, tracer, s, "CLOSE");
     // The client aborted (SO_LINGER 0) in FIN_WAIT2: an abort by its own RST, not a timeout.
     assert_deviates(&c, Variant::AbortByRst, &["reset_sent"]);
     assert!(
