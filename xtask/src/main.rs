@@ -122,10 +122,17 @@ fn test(args: Vec<String>) -> Result<()> {
         std::env::temp_dir().join(format!("teardown-tests-not-run-{}.tsv", std::process::id()));
     std::fs::write(&not_run, "").with_context(|| format!("cannot create {}", not_run.display()))?;
     // Everything but the eBPF crate: unit tests, replay fixtures, and the root/kernel tests of
-    // tests/ (lifecycle, timewait monitor, scenario lab).
+    // tests/ (lifecycle, timewait monitor, scenario lab). Every test binary runs even after a
+    // failure, so that the count of tests that did not run covers them all.
     let mut all = cargo();
-    all.args(["test", "--workspace", "--exclude", "teardown-ebpf"])
-        .env(NOT_RUN_FILE, &not_run);
+    all.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "teardown-ebpf",
+        "--no-fail-fast",
+    ])
+    .env(NOT_RUN_FILE, &not_run);
     if !args.is_empty() {
         all.arg("--").args(&args);
     }
