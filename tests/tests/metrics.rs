@@ -38,17 +38,8 @@ fn metrics_count_the_judged_teardowns() {
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port().to_string();
-    let (mut child, said) = cli::start_tracing_saying(&[
-        "trace",
-        "--format",
-        "jsonl",
-        "--port",
-        &port,
-        "--metrics",
-        "127.0.0.1:0",
-    ])
-    .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (mut child, said) = cli::start_trace_jsonl(port, &["--metrics", "127.0.0.1:0"]).unwrap();
     let url = said
         .iter()
         .find_map(|l| l.strip_prefix("metrics at http://"))

@@ -15,19 +15,8 @@ fn trace_reports_only_the_named_namespace() {
     }
     let ns = Netns::new("td-nsf").unwrap();
     let port = 24_721u16;
-    let port_s = port.to_string();
-    let child = cli::start_tracing(&[
-        "trace",
-        "--format",
-        "jsonl",
-        "--duration",
-        "3s",
-        "--port",
-        &port_s,
-        "--netns",
-        ns.name(),
-    ])
-    .unwrap();
+    let (child, _) =
+        cli::start_trace_jsonl(port, &["--duration", "3s", "--netns", ns.name()]).unwrap();
     // The same port in both namespaces: only the namespace's two ends are reported.
     close_one_on(port, false).unwrap();
     ns.run(|| close_one_on(port, false).unwrap());

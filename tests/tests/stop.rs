@@ -46,17 +46,8 @@ fn stops_cleanly_on(signal: libc::c_int) {
         "teardown-stop-{}-{signal}.jsonl",
         std::process::id()
     ));
-    let port = addr.port().to_string();
-    let mut child = cli::start_tracing(&[
-        "trace",
-        "--format",
-        "jsonl",
-        "--port",
-        &port,
-        "-o",
-        out.to_str().unwrap(),
-    ])
-    .unwrap();
+    let (mut child, _) =
+        cli::start_trace_jsonl(addr.port(), &["-o", out.to_str().unwrap()]).unwrap();
     // One connection that closes, one left in CLOSE_WAIT on the server side.
     for leave_open in [false, true] {
         let client = TcpStream::connect(addr).unwrap();

@@ -29,18 +29,10 @@ fn timewait_entry_and_reuse_join_the_traced_connection() {
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = listener.local_addr().unwrap();
-    let port = server.port().to_string();
-    let child = cli::start_tracing(&[
-        "trace",
-        "--format",
-        "jsonl",
-        "--duration",
-        "8s",
-        "--port",
-        &port,
-        "--timewait-poll",
-        "200ms",
-    ])
+    let (child, _) = cli::start_trace_jsonl(
+        server.port(),
+        &["--duration", "8s", "--timewait-poll", "200ms"],
+    )
     .unwrap();
 
     // First connection: the client closes first and its socket goes to TIME_WAIT.

@@ -32,20 +32,9 @@ fn client_enters_time_wait(ns: &Netns, port: u16) -> SocketAddr {
 /// Traces `port` for 3 s with `extra` arguments while the connection is made in `ns`; returns
 /// the client's timeline and the timewait facts joined to it.
 fn trace(ns: &Netns, port: u16, extra: &[&str]) -> (serde_json::Value, Vec<serde_json::Value>) {
-    let port_s = port.to_string();
-    let mut args = vec![
-        "trace",
-        "--format",
-        "jsonl",
-        "--duration",
-        "3s",
-        "--port",
-        &port_s,
-        "--timewait-poll",
-        "200ms",
-    ];
+    let mut args = vec!["--duration", "3s", "--timewait-poll", "200ms"];
     args.extend_from_slice(extra);
-    let child = cli::start_tracing(&args).unwrap();
+    let (child, _) = cli::start_trace_jsonl(port, &args).unwrap();
     let client = client_enters_time_wait(ns, port);
     let (out, lines) = child.jsonl_output().unwrap();
     let timeline = lines
@@ -108,20 +97,17 @@ fn the_same_four_tuple_in_two_namespaces_is_joined_to_each_its_own() {
             .port()
     };
     let (server_port, client_port) = (free_port(), free_port());
-    let port_s = server_port.to_string();
-    let child = cli::start_tracing(&[
-        "trace",
-        "--format",
-        "jsonl",
-        "--duration",
-        "4s",
-        "--port",
-        &port_s,
-        "--timewait-poll",
-        "200ms",
-        "--timewait-netns",
-        ns.name(),
-    ])
+    let (child, _) = cli::start_trace_jsonl(
+        server_port,
+        &[
+            "--duration",
+            "4s",
+            "--timewait-poll",
+            "200ms",
+            "--timewait-netns",
+            ns.name(),
+        ],
+    )
     .unwrap();
     let connect = || {
         let listener = TcpListener::bind(("127.0.0.1", server_port)).unwrap();
