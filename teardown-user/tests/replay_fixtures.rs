@@ -109,6 +109,24 @@ fn verdicts(name: &str) -> BTreeMap<String, (String, String, Vec<String>)> {
     m
 }
 
+/// Both ends of a documented four-way close.
+const FOUR_WAY: &[(&str, Expect)] = &[
+    ("active_closer", ("four_way_close", "conforms", &[])),
+    ("passive_closer", ("four_way_close", "conforms", &[])),
+];
+
+/// Both ends of an abort: the RST sent by one, received by the other.
+const ABORTED: &[(&str, Expect)] = &[
+    (
+        "active_closer",
+        ("abort_by_rst", "deviates", &["reset_sent"]),
+    ),
+    (
+        "passive_closer",
+        ("abort_by_rst", "deviates", &["reset_received"]),
+    ),
+];
+
 #[test]
 fn each_recorded_teardown_gets_its_verdict() {
     let table: &[(&str, &[(&str, Expect)])] = &[
@@ -122,20 +140,8 @@ fn each_recorded_teardown_gets_its_verdict() {
                 ("passive_closer", ("four_way_close", "conforms", &[])),
             ],
         ),
-        (
-            "four_way_close_v6",
-            &[
-                ("active_closer", ("four_way_close", "conforms", &[])),
-                ("passive_closer", ("four_way_close", "conforms", &[])),
-            ],
-        ),
-        (
-            "server_first",
-            &[
-                ("active_closer", ("four_way_close", "conforms", &[])),
-                ("passive_closer", ("four_way_close", "conforms", &[])),
-            ],
-        ),
+        ("four_way_close_v6", FOUR_WAY),
+        ("server_first", FOUR_WAY),
         (
             "three_segment_close",
             &[
@@ -154,58 +160,13 @@ fn each_recorded_teardown_gets_its_verdict() {
             "refused",
             &[("never_established", ("handshake_refused", "conforms", &[]))],
         ),
-        (
-            "linger_zero",
-            &[
-                (
-                    "active_closer",
-                    ("abort_by_rst", "deviates", &["reset_sent"]),
-                ),
-                (
-                    "passive_closer",
-                    ("abort_by_rst", "deviates", &["reset_received"]),
-                ),
-            ],
-        ),
-        (
-            "unread_data",
-            &[
-                (
-                    "active_closer",
-                    ("abort_by_rst", "deviates", &["reset_sent"]),
-                ),
-                (
-                    "passive_closer",
-                    ("abort_by_rst", "deviates", &["reset_received"]),
-                ),
-            ],
-        ),
-        (
-            "data_after_close",
-            &[
-                (
-                    "active_closer",
-                    ("abort_by_rst", "deviates", &["reset_sent"]),
-                ),
-                (
-                    "passive_closer",
-                    ("abort_by_rst", "deviates", &["reset_received"]),
-                ),
-            ],
-        ),
+        ("linger_zero", ABORTED),
+        ("unread_data", ABORTED),
+        ("data_after_close", ABORTED),
         (
             // From the scenario lab (make-lab.sh): the half-closed client aborts in FIN_WAIT2.
             "reset_in_close_wait",
-            &[
-                (
-                    "active_closer",
-                    ("abort_by_rst", "deviates", &["reset_sent"]),
-                ),
-                (
-                    "passive_closer",
-                    ("abort_by_rst", "deviates", &["reset_received"]),
-                ),
-            ],
+            ABORTED,
         ),
         (
             "close_wait_open",

@@ -113,14 +113,19 @@ impl Drop for Running {
 /// How long teardown may take to load and attach.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Starts `teardown` with `args` and returns once it says it is tracing (within 30 s).
-/// Its stdout is piped; its stderr is read on a thread, up to that line and then drained, so
-/// that the agent can still write its summary there.
-pub fn start_tracing(args: &[&str]) -> io::Result<Running> {
-    start_tracing_saying(args).map(|(child, _)| child)
+/// `teardown trace --format jsonl --port PORT` and `extra` arguments, started as
+/// [`start_tracing_saying`] starts it.
+pub fn start_trace_jsonl(port: u16, extra: &[&str]) -> io::Result<(Running, Vec<String>)> {
+    let port = port.to_string();
+    let mut args = vec!["trace", "--format", "jsonl", "--port", &port];
+    args.extend_from_slice(extra);
+    start_tracing_saying(&args)
 }
 
-/// [`start_tracing`], and the lines teardown wrote on stderr before the "tracing" one.
+/// Starts `teardown` with `args` and returns once it says it is tracing (within 30 s), with the
+/// lines it wrote on stderr before that one. Its stdout is piped; its stderr is read on a
+/// thread, up to that line and then drained, so that the agent can still write its summary
+/// there.
 pub fn start_tracing_saying(args: &[&str]) -> io::Result<(Running, Vec<String>)> {
     let mut child = Running::new(
         Command::new(teardown_bin()?)

@@ -1,7 +1,9 @@
-//! Harness for the root/kernel integration tests: the kernel gate, the real tracer, and
-//! network namespaces.
+//! Harness for the root/kernel integration tests: the one gate that says whether a test can run
+//! here, the real tracer, network namespaces, and bounded waits.
 pub mod cli;
-pub mod kernel;
+pub mod gate;
 pub mod lab;
+pub mod loopback;
 pub mod netns;
 pub mod tracer;
+pub mod wait;

@@ -9,37 +9,13 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// True when running as root (effective uid 0).
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// For tests that need root: true when they can go on. Not root: with `CI=true` this panics
-/// (CI must run them), otherwise it prints why the test is skipped and returns false.
-pub fn require_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: needs root (network namespaces), and CI=true: refusing to skip");
-    }
-    eprintln!("SKIPPED {test}: needs root (network namespaces); run as root to include it");
-    false
-}
-
-fn run_cmd(cmd: &mut Command) -> io::Result<Output> {
+/// Runs a command, failing with its stderr; returns its stdout.
+pub(crate) fn run_cmd(cmd: &mut Command) -> io::Result<String> {
     let out = cmd.output()?;
     if !out.status.success() {
         return Err(io::Error::other(format!(
@@ -48,7 +24,7 @@ fn run_cmd(cmd: &mut Command) -> io::Result<Output> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(out)
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A network namespace that exists as long as this value does.
@@ -119,12 +95,11 @@ impl Netns {
 
     /// Runs a command inside the namespace (`ip netns exec NAME ...`) and returns its stdout.
     pub fn exec(&self, args: &[&str]) -> io::Result<String> {
-        let out = run_cmd(
+        run_cmd(
             Command::new("ip")
                 .args(["netns", "exec", &self.name])
                 .args(args),
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        )
     }
 
     /// `ss ARGS` inside the namespace, header line removed.

@@ -52,6 +52,52 @@ impl Traced {
     }
 }
 
+/// The steps every connection opens with, and the two documented ways of closing, as
+/// [`Traced::steps`] writes them.
+pub const CLIENT_OPEN: [&str; 2] = ["CLOSE->SYN_SENT", "SYN_SENT->ESTABLISHED"];
+pub const SERVER_OPEN: [&str; 2] = ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED"];
+pub const ACTIVE_CLOSE: [&str; 3] = [
+    "ESTABLISHED->FIN_WAIT1",
+    "FIN_WAIT1->FIN_WAIT2",
+    "FIN_WAIT2->CLOSE",
+];
+pub const PASSIVE_CLOSE: [&str; 3] = [
+    "ESTABLISHED->CLOSE_WAIT",
+    "CLOSE_WAIT->LAST_ACK",
+    "LAST_ACK->CLOSE",
+];
+
+/// An abort while established: the RST sent by the end that closed (SO_LINGER 0, unread
+/// data), and received by the other.
+pub const RESET_SENT: [&str; 2] = ["ESTABLISHED->CLOSE", "rst_sent@CLOSE"];
+pub const RESET_RECEIVED: [&str; 2] = ["rst_received@ESTABLISHED", "ESTABLISHED->CLOSE"];
+/// A RST received in CLOSE_WAIT.
+pub const RESET_IN_CLOSE_WAIT: [&str; 3] = [
+    "ESTABLISHED->CLOSE_WAIT",
+    "rst_received@CLOSE_WAIT",
+    "CLOSE_WAIT->CLOSE",
+];
+
+/// The steps `open`, then `rest`.
+pub fn steps(open: [&str; 2], rest: &[&str]) -> Vec<String> {
+    open.iter().chain(rest).map(|s| (*s).to_owned()).collect()
+}
+
+/// Splits the two traced ends of one connection to `port` into (client end, server end).
+pub fn split_ends(mut traced: Vec<Traced>, port: u16) -> (Traced, Traced) {
+    // The server end (local port = `port`) last.
+    traced.sort_by_key(|t| t.finished.conn.local.port() == port);
+    let [client, server] = <[Traced; 2]>::try_from(traced).unwrap_or_else(|traced| {
+        panic!(
+            "expected exactly the two ends, got {:#?}",
+            traced.iter().map(Traced::steps).collect::<Vec<_>>()
+        )
+    });
+    assert_eq!(server.finished.conn.local.port(), port);
+    assert_eq!(client.finished.conn.remote.port(), port);
+    (client, server)
+}
+
 impl Tracer {
     /// Loads and attaches; returns once events are flowing.
     pub fn start() -> Tracer {

@@ -5,25 +5,14 @@
 // A failed unwrap in a test is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    io::Read,
-    net::{TcpListener, TcpStream},
-};
+use std::net::TcpListener;
 
 use teardown::kernel::ProbeConfig;
-use teardown_integration_tests::{kernel, tracer::Tracer};
-
-fn one_connection(listener: &TcpListener) {
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
-    drop(client);
-    let mut buf = Vec::new();
-    server.read_to_end(&mut buf).unwrap();
-}
+use teardown_integration_tests::{gate, loopback::close_one, tracer::Tracer};
 
 #[test]
 fn only_matching_sockets_reach_the_agent() {
-    if !kernel::available("only_matching_sockets_reach_the_agent") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let wanted = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -34,9 +23,9 @@ fn only_matching_sockets_reach_the_agent() {
         ports: vec![port],
         ..ProbeConfig::default()
     });
-    one_connection(&other);
-    one_connection(&wanted);
-    one_connection(&other);
+    close_one(&other, false).unwrap();
+    close_one(&wanted, false).unwrap();
+    close_one(&other, false).unwrap();
     let (events, lost) = tracer.stop();
     assert_eq!(lost, 0);
     assert!(

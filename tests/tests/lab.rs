@@ -6,10 +6,10 @@
 // A failed unwrap in a test is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use teardown_integration_tests::lab::{self, scenarios};
+use teardown_integration_tests::{gate, lab::scenarios};
 
 fn run(name: &str) {
-    if !lab::available(name) {
+    if !gate::can_run(gate::LAB) {
         return;
     }
     let s = scenarios::find(name).unwrap_or_else(|| panic!("no scenario {name}"));

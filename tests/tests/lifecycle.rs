@@ -12,8 +12,12 @@ use std::{
 
 use socket2::SockRef;
 use teardown_integration_tests::{
-    kernel,
-    tracer::{Traced, Tracer},
+    gate,
+    tracer::{
+        split_ends, steps, Traced, Tracer, ACTIVE_CLOSE, CLIENT_OPEN, PASSIVE_CLOSE,
+        RESET_IN_CLOSE_WAIT, RESET_RECEIVED, RESET_SENT, SERVER_OPEN,
+    },
+    wait::wait_until,
 };
 
 /// Longer than Linux's delayed ACK (at most 40 ms on loopback here): a close after it cannot
@@ -33,22 +37,6 @@ fn pair(ip: IpAddr) -> (TcpStream, TcpStream, u16) {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     }
     (client, server, port)
-}
-
-/// Splits the traced connections on `port` into (client end, server end).
-fn ends(mut traced: Vec<Traced>, port: u16) -> (Traced, Traced) {
-    assert_eq!(
-        traced.len(),
-        2,
-        "expected exactly the two ends, got {:#?}",
-        traced.iter().map(|t| t.steps()).collect::<Vec<_>>()
-    );
-    traced.sort_by_key(|t| t.finished.conn.local.port() == port);
-    let server = traced.pop().unwrap();
-    let client = traced.pop().unwrap();
-    assert_eq!(server.finished.conn.local.port(), port);
-    assert_eq!(client.finished.conn.remote.port(), port);
-    (client, server)
 }
 
 /// Asserts role, variant (one of `variants`), conformance and finding codes of a verdict.
@@ -87,27 +75,9 @@ fn client_closes_first(ip: IpAddr) {
     // Past the delayed-ACK time: the server's ACK goes alone, then its FIN (four segments).
     std::thread::sleep(DELAYED_ACK_PASSED);
     drop(server);
-    let (c, s) = ends(tracer.connections(ip, port), port);
-    assert_eq!(
-        c.steps(),
-        [
-            "CLOSE->SYN_SENT",
-            "SYN_SENT->ESTABLISHED",
-            "ESTABLISHED->FIN_WAIT1",
-            "FIN_WAIT1->FIN_WAIT2",
-            "FIN_WAIT2->CLOSE"
-        ]
-    );
-    assert_eq!(
-        s.steps(),
-        [
-            "LISTEN->SYN_RECV",
-            "SYN_RECV->ESTABLISHED",
-            "ESTABLISHED->CLOSE_WAIT",
-            "CLOSE_WAIT->LAST_ACK",
-            "LAST_ACK->CLOSE"
-        ]
-    );
+    let (c, s) = split_ends(tracer.connections(ip, port), port);
+    assert_eq!(c.steps(), steps(CLIENT_OPEN, &ACTIVE_CLOSE));
+    assert_eq!(s.steps(), steps(SERVER_OPEN, &PASSIVE_CLOSE));
     // Both ends are on this host: they are paired by their mirrored 4-tuples.
     assert_eq!(
         c.finished.peer.as_ref().map(|p| p.sk),
@@ -131,27 +101,9 @@ fn server_closes_first(ip: IpAddr) {
     assert!(read_to_eof(&mut client).is_empty());
     std::thread::sleep(DELAYED_ACK_PASSED);
     drop(client);
-    let (c, s) = ends(tracer.connections(ip, port), port);
-    assert_eq!(
-        c.steps(),
-        [
-            "CLOSE->SYN_SENT",
-            "SYN_SENT->ESTABLISHED",
-            "ESTABLISHED->CLOSE_WAIT",
-            "CLOSE_WAIT->LAST_ACK",
-            "LAST_ACK->CLOSE"
-        ]
-    );
-    assert_eq!(
-        s.steps(),
-        [
-            "LISTEN->SYN_RECV",
-            "SYN_RECV->ESTABLISHED",
-            "ESTABLISHED->FIN_WAIT1",
-            "FIN_WAIT1->FIN_WAIT2",
-            "FIN_WAIT2->CLOSE"
-        ]
-    );
+    let (c, s) = split_ends(tracer.connections(ip, port), port);
+    assert_eq!(c.steps(), steps(CLIENT_OPEN, &PASSIVE_CLOSE));
+    assert_eq!(s.steps(), steps(SERVER_OPEN, &ACTIVE_CLOSE));
     verdict(&c, "passive_closer", &["four_way_close"], "conforms", &[]);
     verdict(&s, "active_closer", &["four_way_close"], "conforms", &[]);
 }
@@ -167,27 +119,9 @@ fn half_close_with_data(ip: IpAddr) {
     drop(server);
     assert_eq!(read_to_eof(&mut client), b"late");
     drop(client);
-    let (c, s) = ends(tracer.connections(ip, port), port);
-    assert_eq!(
-        c.steps(),
-        [
-            "CLOSE->SYN_SENT",
-            "SYN_SENT->ESTABLISHED",
-            "ESTABLISHED->FIN_WAIT1",
-            "FIN_WAIT1->FIN_WAIT2",
-            "FIN_WAIT2->CLOSE"
-        ]
-    );
-    assert_eq!(
-        s.steps(),
-        [
-            "LISTEN->SYN_RECV",
-            "SYN_RECV->ESTABLISHED",
-            "ESTABLISHED->CLOSE_WAIT",
-            "CLOSE_WAIT->LAST_ACK",
-            "LAST_ACK->CLOSE"
-        ]
-    );
+    let (c, s) = split_ends(tracer.connections(ip, port), port);
+    assert_eq!(c.steps(), steps(CLIENT_OPEN, &ACTIVE_CLOSE));
+    assert_eq!(s.steps(), steps(SERVER_OPEN, &PASSIVE_CLOSE));
     // W = V + 4: the server's FIN comes after the 4 bytes it sent while half-closed.
     let sev = &s.finished.conn.events;
     let v = sev[2].seq.unwrap().snd_nxt;
@@ -263,25 +197,9 @@ fn abort_with_linger_zero(ip: IpAddr) {
     let err = server.read(&mut buf).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
     drop(server);
-    let (c, s) = ends(tracer.connections(ip, port), port);
-    assert_eq!(
-        c.steps(),
-        [
-            "CLOSE->SYN_SENT",
-            "SYN_SENT->ESTABLISHED",
-            "ESTABLISHED->CLOSE",
-            "rst_sent@CLOSE"
-        ]
-    );
-    assert_eq!(
-        s.steps(),
-        [
-            "LISTEN->SYN_RECV",
-            "SYN_RECV->ESTABLISHED",
-            "rst_received@ESTABLISHED",
-            "ESTABLISHED->CLOSE"
-        ]
-    );
+    let (c, s) = split_ends(tracer.connections(ip, port), port);
+    assert_eq!(c.steps(), steps(CLIENT_OPEN, &RESET_SENT));
+    assert_eq!(s.steps(), steps(SERVER_OPEN, &RESET_RECEIVED));
     let last = s.finished.conn.events.last().unwrap();
     assert_eq!(last.sock.unwrap().err, libc::ECONNRESET);
     verdict(
@@ -309,44 +227,23 @@ fn data_after_peer_closed(ip: IpAddr) {
     drop(client);
     assert!(read_to_eof(&mut server).is_empty());
     server.write_all(b"too late").unwrap();
-    // Wait for the RST to land (bounded).
     let mut buf = [0u8; 1];
-    for _ in 0..50 {
-        if server.read(&mut buf).is_err() || server.write(b"x").is_err() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the RST to land", Duration::from_secs(5), || {
+        Ok(server.read(&mut buf).is_err() || server.write(b"x").is_err())
+    })
+    .unwrap();
     drop(server);
-    let (c, s) = ends(tracer.connections(ip, port), port);
-    let mut steps = c.steps();
+    let (c, s) = split_ends(tracer.connections(ip, port), port);
+    let mut client_steps = c.steps();
     // The RST comes from the closed socket, or from the timewait socket that replaced it,
     // depending on whether the data arrives before or after the replacement.
-    let rst = steps.pop().unwrap();
+    let rst = client_steps.pop().unwrap();
     assert!(
         rst == "rst_sent@CLOSE" || rst == "rst_sent@TIME_WAIT",
         "{rst}"
     );
-    assert_eq!(
-        steps,
-        [
-            "CLOSE->SYN_SENT",
-            "SYN_SENT->ESTABLISHED",
-            "ESTABLISHED->FIN_WAIT1",
-            "FIN_WAIT1->FIN_WAIT2",
-            "FIN_WAIT2->CLOSE",
-        ]
-    );
-    assert_eq!(
-        s.steps(),
-        [
-            "LISTEN->SYN_RECV",
-            "SYN_RECV->ESTABLISHED",
-            "ESTABLISHED->CLOSE_WAIT",
-            "rst_received@CLOSE_WAIT",
-            "CLOSE_WAIT->CLOSE"
-        ]
-    );
+    assert_eq!(client_steps, steps(CLIENT_OPEN, &ACTIVE_CLOSE));
+    assert_eq!(s.steps(), steps(SERVER_OPEN, &RESET_IN_CLOSE_WAIT));
     let last = s.finished.conn.events.last().unwrap();
     assert_eq!(last.sock.unwrap().err, libc::EPIPE);
     // Reset by the full socket: our RST ended it. Reset by its timewait socket: the full
@@ -378,7 +275,7 @@ macro_rules! both_families {
             $(
                 #[test]
                 fn $name() {
-                    if super::kernel::available(concat!("ipv4::", stringify!($name))) {
+                    if super::gate::can_run(super::gate::KERNEL) {
                         super::$name(super::V4);
                     }
                 }
@@ -388,7 +285,7 @@ macro_rules! both_families {
             $(
                 #[test]
                 fn $name() {
-                    if super::kernel::available(concat!("ipv6::", stringify!($name))) {
+                    if super::gate::can_run(super::gate::KERNEL) {
                         super::$name(super::V6);
                     }
                 }

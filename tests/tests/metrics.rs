@@ -10,8 +10,7 @@ use std::{
     time::Duration,
 };
 
-use socket2::SockRef;
-use teardown_integration_tests::{cli, kernel};
+use teardown_integration_tests::{cli, gate, loopback::close_one, wait::wait_until};
 
 fn scrape(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -35,21 +34,12 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[test]
 fn metrics_count_the_judged_teardowns() {
-    if !kernel::available("metrics_count_the_judged_teardowns") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port().to_string();
-    let (mut child, said) = cli::start_tracing_saying(&[
-        "trace",
-        "--format",
-        "jsonl",
-        "--port",
-        &port,
-        "--metrics",
-        "127.0.0.1:0",
-    ])
-    .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (mut child, said) = cli::start_trace_jsonl(port, &["--metrics", "127.0.0.1:0"]).unwrap();
     let url = said
         .iter()
         .find_map(|l| l.strip_prefix("metrics at http://"))
@@ -58,20 +48,11 @@ fn metrics_count_the_judged_teardowns() {
 
     // One orderly close, one abort with SO_LINGER 0.
     for abort in [false, true] {
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
-        if abort {
-            SockRef::from(&client)
-                .set_linger(Some(Duration::ZERO))
-                .unwrap();
-        }
-        drop(client);
-        let mut buf = Vec::new();
-        let _ = server.read_to_end(&mut buf);
+        close_one(&listener, abort).unwrap();
     }
 
     // Both ends of both connections are reported once they settle: scrape until they are
-    // (bounded: 50 scrapes, 200 ms apart).
+    // (bounded: 10 s); the assertions below say what is missing if they never are.
     let reported = |t: &str| {
         t.lines()
             .filter(|l| l.starts_with("teardown_connections_total{"))
@@ -79,13 +60,10 @@ fn metrics_count_the_judged_teardowns() {
             .sum::<f64>()
     };
     let mut text = String::new();
-    for _ in 0..50 {
+    let _ = wait_until("four ends counted", Duration::from_secs(10), || {
         text = scrape(&addr, "/metrics");
-        if reported(&text) >= 4.0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Ok(reported(&text) >= 4.0)
+    });
     assert!(text.starts_with("HTTP/1."), "{text}");
     assert!(
         text.contains("Content-Type: application/openmetrics-text; version=1.0.0"),

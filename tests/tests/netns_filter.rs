@@ -4,55 +4,22 @@
 // A failed unwrap in a test is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    io::Read,
-    net::{TcpListener, TcpStream},
-    os::unix::fs::MetadataExt as _,
-    time::Duration,
-};
+use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
-use socket2::SockRef;
-use teardown_integration_tests::{cli, kernel, netns::Netns};
-
-/// A connection on loopback port `port` of the calling thread's namespace, aborted with
-/// SO_LINGER 0 when `abort`, else closed in order.
-fn connection(port: u16, abort: bool) {
-    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
-    if abort {
-        SockRef::from(&client)
-            .set_linger(Some(Duration::ZERO))
-            .unwrap();
-    }
-    drop(client);
-    let mut buf = Vec::new();
-    let _ = server.read_to_end(&mut buf);
-}
+use teardown_integration_tests::{cli, gate, loopback::close_one_on, netns::Netns};
 
 #[test]
 fn trace_reports_only_the_named_namespace() {
-    if !kernel::available("trace_reports_only_the_named_namespace") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let ns = Netns::new("td-nsf").unwrap();
     let port = 24_721u16;
-    let port_s = port.to_string();
-    let child = cli::start_tracing(&[
-        "trace",
-        "--format",
-        "jsonl",
-        "--duration",
-        "3s",
-        "--port",
-        &port_s,
-        "--netns",
-        ns.name(),
-    ])
-    .unwrap();
+    let (child, _) =
+        cli::start_trace_jsonl(port, &["--duration", "3s", "--netns", ns.name()]).unwrap();
     // The same port in both namespaces: only the namespace's two ends are reported.
-    connection(port, false);
-    ns.run(|| connection(port, false));
+    close_one_on(port, false).unwrap();
+    ns.run(|| close_one_on(port, false).unwrap());
     let (out, lines) = child.jsonl_output().unwrap();
     let inode = std::fs::metadata(ns.path()).unwrap().ino();
     let conns: Vec<&serde_json::Value> =
@@ -63,7 +30,7 @@ fn trace_reports_only_the_named_namespace() {
 
 #[test]
 fn top_batch_shows_only_the_named_namespaces_teardowns() {
-    if !kernel::available("top_batch_shows_only_the_named_namespaces_teardowns") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let ns = Netns::new("td-nst").unwrap();
@@ -86,8 +53,8 @@ fn top_batch_shows_only_the_named_namespaces_teardowns() {
     );
 
     // An abort on the host first, then one in the namespace: only the latter is shown.
-    connection(host_port, true);
-    ns.run(|| connection(ns_port, true));
+    close_one_on(host_port, true).unwrap();
+    ns.run(|| close_one_on(ns_port, true).unwrap());
     let mut shown = Vec::new();
     // Bounded: the namespace's two lines come within a settle time; 100 lines is ample.
     for _ in 0..100 {

@@ -14,15 +14,19 @@ use std::{
 };
 
 use teardown::decode::EventKind;
-use teardown_integration_tests::{kernel, tracer::Tracer};
+use teardown_integration_tests::{gate, tracer::Tracer, wait::wait_until};
 
-/// `bytes_received:N` and `bytes_acked:N` of the socket with local port `port` in `state`.
-fn ss_counters(state: &str, port: u16) -> (u64, u64) {
+/// `ss -tni` of the socket with local port `port` in `state` (empty when there is none).
+fn ss_info(state: &str, port: u16) -> String {
     let out = Command::new("ss")
         .args(["-tniH", "state", state, "sport", "=", &format!(":{port}")])
         .output()
         .expect("ss runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `bytes_received:N` and `bytes_acked:N` of an `ss -tni` line.
+fn counters(text: &str) -> (u64, u64) {
     let field = |name: &str| -> u64 {
         text.split_whitespace()
             .find_map(|w| w.strip_prefix(name))
@@ -35,7 +39,7 @@ fn ss_counters(state: &str, port: u16) -> (u64, u64) {
 
 #[test]
 fn u_v_and_the_byte_counts_of_ss_agree() {
-    if !kernel::available("u_v_and_the_byte_counts_of_ss_agree") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let tracer = Tracer::start();
@@ -55,8 +59,17 @@ fn u_v_and_the_byte_counts_of_ss_agree() {
         .unwrap();
     assert_eq!(server.read(&mut [0u8; 1]).unwrap(), 0);
     // The server is in CLOSE_WAIT now: ask the kernel what it counted.
-    std::thread::sleep(Duration::from_millis(100));
-    let (received, acked) = ss_counters("close-wait", addr.port());
+    let mut info = String::new();
+    wait_until(
+        "ss to show the server in CLOSE_WAIT",
+        Duration::from_secs(5),
+        || {
+            info = ss_info("close-wait", addr.port());
+            Ok(!info.trim().is_empty())
+        },
+    )
+    .unwrap();
+    let (received, acked) = counters(&info);
     drop(server);
     drop(client);
     let traced = tracer.connections(addr.ip(), addr.port());

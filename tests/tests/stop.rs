@@ -8,10 +8,36 @@ use std::{
     io::Read,
     net::{TcpListener, TcpStream},
     os::fd::FromRawFd,
+    path::Path,
+    process::Command,
     time::Duration,
 };
 
-use teardown_integration_tests::{cli, kernel};
+use teardown_integration_tests::{cli, gate, wait::wait_until};
+
+/// The JSON Lines file teardown wrote, as text and parsed; the file is removed.
+fn take_jsonl(path: &Path) -> (String, Vec<serde_json::Value>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::remove_file(path).unwrap();
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (text, lines)
+}
+
+/// `ss` lines of sockets to or from `port` in FIN_WAIT1 or LAST_ACK (this namespace).
+fn closing_on(port: u16) -> std::io::Result<String> {
+    let p = format!(":{port}");
+    let out = Command::new("ss")
+        .args(["-tanH", "state", "fin-wait-1", "state", "last-ack"])
+        .args(["(", "sport", "=", &p, "or", "dport", "=", &p, ")"])
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!("ss: {out:?}")));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
 
 fn stops_cleanly_on(signal: libc::c_int) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -20,17 +46,8 @@ fn stops_cleanly_on(signal: libc::c_int) {
         "teardown-stop-{}-{signal}.jsonl",
         std::process::id()
     ));
-    let port = addr.port().to_string();
-    let mut child = cli::start_tracing(&[
-        "trace",
-        "--format",
-        "jsonl",
-        "--port",
-        &port,
-        "-o",
-        out.to_str().unwrap(),
-    ])
-    .unwrap();
+    let (mut child, _) =
+        cli::start_trace_jsonl(addr.port(), &["-o", out.to_str().unwrap()]).unwrap();
     // One connection that closes, one left in CLOSE_WAIT on the server side.
     for leave_open in [false, true] {
         let client = TcpStream::connect(addr).unwrap();
@@ -42,17 +59,19 @@ fn stops_cleanly_on(signal: libc::c_int) {
             std::mem::forget(server);
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the orderly connection has closed on both ends (its last ACK arrived, no end in
+    // FIN_WAIT1 or LAST_ACK): every transition the test counts happened before the signal.
+    wait_until(
+        "the orderly connection to close",
+        Duration::from_secs(5),
+        || Ok(closing_on(addr.port())?.is_empty()),
+    )
+    .unwrap();
     // SAFETY: sending a signal to our own child.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    std::fs::remove_file(&out).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (text, lines) = take_jsonl(&out);
     let conns: Vec<&serde_json::Value> =
         lines.iter().filter(|v| v["type"] == "connection").collect();
     assert_eq!(conns.len(), 4, "two connections, both ends: {text}");
@@ -69,14 +88,14 @@ fn stops_cleanly_on(signal: libc::c_int) {
 
 #[test]
 fn sigterm_flushes_everything() {
-    if kernel::available("sigterm_flushes_everything") {
+    if gate::can_run(gate::KERNEL) {
         stops_cleanly_on(libc::SIGTERM);
     }
 }
 
 #[test]
 fn ctrl_c_flushes_everything() {
-    if kernel::available("ctrl_c_flushes_everything") {
+    if gate::can_run(gate::KERNEL) {
         stops_cleanly_on(libc::SIGINT);
     }
 }
@@ -86,7 +105,7 @@ fn ctrl_c_flushes_everything() {
 /// the end of its --duration, with every connection and the summary written, is the proof.
 #[test]
 fn a_closed_stderr_does_not_stop_tracing() {
-    if !kernel::available("a_closed_stderr_does_not_stop_tracing") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -127,12 +146,7 @@ fn a_closed_stderr_does_not_stop_tracing() {
     }
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    std::fs::remove_file(&out).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (text, lines) = take_jsonl(&out);
     assert!(
         lines.iter().any(|v| v["type"] == "connection"),
         "no connection traced: {text}"

@@ -12,7 +12,7 @@ use std::{
 };
 
 use socket2::{Domain, Socket, Type};
-use teardown_integration_tests::{cli, kernel};
+use teardown_integration_tests::{cli, gate};
 
 fn connect_from(local: SocketAddr, server: SocketAddr) -> std::net::TcpStream {
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
@@ -24,23 +24,15 @@ fn connect_from(local: SocketAddr, server: SocketAddr) -> std::net::TcpStream {
 
 #[test]
 fn timewait_entry_and_reuse_join_the_traced_connection() {
-    if !kernel::available("timewait_entry_and_reuse_join_the_traced_connection") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = listener.local_addr().unwrap();
-    let port = server.port().to_string();
-    let child = cli::start_tracing(&[
-        "trace",
-        "--format",
-        "jsonl",
-        "--duration",
-        "8s",
-        "--port",
-        &port,
-        "--timewait-poll",
-        "200ms",
-    ])
+    let (child, _) = cli::start_trace_jsonl(
+        server.port(),
+        &["--duration", "8s", "--timewait-poll", "200ms"],
+    )
     .unwrap();
 
     // First connection: the client closes first and its socket goes to TIME_WAIT.
@@ -55,10 +47,13 @@ fn timewait_entry_and_reuse_join_the_traced_connection() {
     let mut client = client;
     client.read_to_end(&mut buf).unwrap();
     drop(client);
-    // tcp_tw_reuse lets a TIME_WAIT 4-tuple be taken again after 1 s (loopback, timestamps).
+    // tcp_tw_reuse lets a TIME_WAIT 4-tuple be taken again after 1 s (loopback, timestamps):
+    // the sleep is the scenario, the socket growing older than that.
     std::thread::sleep(Duration::from_millis(1500));
     let again = connect_from(local, server);
     let (accepted2, _) = listener.accept().unwrap();
+    // Held open across three of the agent's 200 ms polls: it tells "reused" from "killed" by
+    // seeing the new connection on the 4-tuple, which the test cannot observe from outside.
     std::thread::sleep(Duration::from_millis(600));
     drop(again);
     drop(accepted2);

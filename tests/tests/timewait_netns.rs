@@ -10,7 +10,7 @@ use std::{
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
 };
 
-use teardown_integration_tests::{cli, kernel, netns::Netns};
+use teardown_integration_tests::{cli, gate, netns::Netns};
 
 /// A connection inside `ns` whose client closes first and ends in TIME_WAIT there; returns
 /// the client's address.
@@ -32,20 +32,9 @@ fn client_enters_time_wait(ns: &Netns, port: u16) -> SocketAddr {
 /// Traces `port` for 3 s with `extra` arguments while the connection is made in `ns`; returns
 /// the client's timeline and the timewait facts joined to it.
 fn trace(ns: &Netns, port: u16, extra: &[&str]) -> (serde_json::Value, Vec<serde_json::Value>) {
-    let port_s = port.to_string();
-    let mut args = vec![
-        "trace",
-        "--format",
-        "jsonl",
-        "--duration",
-        "3s",
-        "--port",
-        &port_s,
-        "--timewait-poll",
-        "200ms",
-    ];
+    let mut args = vec!["--duration", "3s", "--timewait-poll", "200ms"];
     args.extend_from_slice(extra);
-    let child = cli::start_tracing(&args).unwrap();
+    let (child, _) = cli::start_trace_jsonl(port, &args).unwrap();
     let client = client_enters_time_wait(ns, port);
     let (out, lines) = child.jsonl_output().unwrap();
     let timeline = lines
@@ -63,7 +52,7 @@ fn trace(ns: &Netns, port: u16, extra: &[&str]) -> (serde_json::Value, Vec<serde
 
 #[test]
 fn timewait_sockets_of_a_named_namespace_join_their_connection() {
-    if !kernel::available("timewait_sockets_of_a_named_namespace_join_their_connection") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let ns = Netns::new("td-twns").unwrap();
@@ -95,7 +84,7 @@ fn timewait_sockets_of_a_named_namespace_join_their_connection() {
 /// its own namespace's timewait socket, once.
 #[test]
 fn the_same_four_tuple_in_two_namespaces_is_joined_to_each_its_own() {
-    if !kernel::available("the_same_four_tuple_in_two_namespaces_is_joined_to_each_its_own") {
+    if !gate::can_run(gate::KERNEL) {
         return;
     }
     let ns = Netns::new("td-twns2").unwrap();
@@ -108,20 +97,17 @@ fn the_same_four_tuple_in_two_namespaces_is_joined_to_each_its_own() {
             .port()
     };
     let (server_port, client_port) = (free_port(), free_port());
-    let port_s = server_port.to_string();
-    let child = cli::start_tracing(&[
-        "trace",
-        "--format",
-        "jsonl",
-        "--duration",
-        "4s",
-        "--port",
-        &port_s,
-        "--timewait-poll",
-        "200ms",
-        "--timewait-netns",
-        ns.name(),
-    ])
+    let (child, _) = cli::start_trace_jsonl(
+        server_port,
+        &[
+            "--duration",
+            "4s",
+            "--timewait-poll",
+            "200ms",
+            "--timewait-netns",
+            ns.name(),
+        ],
+    )
     .unwrap();
     let connect = || {
         let listener = TcpListener::bind(("127.0.0.1", server_port)).unwrap();

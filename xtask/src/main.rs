@@ -9,9 +9,9 @@ mod scenario;
 mod setup;
 mod sh;
 
-use std::process::Command;
+use std::{collections::BTreeMap, process::Command};
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -32,8 +32,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: unit tests, and the root/kernel integration tests. Under
-    /// CI=true the kernel tests fail, never skip, when they cannot run.
+    /// Set up, then run every test: unit tests, and the root/kernel integration tests. Ends with
+    /// the number of tests that could not run here (not root, no BTF...) and why; under CI=true
+    /// such a test fails instead, and so does this task.
     Test {
         /// Extra arguments passed to the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -111,21 +112,101 @@ fn test(args: Vec<String>) -> Result<()> {
     let kernel_ready = setup::is_root() && std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
     if kernel_ready {
         println!("xtask: root and kernel BTF present: the kernel tests will run");
-    } else if std::env::var("CI").is_ok_and(|v| v == "true") {
-        println!("xtask: CI=true without root or BTF: the kernel tests will fail, as they must");
+    } else if in_ci() {
+        println!("xtask: CI without root or BTF: the kernel tests will fail, as they must");
     } else {
         println!(
-            "xtask: not root (or no kernel BTF): the kernel tests will be skipped; run as root"
+            "xtask: not root (or no kernel BTF): the kernel tests will not run (counted at the \
+             end); run as root"
         );
     }
+    // A fresh list per run: the gate of the tests (tests/src/gate.rs) appends a line
+    // `BINARY TEST<TAB>REASON` for each test that could not run.
+    let not_run =
+        std::env::temp_dir().join(format!("teardown-tests-not-run-{}.tsv", std::process::id()));
+    std::fs::write(&not_run, "").with_context(|| format!("cannot create {}", not_run.display()))?;
     // Everything but the eBPF crate: unit tests, replay fixtures, and the root/kernel tests of
-    // tests/ (lifecycle, timewait monitor, scenario lab).
+    // tests/ (lifecycle, timewait monitor, scenario lab). Every test binary runs even after a
+    // failure, so that the count of tests that did not run covers them all.
     let mut all = cargo();
-    all.args(["test", "--workspace", "--exclude", "teardown-ebpf"]);
+    all.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "teardown-ebpf",
+        "--no-fail-fast",
+    ])
+    .env(NOT_RUN_FILE, &not_run);
     if !args.is_empty() {
         all.arg("--").args(&args);
     }
-    sh::run(&mut all).context("tests failed")
+    let ran = sh::run(&mut all);
+    let listed = std::fs::read_to_string(&not_run).unwrap_or_default();
+    let _ = std::fs::remove_file(&not_run);
+    let count = report_not_run(&listed);
+    ran.context("tests failed")?;
+    if count > 0 && in_ci() {
+        bail!("{count} tests did not run, and CI forbids skipping");
+    }
+    Ok(())
+}
+
+/// The variable naming the file the tests' gate lists the tests that did not run in.
+const NOT_RUN_FILE: &str = "TEARDOWN_TESTS_NOT_RUN";
+
+/// Whether this run is CI: `CI=true` (what `.ci/run` sets) or `CI=1`. The same rule as the
+/// tests' gate (`tests/src/gate.rs`, where the reason for `1` is written).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The lines `BINARY TEST<TAB>REASON` of the tests that did not run, grouped by reason, each
+/// group's tests sorted.
+fn not_run_by_reason(listed: &str) -> BTreeMap<&str, Vec<&str>> {
+    let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for line in listed.lines().filter(|l| !l.trim().is_empty()) {
+        let (test, why) = line.split_once('\t').unwrap_or((line, "(no reason given)"));
+        by_reason.entry(why).or_default().push(test);
+    }
+    for tests in by_reason.values_mut() {
+        tests.sort_unstable();
+    }
+    by_reason
+}
+
+/// Prints the tests that did not run, grouped by reason, and last their number; returns it.
+fn report_not_run(listed: &str) -> usize {
+    let by_reason = not_run_by_reason(listed);
+    let count: usize = by_reason.values().map(Vec::len).sum();
+    if count > 0 {
+        println!("xtask: tests that did not run, by reason:");
+        for (why, tests) in &by_reason {
+            println!("  {:>3}  {why}", tests.len());
+            for t in tests {
+                println!("         {t}");
+            }
+        }
+    }
+    let noun = if count == 1 { "test" } else { "tests" };
+    println!("xtask: {count} {noun} did not run");
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tests_that_did_not_run_are_grouped_by_reason() {
+        let listed = "lab s02\tnot root\n\nlab s01\tnot root\nstop x\tno BTF\nodd line\n";
+        let by = not_run_by_reason(listed);
+        assert_eq!(by["not root"], ["lab s01", "lab s02"]);
+        assert_eq!(by["no BTF"], ["stop x"]);
+        assert_eq!(by["(no reason given)"], ["odd line"]);
+        assert_eq!(by.len(), 3);
+        assert_eq!(report_not_run(listed), 4);
+        assert_eq!(report_not_run(""), 0);
+    }
 }
 
 fn clippy() -> Result<()> {

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use teardown_integration_tests::lab::{self, scenarios};
+use teardown_integration_tests::{gate, lab::scenarios};
 
 fn list() {
     println!("Scenarios (cargo xtask scenario NAME):");
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
                 list();
                 return ExitCode::from(2);
             };
-            if !lab::available(name) {
+            if !gate::can_run_as(name, gate::LAB) {
                 return ExitCode::from(2);
             }
             println!("scenario {} (#{}): {}\n", s.name, s.number, s.about);

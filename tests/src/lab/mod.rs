@@ -18,13 +18,14 @@ use std::{
     io::{self, Read},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use socket2::{Domain, SockRef, Socket, Type};
 use teardown::sock_diag::{self, Snapshot, TcpState, TwSubstate};
 
-use crate::netns::{veth_pair, Netns};
+use crate::netns::{run_cmd, veth_pair, Netns};
+pub use crate::wait::wait_until;
 
 pub use nft::{Nft, Rule};
 
@@ -81,7 +82,7 @@ impl Lab {
         )?;
         // IPv6 without duplicate address detection, so the addresses are usable at once.
         for (ns, dev, host) in [(&client, &client_dev, 1), (&server, &server_dev, 2)] {
-            run(Command::new("ip").args([
+            run_cmd(Command::new("ip").args([
                 "-n",
                 ns.name(),
                 "-6",
@@ -152,7 +153,7 @@ impl Lab {
             ("-4", format!("10.201.{}.0/24", self.slot), "0"),
             ("-6", format!("fd00:201:{:x}::/64", self.slot), "256"),
         ] {
-            run(Command::new("ip").args([
+            run_cmd(Command::new("ip").args([
                 "-n",
                 self.ns(side).name(),
                 fam,
@@ -289,40 +290,6 @@ impl Lab {
     }
 }
 
-/// Runs a command, failing with its stderr.
-pub(crate) fn run(cmd: &mut Command) -> io::Result<String> {
-    let out = cmd.output()?;
-    if !out.status.success() {
-        return Err(io::Error::other(format!(
-            "{:?} failed: {}",
-            cmd,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Polls `f` every 5 ms until it is true; an error after `limit`.
-pub fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> io::Result<bool>,
-) -> io::Result<()> {
-    let end = Instant::now() + limit;
-    loop {
-        if f()? {
-            return Ok(());
-        }
-        if Instant::now() >= end {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("timed out after {limit:?} waiting for {what}"),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Reads until the peer's FIN (bounded by the stream's read timeout); returns the bytes.
 pub fn read_to_eof(s: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut v = Vec::new();
@@ -334,31 +301,4 @@ pub fn read_to_eof(s: &mut TcpStream) -> io::Result<Vec<u8>> {
 /// mode on for the next segments: the peer's FIN is then ACKed alone (a four-way close).
 pub fn ack_now(s: &TcpStream) -> io::Result<()> {
     SockRef::from(s).set_tcp_quickack(true)
-}
-
-/// Whether `nft` can be run here.
-pub fn have_nft() -> bool {
-    Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Gate of the lab tests: root and BTF ([`crate::kernel::available`]) and the `nft` tool. Under
-/// `CI=true` a missing piece is a failure, elsewhere the test is skipped with the reason.
-#[must_use]
-pub fn available(test: &str) -> bool {
-    if !crate::kernel::available(test) {
-        return false;
-    }
-    if have_nft() {
-        return true;
-    }
-    let why = "`nft` is not installed (the lab drops segments with nftables rules; \
-               `cargo xtask scenario --list` or `apt-get install nftables` installs it)";
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{test}: cannot run under CI=true: {why}");
-    }
-    eprintln!("SKIPPED {test}: {why}");
-    false
 }
