@@ -192,22 +192,6 @@ fn report_not_run(listed: &str) -> usize {
     count
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tests_that_did_not_run_are_grouped_by_reason() {
-        let listed = "lab s02\tnot root\n\nlab s01\tnot root\nstop x\tno BTF\nodd line\n";
-        let by = not_run_by_reason(listed);
-        assert_eq!(by["not root"], ["lab s01", "lab s02"]);
-        assert_eq!(by["no BTF"], ["stop x"]);
-        assert_eq!(by["(no reason given)"], ["odd line"]);
-        assert_eq!(by.len(), 3);
-        assert_eq!(report_not_run(listed), 4);
-        assert_eq!(report_not_run(""), 0);
-    }
-}
 
 fn clippy() -> Result<()> {
     let tc = setup::setup(true)?;
@@ -265,4 +249,21 @@ fn clippy() -> Result<()> {
         bpf.env("RUSTC_BOOTSTRAP", "1");
     }
     sh::run(&mut bpf).context("clippy found problems in the eBPF crate")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tests_that_did_not_run_are_grouped_by_reason() {
+        let listed = "lab s02\tnot root\n\nlab s01\tnot root\nstop x\tno BTF\nodd line\n";
+        let by = not_run_by_reason(listed);
+        assert_eq!(by["not root"], ["lab s01", "lab s02"]);
+        assert_eq!(by["no BTF"], ["stop x"]);
+        assert_eq!(by["(no reason given)"], ["odd line"]);
+        assert_eq!(by.len(), 3);
+        assert_eq!(report_not_run(listed), 4);
+        assert_eq!(report_not_run(""), 0);
+    }
 }
