@@ -192,7 +192,6 @@ fn report_not_run(listed: &str) -> usize {
     count
 }
 
-
 fn clippy() -> Result<()> {
     let tc = setup::setup(true)?;
     sh::run(

@@ -23,4 +23,6 @@ mod tests;
 pub use decide::judge;
 pub use model::{DocSide, Meaning, StateTime, Step, STEPS, TRANSITIONS};
 pub use seq::{Outcome, Sender, SeqCheck, Term, Wave, Waves};
-pub use verdict::{Conformance, Finding, ResetBy, ResetInfo, Role, TimeWaitPath, Variant, Verdict};
+pub use verdict::{
+    Code, Conformance, Finding, ResetBy, ResetInfo, Role, TimeWaitPath, Variant, Verdict,
+};

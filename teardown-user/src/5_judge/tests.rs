@@ -178,10 +178,10 @@ fn simultaneous(peer_fin_plus_1: u32, final_una: u32) -> Vec<Event> {
 }
 
 fn codes(v: &Verdict) -> Vec<&'static str> {
-    v.findings.iter().map(|f| f.code).collect()
+    v.findings.iter().map(|f| f.code.as_str()).collect()
 }
 fn note_codes(v: &Verdict) -> Vec<&'static str> {
-    v.notes.iter().map(|f| f.code).collect()
+    v.notes.iter().map(|f| f.code.as_str()).collect()
 }
 fn text(v: &Verdict) -> String {
     let mut s = String::new();
@@ -860,7 +860,7 @@ fn retransmitted_fin_from_last_ack_is_a_note_not_a_deviation() {
     let n = v
         .notes
         .iter()
-        .find(|n| n.code == "fin_retransmitted")
+        .find(|n| n.code == Code::FinRetransmitted)
         .unwrap();
     assert_eq!(n.step, Some(4));
     assert!(n.message.contains("LAST_ACK"), "{}", n.message);
@@ -1030,14 +1030,13 @@ proptest! {
     fn any_events_give_one_consistent_verdict(c in connection(), p in proptest::option::of(connection())) {
         let v = judge(&c, p.as_ref());
         for f in v.findings.iter().chain(&v.notes) {
-            prop_assert!(!f.code.is_empty());
             prop_assert!(f.step.is_none_or(|s| (1..=4).contains(&s)));
             prop_assert!(!f.message.contains("step 0"));
             // A code named after a wave ("step3_...") and a message that opens with one
             // ("step 3 never came", "step 3: ...") are about the wave the finding names.
             let wave = |s: &str| s.chars().next().and_then(|c| c.to_digit(10));
             let want = f.step.map(u32::from);
-            if let Some(n) = f.code.strip_prefix("step").and_then(wave) {
+            if let Some(n) = f.code.as_str().strip_prefix("step").and_then(wave) {
                 prop_assert_eq!(want, Some(n), "{}", f.code);
             }
             if let Some(n) = f.message.strip_prefix("step ").and_then(wave) {
@@ -1082,18 +1081,24 @@ fn fin_wait2_twice_sums_its_time() {
     assert_eq!(fw2, vec![19 * MS + 1_000]);
 }
 
+/// The text and the JSON of every case's verdict show what the verdict holds: each finding and
+/// note by its code, the variant by its name.
 #[test]
-#[ignore = "prints every case's verdict, for reading"]
-fn print_cases() {
+fn every_case_shows_its_verdict_in_text_and_json() {
     for c in cases() {
         let v = judge(&c.conn, c.peer.as_ref());
-        println!("== {}\n{}", c.name, text(&v));
+        let t = text(&v);
+        for f in v.findings.iter().chain(&v.notes) {
+            assert!(t.contains(&format!("[{}]", f.code)), "{}: {t}", c.name);
+        }
+        let j = serde_json::to_value(&v).unwrap();
+        assert_eq!(j["variant"], v.variant.name(), "{}", c.name);
+        let in_json = |key: &str| -> Vec<String> {
+            let list = j[key].as_array().unwrap().iter();
+            list.map(|f| f["code"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(in_json("findings"), codes(&v), "{}", c.name);
+        assert_eq!(in_json("notes"), note_codes(&v), "{}", c.name);
     }
-}
-
-#[test]
-#[ignore = "prints a verdict as JSON, for reading"]
-fn print_json() {
-    let v = judge(&conn(orphan_close()), None);
-    println!("{}", serde_json::to_string_pretty(&v).unwrap());
 }

@@ -332,8 +332,8 @@ impl std::fmt::Display for Code {
 pub struct Finding {
     /// The documented step (1-4) it concerns.
     pub step: Option<u8>,
-    /// [`Code::as_str`]: the sinks count findings by this name.
-    pub code: &'static str,
+    /// What it is; serialized as [`Code::as_str`], the name the sinks count findings by.
+    pub code: Code,
     pub message: String,
 }
 
@@ -442,14 +442,14 @@ impl Judgement {
     pub(super) fn finding(&mut self, step: Option<Step>, code: Code, message: String) {
         self.findings.push(Finding {
             step: step.map(Step::number),
-            code: code.as_str(),
+            code,
             message,
         });
     }
     pub(super) fn note(&mut self, step: Option<Step>, code: Code, message: String) {
         self.notes.push(Finding {
             step: step.map(Step::number),
-            code: code.as_str(),
+            code,
             message,
         });
     }

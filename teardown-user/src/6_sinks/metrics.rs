@@ -191,7 +191,9 @@ impl Sink for MetricsSink {
             .inc();
         for f in &v.findings {
             m.findings
-                .get_or_create(&FindingLabels { finding: f.code })
+                .get_or_create(&FindingLabels {
+                    finding: f.code.as_str(),
+                })
                 .inc();
         }
         for t in &v.closing_times {

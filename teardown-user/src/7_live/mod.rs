@@ -185,7 +185,11 @@ impl Pipeline {
             .entry(verdict.variant.name())
             .or_default() += 1;
         for finding in &verdict.findings {
-            *self.summary.by_finding.entry(finding.code).or_default() += 1;
+            *self
+                .summary
+                .by_finding
+                .entry(finding.code.as_str())
+                .or_default() += 1;
         }
         match verdict.conformance {
             Conformance::Conforms => self.summary.conforming += 1,

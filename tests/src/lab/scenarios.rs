@@ -166,11 +166,11 @@ fn sock(t: &Traced, step: &str) -> SockSnapshot {
 }
 
 fn finding_codes(t: &Traced) -> Vec<&'static str> {
-    t.verdict.findings.iter().map(|f| f.code).collect()
+    t.verdict.findings.iter().map(|f| f.code.as_str()).collect()
 }
 
 fn note_codes(t: &Traced) -> Vec<&'static str> {
-    t.verdict.notes.iter().map(|f| f.code).collect()
+    t.verdict.notes.iter().map(|f| f.code.as_str()).collect()
 }
 
 /// The verdict is `variant`, conforms, and no sequence relation is broken.
@@ -282,7 +282,7 @@ fn assert_fin_retransmitted(t: &Traced, step: u8) {
         t.verdict
             .notes
             .iter()
-            .any(|n| n.code == "fin_retransmitted" && n.step == Some(step)),
+            .any(|n| n.code == teardown::judge::Code::FinRetransmitted && n.step == Some(step)),
         "{:?}",
         t.verdict.notes
     );
