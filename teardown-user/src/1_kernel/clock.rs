@@ -1,5 +1,6 @@
-//! Clocks. Kernel event times are CLOCK_MONOTONIC (`bpf_ktime_get_ns`); wall-clock times are
-//! derived with an offset taken once.
+//! Time: kernel event times are CLOCK_MONOTONIC (`bpf_ktime_get_ns`), wall-clock times are
+//! derived with an offset taken once; and durations as the command line takes them and the
+//! outputs write them.
 
 fn read(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
@@ -54,9 +55,65 @@ pub fn parse_secs(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+// Durations as people read them, in the two precisions the outputs use: a teardown's steps
+// (sub-millisecond apart, so with a decimal) and the ages of closing sockets (whole units).
+
+/// A duration in the unit that reads best.
+pub fn human_ns(ns: u64) -> String {
+    if ns < 1_000 {
+        format!("{ns}ns")
+    } else if ns < 1_000_000 {
+        format!("{:.1}µs", ns as f64 / 1e3)
+    } else if ns < 1_000_000_000 {
+        format!("{:.1}ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.2}s", ns as f64 / 1e9)
+    }
+}
+
+/// A duration for people: `850ms`, `42s`, `3m05s`, `2h03m`.
+pub fn human_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    }
+}
+
+/// An age, with `>=` when it is a lower bound.
+pub fn human_age(ms: u64, at_least: bool) -> String {
+    if at_least {
+        format!(">={}", human_ms(ms))
+    } else {
+        human_ms(ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn human_ms_in_whole_units() {
+        assert_eq!(human_ms(850), "850ms");
+        assert_eq!(human_ms(42_000), "42s");
+        assert_eq!(human_ms(185_000), "3m05s");
+        assert_eq!(human_ms(7_380_000), "2h03m");
+        assert_eq!(human_age(61_000, true), ">=1m01s");
+    }
+
+    #[test]
+    fn human_ns_keeps_a_decimal() {
+        assert_eq!(human_ns(850), "850ns");
+        assert_eq!(human_ns(43_800_000), "43.8ms");
+        assert_eq!(human_ns(2_500_000_000), "2.50s");
+    }
+
     use std::time::Duration;
 
     #[test]

@@ -2,24 +2,13 @@
 
 use std::fmt::{self, Write};
 
+use crate::kernel::clock::human_ns;
+
 use super::{
     model::DocSide,
     seq::{Outcome, Sender, Term, Waves},
     verdict::{Conformance, Finding, ResetBy, Verdict},
 };
-
-/// A duration in the unit that reads best.
-pub fn human_ns(ns: u64) -> String {
-    if ns < 1_000 {
-        format!("{ns}ns")
-    } else if ns < 1_000_000 {
-        format!("{:.1}µs", ns as f64 / 1e3)
-    } else if ns < 1_000_000_000 {
-        format!("{:.1}ms", ns as f64 / 1e6)
-    } else {
-        format!("{:.2}s", ns as f64 / 1e9)
-    }
-}
 
 /// " (step N)" unless the message already names its step.
 fn step_suffix(f: &Finding) -> String {

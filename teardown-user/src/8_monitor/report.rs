@@ -305,41 +305,9 @@ pub fn build_report(
     }
 }
 
-/// A duration for people: `850ms`, `42s`, `3m05s`, `2h03m`.
-pub fn human_ms(ms: u64) -> String {
-    let s = ms / 1000;
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if s < 60 {
-        format!("{s}s")
-    } else if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
-    }
-}
-
-/// An age, with `>=` when it is a lower bound.
-pub fn human_age(ms: u64, at_least: bool) -> String {
-    if at_least {
-        format!(">={}", human_ms(ms))
-    } else {
-        human_ms(ms)
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    #[test]
-    fn human_durations() {
-        assert_eq!(human_ms(850), "850ms");
-        assert_eq!(human_ms(42_000), "42s");
-        assert_eq!(human_ms(185_000), "3m05s");
-        assert_eq!(human_ms(7_380_000), "2h03m");
-        assert_eq!(human_age(61_000, true), ">=1m01s");
-    }
-
     use super::*;
     use crate::sock_diag::{FullSocket, TimewaitSocket};
 

@@ -10,7 +10,7 @@ use ratatui::widgets::{
 use ratatui::Frame;
 
 use super::app::App;
-use crate::monitor::report::{human_age, human_ms};
+use crate::kernel::clock::{human_age, human_ms};
 use crate::monitor::{Level, Reuse, StateCounts};
 
 /// The message of the teardown panel when no tracer feeds it.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::monitor::report::{human_age, human_ms};
+use crate::kernel::clock::{human_age, human_ms};
 use crate::monitor::{Collector, Report, ReportConfig, Reuse, Thresholds};
 use crate::sock_diag::{netns, PollOptions, ScanLimits};
 
