@@ -1,3 +1,5 @@
+//! Stage 1, kernel: the first stage of the event pipeline.
+//!
 //! The kernel side, seen from the agent: checks the host can run the programs, loads the
 //! embedded eBPF object, resolves kernel facts (BTF offsets, tracepoint layout), attaches, and
 //! streams ring-buffer records.

@@ -1,3 +1,6 @@
+//! Stage 2, sock_diag: the second source, read by the monitor and by the trace's timewait
+//! follow-up.
+//!
 //! The host's closing TCP sockets as they are now, read from the kernel's sock_diag netlink
 //! interface (what `ss` uses).
 //!

@@ -1,3 +1,5 @@
+//! Stage 3, decode: records from the kernel (stage 1) or a recording become typed events.
+//!
 //! Decoded events: the kernel's raw [`teardown_common::Event`] turned into typed values.
 //!
 //! Decoding allocates nothing: an [`Event`] is `Copy`, so the hot path moves plain values.

@@ -1,3 +1,5 @@
+//! Stage 4, track: decoded events grouped per connection, before they are judged (stage 5).
+//!
 //! Groups events into connections.
 //!
 //! A connection is one life of a kernel socket: from `connect()` (CLOSE -> SYN_SENT), `listen()`,

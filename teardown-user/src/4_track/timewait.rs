@@ -4,7 +4,7 @@
 //! more of it (docs/close-sequence.md, facts 1, 2 and 6). sock_diag does: its timer tells when it
 //! entered (Linux holds TIME_WAIT 60 s, so entry = now + remaining - 60 s), a jump of that entry
 //! time tells that the peer resent its FIN, and its disappearance tells how it left. A
-//! [`TwWatcher`] polls that on its own thread and turns it into [`TwFact`]s; the pipeline's
+//! [`crate::sock_diag::watch::TwWatcher`] polls that on its own thread and turns it into [`TwFact`]s; the pipeline's
 //! [`Joiner`] matches them, by 4-tuple, to the connections it reported.
 
 use std::{collections::HashMap, net::SocketAddr};

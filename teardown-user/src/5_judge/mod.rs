@@ -1,3 +1,5 @@
+//! Stage 5, judge: each tracked connection (stage 4) against the documented sequence.
+//!
 //! The validator: one connection's events in, one [`Verdict`] out. Pure logic, no kernel, no I/O.
 //!
 //! - [`model`]: the documented steps and the legal transitions as data, and the one transition

@@ -1,3 +1,5 @@
+//! Stage 6, sinks: where verdicts (stage 5) go.
+//!
 //! Where judged connections go: the terminal, JSON Lines, or anything else behind [`Sink`].
 
 mod channel;

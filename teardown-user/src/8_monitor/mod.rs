@@ -1,14 +1,17 @@
+//! Stage 8, monitor: figures from sock_diag (stage 2) for `timewait` and `top`.
+//!
 //! Build-up figures computed from sock_diag snapshots: how many sockets sit in each closing
 //! state, toward which peers, since when, owned by which process, and whether it is getting
 //! dangerous.
 //!
 //! - [`figures`]: pure functions of one snapshot (counts, per address, port pressure, headroom
 //!   to `tcp_max_tw_buckets`);
-//! - [`tracker`]: what a series of snapshots tells (entry times, timer restarts, how timewait
-//!   sockets left, rates, ages of closing sockets);
+//! - [`crate::sock_diag::follow`]: what a series of snapshots tells (entry times, timer
+//!   restarts, how timewait sockets left, rates, ages of closing sockets), shared with the trace;
 //! - [`report`]: all of it together, with CLOSE_WAIT leaks and stalled FIN_WAIT2 / LAST_ACK
 //!   sockets, as one serialisable [`Report`];
-//! - [`kernel`]: the sysctls and counters of the current network namespace.
+//! - [`collect`]: the polling that keeps the history;
+//! - [`crate::sock_diag::sysctl`]: the sysctls and counters the figures are measured against.
 
 pub mod collect;
 pub mod figures;

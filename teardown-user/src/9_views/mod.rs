@@ -1,3 +1,6 @@
+//! Stage 9, views: how `top` shows the monitor's figures (stage 8) and the live trace's
+//! deviations (stage 7).
+//!
 //! The live terminal view of `teardown top`, split as ratatui apps usually are:
 //!
 //! - [`app`]: the state ([`App`]): latest report, history, deviating teardowns, keys;
