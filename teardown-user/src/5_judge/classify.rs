@@ -765,21 +765,6 @@ fn wrote_unacked(t: &Trace<'_>) -> Option<bool> {
 mod tests {
     use super::*;
 
-    const ALL_STATES: [TcpState; 12] = [
-        Established,
-        SynSent,
-        SynRecv,
-        FinWait1,
-        FinWait2,
-        TimeWait,
-        Close,
-        CloseWait,
-        LastAck,
-        Listen,
-        Closing,
-        NewSynRecv,
-    ];
-
     fn covers(r: &Ending, s: TcpState) -> bool {
         r.states.is_empty() || r.states.contains(&s)
     }
@@ -788,7 +773,7 @@ mod tests {
     fn every_row_of_the_endings_can_decide() {
         // A row is dead when, in each of its states, an earlier row holds whatever the cause.
         for (i, row) in ENDINGS.iter().enumerate() {
-            let live = ALL_STATES.iter().any(|&s| {
+            let live = TcpState::ALL.iter().any(|&s| {
                 covers(row, s)
                     && !ENDINGS[..i]
                         .iter()
@@ -804,7 +789,7 @@ mod tests {
 
     #[test]
     fn every_state_has_an_ending() {
-        for s in ALL_STATES {
+        for s in TcpState::ALL {
             assert!(
                 ENDINGS
                     .iter()

@@ -513,22 +513,10 @@ mod tests {
 
     #[test]
     fn only_the_ends_that_sent_a_fin_first_head_for_time_wait() {
-        let heading: Vec<TcpState> = [
-            Established,
-            SynSent,
-            SynRecv,
-            FinWait1,
-            FinWait2,
-            TimeWait,
-            Close,
-            CloseWait,
-            LastAck,
-            Listen,
-            Closing,
-        ]
-        .into_iter()
-        .filter(|&s| heads_for_time_wait(s))
-        .collect();
+        let heading: Vec<TcpState> = TcpState::ALL
+            .into_iter()
+            .filter(|&s| heads_for_time_wait(s))
+            .collect();
         assert_eq!(heading, [FinWait1, FinWait2, Closing]);
     }
 
