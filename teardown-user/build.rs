@@ -1,5 +1,5 @@
 //! Builds the kernel programs (`teardown-ebpf`) for the BPF target and leaves the object in
-//! `OUT_DIR`, where `src/kernel/mod.rs` embeds it: one self-contained `teardown` binary.
+//! `OUT_DIR`, where `src/1_kernel/mod.rs` embeds it: one self-contained `teardown` binary.
 //!
 //! The eBPF build needs a compiler with the `core` source (it is built with `-Z build-std=core`)
 //! and `bpf-linker`. `cargo xtask setup` installs them; this script only finds them:

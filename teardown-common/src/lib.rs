@@ -251,7 +251,9 @@ impl TracepointOffsets {
 mod pod {
     // SAFETY: plain `#[repr(C)]` data with no pointers, every bit pattern valid.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: `u32` fields only, `#[repr(C)]`: every bit pattern is valid.
     unsafe impl aya::Pod for super::SockOffsets {}
+    // SAFETY: `u32` fields only, `#[repr(C)]`: every bit pattern is valid.
     unsafe impl aya::Pod for super::TracepointOffsets {}
 }
 

@@ -53,8 +53,6 @@ pub enum TwFate {
 }
 
 impl TwFate {
-    pub const ALL: [TwFate; 3] = [TwFate::Expired, TwFate::Reused, TwFate::Killed];
-
     pub const fn name(self) -> &'static str {
         match self {
             TwFate::Expired => "expired",

@@ -7,8 +7,6 @@
 //! tracepoint records that cannot be read, are counted per CPU in `LOST`.
 #![no_std]
 #![no_main]
-// Every unsafe block says why it is sound; CI runs clippy on this crate with `-D warnings`.
-#![warn(clippy::undocumented_unsafe_blocks)]
 
 use aya_ebpf::{
     cty::c_void,

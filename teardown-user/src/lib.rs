@@ -12,7 +12,8 @@
 //! 4_track      events grouped per connection, both ends paired; timewait facts joined
 //! 5_judge      the documented sequence as data and the verdict of each connection
 //! 6_sinks      where verdicts go: text, JSON Lines, metrics, a channel; the summary
-//! 7_live       the loop that drives 1 -> 6, live from the kernel or replayed from a file
+//! 7_live       the loop that drives 1 -> 6 (sock_diag polled beside the kernel events), live
+//!              or replayed from a recording
 //! 8_monitor    closing-state figures from sock_diag polls (`timewait`, `top`)
 //! 9_views      `top`'s terminal view and its batch lines
 //! commands     the command line: clap arguments turned into calls of the stages above

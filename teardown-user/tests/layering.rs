@@ -1,5 +1,6 @@
 //! The library's stages import only the stages before them (see `src/lib.rs`): a module that
-//! names a later stage, through `crate::` or `super::`, fails this test with the file and line.
+//! names a later stage through a `crate::` path fails this test with the file and line (the
+//! stages are folders of their own, so `super::` never leaves one).
 //!
 //! Imports are found by reading the sources: every `crate::<stage>` path, including those inside
 //! `use crate::{...}` groups, counts. Test modules count too: a stage's tests may not reach up.

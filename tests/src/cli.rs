@@ -168,3 +168,14 @@ pub fn start_tracing_saying(args: &[&str]) -> io::Result<(Running, Vec<String>)>
         }
     }
 }
+
+/// Sends `signal` to the process `pid` (a child the test started).
+pub fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+    // SAFETY: kill takes any pid and signal number and only reports errors through its result.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -109,10 +109,6 @@ fn metrics_count_the_judged_teardowns() {
         "{elsewhere}"
     );
 
-    // SAFETY: sending a signal to our own child.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    teardown_integration_tests::cli::signal(child.id(), libc::SIGTERM).unwrap();
     assert!(child.wait().unwrap().success());
 }

@@ -84,10 +84,6 @@ fn top_batch_shows_only_the_named_namespaces_teardowns() {
         "{shown:?}"
     );
 
-    // SAFETY: sending a signal to our own child.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    teardown_integration_tests::cli::signal(child.id(), libc::SIGTERM).unwrap();
     assert!(child.wait().unwrap().success());
 }

@@ -67,8 +67,7 @@ fn stops_cleanly_on(signal: libc::c_int) {
         || Ok(closing_on(addr.port())?.is_empty()),
     )
     .unwrap();
-    // SAFETY: sending a signal to our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, signal) }, 0);
+    teardown_integration_tests::cli::signal(child.id(), signal).unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
     let (text, lines) = take_jsonl(&out);

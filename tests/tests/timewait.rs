@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use teardown::commands::timewait::{collect, render_text, OutputFormat, TimewaitArgs};
 use teardown::monitor::figures::{per_local_addr, per_remote, port_pressure, state_counts};
-use teardown::monitor::{Collector, KernelSettings, Level, ReportConfig, Reuse, Thresholds};
+use teardown::monitor::{Collector, Level, ReportConfig, Reuse, Thresholds};
+use teardown::sock_diag::sysctl::KernelSettings;
 use teardown::sock_diag::{self, FourTuple, PollOptions, Poller, ScanLimits, Snapshot, TwSubstate};
 use teardown_integration_tests::{
     gate,

@@ -67,11 +67,7 @@ fn batch_mode_reports_polls_and_a_reset_then_stops_on_sigterm() {
     );
     assert!(polls >= 1, "no poll line after the first one");
 
-    // SAFETY: sending a signal to our own child.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    teardown_integration_tests::cli::signal(child.id(), libc::SIGTERM).unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status:?}");
 }

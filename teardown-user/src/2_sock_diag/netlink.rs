@@ -263,7 +263,10 @@ pub(crate) fn decode(payload: &[u8], out: &mut Snapshot) -> Result<(), DiagError
         remote: std::net::SocketAddr::new(id.destination_address, id.destination_port),
     };
     let cookie = u64::from_ne_bytes(id.cookie);
-    let Some(state) = TcpState::from_kernel(header.state) else {
+    // A bound socket that never connected or listened is no connection: not asked for, and
+    // dropped should a kernel send one.
+    let Some(state) = TcpState::from_kernel(header.state).filter(|&s| s != TcpState::BoundInactive)
+    else {
         return Ok(());
     };
     if raw_timer == TIMER_TIMEWAIT || state == TcpState::TimeWait {

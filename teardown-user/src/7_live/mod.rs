@@ -1,7 +1,7 @@
 //! Stage 7, live: the loop that drives stages 1-6.
 //!
-//! The agent's pipeline after decoding: events -> tracker -> validator -> sinks, with the
-//! user's filters and the running summary. Live tracing and replay both drive this, so a
+//! The agent's pipeline after decoding: events -> track -> judge -> sinks, with the user's
+//! filters and the running summary. Live tracing and replay both drive this, so a
 //! recording replays to the same output as the live trace that made it.
 
 mod feed;

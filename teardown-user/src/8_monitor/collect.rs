@@ -3,8 +3,9 @@
 //! [`Collector`] on a thread of the network namespace to observe.
 
 use super::report::{build_report, leak_inodes, Report, ReportConfig};
-use super::{KernelSettings, MonitorError};
+use super::MonitorError;
 use crate::sock_diag::follow::{PollDelta, Tracker};
+use crate::sock_diag::sysctl::KernelSettings;
 use crate::sock_diag::{find_owners, PollOptions, Poller, ScanLimits, Snapshot};
 
 /// Polls sock_diag and keeps the history the figures need.

@@ -17,9 +17,6 @@ pub mod collect;
 pub mod figures;
 pub mod report;
 
-pub use crate::sock_diag::follow::{entry_rate, EntryRate, PollDelta, Tracker, TwExit, TwRestart};
-pub use crate::sock_diag::sysctl::{KernelSettings, TIMEWAIT_LEN_MS};
-pub use crate::sock_diag::TwFate;
 pub use collect::Collector;
 pub use figures::{Level, PortPressure, Reuse, StateCounts, Thresholds, TimewaitGroup, TwBuckets};
 pub use report::{build_report, Leak, Report, ReportConfig, Stall};

@@ -137,7 +137,8 @@ fn event_loop(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::monitor::{build_report, KernelSettings, ReportConfig, Tracker};
+    use crate::monitor::{build_report, ReportConfig};
+    use crate::sock_diag::{follow::Tracker, sysctl::KernelSettings};
     use crate::sock_diag::{FourTuple, FullSocket, Snapshot, TcpState, TimewaitSocket, TwSubstate};
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;

@@ -110,8 +110,9 @@ pub fn namespace_file_inode(path: &std::path::Path) -> anyhow::Result<u32> {
     // A bind-mounted namespace lives on nsfs; a leftover /var/run/netns entry whose namespace
     // is gone, or any other file, does not.
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: statfs writes into a zeroed struct of the right type; the path is NUL-terminated.
+    // SAFETY: `statfs` is plain data, for which all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated and `st` is a struct of the type statfs writes.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
     if rc != 0 || st.f_type as i64 != NSFS_MAGIC {
         anyhow::bail!("{} is not a namespace file", path.display());

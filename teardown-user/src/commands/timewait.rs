@@ -59,16 +59,16 @@ pub struct TimewaitArgs {
 
     /// Poll twice, this many seconds apart, to measure the TIME_WAIT entry rate and exits
     /// (0: one poll; the rate is then estimated from the timers).
-    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = crate::kernel::clock::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = super::args::parse_secs)]
     pub interval: f64,
 
     /// Report CLOSE_WAIT sockets older than this many seconds as leaks.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::kernel::clock::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = super::args::parse_secs)]
     pub close_wait_threshold: f64,
 
     /// Report LAST_ACK, FIN_WAIT1 and CLOSING sockets older than this many seconds as stuck
     /// (FIN_WAIT2 is measured against net.ipv4.tcp_fin_timeout).
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::kernel::clock::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = super::args::parse_secs)]
     pub stall_after: f64,
 
     /// Port pressure (percent of ip_local_port_range held) at which to warn.
@@ -406,7 +406,8 @@ fn parse_pct(s: &str) -> Result<f64, String> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::monitor::{build_report, KernelSettings, Tracker};
+    use crate::monitor::build_report;
+    use crate::sock_diag::{follow::Tracker, sysctl::KernelSettings};
     use crate::sock_diag::{FourTuple, FullSocket, Snapshot, TcpState, TimewaitSocket, TwSubstate};
     use clap::Parser;
 

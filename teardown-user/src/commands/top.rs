@@ -43,15 +43,15 @@ as `top -b` does, for logs and scripts. It stops on Ctrl-C, SIGTERM or --duratio
 )]
 pub struct TopArgs {
     /// Seconds between two sock_diag polls.
-    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = crate::kernel::clock::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = super::args::parse_secs)]
     pub interval: f64,
 
     /// CLOSE_WAIT sockets older than this many seconds are shown as leaks.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::kernel::clock::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = super::args::parse_secs)]
     pub close_wait_threshold: f64,
 
     /// LAST_ACK, FIN_WAIT1 and CLOSING sockets older than this many seconds are shown as stuck.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = crate::kernel::clock::parse_secs)]
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = super::args::parse_secs)]
     pub stall_after: f64,
 
     /// Polls kept for the history chart.
@@ -77,7 +77,7 @@ pub struct TopArgs {
     pub batch: bool,
 
     /// Stop after this long (e.g. 30s, 5m, 1h); by default, run until q, Ctrl-C or SIGTERM.
-    #[arg(long, value_name = "DURATION", value_parser = crate::kernel::clock::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = super::args::parse_duration)]
     pub duration: Option<Duration>,
 }
 

@@ -32,7 +32,7 @@ pub struct TraceArgs {
     #[command(flatten)]
     pub filters: FilterArgs,
     /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C or SIGTERM.
-    #[arg(long, short, value_parser = clock::parse_duration)]
+    #[arg(long, short, value_parser = super::args::parse_duration)]
     pub duration: Option<Duration>,
     /// Kernel hook for state changes.
     #[arg(long, value_enum, default_value_t = HookArg::Auto)]
@@ -44,7 +44,7 @@ pub struct TraceArgs {
     /// connections leave behind — when each entered TIME_WAIT, timer restarts (a resent FIN),
     /// how it left — and to note the sockets already closing at start. 0 turns it off. Sees the
     /// host's own network namespace, and those of --timewait-netns.
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = clock::parse_duration)]
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = super::args::parse_duration)]
     pub timewait_poll: Duration,
     /// Also follow the timewait sockets of this network namespace (a name from `ip netns`, or a
     /// path such as /proc/PID/ns/net of a container's process); repeat for several. The
