@@ -51,6 +51,12 @@ where
     })
 }
 
+/// A namespace inode of 0: not known (no BTF, or a recording made before namespaces were
+/// traced). Such a field is left out of JSON.
+pub(crate) fn is_unknown(netns: &u32) -> bool {
+    *netns == 0
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

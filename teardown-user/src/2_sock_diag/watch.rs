@@ -20,7 +20,7 @@ use super::{
 pub struct TwFact {
     /// Inode number of the network namespace it was seen in (0 in recordings made before
     /// namespaces were told apart).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "super::netns::is_unknown")]
     pub netns: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -46,10 +46,6 @@ pub enum TwWhat {
         entered_ms: u64,
         restarts: u32,
     },
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 /// A socket already closing when the trace began.

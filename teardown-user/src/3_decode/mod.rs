@@ -163,16 +163,12 @@ pub struct Event {
     pub comm: Comm,
     /// Inode number of the socket's network namespace (`ls -iL /proc/PID/ns/net`), 0 when
     /// unknown (no BTF, or a recording made before it was traced).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "crate::sock_diag::netns::is_unknown")]
     pub netns: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<SeqSnapshot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sock: Option<SockSnapshot>,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 /// Why a raw record could not be decoded.

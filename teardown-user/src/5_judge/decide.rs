@@ -107,15 +107,8 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
         Some(ends) => {
             let checks = seq::check(ends);
             for c in checks.iter().filter(|c| c.outcome == Outcome::Broken) {
-                let step = match c.step {
-                    1 => Some(Step::FirstWave),
-                    2 => Some(Step::SecondWave),
-                    3 => Some(Step::ThirdWave),
-                    4 => Some(Step::FourthWave),
-                    _ => None,
-                };
                 j.finding(
-                    step,
+                    Step::from_number(c.step),
                     c.code,
                     format!(
                         "step {}: {} does not hold: {} is {}, expected {}{}",

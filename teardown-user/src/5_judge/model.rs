@@ -63,6 +63,11 @@ impl Step {
         self as u8
     }
 
+    /// The step numbered `n` in [`STEPS`].
+    pub fn from_number(n: u8) -> Option<Step> {
+        STEPS.iter().map(|s| s.step).find(|s| s.number() == n)
+    }
+
     pub fn spec(self) -> &'static StepSpec {
         &STEPS[usize::from(self.number() - 1)]
     }
