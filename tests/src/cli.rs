@@ -9,9 +9,24 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The `teardown` binary cargo built next to the running test. `cargo test --workspace` (what
-/// `cargo xtask test` runs) builds it; a test run of this package alone does not.
+/// The variable that names the `teardown` binary to run instead of the one cargo built: the
+/// kernel matrix runs these tests in virtual machines against the release binary.
+pub const TEARDOWN_BIN: &str = "TEARDOWN_BIN";
+
+/// The `teardown` binary to run: the one [`TEARDOWN_BIN`] names, else the one cargo built next to
+/// the running test. `cargo test --workspace` (what `cargo xtask test` runs) builds it; a test
+/// run of this package alone does not.
 pub fn teardown_bin() -> io::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(TEARDOWN_BIN).filter(|b| !b.is_empty()) {
+        let bin = PathBuf::from(bin);
+        if !bin.exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{TEARDOWN_BIN}={} does not exist", bin.display()),
+            ));
+        }
+        return Ok(bin);
+    }
     let exe = std::env::current_exe()?;
     let bin = exe
         .parent()

@@ -5,6 +5,7 @@
 
 mod bench;
 mod churn;
+mod matrix;
 mod scenario;
 mod setup;
 mod sh;
@@ -32,13 +33,25 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run every test: unit tests, and the root/kernel integration tests. Ends with
-    /// the number of tests that could not run here (not root, no BTF...) and why; under CI=true
-    /// such a test fails instead, and so does this task.
+    /// Set up, then run every test: unit tests, the root/kernel integration tests on this
+    /// host's kernel, then the same kernel tests on each kernel of the matrix in QEMU guests
+    /// (see `matrix`). Ends with the number of tests that could not run here (not root, no
+    /// BTF...) and why; under CI=true such a test fails instead, and so does this task.
     Test {
+        /// Only this host's kernel: leave out the kernel matrix (counted as not run).
+        #[arg(long)]
+        host_only: bool,
         /// Extra arguments passed to the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// The kernel tests on the kernels users run: boots Debian's 6.1 and 6.12 cloud kernels in
+    /// QEMU guests (KVM when available, else software emulation, slow) with the release binary
+    /// and the kernel test binaries, and fails if any test fails or cannot run in a guest.
+    /// Needs root; installs QEMU and what the guests are built from.
+    Matrix {
+        #[command(flatten)]
+        args: matrix::MatrixArgs,
     },
     /// Set up, then clippy with `-D warnings` on every crate: the host crates (all targets), then
     /// the eBPF crate for the BPF target with the eBPF toolchain. What CI runs.
@@ -69,7 +82,8 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Setup => setup::setup(false).map(drop),
         Task::Run { args } => run(args),
-        Task::Test { args } => test(args),
+        Task::Test { host_only, args } => test(host_only, args),
+        Task::Matrix { args } => matrix::matrix(args),
         Task::Clippy => clippy(),
         Task::Churn { args } => churn::churn(args),
         Task::Bench { args } => bench::bench(args),
@@ -100,7 +114,7 @@ fn run(mut args: Vec<String>) -> Result<()> {
     sh::run(cmd.args(&args))
 }
 
-fn test(args: Vec<String>) -> Result<()> {
+fn test(host_only: bool, args: Vec<String>) -> Result<()> {
     setup::setup(true)?;
     // The kernel tests build network namespaces (iproute2) and drop segments (nftables).
     setup::ensure_tool(
@@ -141,14 +155,41 @@ fn test(args: Vec<String>) -> Result<()> {
         all.arg("--").args(&args);
     }
     let ran = sh::run(&mut all);
+    // The kernel matrix, after the host's tests (and even when they failed: a failure on one
+    // kernel says more beside the others' results).
+    let matrix_ran = if host_only {
+        append_not_run(&not_run, "matrix (every guest)", "--host-only");
+        Ok(())
+    } else if !setup::is_root() {
+        append_not_run(&not_run, "matrix (every guest)", "not root (the guests are built and booted as root)");
+        Ok(())
+    } else {
+        matrix::matrix(matrix::MatrixArgs {
+            kernels: Vec::new(),
+            args: args.clone(),
+        })
+    };
     let listed = std::fs::read_to_string(&not_run).unwrap_or_default();
     let _ = std::fs::remove_file(&not_run);
     let count = report_not_run(&listed);
     ran.context("tests failed")?;
+    matrix_ran?;
     if count > 0 && in_ci() {
         bail!("{count} tests did not run, and CI forbids skipping");
     }
     Ok(())
+}
+
+/// Lists `what` as not run, in the file the tests' gate writes.
+fn append_not_run(file: &std::path::Path, what: &str, why: &str) {
+    use std::io::Write as _;
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .open(file)
+        .and_then(|mut f| writeln!(f, "xtask {what}\t{why}"));
+    if let Err(e) = written {
+        println!("xtask: cannot list {what} as not run in {}: {e}", file.display());
+    }
 }
 
 /// The variable naming the file the tests' gate lists the tests that did not run in.

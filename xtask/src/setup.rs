@@ -52,6 +52,15 @@ fn have(cmd: &str) -> bool {
 }
 
 fn apt_install(packages: &[&str], why: &str) -> Result<()> {
+    apt_install_with(packages, why, &[])
+}
+
+/// [`apt_install`] without the packages' recommendations (QEMU's would bring a desktop).
+pub fn apt_install_lean(packages: &[&str], why: &str) -> Result<()> {
+    apt_install_with(packages, why, &["--no-install-recommends"])
+}
+
+fn apt_install_with(packages: &[&str], why: &str, options: &[&str]) -> Result<()> {
     if !have("apt-get") {
         bail!(
             "{} are needed ({why}) and this system has no apt-get",
@@ -66,6 +75,7 @@ fn apt_install(packages: &[&str], why: &str) -> Result<()> {
     let mut install = sudo_cmd(sudo, "apt-get");
     install
         .args(["install", "-y", "-q"])
+        .args(options)
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive");
     run(&mut install).with_context(|| format!("apt-get install {} failed", packages.join(" ")))
