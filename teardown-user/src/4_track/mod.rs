@@ -10,6 +10,9 @@
 //! - a socket address is reused after free, so a connection-starting event on a known address
 //!   begins a new connection.
 //!
+//! 4-tuples are compared, and keyed, with IPv4-mapped addresses as their IPv4 form
+//! ([`teardown_common::addr`]), so that a dual-stack server's end meets its IPv4 client's.
+//!
 //! A closed connection *settles* for a short while before it is handed on: a RST sent by
 //! `close()` is traced just after the `-> CLOSE`, and the peer's socket usually closes a moment
 //! later, so that both ends can be judged together.
@@ -30,6 +33,8 @@ use std::{
 type SkMap<V> = rustc_hash::FxHashMap<u64, V>;
 
 use serde::Serialize;
+
+use teardown_common::addr::canonical;
 
 use crate::decode::{Event, EventKind, Task, TcpState};
 
@@ -226,10 +231,13 @@ const AWAITING_PEER_NS: u64 = 120_000_000_000;
 /// A 4-tuple as the tracker tells sockets apart: with its network namespace when it is a
 /// loopback one (loopback traffic never leaves its namespace, so two containers may each have
 /// the same loopback 4-tuple), without it otherwise (veth traffic between namespaces joins ends
-/// in two of them). The namespace is 0 when events do not carry it.
+/// in two of them). The namespace is 0 when events do not carry it. IPv4-mapped addresses are
+/// keyed as their IPv4 form: a dual-stack socket and the IPv4 socket at the other end then have
+/// mirrored keys.
 type TupleKey = (u32, SocketAddr, SocketAddr);
 
 fn tuple_key(netns: u32, local: SocketAddr, remote: SocketAddr) -> TupleKey {
+    let (local, remote) = (canonical(local), canonical(remote));
     let scoped = local.ip().is_loopback() || remote.ip().is_loopback();
     (if scoped { netns } else { 0 }, local, remote)
 }
@@ -888,6 +896,90 @@ mod tests {
         assert_eq!(out[1].conn.local, other.parse().unwrap());
         assert!(out[1].conn.events_maybe_lost);
         assert!(!out[1].conn.seen_from_start);
+    }
+
+    /// A dual-stack server (listening on `[::]:9000`) and its IPv4 client: the client's end in
+    /// IPv4 form, the server's IPv4-mapped.
+    const C4: &str = "127.0.0.1:34888";
+    const S4: &str = "127.0.0.1:9000";
+    const MS: &str = "[::ffff:127.0.0.1]:9000";
+    const MC: &str = "[::ffff:127.0.0.1]:34888";
+    const Z6: &str = "[::]:0";
+
+    /// One orderly close between the IPv4 client `0xa` and the dual-stack server `0xb`, the
+    /// client first or the server first, in namespace 7. `server_tuples` gives the server's
+    /// tuple at LISTEN -> SYN_RECV and at SYN_RECV -> ESTABLISHED; the mapped one follows.
+    fn dual_stack_close(client_first: bool, server_tuples: [(&str, &str); 2]) -> Vec<Event> {
+        let [(l1, r1), (l2, r2)] = server_tuples;
+        let mut events = vec![
+            ev(1, 0xa, Close, SynSent, C4, S4),
+            ev(2, 0xb, Listen, SynRecv, l1, r1),
+            ev(3, 0xa, SynSent, Established, C4, S4),
+            ev(4, 0xb, SynRecv, Established, l2, r2),
+        ];
+        events.extend(if client_first {
+            [
+                ev(5, 0xa, Established, FinWait1, C4, S4),
+                ev(6, 0xb, Established, CloseWait, MS, MC),
+                ev(7, 0xa, FinWait1, FinWait2, C4, S4),
+                ev(8, 0xb, CloseWait, LastAck, MS, MC),
+                ev(9, 0xa, FinWait2, Close, Z, S4),
+                ev(10, 0xb, LastAck, Close, Z6, MC),
+            ]
+        } else {
+            [
+                ev(5, 0xb, Established, FinWait1, MS, MC),
+                ev(6, 0xa, Established, CloseWait, C4, S4),
+                ev(7, 0xb, FinWait1, FinWait2, MS, MC),
+                ev(8, 0xa, CloseWait, LastAck, C4, S4),
+                ev(9, 0xb, FinWait2, Close, Z6, MC),
+                ev(10, 0xa, LastAck, Close, Z, S4),
+            ]
+        });
+        events.into_iter().map(|e| ev_in(7, e)).collect()
+    }
+
+    /// Both ends, each closed, seen whole, and naming the other.
+    fn assert_one_paired_record_each(out: &[Finished]) {
+        assert_eq!(out.len(), 2, "{out:#?}");
+        for (sk, peer) in [(0xa, 0xb), (0xb, 0xa)] {
+            let f = out.iter().find(|f| f.conn.sk == sk).unwrap();
+            assert_eq!(f.conn.end, RecordEnd::Closed, "{f:#?}");
+            assert!(f.conn.seen_from_start, "{f:#?}");
+            assert!(!f.conn.events_maybe_lost, "{f:#?}");
+            assert_eq!(f.conn.events.len(), 5, "{f:#?}");
+            assert_eq!(f.peer.as_ref().map(|p| p.sk), Some(peer), "{f:#?}");
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_server_end_pairs_with_its_ipv4_client() {
+        // The mapped address throughout (as 6.18 reports it), in either closing order.
+        for client_first in [true, false] {
+            let out = run(&dual_stack_close(client_first, [(MS, MC), (MS, MC)]));
+            assert_one_paired_record_each(&out);
+            // Addresses are shown as the kernel reported them.
+            let server = out.iter().find(|f| f.conn.sk == 0xb).unwrap();
+            assert_eq!(server.conn.local, MS.parse().unwrap());
+            assert_eq!(server.conn.remote, MC.parse().unwrap());
+            let client = out.iter().find(|f| f.conn.sk == 0xa).unwrap();
+            assert_eq!(client.conn.local, C4.parse().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_seed_in_ipv4_form_marks_a_dual_stack_connection_seen_mid_life() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        t.seed(0, S4.parse().unwrap(), C4.parse().unwrap(), CloseWait);
+        let mut out = Vec::new();
+        for e in [
+            ev(1, 0xb, CloseWait, LastAck, MS, MC),
+            ev(2, 0xb, LastAck, Close, Z6, MC),
+        ] {
+            t.on_event(e, &mut |f| out.push(f));
+        }
+        t.finish(&mut |f| out.push(f));
+        assert_eq!(out[0].conn.state_at_start, Some(CloseWait));
     }
 
     #[test]
