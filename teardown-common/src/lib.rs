@@ -5,9 +5,11 @@
 //! - the records the kernel writes into the ring buffer and the settings the agent hands the
 //!   programs: `#[repr(C)]` plain data, whose layout both sides must agree on to the byte;
 //! - the shared vocabulary: TCP states and the predicates on their changes ([`tcp`]), event
-//!   kinds ([`kind`]), timewait substates and fates ([`timewait`]).
+//!   kinds ([`kind`]), timewait substates and fates ([`timewait`]), endpoints compared across
+//!   address families ([`addr`]).
 #![no_std]
 
+pub mod addr;
 pub mod tcp;
 pub mod timewait;
 

@@ -191,12 +191,14 @@ impl Tracker {
             }
         }
 
-        // Timewait sockets gone since the previous poll.
+        // Timewait sockets gone since the previous poll. A new connection that reuses a
+        // 4-tuple may be of the other family (an IPv4 tuple taken by a dual-stack socket, shown
+        // IPv4-mapped): tuples are compared in their IPv4 form.
         let live: HashSet<FourTuple> = snap
             .open
             .iter()
-            .map(|o| o.tuple)
-            .chain(snap.closing.iter().map(|c| c.tuple))
+            .map(|o| o.tuple.canonical())
+            .chain(snap.closing.iter().map(|c| c.tuple.canonical()))
             .collect();
         let gone: Vec<FourTuple> = self
             .tw
@@ -206,7 +208,7 @@ impl Tracker {
             .collect();
         for k in gone {
             if let Some(old) = self.tw.remove(&k) {
-                let kind = if live.contains(&k) {
+                let kind = if live.contains(&k.canonical()) {
                     TwFate::Reused
                 } else if now + RESTART_TOLERANCE_MS >= old.expires_ms {
                     TwFate::Expired
@@ -477,6 +479,27 @@ mod tests {
         assert_eq!(d.entered, 1);
         assert_eq!(t.exit_count(TwFate::Reused), 2);
         assert_eq!(t.recent_exits().count(), 4);
+    }
+
+    #[test]
+    fn a_tuple_reused_by_a_dual_stack_socket_is_reused_not_killed() {
+        let mut t = Tracker::new(60);
+        t.observe(&snap(T0, vec![tw(40001, 2, TwSubstate::TimeWait, 50_000)]));
+        // The new connection on the same IPv4 4-tuple is a dual-stack socket's: shown mapped.
+        let mut s = snap(T0 + 2_000, vec![]);
+        s.open.push(OpenSocket {
+            tuple: FourTuple {
+                local: "[::ffff:10.0.0.1]:40001".parse().unwrap(),
+                remote: "[::ffff:10.0.0.2]:80".parse().unwrap(),
+            },
+            state: TcpState::Established,
+            cookie: 77,
+        });
+        let d = t.observe(&s);
+        assert_eq!(d.exits.len(), 1);
+        assert_eq!(d.exits[0].kind, TwFate::Reused);
+        // The exit keeps the tuple as sock_diag showed the timewait socket.
+        assert_eq!(d.exits[0].tuple, tuple(40001));
     }
 
     #[test]

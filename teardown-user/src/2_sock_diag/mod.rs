@@ -65,6 +65,17 @@ pub struct FourTuple {
     pub remote: SocketAddr,
 }
 
+impl FourTuple {
+    /// The same endpoints with IPv4-mapped addresses as their IPv4 form, for comparing tuples
+    /// across address families (an IPv4 socket and a dual-stack one share the IPv4 4-tuples).
+    pub fn canonical(self) -> FourTuple {
+        FourTuple {
+            local: teardown_common::addr::canonical(self.local),
+            remote: teardown_common::addr::canonical(self.remote),
+        }
+    }
+}
+
 impl fmt::Display for FourTuple {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} -> {}", self.local, self.remote)

@@ -4,11 +4,16 @@
 
 use std::{collections::HashSet, net::IpAddr, net::SocketAddr};
 
-use teardown_common::tcp::{filter_step, FilterStep};
+use teardown_common::{
+    addr::canonical_ip,
+    tcp::{filter_step, FilterStep},
+};
 
 use super::Event;
 
 /// Either end has one of `ports` (or there are none), and either end one of `addrs` (or none).
+/// An IPv4-mapped address and its IPv4 form are the same address here, on either side: a
+/// dual-stack socket shows its IPv4 peer mapped.
 pub fn tuple_matches(
     ports: &[u16],
     addrs: &[IpAddr],
@@ -19,7 +24,13 @@ pub fn tuple_matches(
         || ports
             .iter()
             .any(|&p| p == local.port() || p == remote.port());
-    let addr_ok = addrs.is_empty() || addrs.iter().any(|&a| a == local.ip() || a == remote.ip());
+    let addr_ok = addrs.is_empty() || {
+        let (l, r) = (canonical_ip(local.ip()), canonical_ip(remote.ip()));
+        addrs.iter().any(|&a| {
+            let a = canonical_ip(a);
+            a == l || a == r
+        })
+    };
     port_ok && addr_ok
 }
 
@@ -85,5 +96,40 @@ mod tests {
         assert!(!f.keep(&mk(1, Close, SynSent, "127.0.0.1:40001", "127.0.0.1:9090")));
         assert!(!f.keep(&mk(1, SynSent, Close, "0.0.0.0:0", "0.0.0.0:0")));
         assert!(EventFilter::new(vec![], vec![]).is_none());
+    }
+
+    #[test]
+    fn mapped_and_ipv4_addresses_match_each_other() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        // A dual-stack server's end of an IPv4 connection, and the IPv4 client's end.
+        let (mapped_l, mapped_r) = (sa("[::ffff:10.0.0.1]:9000"), sa("[::ffff:10.0.0.2]:34888"));
+        let (v4_l, v4_r) = (sa("10.0.0.2:34888"), sa("10.0.0.1:9000"));
+        for a in ["10.0.0.1", "::ffff:10.0.0.1", "10.0.0.2", "::ffff:10.0.0.2"] {
+            let addrs = [ip(a)];
+            assert!(tuple_matches(&[], &addrs, &mapped_l, &mapped_r), "{a}");
+            assert!(tuple_matches(&[], &addrs, &v4_l, &v4_r), "{a}");
+        }
+        for a in ["10.0.0.3", "::ffff:10.0.0.3", "::1", "::10.0.0.1"] {
+            let addrs = [ip(a)];
+            assert!(!tuple_matches(&[], &addrs, &mapped_l, &mapped_r), "{a}");
+            assert!(!tuple_matches(&[], &addrs, &v4_l, &v4_r), "{a}");
+        }
+        // Plain IPv6 is left alone.
+        let (l6, r6) = (sa("[2001:db8::1]:80"), sa("[2001:db8::2]:40000"));
+        assert!(tuple_matches(&[], &[ip("2001:db8::2")], &l6, &r6));
+        assert!(!tuple_matches(&[], &[ip("2001:db8::3")], &l6, &r6));
+        // The event filter keeps a mapped socket's life for an IPv4 --addr.
+        use TcpState::*;
+        let mut f = EventFilter::new(vec![], vec![ip("127.0.0.1")]).unwrap();
+        let e = crate::decode::testing::ev(
+            1,
+            7,
+            Listen,
+            SynRecv,
+            "[::ffff:127.0.0.1]:9000",
+            "[::ffff:127.0.0.1]:34888",
+        );
+        assert!(f.keep(&e));
     }
 }

@@ -10,6 +10,13 @@
 //! - a socket address is reused after free, so a connection-starting event on a known address
 //!   begins a new connection.
 //!
+//! Whether an event on a known address still belongs to its connection is read from the states
+//! the kernel reports (they continue from the last one, or they do not), not from the 4-tuple:
+//! the same socket may report another 4-tuple mid-life (a dual-stack server's child socket shows
+//! the listener's unspecified address first on some kernels, its IPv4-mapped one later). And the
+//! tuples are compared, and keyed, with IPv4-mapped addresses as their IPv4 form
+//! ([`teardown_common::addr`]), so that a dual-stack server's end meets its IPv4 client's.
+//!
 //! A closed connection *settles* for a short while before it is handed on: a RST sent by
 //! `close()` is traced just after the `-> CLOSE`, and the peer's socket usually closes a moment
 //! later, so that both ends can be judged together.
@@ -30,6 +37,8 @@ use std::{
 type SkMap<V> = rustc_hash::FxHashMap<u64, V>;
 
 use serde::Serialize;
+
+use teardown_common::addr::{canonical, canonical_ip};
 
 use crate::decode::{Event, EventKind, Task, TcpState};
 
@@ -53,7 +62,8 @@ pub struct Connection {
     /// Order of first appearance in this trace, from 1.
     pub id: u64,
     pub sk: u64,
-    /// The 4-tuple from the first event that had one (zero ports when none had).
+    /// The 4-tuple as the kernel reported it (zero ports when no event had one): from the first
+    /// event that had one, or a later one that filled in an address left unspecified before.
     pub local: SocketAddr,
     pub remote: SocketAddr,
     /// The owning process, from the first event made in process context.
@@ -140,6 +150,61 @@ impl Connection {
     fn has_tuple(&self) -> bool {
         self.local.port() != 0 && self.remote.port() != 0
     }
+
+    /// `ev` names the same endpoints as the connection (an IPv4-mapped address and its IPv4
+    /// form are one endpoint).
+    fn same_tuple(&self, ev: &Event) -> bool {
+        canonical(self.local) == canonical(ev.local)
+            && canonical(self.remote) == canonical(ev.remote)
+    }
+
+    /// `ev` carries on from where the connection's states left off: a state change from the
+    /// last state seen, or another event in it. (A connection-starting event never does; the
+    /// tracker sees to it first.)
+    fn continues_with(&self, ev: &Event) -> bool {
+        let Some(last) = self.last_transition_state().or_else(|| self.last_state()) else {
+            return true;
+        };
+        match ev.kind {
+            EventKind::State { old, .. } => old == last,
+            other => other.state_after() == last,
+        }
+    }
+
+    /// `ev`, on this connection's socket address and with another 4-tuple, belongs to another
+    /// connection: the address was reused, and this one's close and that one's start were not
+    /// seen. The kernel says so by a break in the states; or, once it reported lost events, by
+    /// a second complete 4-tuple (a socket's own tuple only ever gains the addresses it lacked).
+    fn is_reused_by(&self, ev: &Event) -> bool {
+        if !(self.has_tuple() && ev.has_tuple()) || self.same_tuple(ev) {
+            return false;
+        }
+        !self.continues_with(ev)
+            || (self.events_maybe_lost
+                && specified(self.local, self.remote) == 2
+                && specified(ev.local, ev.remote) == 2)
+    }
+
+    /// Takes the 4-tuple of `ev`, an event of this same connection, when it is at least as full
+    /// as the one it had (it names more addresses, or as many, and is the kernel's latest word).
+    /// Returns whether the tuple changed.
+    fn take_fuller_tuple(&mut self, ev: &Event) -> bool {
+        let fuller = self.has_tuple()
+            && ev.has_tuple()
+            && !self.same_tuple(ev)
+            && specified(ev.local, ev.remote) >= specified(self.local, self.remote);
+        if fuller {
+            self.local = ev.local;
+            self.remote = ev.remote;
+        }
+        fuller
+    }
+}
+
+/// How many of a 4-tuple's two addresses are specified (not `0.0.0.0` or `::`).
+fn specified(local: SocketAddr, remote: SocketAddr) -> u8 {
+    u8::from(!canonical_ip(local.ip()).is_unspecified())
+        + u8::from(!canonical_ip(remote.ip()).is_unspecified())
 }
 
 /// A connection handed on by the tracker, with the other end when it is on this host too.
@@ -226,10 +291,13 @@ const AWAITING_PEER_NS: u64 = 120_000_000_000;
 /// A 4-tuple as the tracker tells sockets apart: with its network namespace when it is a
 /// loopback one (loopback traffic never leaves its namespace, so two containers may each have
 /// the same loopback 4-tuple), without it otherwise (veth traffic between namespaces joins ends
-/// in two of them). The namespace is 0 when events do not carry it.
+/// in two of them). The namespace is 0 when events do not carry it. IPv4-mapped addresses are
+/// keyed as their IPv4 form: a dual-stack socket and the IPv4 socket at the other end then have
+/// mirrored keys.
 type TupleKey = (u32, SocketAddr, SocketAddr);
 
 fn tuple_key(netns: u32, local: SocketAddr, remote: SocketAddr) -> TupleKey {
+    let (local, remote) = (canonical(local), canonical(remote));
     let scoped = local.ip().is_loopback() || remote.ip().is_loopback();
     (if scoped { netns } else { 0 }, local, remote)
 }
@@ -341,11 +409,9 @@ impl Tracker {
             // A closed life of this address settles on; trailing events are no longer its.
             self.settling_sk.remove(&ev.sk);
             self.open_new(ev, out);
-        } else if self.open.get(&ev.sk).is_some_and(|c| {
-            c.has_tuple() && ev.has_tuple() && (c.local, c.remote) != (ev.local, ev.remote)
-        }) {
-            // Another 4-tuple on the same socket address: the old connection's end and the new
-            // one's start were not seen (events lost).
+        } else if self.open.get(&ev.sk).is_some_and(|c| c.is_reused_by(&ev)) {
+            // Another connection on the same socket address: the old connection's end and the
+            // new one's start were not seen (events lost).
             if let Some(mut old) = self.open.remove(&ev.sk) {
                 self.unindex(&old, Slot::Open(old.sk));
                 old.end = RecordEnd::Superseded;
@@ -364,8 +430,20 @@ impl Tracker {
                     c.events_maybe_lost = true;
                 }
             }
+            let tuple_before = c.has_tuple().then(|| c.key());
             c.push(ev);
+            // The same socket may report a fuller 4-tuple than it did (see the module's notes):
+            // it is then filed under that one, for its peer and its seed to find it.
+            let retupled = c.take_fuller_tuple(&ev);
             let tuple_now = c.has_tuple().then(|| c.key());
+            if retupled && !c.seen_from_start && c.state_at_start.is_none() {
+                if let Some(t) = tuple_now {
+                    c.state_at_start = self.seeds.remove(&t);
+                }
+            }
+            if let Some(t) = tuple_before.filter(|&t| Some(t) != tuple_now) {
+                self.unindex_key(t, Slot::Open(ev.sk));
+            }
             if let Some(t) = tuple_now {
                 self.by_tuple.entry(t).or_insert(Slot::Open(ev.sk));
             }
@@ -497,7 +575,12 @@ impl Tracker {
 
     /// Forgets the 4-tuple of a connection leaving `slot`, unless another holds it now.
     fn unindex(&mut self, c: &Connection, slot: Slot) {
-        if let Entry::Occupied(e) = self.by_tuple.entry(c.key()) {
+        self.unindex_key(c.key(), slot);
+    }
+
+    /// Forgets `key` when `slot` holds it.
+    fn unindex_key(&mut self, key: TupleKey, slot: Slot) {
+        if let Entry::Occupied(e) = self.by_tuple.entry(key) {
             if *e.get() == slot {
                 e.remove();
             }
@@ -888,6 +971,166 @@ mod tests {
         assert_eq!(out[1].conn.local, other.parse().unwrap());
         assert!(out[1].conn.events_maybe_lost);
         assert!(!out[1].conn.seen_from_start);
+    }
+
+    /// A dual-stack server (listening on `[::]:9000`) and its IPv4 client: the client's end in
+    /// IPv4 form, the server's IPv4-mapped.
+    const C4: &str = "127.0.0.1:34888";
+    const S4: &str = "127.0.0.1:9000";
+    const MS: &str = "[::ffff:127.0.0.1]:9000";
+    const MC: &str = "[::ffff:127.0.0.1]:34888";
+    const Z6: &str = "[::]:0";
+
+    /// One orderly close between the IPv4 client `0xa` and the dual-stack server `0xb`, the
+    /// client first or the server first, in namespace 7. `server_tuples` gives the server's
+    /// tuple at LISTEN -> SYN_RECV and at SYN_RECV -> ESTABLISHED; the mapped one follows.
+    fn dual_stack_close(client_first: bool, server_tuples: [(&str, &str); 2]) -> Vec<Event> {
+        let [(l1, r1), (l2, r2)] = server_tuples;
+        let mut events = vec![
+            ev(1, 0xa, Close, SynSent, C4, S4),
+            ev(2, 0xb, Listen, SynRecv, l1, r1),
+            ev(3, 0xa, SynSent, Established, C4, S4),
+            ev(4, 0xb, SynRecv, Established, l2, r2),
+        ];
+        events.extend(if client_first {
+            [
+                ev(5, 0xa, Established, FinWait1, C4, S4),
+                ev(6, 0xb, Established, CloseWait, MS, MC),
+                ev(7, 0xa, FinWait1, FinWait2, C4, S4),
+                ev(8, 0xb, CloseWait, LastAck, MS, MC),
+                ev(9, 0xa, FinWait2, Close, Z, S4),
+                ev(10, 0xb, LastAck, Close, Z6, MC),
+            ]
+        } else {
+            [
+                ev(5, 0xb, Established, FinWait1, MS, MC),
+                ev(6, 0xa, Established, CloseWait, C4, S4),
+                ev(7, 0xb, FinWait1, FinWait2, MS, MC),
+                ev(8, 0xa, CloseWait, LastAck, C4, S4),
+                ev(9, 0xb, FinWait2, Close, Z6, MC),
+                ev(10, 0xa, LastAck, Close, Z, S4),
+            ]
+        });
+        events.into_iter().map(|e| ev_in(7, e)).collect()
+    }
+
+    /// Both ends, each closed, seen whole, and naming the other.
+    fn assert_one_paired_record_each(out: &[Finished]) {
+        assert_eq!(out.len(), 2, "{out:#?}");
+        for (sk, peer) in [(0xa, 0xb), (0xb, 0xa)] {
+            let f = out.iter().find(|f| f.conn.sk == sk).unwrap();
+            assert_eq!(f.conn.end, RecordEnd::Closed, "{f:#?}");
+            assert!(f.conn.seen_from_start, "{f:#?}");
+            assert!(!f.conn.events_maybe_lost, "{f:#?}");
+            assert_eq!(f.conn.events.len(), 5, "{f:#?}");
+            assert_eq!(f.peer.as_ref().map(|p| p.sk), Some(peer), "{f:#?}");
+        }
+    }
+
+    #[test]
+    fn a_dual_stack_server_end_pairs_with_its_ipv4_client() {
+        // The mapped address throughout (as 6.18 reports it), in either closing order.
+        for client_first in [true, false] {
+            let out = run(&dual_stack_close(client_first, [(MS, MC), (MS, MC)]));
+            assert_one_paired_record_each(&out);
+            // Addresses are shown as the kernel reported them.
+            let server = out.iter().find(|f| f.conn.sk == 0xb).unwrap();
+            assert_eq!(server.conn.local, MS.parse().unwrap());
+            assert_eq!(server.conn.remote, MC.parse().unwrap());
+            let client = out.iter().find(|f| f.conn.sk == 0xa).unwrap();
+            assert_eq!(client.conn.local, C4.parse().unwrap());
+        }
+    }
+
+    #[test]
+    fn a_socket_whose_tuple_fills_in_mid_life_stays_one_connection() {
+        // As 6.1 and 6.12 report a dual-stack server's child socket: the listener's address
+        // (local unspecified) until ESTABLISHED, then the mapped one, on the same socket with
+        // its states continuing.
+        for client_first in [true, false] {
+            for early in [
+                [("[::]:9000", Z6), ("[::]:9000", MC)],
+                [("[::]:9000", "[::]:34888"), ("[::]:9000", "[::]:34888")],
+            ] {
+                let out = run(&dual_stack_close(client_first, early));
+                assert_one_paired_record_each(&out);
+                let server = out.iter().find(|f| f.conn.sk == 0xb).unwrap();
+                // It takes the fuller tuple, as the kernel showed it.
+                assert_eq!(server.conn.local, MS.parse().unwrap(), "{early:?}");
+                assert_eq!(server.conn.remote, MC.parse().unwrap(), "{early:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_fuller_tuple_does_not_give_way_to_an_emptier_one() {
+        let out = run(&[
+            ev(1, 0xb, Listen, SynRecv, MS, MC),
+            ev(2, 0xb, SynRecv, Established, "[::]:9000", MC),
+            ev(3, 0xb, Established, CloseWait, MS, MC),
+        ]);
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!(out[0].conn.local, MS.parse().unwrap());
+        assert!(!out[0].conn.events_maybe_lost);
+    }
+
+    #[test]
+    fn a_tuple_change_with_a_break_in_the_states_is_another_connection() {
+        let out = run(&[
+            ev(1, 0xb, Listen, SynRecv, "[::]:9000", "[::]:34888"),
+            ev(2, 0xb, SynRecv, Established, "[::]:9000", "[::]:34888"),
+            // Not from ESTABLISHED: this socket address lives another life now, whose start
+            // (and the close of the first) were lost.
+            ev(3, 0xb, FinWait1, FinWait2, MS, "[::ffff:127.0.0.1]:40000"),
+        ]);
+        assert_eq!(out.len(), 2, "{out:#?}");
+        assert_eq!(out[0].conn.end, RecordEnd::Superseded);
+        assert!(out[0].conn.events_maybe_lost);
+        assert!(out[1].conn.events_maybe_lost);
+        assert!(!out[1].conn.seen_from_start);
+        assert_eq!(out[1].conn.local, MS.parse().unwrap());
+    }
+
+    #[test]
+    fn a_second_complete_tuple_after_reported_loss_is_another_connection() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        let other = "127.0.0.1:40001";
+        t.on_event(ev(1, 0xa, Close, SynSent, C, S), &mut |f| out.push(f));
+        t.on_event(ev(2, 0xa, SynSent, Established, C, S), &mut |f| out.push(f));
+        // The kernel lost events: the states happen to line up, the tuples cannot both be
+        // this socket's.
+        t.on_lost(1, 2, 3);
+        t.on_event(ev(4, 0xa, Established, FinWait1, other, S), &mut |f| {
+            out.push(f)
+        });
+        t.finish(&mut |f| out.push(f));
+        assert_eq!(out.len(), 2, "{out:#?}");
+        assert_eq!(out[0].conn.end, RecordEnd::Superseded);
+        assert_eq!(out[1].conn.local, other.parse().unwrap());
+        // Without a loss, continuing states keep one connection even with another tuple.
+        let out = run(&[
+            ev(1, 0xa, Close, SynSent, C, S),
+            ev(2, 0xa, SynSent, Established, C, S),
+            ev(4, 0xa, Established, FinWait1, other, S),
+        ]);
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert_eq!(out[0].conn.local, other.parse().unwrap());
+    }
+
+    #[test]
+    fn a_seed_in_ipv4_form_marks_a_dual_stack_connection_seen_mid_life() {
+        let mut t = Tracker::new(TrackerConfig::default());
+        t.seed(0, S4.parse().unwrap(), C4.parse().unwrap(), CloseWait);
+        let mut out = Vec::new();
+        for e in [
+            ev(1, 0xb, CloseWait, LastAck, MS, MC),
+            ev(2, 0xb, LastAck, Close, Z6, MC),
+        ] {
+            t.on_event(e, &mut |f| out.push(f));
+        }
+        t.finish(&mut |f| out.push(f));
+        assert_eq!(out[0].conn.state_at_start, Some(CloseWait));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use serde::Serialize;
+use teardown_common::addr::canonical;
 
 pub use crate::sock_diag::watch::{Closing, TwFact, TwWhat};
 
@@ -38,7 +39,7 @@ const PENDING_MAX: usize = 262_144;
 const PENDING_MS: u64 = 5_000;
 
 /// A timewait socket's identity: network namespace (0 when namespaces are not told apart)
-/// and 4-tuple.
+/// and 4-tuple, IPv4-mapped addresses as their IPv4 form (as the tracker keys connections).
 type Key = (u32, SocketAddr, SocketAddr);
 
 /// Matches timewait facts to reported connections.
@@ -68,6 +69,7 @@ impl Joiner {
     }
 
     fn key(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Key {
+        let (local, remote) = (canonical(local), canonical(remote));
         (if self.by_netns { netns } else { 0 }, local, remote)
     }
 
@@ -254,6 +256,34 @@ mod tests {
             },
         );
         assert_eq!(j.on_fact(late), None);
+    }
+
+    #[test]
+    fn a_mapped_timewait_socket_joins_the_connection_reported_in_ipv4_form() {
+        let entered = TwWhat::Entered {
+            state: TwSubstate::TimeWait,
+            entered_ms: 990,
+        };
+        let mapped = TwFact {
+            local: "[::ffff:127.0.0.1]:40000".parse().unwrap(),
+            remote: "[::ffff:127.0.0.1]:80".parse().unwrap(),
+            ..fact(1_000, entered.clone())
+        };
+        let v4 = fact(1_000, entered);
+        // Either form on either side: sock_diag and the tracepoint may each show either.
+        for (conn, seen) in [(&v4, &mapped), (&mapped, &v4)] {
+            let mut j = Joiner::default();
+            assert!(j.follow(3, 0, conn.local, conn.remote, 900).is_empty());
+            assert_eq!(j.on_fact(seen.clone()).map(|n| n.id), Some(3));
+        }
+        // Another IPv4 address is another socket.
+        let mut j = Joiner::default();
+        assert!(j.follow(3, 0, v4.local, v4.remote, 900).is_empty());
+        let other = TwFact {
+            local: "[::ffff:127.0.0.2]:40000".parse().unwrap(),
+            ..mapped
+        };
+        assert_eq!(j.on_fact(other), None);
     }
 
     #[test]

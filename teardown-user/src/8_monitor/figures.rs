@@ -257,13 +257,9 @@ pub fn reuse_for(settings: &KernelSettings, remote: IpAddr) -> Reuse {
     }
 }
 
+/// Loopback, IPv4-mapped loopback (`::ffff:127.0.0.1`) included.
 fn is_loopback(a: IpAddr) -> bool {
-    match a {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
+    teardown_common::addr::canonical_ip(a).is_loopback()
 }
 
 /// Headroom to `tcp_max_tw_buckets`.
