@@ -5,6 +5,15 @@
 //! buffer. The socket's sequence fields and flags are read at that moment, at offsets the agent
 //! resolved from the running kernel's BTF. Events that find the ring buffer full, and classic
 //! tracepoint records that cannot be read, are counted per CPU in `LOST`.
+//!
+//! The rare paths, where a program drops an event or leaves part of it empty for a reason the
+//! agent cannot see (a field it could not read, a family it does not know, a socket that is not
+//! what its state says, an event the full ring buffer refused), leave a debug record through
+//! aya-log naming the program, the field and the socket, when the agent asks for them
+//! (`teardown -vv`). By default the agent loads the programs with aya-log's level at "off": the
+//! records, and the few checks made only for them, are then dead code the verifier removes (see
+//! [`debug_on`]). The state and family numbers the events carry are checked by the agent's
+//! decoder, not here, where the check would cost every event.
 #![no_std]
 #![no_main]
 
@@ -17,6 +26,11 @@ use aya_ebpf::{
     macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
+};
+// `macro_support` is aya-log-ebpf's own check of its load-time level (pinned release).
+use aya_log_ebpf::{
+    debug,
+    macro_support::{level_enabled, Level},
 };
 use teardown_common::{
     fast, flags, kind,
@@ -68,6 +82,61 @@ static TP_OFFSETS: TracepointOffsets = TracepointOffsets::UNKNOWN;
 /// Set by the agent: the offset of `skc_state` in `struct sock_common`.
 #[no_mangle]
 static SKC_STATE_OFFSET: u32 = OFFSET_UNKNOWN;
+
+/// Whether the agent asked for the debug records of the rare paths (`teardown -vv`).
+///
+/// aya-log's level (`AYA_LOG_LEVEL`) is a global the agent sets at load; the map behind it is
+/// frozen and read-only, so the verifier knows its value and, when it is off, drops every branch
+/// behind this test (aya-log's macros make the same test first). Only rare paths test it: the
+/// common path does not even load the level.
+#[inline(always)]
+fn debug_on() -> bool {
+    level_enabled(Level::Debug)
+}
+
+/// A debug record of a rare path, `program: what, skaddr 0x...`, logged by the agent under the
+/// target `teardown::ebpf`. (The ctx argument of aya-log's macros is unused in this release.)
+macro_rules! rare {
+    ($($arg:tt)+) => {
+        debug!((), target: "teardown::ebpf", $($arg)+)
+    };
+}
+
+/// A kernel program, as its debug records name it: a type, so that the name is a constant in
+/// each program's code (a name passed at run time would be copied byte by byte in a loop, and
+/// kept ready on the common path).
+trait Prog {
+    const NAME: &'static str;
+}
+
+macro_rules! progs {
+    ($($ty:ident = $name:literal),+ $(,)?) => {
+        $(
+            struct $ty;
+            impl Prog for $ty {
+                const NAME: &'static str = $name;
+            }
+        )+
+    };
+}
+
+progs! {
+    StateBtf = "inet_sock_set_state_btf",
+    RetransmitBtf = "tcp_retransmit_skb_btf",
+    SendResetBtf = "tcp_send_reset_btf",
+    ReceiveResetBtf = "tcp_receive_reset_btf",
+    StateTp = "inet_sock_set_state_tp",
+}
+
+/// A socket's address as a plain number, for a debug record. The verifier types the socket
+/// pointer a tp_btf program gets as a pointer, which a record (written a byte at a time) may not
+/// take apart; a copy made by `bpf_probe_read_kernel` is a plain number. Rare paths only.
+#[inline(always)]
+fn number(addr: u64) -> u64 {
+    // SAFETY: the helper copies the local `addr`, a u64 (valid for any bytes), and fails
+    // cleanly on a fault.
+    unsafe { bpf_probe_read_kernel(&addr) }.unwrap_or(0)
+}
 
 /// The offsets, each field read on its own: the verifier then knows every one as a constant
 /// (the global is frozen and read-only), which the direct loads of [`Fields::Direct`] need.
@@ -138,7 +207,7 @@ enum Fields {
 impl Fields {
     /// The socket's fields for a tp_btf program, or None when it is not a full TCP socket.
     #[inline(always)]
-    fn of_btf_sock(sk: *const u8, offs: &SockOffsets) -> Option<Fields> {
+    fn of_btf_sock<P: Prog>(sk: *const u8, offs: &SockOffsets) -> Option<Fields> {
         if offs.fast & fast::DIRECT_LOADS != 0 {
             // Checks that it is a full TCP socket and types the pointer as one for the
             // verifier.
@@ -150,7 +219,22 @@ impl Fields {
         }
         // SAFETY: a u16 accepts any bytes; the probed read tolerates any address.
         let protocol = unsafe { read_at::<u16>(sk, offs.sk_protocol) };
+        if protocol.is_none() && debug_on() && offs.sk_protocol != OFFSET_UNKNOWN {
+            rare!(
+                "{}: sk_protocol unreadable, skaddr 0x{:x}",
+                P::NAME,
+                number(sk as u64)
+            );
+        }
         (protocol == Some(IPPROTO_TCP)).then_some(Fields::Probed(sk))
+    }
+
+    /// The socket's address, as a number for a debug record.
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        match self {
+            Fields::Probed(p) | Fields::Direct(p) => number(p as u64),
+        }
     }
 
     #[inline(always)]
@@ -216,6 +300,24 @@ impl Fields {
     }
 }
 
+/// The socket's network namespace inode, 0 when unknown.
+#[inline(always)]
+fn netns_of<P: Prog>(sk: Fields, offs: &SockOffsets) -> u32 {
+    let ns = sk.netns(offs);
+    if ns.is_none()
+        && debug_on()
+        && offs.skc_net != OFFSET_UNKNOWN
+        && offs.net_inum != OFFSET_UNKNOWN
+    {
+        rare!(
+            "{}: skc_net->ns.inum unreadable, skaddr 0x{:x}",
+            P::NAME,
+            sk.addr()
+        );
+    }
+    ns.unwrap_or(0)
+}
+
 #[inline(always)]
 fn count_lost() {
     if let Some(n) = LOST.get_ptr_mut(0) {
@@ -238,7 +340,7 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 const RECORD_BYTES: u64 = core::mem::size_of::<Event>() as u64 + 8;
 
 #[inline(always)]
-fn emit(ev: &Event) {
+fn emit<P: Prog>(ev: &Event) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             // Copied a u64 at a time: a byte-wise copy may read single bytes of a stack slot
@@ -266,7 +368,14 @@ fn emit(ev: &Event) {
             };
             entry.submit(flags);
         }
-        None => count_lost(),
+        None => {
+            count_lost();
+            rare!(
+                "{}: EVENTS full, event dropped, skaddr 0x{:x}",
+                P::NAME,
+                number(ev.skaddr)
+            );
+        }
     }
 }
 
@@ -307,11 +416,11 @@ fn wanted(ev: &Event) -> bool {
 /// What every event of a full socket carries besides its tuple: time, network namespace, task,
 /// and the socket's sequence fields and flags.
 #[inline(always)]
-fn fill_task_and_sock(ev: &mut Event, sk: Fields, offs: &SockOffsets) {
+fn fill_task_and_sock<P: Prog>(ev: &mut Event, sk: Fields, offs: &SockOffsets) {
     // SAFETY: the helper takes no arguments and only reads the clock.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     // After the filter: a pointer chase that events the filter drops need not pay.
-    ev.netns = sk.netns(offs).unwrap_or(0);
+    ev.netns = netns_of::<P>(sk, offs);
     ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // The name is only worth copying when the task may be the owner: a system call, an
     // abortive close (which may be one), or a retransmission or reset (a reset, e.g., may be
@@ -341,6 +450,16 @@ fn fill_task_and_sock(ev: &mut Event, sk: Fields, offs: &SockOffsets) {
         ev.rcv_nxt = rcv;
         ev.write_seq = wseq;
         ev.flags |= flags::SEQ_VALID;
+    } else if debug_on()
+        && [offs.snd_una, offs.snd_nxt, offs.rcv_nxt, offs.write_seq]
+            .iter()
+            .all(|&o| o != OFFSET_UNKNOWN)
+    {
+        rare!(
+            "{}: sequence fields unreadable, skaddr 0x{:x}",
+            P::NAME,
+            sk.addr()
+        );
     }
     // `skc_flags` is an unsigned long: its low half holds every flag we report (x86-64 and
     // arm64 are little-endian).
@@ -348,16 +467,27 @@ fn fill_task_and_sock(ev: &mut Event, sk: Fields, offs: &SockOffsets) {
         ev.sk_flags = f;
         ev.sk_err = err;
         ev.flags |= flags::SOCK_VALID;
+    } else if debug_on() && offs.skc_flags != OFFSET_UNKNOWN && offs.sk_err != OFFSET_UNKNOWN {
+        rare!(
+            "{}: skc_flags or sk_err unreadable, skaddr 0x{:x}",
+            P::NAME,
+            sk.addr()
+        );
     }
 }
 
 /// The 4-tuple from `struct sock_common`, which full, request and timewait sockets share.
 /// Returns false when the family cannot be read or is neither IPv4 nor IPv6.
 #[inline(always)]
-fn fill_tuple_common(ev: &mut Event, sk: Fields, offs: &SockOffsets) -> bool {
+fn fill_tuple_common<P: Prog>(ev: &mut Event, sk: Fields, offs: &SockOffsets) -> bool {
     if sk.probed() && offs.fast & fast::COMMON_HEAD != 0 {
         // One read for addresses, ports and family (layout verified by the agent in BTF).
         let Some(h) = sk.read::<CommonHead>(offs.skc_daddr) else {
+            rare!(
+                "{}: sock_common head unreadable, skaddr 0x{:x}",
+                P::NAME,
+                sk.addr()
+            );
             return false;
         };
         ev.family = h.family;
@@ -370,6 +500,13 @@ fn fill_tuple_common(ev: &mut Event, sk: Fields, offs: &SockOffsets) -> bool {
         }
     } else {
         let Some(family) = sk.read::<u16>(offs.skc_family) else {
+            if offs.skc_family != OFFSET_UNKNOWN {
+                rare!(
+                    "{}: skc_family unreadable, skaddr 0x{:x}",
+                    P::NAME,
+                    sk.addr()
+                );
+            }
             return false;
         };
         ev.family = family;
@@ -386,6 +523,12 @@ fn fill_tuple_common(ev: &mut Event, sk: Fields, offs: &SockOffsets) -> bool {
         }
     }
     if ev.family != AF_INET6 {
+        rare!(
+            "{}: skc_family {} unexpected, skaddr 0x{:x}",
+            P::NAME,
+            ev.family,
+            sk.addr()
+        );
         return false;
     }
     if let Some(a) = sk.read_v6(offs.skc_v6_rcv_saddr) {
@@ -409,11 +552,11 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let offs = offsets();
-    let Some(fields) = Fields::of_btf_sock(sk, &offs) else {
+    let Some(fields) = Fields::of_btf_sock::<StateBtf>(sk, &offs) else {
         return 0;
     };
     let mut ev = Event::ZERO;
-    if !fill_tuple_common(&mut ev, fields, &offs) {
+    if !fill_tuple_common::<StateBtf>(&mut ev, fields, &offs) {
         return 0;
     }
     ev.kind = kind::STATE;
@@ -423,15 +566,15 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     if !wanted(&ev) {
         return 0;
     }
-    fill_task_and_sock(&mut ev, fields, &offs);
-    emit(&ev);
+    fill_task_and_sock::<StateBtf>(&mut ev, fields, &offs);
+    emit::<StateBtf>(&ev);
     0
 }
 
 /// Retransmissions, resets sent and resets received share one shape: the socket is argument 0
 /// and its current state is read from it.
 #[inline(always)]
-fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
+fn sock_event<P: Prog>(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
     let sk: *const u8 = ctx.arg(0);
     if sk.is_null() {
         // A RST sent for no socket (e.g. a SYN to a closed port): nothing to attach it to.
@@ -446,6 +589,13 @@ fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
     // one, so nothing past sock_common may be read: skip the event.
     // SAFETY: a u8 accepts any byte; the probed read tolerates any address.
     let Some(state) = (unsafe { read_at::<u8>(sk, state_off) }) else {
+        if state_off != OFFSET_UNKNOWN {
+            rare!(
+                "{}: skc_state unreadable, skaddr 0x{:x}",
+                P::NAME,
+                number(sk as u64)
+            );
+        }
         return 0;
     };
     ev.kind = event_kind;
@@ -454,7 +604,7 @@ fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
     if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
         // A timewait or request socket: only its sock_common part exists (no sk_protocol, no
         // sequence fields), and these tracepoints only see TCP ones.
-        if !fill_tuple_common(&mut ev, Fields::Probed(sk), &offs) {
+        if !fill_tuple_common::<P>(&mut ev, Fields::Probed(sk), &offs) {
             return 0;
         }
         ev.skaddr = sk as u64;
@@ -464,38 +614,46 @@ fn sock_event(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
         // SAFETY: the helper takes no arguments and only reads the clock.
         ev.ts_ns = unsafe { bpf_ktime_get_ns() };
         ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        ev.netns = Fields::Probed(sk).netns(&offs).unwrap_or(0);
-        emit(&ev);
+        ev.netns = netns_of::<P>(Fields::Probed(sk), &offs);
+        emit::<P>(&ev);
         return 0;
     }
-    let Some(fields) = Fields::of_btf_sock(sk, &offs) else {
+    let Some(fields) = Fields::of_btf_sock::<P>(sk, &offs) else {
+        // These tracepoints see TCP sockets only, and this state is not a timewait or request
+        // socket's: the state, or the socket, is not what it should be.
+        rare!(
+            "{}: skc_state {} but not a full TCP socket, skaddr 0x{:x}",
+            P::NAME,
+            state,
+            number(sk as u64)
+        );
         return 0;
     };
-    if !fill_tuple_common(&mut ev, fields, &offs) {
+    if !fill_tuple_common::<P>(&mut ev, fields, &offs) {
         return 0;
     }
     ev.skaddr = sk as u64;
     if !wanted(&ev) {
         return 0;
     }
-    fill_task_and_sock(&mut ev, fields, &offs);
-    emit(&ev);
+    fill_task_and_sock::<P>(&mut ev, fields, &offs);
+    emit::<P>(&ev);
     0
 }
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb_btf(ctx: BtfTracePointContext) -> i32 {
-    sock_event(&ctx, kind::RETRANSMIT)
+    sock_event::<RetransmitBtf>(&ctx, kind::RETRANSMIT)
 }
 
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
-    sock_event(&ctx, kind::SEND_RESET)
+    sock_event::<SendResetBtf>(&ctx, kind::SEND_RESET)
 }
 
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
-    sock_event(&ctx, kind::RECV_RESET)
+    sock_event::<ReceiveResetBtf>(&ctx, kind::RECV_RESET)
 }
 
 /// The classic tracepoint, for kernels without BTF: the record carries the 4-tuple itself, at
@@ -533,36 +691,59 @@ fn try_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Result<(),
     match tp_read::<u16>(ctx, tp.protocol) {
         Some(IPPROTO_TCP) => {}
         Some(_) => return Ok(()),
-        None => return Err(Unreadable),
+        None => {
+            rare!("{}: protocol unreadable", StateTp::NAME);
+            return Err(Unreadable);
+        }
     }
     read_tracepoint(ctx, tp).ok_or(Unreadable)
 }
 
 #[inline(always)]
 fn read_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Option<()> {
+    let Some(sk) = tp_read::<u64>(ctx, tp.skaddr) else {
+        rare!("{}: skaddr unreadable", StateTp::NAME);
+        return None;
+    };
+    // A field of the record; when it cannot be read, a debug record names it.
+    macro_rules! field {
+        ($t:ty, $name:ident) => {
+            match tp_read::<$t>(ctx, tp.$name) {
+                Some(v) => v,
+                None => {
+                    rare!(
+                        "{}: {} unreadable, skaddr 0x{:x}",
+                        StateTp::NAME,
+                        stringify!($name),
+                        sk
+                    );
+                    return None;
+                }
+            }
+        };
+    }
     let mut ev = Event::ZERO;
-    let sk: u64 = tp_read(ctx, tp.skaddr)?;
-    ev.family = tp_read(ctx, tp.family)?;
-    ev.oldstate = tp_read::<i32>(ctx, tp.oldstate)? as u8;
-    ev.newstate = tp_read::<i32>(ctx, tp.newstate)? as u8;
-    ev.sport = tp_read(ctx, tp.sport)?;
-    ev.dport = tp_read(ctx, tp.dport)?;
+    ev.family = field!(u16, family);
+    ev.oldstate = field!(i32, oldstate) as u8;
+    ev.newstate = field!(i32, newstate) as u8;
+    ev.sport = field!(u16, sport);
+    ev.dport = field!(u16, dport);
     if ev.family == AF_INET {
-        let s: [u8; 4] = tp_read(ctx, tp.saddr)?;
-        let d: [u8; 4] = tp_read(ctx, tp.daddr)?;
+        let s: [u8; 4] = field!([u8; 4], saddr);
+        let d: [u8; 4] = field!([u8; 4], daddr);
         ev.saddr[..4].copy_from_slice(&s);
         ev.daddr[..4].copy_from_slice(&d);
     } else {
-        ev.saddr = tp_read(ctx, tp.saddr_v6)?;
-        ev.daddr = tp_read(ctx, tp.daddr_v6)?;
+        ev.saddr = field!([u8; 16], saddr_v6);
+        ev.daddr = field!([u8; 16], daddr_v6);
     }
     ev.kind = kind::STATE;
     ev.skaddr = sk;
     if !wanted(&ev) {
         return Some(());
     }
-    fill_task_and_sock(&mut ev, Fields::Probed(sk as *const u8), &offsets());
-    emit(&ev);
+    fill_task_and_sock::<StateTp>(&mut ev, Fields::Probed(sk as *const u8), &offsets());
+    emit::<StateTp>(&ev);
     Some(())
 }
 

@@ -19,7 +19,20 @@ use teardown::commands::{replay, timewait, top, trace};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// More detail on standard error (repeat for more).
+    /// More on standard error: -v what was loaded, -vv also debug details and the kernel
+    /// programs' own records of their rare paths.
+    ///
+    /// -v: each kernel program loaded, with its instructions after and during verification.
+    ///
+    /// -vv: also teardown's debug details (why the verifier refused a program, hooks that could
+    /// not attach, records that could not be decoded or replayed), and, for trace and record,
+    /// the kernel programs' records of their rare paths: a field they could not read, a socket
+    /// whose family or state was not what they expected, an event dropped because the ring
+    /// buffer was full; each names the program, the field and the socket (skaddr). Without -vv
+    /// the programs are loaded with those records off, and the verifier removes them: they
+    /// cost nothing.
+    ///
+    /// -vvv: also the debug logs of the libraries (aya's loader and its relocations).
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 }
@@ -47,14 +60,51 @@ enum Command {
     Top(top::TopArgs),
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => log::LevelFilter::Warn,
-        1 => log::LevelFilter::Info,
-        _ => log::LevelFilter::Debug,
+impl Command {
+    /// Hands `-vv`'s request for the kernel programs' debug records to the commands that load
+    /// the programs themselves.
+    fn set_kernel_log(&mut self, on: bool) {
+        match self {
+            Command::Trace(args) => args.kernel_log = on,
+            Command::Record(args) => args.trace.kernel_log = on,
+            Command::Replay(_) | Command::Timewait(_) | Command::Top(_) => {}
+        }
+    }
+}
+
+/// What a count of `-v` shows.
+struct Verbosity {
+    /// teardown's own logs, the kernel programs' records among them (target `teardown::ebpf`).
+    teardown: log::LevelFilter,
+    /// The libraries' logs.
+    others: log::LevelFilter,
+    /// Whether the kernel programs are loaded with their debug records on, and these are read.
+    kernel_log: bool,
+}
+
+fn verbosity(count: u8) -> Verbosity {
+    use log::LevelFilter::{Debug, Info, Warn};
+    let (teardown, others) = match count {
+        0 => (Warn, Warn),
+        1 => (Info, Warn),
+        2 => (Debug, Warn),
+        _ => (Debug, Debug),
     };
-    env_logger::Builder::new().filter_level(level).init();
+    Verbosity {
+        teardown,
+        others,
+        kernel_log: count >= 2,
+    }
+}
+
+fn main() -> ExitCode {
+    let mut cli = Cli::parse();
+    let v = verbosity(cli.verbose);
+    env_logger::Builder::new()
+        .filter_level(v.others)
+        .filter_module("teardown", v.teardown)
+        .init();
+    cli.command.set_kernel_log(v.kernel_log);
 
     let result = match cli.command {
         Command::Trace(args) => block_on(trace::run(args, None)).map(drop),
@@ -84,5 +134,50 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
             teardown::say!("error: cannot start the async runtime: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The command line as `main` turns it into commands.
+    fn parsed(args: &[&str]) -> Command {
+        let mut cli = Cli::try_parse_from(args).unwrap();
+        cli.command
+            .set_kernel_log(verbosity(cli.verbose).kernel_log);
+        cli.command
+    }
+
+    #[test]
+    fn only_vv_reads_the_kernel_programs_records() {
+        for (args, on) in [
+            (&["teardown", "trace"][..], false),
+            (&["teardown", "trace", "-v"][..], false),
+            (&["teardown", "trace", "-vv"][..], true),
+            (&["teardown", "-vv", "trace"][..], true),
+            (&["teardown", "trace", "--verbose", "--verbose"][..], true),
+            (&["teardown", "trace", "-vvv"][..], true),
+        ] {
+            let Command::Trace(t) = parsed(args) else {
+                panic!("{args:?} is not a trace");
+            };
+            assert_eq!(t.kernel_log, on, "{args:?}");
+        }
+        let Command::Record(r) = parsed(&["teardown", "record", "f.jsonl", "-vv"]) else {
+            panic!("not a record");
+        };
+        assert!(r.trace.kernel_log);
+        let levels = |n| {
+            let v = verbosity(n);
+            (v.teardown, v.others)
+        };
+        use log::LevelFilter::{Debug, Info, Warn};
+        assert_eq!(levels(0), (Warn, Warn));
+        assert_eq!(levels(1), (Info, Warn));
+        // aya's loader logs hundreds of relocation lines: only from -vvv.
+        assert_eq!(levels(2), (Debug, Warn));
+        assert_eq!(levels(3), (Debug, Debug));
     }
 }

@@ -17,6 +17,7 @@ use aya::{
     programs::{BtfTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
+use aya_log::EbpfLogger;
 use teardown_common::{fast, SockOffsets, TracepointOffsets, OFFSET_UNKNOWN};
 
 pub use preflight::{check_kernel_version, check_privileges};
@@ -39,6 +40,8 @@ pub enum Hook {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    #[error("cannot read the kernel programs' debug records: {0}")]
+    Log(#[source] aya_log::Error),
     #[error(transparent)]
     Preflight(#[from] preflight::PreflightError),
     #[error("--hook btf needs kernel BTF, and {path} is not readable; use --hook tracepoint, or a kernel built with CONFIG_DEBUG_INFO_BTF=y", path = btf::VMLINUX_BTF)]
@@ -129,6 +132,9 @@ pub struct ProbeConfig {
     /// the programs are loaded again with probe reads and a note says so; false asks for
     /// probe reads from the start.
     pub direct_loads: bool,
+    /// Load the programs with their debug records on (`-vv`), and read them ([`KernelLog`]).
+    /// Off, the rare-path checks behind those records are dead code the verifier removes.
+    pub kernel_log: bool,
 }
 
 /// Ports the kernel filter holds at most (the size of its map).
@@ -141,6 +147,7 @@ impl Default for ProbeConfig {
             ring_bytes: 64 << 20,
             ports: Vec::new(),
             direct_loads: true,
+            kernel_log: false,
         }
     }
 }
@@ -166,8 +173,30 @@ pub struct Capabilities {
 pub struct Probe {
     ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
+    kernel_log: Option<KernelLog>,
     pub caps: Capabilities,
 }
+
+/// The kernel programs' debug records (aya-log's ring buffer), attached only when
+/// [`ProbeConfig::kernel_log`] asks for them.
+pub struct KernelLog(EbpfLogger<&'static dyn log::Log>);
+
+impl KernelLog {
+    /// Hands the records waiting in the kernel to the `log` crate's logger (target
+    /// `teardown::ebpf`, debug level). They are rare: reading them on a timer is enough.
+    pub fn flush(&mut self) {
+        self.0.flush();
+    }
+}
+
+/// The programs' names in the object, for the load report.
+const PROGRAMS: [&str; 5] = [
+    "inet_sock_set_state_btf",
+    "tcp_retransmit_skb_btf",
+    "tcp_send_reset_btf",
+    "tcp_receive_reset_btf",
+    "inet_sock_set_state_tp",
+];
 
 impl Probe {
     /// Checks the host, loads and attaches. Errors say what to do.
@@ -297,7 +326,26 @@ impl Probe {
             name: "LOST",
             source,
         })?;
-        Ok(Probe { ebpf, lost, caps })
+        report_programs(&ebpf, cfg.kernel_log);
+        let kernel_log = if cfg.kernel_log {
+            let logger = EbpfLogger::init(&mut ebpf).map_err(KernelError::Log)?;
+            log::debug!("reading the kernel programs' debug records (target teardown::ebpf)");
+            Some(KernelLog(logger))
+        } else {
+            None
+        };
+        Ok(Probe {
+            ebpf,
+            lost,
+            kernel_log,
+            caps,
+        })
+    }
+
+    /// The kernel programs' debug records, when [`ProbeConfig::kernel_log`] asked for them.
+    /// Call once.
+    pub fn kernel_log(&mut self) -> Option<KernelLog> {
+        self.kernel_log.take()
     }
 
     /// The ring buffer, as an async stream of records. Call once.
@@ -350,7 +398,14 @@ impl Plan<'_> {
             },
             ..self.sock_offsets
         };
+        // Off unless asked: the programs' rare-path checks then vanish at verification.
+        let log_level: u8 = if cfg.kernel_log {
+            aya_log::Level::Debug.into()
+        } else {
+            LOG_OFF
+        };
         let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &log_level, true)
             .override_global("SOCK_OFFSETS", &sock_offsets, true)
             .override_global("TP_OFFSETS", &self.tp_offsets, true)
             .override_global("SKC_STATE_OFFSET", &self.skc_state, true)
@@ -405,6 +460,28 @@ impl Plan<'_> {
             }
         }
         Ok(ebpf)
+    }
+}
+
+/// aya-log's level below its lowest (error): no record is written.
+const LOG_OFF: u8 = 0;
+
+/// Says at info level (`-v`) what each attached program is: its instructions after
+/// verification and how many the verifier went through, the figures that differ from kernel to
+/// kernel and with the debug records on or off.
+fn report_programs(ebpf: &Ebpf, kernel_log: bool) {
+    let records = if kernel_log { "on" } else { "off" };
+    for name in PROGRAMS {
+        let Some(info) = ebpf.program(name).and_then(|p| p.info().ok()) else {
+            continue;
+        };
+        let count = |n: Option<u32>| n.map_or_else(|| "?".to_owned(), |n| n.to_string());
+        log::info!(
+            "loaded {name}: {} instructions, {} verified, debug records {records}",
+            // 8 bytes an instruction, as the kernel translated it.
+            count(info.size_translated().map(|b| b / 8)),
+            count(info.verified_instruction_count()),
+        );
     }
 }
 

@@ -16,11 +16,15 @@
 //! - optionally the 4-tuples of open connections, so that a timewait socket that vanished can be
 //!   told "reused by a new connection" rather than "killed".
 //!
+//! A kernel whose `tcp_diag` is a module that is not loaded refuses the dumps: the poller then
+//! loads it, once per process ([`module`]), or its error says how.
+//!
 //! The cost of a poll is one netlink dump per address family, proportional to the number of
 //! sockets the kernel returns; the kernel filters by state, so established connections are only
 //! read when [`PollOptions::include_open`] asks for them.
 
 pub mod follow;
+pub mod module;
 mod netlink;
 pub mod netns;
 pub mod owners;
@@ -45,6 +49,24 @@ pub enum DiagError {
     /// The kernel answered the dump with an error code.
     #[error("sock_diag dump refused by the kernel: errno {0}")]
     Kernel(i32),
+    /// TCP dumps are refused (ENOENT) for want of the tcp_diag module, which could not be
+    /// loaded: why not.
+    #[error(
+        "sock_diag cannot list TCP sockets: the kernel refuses the dump with errno 2 (ENOENT), \
+         as it does without its {m} module, and `modprobe {m}` failed ({0}). Load it as root \
+         with `modprobe {m}` (inet_diag comes with it); a kernel built without \
+         CONFIG_INET_TCP_DIAG cannot list them",
+        m = module::TCP_DIAG
+    )]
+    NoTcpDiag(String),
+    /// TCP dumps are still refused (ENOENT) after tcp_diag was loaded.
+    #[error(
+        "sock_diag cannot list TCP sockets: the kernel still refuses the dump with errno 2 \
+         (ENOENT) after `modprobe {m}` succeeded; `lsmod | grep diag` shows the diag modules \
+         loaded, and a kernel built without CONFIG_INET_TCP_DIAG cannot list them",
+        m = module::TCP_DIAG
+    )]
+    StillRefused,
     /// A message from the kernel could not be decoded.
     #[error("sock_diag: undecodable message: {0}")]
     Decode(String),

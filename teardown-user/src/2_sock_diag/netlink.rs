@@ -17,8 +17,8 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
 
 use super::{
-    now_ms, DiagError, FourTuple, FullSocket, OpenSocket, Snapshot, TcpState, TimewaitSocket,
-    TwSubstate,
+    module, now_ms, DiagError, FourTuple, FullSocket, OpenSocket, Snapshot, TcpState,
+    TimewaitSocket, TwSubstate,
 };
 
 const NLMSG_ERROR: u16 = 2;
@@ -106,20 +106,18 @@ impl Poller {
         }
         for family in families {
             let mut attempt = 0;
+            let mut refused = false;
             loop {
                 let mut part = Snapshot::default();
-                // CLOSE_WAIT with TCP_INFO (its last_ack_recv dates the peer's FIN); the other
-                // states without, to keep the dump small.
-                let end = match self.dump(
-                    family,
-                    StateFlags::CLOSE_WAIT,
-                    ExtensionFlags::INFO,
-                    &mut part,
-                )? {
-                    DumpEnd::Complete => {
-                        self.dump(family, self.states(), ExtensionFlags::empty(), &mut part)?
+                let end = match self.dump_family(family, &mut part) {
+                    // Without its tcp_diag module the kernel answers ENOENT: load it (once per
+                    // process) and dump once more.
+                    Err(DiagError::Kernel(errno)) => {
+                        module::after_refusal(errno, refused, &module::TCP_DIAG_LOADER)?;
+                        refused = true;
+                        continue;
                     }
-                    DumpEnd::Interrupted => DumpEnd::Interrupted,
+                    end => end?,
                 };
                 match end {
                     DumpEnd::Complete => {
@@ -138,6 +136,15 @@ impl Poller {
             }
         }
         Ok(snap)
+    }
+
+    /// The two dumps of one family: CLOSE_WAIT with TCP_INFO (its last_ack_recv dates the
+    /// peer's FIN); the other states without, to keep the dump small.
+    fn dump_family(&mut self, family: u8, part: &mut Snapshot) -> Result<DumpEnd, DiagError> {
+        match self.dump(family, StateFlags::CLOSE_WAIT, ExtensionFlags::INFO, part)? {
+            DumpEnd::Complete => self.dump(family, self.states(), ExtensionFlags::empty(), part),
+            DumpEnd::Interrupted => Ok(DumpEnd::Interrupted),
+        }
     }
 
     fn states(&self) -> StateFlags {
@@ -205,6 +212,9 @@ impl Poller {
                 }
                 match nl.message_type() {
                     NLMSG_DONE => {
+                        if let Some(errno) = dump_done_errno(nl.payload()) {
+                            return Err(DiagError::Kernel(errno));
+                        }
                         return Ok(if interrupted {
                             DumpEnd::Interrupted
                         } else {
@@ -235,6 +245,15 @@ impl Poller {
 enum DumpEnd {
     Complete,
     Interrupted,
+}
+
+/// The error a dump ended with, from its NLMSG_DONE: a dump that fails once started (inet_diag
+/// loaded, tcp_diag missing: ENOENT) says so there, as a negative errno, not in an NLMSG_ERROR.
+/// A dump that completed carries 0.
+fn dump_done_errno(payload: &[u8]) -> Option<i32> {
+    read_i32(payload, 0)
+        .filter(|&code| code < 0)
+        .map(|code| -code)
 }
 
 fn align4(n: usize) -> usize {
@@ -379,6 +398,13 @@ mod tests {
         assert_eq!(s.closing[1].state, TcpState::FinWait2);
         assert_eq!(s.open.len(), 1);
         assert_eq!(s.open[0].state, TcpState::Established);
+    }
+
+    #[test]
+    fn a_dump_that_ended_in_error_says_its_errno() {
+        assert_eq!(dump_done_errno(&(-2i32).to_ne_bytes()), Some(2));
+        assert_eq!(dump_done_errno(&0i32.to_ne_bytes()), None);
+        assert_eq!(dump_done_errno(&[]), None);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub async fn live(
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let mut stream = probe.events().context("cannot read the ring buffer")?;
+    // The kernel programs' debug records (`-vv` only), read on the tick: they are rare.
+    let mut kernel_log = probe.kernel_log();
     let (mut tw_rx, tw_stop) = match timewait {
         Some(follow) => {
             let (rx, stop) = watch_timewait(&follow);
@@ -57,7 +59,12 @@ pub async fn live(
                 bytes,
             ) {
                 Ok(e) => events.push(e),
-                Err(_) => *undecodable += 1,
+                Err(e) => {
+                    // E.g. a state number this kernel added: the kernel programs pass those
+                    // on as they are, and the summary counts them.
+                    log::debug!("undecodable kernel record: {e}");
+                    *undecodable += 1;
+                }
             };
         loop {
             let mut batch = Batch {
@@ -132,6 +139,9 @@ pub async fn live(
                 None => Err(anyhow::anyhow!("the ring-buffer reader stopped")),
             },
             _ = tick.tick() => {
+                if let Some(k) = kernel_log.as_mut() {
+                    k.flush();
+                }
                 let r = check_lost(&mut pipeline, &mut recorder);
                 // Hand on what settled, by a clock held back behind the reader (which may lag
                 // the kernel by a batch): live output then matches a replay of the recording.
@@ -201,6 +211,9 @@ pub async fn live(
     }
     if let Err(e) = check_lost(&mut pipeline, &mut recorder) {
         failure.get_or_insert(e);
+    }
+    if let Some(k) = kernel_log.as_mut() {
+        k.flush();
     }
     if let Some(mut r) = recorder {
         if let Err(e) = r.flush() {

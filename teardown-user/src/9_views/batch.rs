@@ -42,8 +42,28 @@ pub fn poll_line(r: &Report) -> String {
     s
 }
 
+/// Poll errors worth saying: a failure is said once, and again only once a poll succeeded or
+/// failed otherwise (a missing kernel module, say, fails every poll alike).
+#[derive(Default)]
+struct Failures {
+    last: Option<String>,
+}
+
+impl Failures {
+    fn failed(&mut self, error: String) -> Option<&str> {
+        if self.last.as_ref() == Some(&error) {
+            return None;
+        }
+        Some(self.last.insert(error).as_str())
+    }
+
+    fn succeeded(&mut self) {
+        self.last = None;
+    }
+}
+
 /// Prints until `stop` is set, `until` passes, or the collector stops (an error). Poll errors
-/// go to stderr and the loop goes on.
+/// go to stderr, each once in a row, and the loop goes on.
 pub fn run(
     app: &mut App,
     reports: &Receiver<Feed>,
@@ -57,13 +77,19 @@ pub fn run(
             writeln!(out, "# deviating teardowns not shown: {note}")?;
         }
     }
+    let mut failures = Failures::default();
     while !stop.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
         match reports.recv_timeout(TICK) {
             Ok(Feed::Report(r)) => {
+                failures.succeeded();
                 writeln!(out, "{}", poll_line(&r))?;
                 app.update(*r);
             }
-            Ok(Feed::Error(e)) => crate::say!("teardown top: poll failed: {e}"),
+            Ok(Feed::Error(e)) => {
+                if let Some(e) = failures.failed(e) {
+                    crate::say!("teardown top: poll failed: {e}");
+                }
+            }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 out.flush()?;
@@ -88,4 +114,19 @@ pub fn run(
         out.flush()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Failures;
+
+    #[test]
+    fn a_failure_is_said_once_in_a_row() {
+        let mut f = Failures::default();
+        assert_eq!(f.failed("no tcp_diag".into()), Some("no tcp_diag"));
+        assert_eq!(f.failed("no tcp_diag".into()), None);
+        assert_eq!(f.failed("interrupted".into()), Some("interrupted"));
+        f.succeeded();
+        assert_eq!(f.failed("interrupted".into()), Some("interrupted"));
+    }
 }

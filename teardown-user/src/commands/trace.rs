@@ -56,6 +56,9 @@ pub struct TraceArgs {
     /// events and losses. E.g. 127.0.0.1:9464; port 0 picks a free one (the address is said).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Read the kernel programs' debug records: set from the global `-vv`.
+    #[arg(skip)]
+    pub kernel_log: bool,
 }
 
 impl TraceArgs {
@@ -245,6 +248,7 @@ pub fn load(args: &TraceArgs) -> anyhow::Result<Probe> {
         hook: args.hook.into(),
         ring_bytes: args.ring_size << 20,
         ports: ports.clone(),
+        kernel_log: args.kernel_log,
         ..ProbeConfig::default()
     };
     let probe = Probe::load(cfg).context("cannot start tracing")?;
