@@ -161,7 +161,11 @@ fn test(host_only: bool, args: Vec<String>) -> Result<()> {
         append_not_run(&not_run, "matrix (every guest)", "--host-only");
         Ok(())
     } else if !setup::is_root() {
-        append_not_run(&not_run, "matrix (every guest)", "not root (the guests are built and booted as root)");
+        append_not_run(
+            &not_run,
+            "matrix (every guest)",
+            "not root (the guests are built and booted as root)",
+        );
         Ok(())
     } else {
         matrix::matrix(matrix::MatrixArgs {
@@ -188,7 +192,10 @@ fn append_not_run(file: &std::path::Path, what: &str, why: &str) {
         .open(file)
         .and_then(|mut f| writeln!(f, "xtask {what}\t{why}"));
     if let Err(e) = written {
-        println!("xtask: cannot list {what} as not run in {}: {e}", file.display());
+        println!(
+            "xtask: cannot list {what} as not run in {}: {e}",
+            file.display()
+        );
     }
 }
 

@@ -171,7 +171,10 @@ pub fn matrix(args: MatrixArgs) -> Result<()> {
             .map(|l| {
                 KERNELS.iter().find(|k| k.label == l).with_context(|| {
                     let labels: Vec<_> = KERNELS.iter().map(|k| k.label).collect();
-                    format!("no kernel `{l}` in the matrix (it has {})", labels.join(", "))
+                    format!(
+                        "no kernel `{l}` in the matrix (it has {})",
+                        labels.join(", ")
+                    )
                 })
             })
             .collect::<Result<_>>()?
@@ -241,7 +244,10 @@ fn ensure_host_packages() -> Result<()> {
             missing.push(package);
         }
     };
-    want(which::which("qemu-system-x86_64").is_ok(), "qemu-system-x86");
+    want(
+        which::which("qemu-system-x86_64").is_ok(),
+        "qemu-system-x86",
+    );
     want(is_static(Path::new("/bin/busybox")), "busybox-static");
     want(which::which("cpio").is_ok(), "cpio");
     want(find_program("depmod").is_ok(), "kmod");
@@ -261,10 +267,9 @@ fn ensure_host_packages() -> Result<()> {
 /// Whether `path` is a statically linked program (`ldd` says so).
 fn is_static(path: &Path) -> bool {
     path.exists()
-        && Command::new("ldd")
-            .arg(path)
-            .output()
-            .is_ok_and(|o| !o.status.success() || String::from_utf8_lossy(&o.stdout).contains("not a dynamic"))
+        && Command::new("ldd").arg(path).output().is_ok_and(|o| {
+            !o.status.success() || String::from_utf8_lossy(&o.stdout).contains("not a dynamic")
+        })
 }
 
 /// A program on PATH or in the sbin directories (root's tools are there, and PATH may lack them).
@@ -342,7 +347,9 @@ fn image_package(metapackage: &str) -> Result<String> {
         .with_context(|| format!("apt-cache knows no {metapackage} (run apt-get update)"))?;
     deps.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-") && p.as_bytes().get(12).is_some_and(u8::is_ascii_digit))
+        .find(|p| {
+            p.starts_with("linux-image-") && p.as_bytes().get(12).is_some_and(u8::is_ascii_digit)
+        })
         .map(str::to_owned)
         .with_context(|| format!("{metapackage} depends on no kernel image"))
 }
@@ -354,8 +361,12 @@ fn fetch_kernel(kernel: &Kernel, work: &Path) -> Result<KernelFiles> {
     if !extracted.join("boot").is_dir() {
         fs::create_dir_all(&dir)?;
         println!("matrix: {}: downloading {package}", kernel.label);
-        sh::run(Command::new("apt-get").current_dir(&dir).args(["download", "-q", &package]))
-            .with_context(|| format!("cannot download {package}"))?;
+        sh::run(
+            Command::new("apt-get")
+                .current_dir(&dir)
+                .args(["download", "-q", &package]),
+        )
+        .with_context(|| format!("cannot download {package}"))?;
         let deb = fs::read_dir(&dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
@@ -374,7 +385,12 @@ fn fetch_kernel(kernel: &Kernel, work: &Path) -> Result<KernelFiles> {
     let modules = extracted.join("lib/modules").join(&version);
     if !modules.join("modules.dep").exists() {
         // The package leaves the indexes to its post-install script.
-        sh::run(Command::new(find_program("depmod")?).arg("-b").arg(&extracted).arg(&version))?;
+        sh::run(
+            Command::new(find_program("depmod")?)
+                .arg("-b")
+                .arg(&extracted)
+                .arg(&version),
+        )?;
     }
     Ok(KernelFiles {
         version,
@@ -390,7 +406,10 @@ fn only_entry(dir: &Path) -> Result<String> {
         .collect();
     match names.len() {
         1 => Ok(names.remove(0)),
-        n => bail!("{} has {n} entries, expected one kernel version", dir.display()),
+        n => bail!(
+            "{} has {n} entries, expected one kernel version",
+            dir.display()
+        ),
     }
 }
 
@@ -453,7 +472,12 @@ fn build_root(root: &Path, kernel: &KernelFiles, payload: &Payload) -> Result<()
     for (name, exe) in &payload.tests {
         // Without debug information: the guest's memory holds the whole initramfs.
         let dst = root.join("tests").join(name);
-        sh::run(Command::new("objcopy").arg("--strip-debug").arg(exe).arg(&dst))?;
+        sh::run(
+            Command::new("objcopy")
+                .arg("--strip-debug")
+                .arg(exe)
+                .arg(&dst),
+        )?;
         programs.push(exe.clone());
     }
     for lib in libraries(&programs)? {
@@ -475,13 +499,19 @@ fn build_root(root: &Path, kernel: &KernelFiles, payload: &Payload) -> Result<()
 fn libraries(programs: &[PathBuf]) -> Result<BTreeSet<PathBuf>> {
     let mut libs = BTreeSet::new();
     for p in programs {
-        let out = Command::new("ldd").arg(p).output().context("cannot run ldd")?;
+        let out = Command::new("ldd")
+            .arg(p)
+            .output()
+            .context("cannot run ldd")?;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)`, or the loader's
             // `/lib64/ld-linux-x86-64.so.2 (0x...)`.
             let path = match line.split_once("=>") {
                 Some((_, rest)) => rest.split_whitespace().next(),
-                None => line.split_whitespace().next().filter(|w| w.starts_with('/')),
+                None => line
+                    .split_whitespace()
+                    .next()
+                    .filter(|w| w.starts_with('/')),
             };
             if let Some(path) = path.filter(|p| p.starts_with('/')) {
                 libs.insert(PathBuf::from(path));
@@ -518,13 +548,22 @@ fn copy_modules(root: &Path, kernel: &KernelFiles) -> Result<()> {
         }
         fs::copy(kernel.modules.join(m), &to).with_context(|| format!("copying module {m}"))?;
     }
-    for index in ["modules.builtin", "modules.builtin.modinfo", "modules.order"] {
+    for index in [
+        "modules.builtin",
+        "modules.builtin.modinfo",
+        "modules.order",
+    ] {
         let from = kernel.modules.join(index);
         if from.exists() {
             fs::copy(&from, dst.join(index))?;
         }
     }
-    sh::run(Command::new(find_program("depmod")?).arg("-b").arg(root).arg(&kernel.version))
+    sh::run(
+        Command::new(find_program("depmod")?)
+            .arg("-b")
+            .arg(root)
+            .arg(&kernel.version),
+    )
 }
 
 /// An uncompressed newc archive of `root` (the guest unpacks it faster than a compressed one).
@@ -546,7 +585,10 @@ fn pack(root: &Path, out: &Path) -> Result<()> {
         .context("cannot run cpio")?;
     let found = find.wait()?;
     if !status.success() || !found.success() {
-        bail!("packing {} failed (find {found}, cpio {status})", root.display());
+        bail!(
+            "packing {} failed (find {found}, cpio {status})",
+            root.display()
+        );
     }
     Ok(())
 }
@@ -570,18 +612,27 @@ fn accelerator() -> &'static str {
 /// Boots the guest and reads its console until it powers off, or [`GUEST_LIMIT`] passes.
 fn boot(label: &str, vmlinuz: &Path, initrd: &Path, log_path: &Path) -> Result<Report> {
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args(["-accel", accelerator(), "-cpu", "max", "-m", "2048", "-smp", "2"])
-        .args(["-nographic", "-no-reboot", "-nic", "none", "-kernel"])
-        .arg(vmlinuz)
-        .arg("-initrd")
-        .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=4",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    qemu.args([
+        "-accel",
+        accelerator(),
+        "-cpu",
+        "max",
+        "-m",
+        "2048",
+        "-smp",
+        "2",
+    ])
+    .args(["-nographic", "-no-reboot", "-nic", "none", "-kernel"])
+    .arg(vmlinuz)
+    .arg("-initrd")
+    .arg(initrd)
+    .args([
+        "-append",
+        "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=4",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = qemu.spawn().context("cannot start qemu-system-x86_64")?;
     let stdout = child.stdout.take().context("qemu has no stdout")?;
     let stderr = child.stderr.take().context("qemu has no stderr")?;
@@ -630,7 +681,10 @@ fn boot(label: &str, vmlinuz: &Path, initrd: &Path, log_path: &Path) -> Result<R
     }
     let status = child.wait()?;
     if !status.success() && report.failed.is_none() {
-        bail!("qemu ended with {status} (console in {})", log_path.display());
+        bail!(
+            "qemu ended with {status} (console in {})",
+            log_path.display()
+        );
     }
     Ok(report)
 }

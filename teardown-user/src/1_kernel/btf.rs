@@ -28,6 +28,8 @@ pub struct Resolved {
     pub missing: Vec<&'static str>,
     /// Whether the kernel numbers the TCP states as the programs and the decoder do.
     pub state_numbers: StateNumbers,
+    /// Whether `tcp_send_reset` fires for every reset the kernel sends ([`traces_every_reset`]).
+    pub every_reset_traced: bool,
 }
 
 impl Resolved {
@@ -169,6 +171,37 @@ pub fn tcp_state_numbers(btf: &Btf) -> StateNumbers {
     StateNumbers::Unknown
 }
 
+/// Whether the kernel's `tcp_send_reset` tracepoint fires for every reset it sends, whatever
+/// socket sends it (a TIME_WAIT or request socket, or none), rather than for full sockets only.
+///
+/// Kernels changed that in 6.10, in the same series that gave the tracepoint its third argument,
+/// the reason for the reset: a prototype (`btf_trace_tcp_send_reset`, the hidden first argument
+/// included) with four parameters is the kernel that traces them all. One with three may be
+/// either; it is taken for the older kind, so that the user is told what may be missing.
+pub fn traces_every_reset(btf: &Btf) -> bool {
+    let Ok(types) = btf.resolve_types_by_name("btf_trace_tcp_send_reset") else {
+        return false;
+    };
+    types.into_iter().any(|t| {
+        let mut t = t;
+        for _ in 0..4 {
+            t = match t {
+                Type::FuncProto(f) => return f.parameters.len() >= 4,
+                Type::Typedef(x) => match btf.resolve_chained_type(&x) {
+                    Ok(next) => next,
+                    Err(_) => return false,
+                },
+                Type::Ptr(x) => match btf.resolve_chained_type(&x) {
+                    Ok(next) => next,
+                    Err(_) => return false,
+                },
+                _ => return false,
+            };
+        }
+        false
+    })
+}
+
 /// Resolves every offset the kernel programs use.
 pub fn resolve(path: &Path) -> Result<Resolved, BtfError> {
     let btf = Btf::from_file(path).map_err(|e| BtfError::Read {
@@ -230,6 +263,7 @@ pub fn resolve_from(btf: &Btf) -> Result<Resolved, BtfError> {
         skc_state,
         missing,
         state_numbers: tcp_state_numbers(btf),
+        every_reset_traced: traces_every_reset(btf),
     })
 }
 
@@ -261,6 +295,60 @@ mod tests {
         blob.extend(types);
         blob.extend(strings);
         Btf::from_bytes(&blob).unwrap()
+    }
+
+    /// A BTF blob holding `btf_trace_tcp_send_reset` as the kernel declares it: a typedef of a
+    /// pointer to a function prototype with `params` parameters.
+    fn btf_with_reset_tracepoint(params: u32) -> Btf {
+        const BTF_KIND_PTR: u32 = 2;
+        const BTF_KIND_TYPEDEF: u32 = 8;
+        const BTF_KIND_FUNC_PROTO: u32 = 13;
+        let name = b"btf_trace_tcp_send_reset\0";
+        let mut strings = vec![0u8];
+        let name_off = strings.len() as u32;
+        strings.extend_from_slice(name);
+        let mut words = vec![
+            // [1] int, the parameters' type.
+            0,
+            1 << 24,
+            4,
+            (1 << 24) | 32,
+            // [2] void (*)(int, ...): `params` parameters.
+            0,
+            BTF_KIND_FUNC_PROTO << 24 | params,
+            0,
+        ];
+        for _ in 0..params {
+            words.extend([0, 1]);
+        }
+        // [3] a pointer to [2]; [4] the typedef naming it.
+        words.extend([
+            0,
+            BTF_KIND_PTR << 24,
+            2,
+            name_off,
+            BTF_KIND_TYPEDEF << 24,
+            3,
+        ]);
+        let types: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut blob = vec![0x9f, 0xeb, 1, 0];
+        let (type_len, str_len) = (types.len() as u32, strings.len() as u32);
+        for word in [24, 0, type_len, type_len, str_len] {
+            blob.extend_from_slice(&u32::to_le_bytes(word));
+        }
+        blob.extend(types);
+        blob.extend(strings);
+        Btf::from_bytes(&blob).unwrap()
+    }
+
+    #[test]
+    fn a_reset_tracepoint_with_its_reason_traces_every_reset() {
+        // 6.10 and later: (void *, sk, skb, reason).
+        assert!(traces_every_reset(&btf_with_reset_tracepoint(4)));
+        // Before: (void *, sk, skb), resets of full sockets only.
+        assert!(!traces_every_reset(&btf_with_reset_tracepoint(3)));
+        // No such tracepoint at all.
+        assert!(!traces_every_reset(&btf_with_enum(&[("SOCK_DEAD", 0)])));
     }
 
     #[test]

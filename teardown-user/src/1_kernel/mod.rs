@@ -161,6 +161,9 @@ pub struct Capabilities {
     pub seq: bool,
     /// Retransmissions and resets are traced.
     pub retransmits_and_resets: bool,
+    /// Every reset the kernel sends is traced, also those of TIME_WAIT and request sockets (Linux
+    /// 6.10 and later); else only those of full sockets.
+    pub every_reset: bool,
     /// Socket fields are read with plain loads checked by the verifier, not probe reads.
     pub direct_loads: bool,
     /// Events carry the socket's network namespace.
@@ -287,6 +290,7 @@ impl Probe {
             tp_offsets,
             kernel_btf: kernel_btf.as_ref(),
             resolved: resolved.is_some(),
+            every_reset: resolved.as_ref().is_some_and(|r| r.every_reset_traced),
         };
         let direct = cfg.direct_loads && kernel_btf.is_some();
         let (mut ebpf, direct) = match plan.load_and_attach(&cfg, direct, &mut caps) {
@@ -380,6 +384,8 @@ struct Plan<'a> {
     kernel_btf: Option<&'a aya::Btf>,
     /// Offsets were resolved from BTF (even if the classic tracepoint is used).
     resolved: bool,
+    /// The kernel traces every reset it sends ([`btf::traces_every_reset`]).
+    every_reset: bool,
 }
 
 impl Plan<'_> {
@@ -440,6 +446,15 @@ impl Plan<'_> {
             }
             caps.hook = "btf";
             caps.retransmits_and_resets = missing.is_empty();
+            caps.every_reset = caps.retransmits_and_resets && self.every_reset;
+            if caps.retransmits_and_resets && !self.every_reset {
+                caps.notes.push(
+                    "this kernel traces the resets of full sockets only (as before Linux 6.10): \
+                     a RST sent from TIME_WAIT, or by a socket still in its handshake, is not \
+                     seen"
+                        .into(),
+                );
+            }
             caps.notes.extend(missing);
         } else {
             let prog: &mut TracePoint = program(&mut ebpf, "inet_sock_set_state_tp")?;

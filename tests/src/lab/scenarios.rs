@@ -303,11 +303,16 @@ fn rst_into_close_wait(lab: &Lab, tracer: Tracer, s: TcpStream, rst_at: &str) ->
     lab.wait_gone(Side::Server, TcpState::CloseWait, WAIT)
         .unwrap();
     drop(s);
+    // The RST of a timewait socket is traced only by kernels that trace every reset (6.10 and
+    // later), and the probe says which kind it runs on. The verdicts are the same on both:
+    // they are judged with the peer's end, which got the RST.
+    let rst_traced = rst_at != "TIME_WAIT" || tracer.caps.every_reset;
     let (c, s) = ends(lab, tracer);
     let rst = format!("rst_sent@{rst_at}");
+    let rst: &[&str] = if rst_traced { &[rst.as_str()] } else { &[] };
     assert_eq!(
         c.steps(),
-        steps(CLIENT_OPEN, &[&ACTIVE_CLOSE[..], &[rst.as_str()]].concat())
+        steps(CLIENT_OPEN, &[&ACTIVE_CLOSE[..], rst].concat())
     );
     assert_reset_in_close_wait(&s);
     (c, s)

@@ -1,0 +1,109 @@
+//! Every kernel hook the agent attaches, on the kernel this runs on (the host's, and each kernel
+//! of the matrix): each is attached or reported missing, and what the probe says it sees is what
+//! a real connection shows.
+
+// A failed unwrap in a test is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use socket2::SockRef;
+use teardown::kernel::{Hook, ProbeConfig};
+use teardown_integration_tests::{
+    gate,
+    tracer::{split_ends, Tracer},
+};
+
+/// A connection the client aborts (SO_LINGER 0) after the server wrote to it: a RST sent and a
+/// RST received, both on full sockets, which every kernel's reset tracepoints report.
+fn aborted_pair() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    // The server reads the RST when it next touches the socket; closing it is enough here.
+    std::thread::sleep(Duration::from_millis(50));
+    drop(server);
+    port
+}
+
+#[test]
+fn the_btf_hooks_attach_and_see_resets() {
+    if !gate::can_run(gate::KERNEL) {
+        return;
+    }
+    let tracer = Tracer::start_with(ProbeConfig {
+        hook: Hook::Btf,
+        ..ProbeConfig::default()
+    });
+    let caps = tracer.caps.clone();
+    assert_eq!(caps.hook, "btf", "{caps:?}");
+    // The state program and the three tcp ones (retransmit, send and receive reset): each is
+    // attached, or named in a note.
+    assert!(caps.retransmits_and_resets, "{caps:?}");
+    assert!(caps.seq && caps.netns, "{caps:?}");
+    // What the probe says of resets it cannot see is one note, and only where it applies.
+    let reset_notes = caps
+        .notes
+        .iter()
+        .filter(|n| n.contains("resets of full sockets only"));
+    assert_eq!(
+        reset_notes.count(),
+        usize::from(!caps.every_reset),
+        "{caps:?}"
+    );
+
+    let port = aborted_pair();
+    let (client, server) = split_ends(tracer.connections(Ipv4Addr::LOCALHOST.into(), port), port);
+    assert!(
+        client.steps().iter().any(|k| k.starts_with("rst_sent@")),
+        "client: {:?}",
+        client.steps()
+    );
+    assert!(
+        server
+            .steps()
+            .iter()
+            .any(|k| k.starts_with("rst_received@")),
+        "server: {:?}",
+        server.steps()
+    );
+}
+
+#[test]
+fn the_classic_tracepoint_attaches_and_sees_state_changes() {
+    if !gate::can_run(gate::KERNEL) {
+        return;
+    }
+    let tracer = Tracer::start_with(ProbeConfig {
+        hook: Hook::Tracepoint,
+        ..ProbeConfig::default()
+    });
+    let caps = tracer.caps.clone();
+    assert_eq!(caps.hook, "tracepoint", "{caps:?}");
+    assert!(
+        !caps.retransmits_and_resets && !caps.every_reset,
+        "{caps:?}"
+    );
+    let port = aborted_pair();
+    let (client, server) = split_ends(tracer.connections(Ipv4Addr::LOCALHOST.into(), port), port);
+    assert_eq!(
+        client.steps(),
+        [
+            "CLOSE->SYN_SENT",
+            "SYN_SENT->ESTABLISHED",
+            "ESTABLISHED->CLOSE"
+        ]
+    );
+    assert_eq!(
+        server.steps()[..2],
+        ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED"]
+    );
+}
