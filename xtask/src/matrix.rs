@@ -48,6 +48,10 @@ pub const KERNELS: &[Kernel] = &[
 /// Prefix of the lines the guest's `/init` writes for the host to read.
 const MARK: &str = "TEARDOWN-MATRIX:";
 
+/// The checks `/init` runs itself, besides the test binaries: the agent loading the sock_diag
+/// module where the kernel does not.
+const GUEST_CHECKS: &[&str] = &["sock_diag_modprobe"];
+
 /// How long one guest may take, boot to power-off.
 const GUEST_LIMIT: Duration = Duration::from_secs(15 * 60);
 
@@ -74,11 +78,26 @@ mount -t bpf bpf /sys/fs/bpf
 echo /sbin/modprobe > /proc/sys/kernel/modprobe
 ip link set lo up
 echo "TEARDOWN-MATRIX: kernel $(uname -r)"
+failed=0
+# Where the kernel cannot load tcp_diag by itself (its module loader off, as in many containers
+# and minimal hosts), the agent loads it: a sock_diag report must work, and leave it loaded.
+echo /bin/false > /proc/sys/kernel/modprobe
+echo "TEARDOWN-MATRIX: begin sock_diag_modprobe"
+if lsmod | grep -q '^tcp_diag'; then
+    echo "tcp_diag was loaded before the agent ran"
+    rc=1
+else
+    /usr/bin/teardown -v timewait
+    rc=$?
+    lsmod | grep -q '^tcp_diag' || { echo "tcp_diag is not loaded"; rc=1; }
+fi
+[ "$rc" -eq 0 ] || failed=$((failed + 1))
+echo "TEARDOWN-MATRIX: end sock_diag_modprobe rc=$rc"
+echo /sbin/modprobe > /proc/sys/kernel/modprobe
 export CI=true TEARDOWN_BIN=/usr/bin/teardown TEARDOWN_TESTS_NOT_RUN=/tmp/not-run.tsv
 export RUST_BACKTRACE=1 HOME=/tmp
 : > /tmp/not-run.tsv
 args=$(cat /tests.args)
-failed=0
 for t in /tests/*; do
     name=${t##*/}
     echo "TEARDOWN-MATRIX: begin $name"
@@ -430,7 +449,12 @@ fn run_guest(kernel: &Kernel, work: &Path, payload: &Payload) -> Result<Vec<Stri
         log_path.display()
     );
     let report = boot(kernel.label, &files.vmlinuz, &initrd, &log_path)?;
-    let expected: BTreeSet<String> = payload.tests.keys().cloned().collect();
+    let expected: BTreeSet<String> = payload
+        .tests
+        .keys()
+        .cloned()
+        .chain(GUEST_CHECKS.iter().map(|c| (*c).to_owned()))
+        .collect();
     let mut problems = report.problems(&expected);
     if report.kernel.as_deref() != Some(files.version.as_str()) {
         problems.push(format!(

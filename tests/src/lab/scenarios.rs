@@ -259,7 +259,17 @@ fn server_closes_last(lab: &Lab, s: TcpStream) {
 
 /// `t`'s steps are `before`, at least `min` retransmissions in `state`, then `after`.
 fn assert_retransmitted(t: &Traced, before: &[String], state: &str, min: usize, after: &[&str]) {
-    let st = t.steps();
+    assert_retransmitted_steps(&t.steps(), before, state, min, after);
+}
+
+/// [`assert_retransmitted`] for a list of steps.
+fn assert_retransmitted_steps(
+    st: &[String],
+    before: &[String],
+    state: &str,
+    min: usize,
+    after: &[&str],
+) {
     let n = st.len();
     assert!(
         n >= before.len() + min + after.len(),
@@ -502,8 +512,15 @@ fn simultaneous_close() {
     let (c, s) = ends(&lab, tracer);
 
     for (t, open) in [(&c, CLIENT_OPEN), (&s, SERVER_OPEN)] {
-        assert_retransmitted(
-            t,
+        // An end may resend its FIN in CLOSING too: when the ACK of its FIN comes later than its
+        // next retransmission timeout (a slow, emulated machine). Still a simultaneous close.
+        let st: Vec<String> = t
+            .steps()
+            .into_iter()
+            .filter(|s| s != "retransmit@CLOSING")
+            .collect();
+        assert_retransmitted_steps(
+            &st,
             &steps(open, &["ESTABLISHED->FIN_WAIT1"]),
             "FIN_WAIT1",
             1,
