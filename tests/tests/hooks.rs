@@ -11,7 +11,7 @@ use std::{
 };
 
 use socket2::SockRef;
-use teardown::kernel::{Hook, ProbeConfig};
+use teardown::kernel::{Capabilities, Hook, ProbeConfig};
 use teardown_integration_tests::{
     gate,
     tracer::{split_ends, Tracer},
@@ -34,17 +34,25 @@ fn aborted_pair() -> u16 {
     port
 }
 
-#[test]
-fn the_btf_hooks_attach_and_see_resets() {
+/// A tracer on `hook`, and what it says it sees; None when the test cannot run here.
+fn start(hook: Hook, name: &str) -> Option<(Tracer, Capabilities)> {
     if !gate::can_run(gate::KERNEL) {
-        return;
+        return None;
     }
     let tracer = Tracer::start_with(ProbeConfig {
-        hook: Hook::Btf,
+        hook,
         ..ProbeConfig::default()
     });
     let caps = tracer.caps.clone();
-    assert_eq!(caps.hook, "btf", "{caps:?}");
+    assert_eq!(caps.hook, name, "{caps:?}");
+    Some((tracer, caps))
+}
+
+#[test]
+fn the_btf_hooks_attach_and_see_resets() {
+    let Some((tracer, caps)) = start(Hook::Btf, "btf") else {
+        return;
+    };
     // The state program and the three tcp ones (retransmit, send and receive reset): each is
     // attached, or named in a note.
     assert!(caps.retransmits_and_resets, "{caps:?}");
@@ -79,15 +87,9 @@ fn the_btf_hooks_attach_and_see_resets() {
 
 #[test]
 fn the_classic_tracepoint_attaches_and_sees_state_changes() {
-    if !gate::can_run(gate::KERNEL) {
+    let Some((tracer, caps)) = start(Hook::Tracepoint, "tracepoint") else {
         return;
-    }
-    let tracer = Tracer::start_with(ProbeConfig {
-        hook: Hook::Tracepoint,
-        ..ProbeConfig::default()
-    });
-    let caps = tracer.caps.clone();
-    assert_eq!(caps.hook, "tracepoint", "{caps:?}");
+    };
     assert!(
         !caps.retransmits_and_resets && !caps.every_reset,
         "{caps:?}"

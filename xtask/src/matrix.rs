@@ -53,7 +53,7 @@ const MARK: &str = "TEARDOWN-MATRIX:";
 const GUEST_CHECKS: &[&str] = &["sock_diag_modprobe"];
 
 /// How long one guest may take, boot to power-off.
-const GUEST_LIMIT: Duration = Duration::from_secs(15 * 60);
+const GUEST_LIMIT: Duration = Duration::from_secs(10 * 60);
 
 /// The modules a guest carries: the kernel's whole network stack (TCP diagnostics, nf_tables and
 /// its expressions, which the kernel loads as rules need them), veth, and what they depend on.
@@ -362,8 +362,16 @@ struct KernelFiles {
 
 /// The image package a metapackage depends on today.
 fn image_package(metapackage: &str) -> Result<String> {
-    let deps = sh::output_of("apt-cache", &["depends", "--no-recommends", metapackage])
-        .with_context(|| format!("apt-cache knows no {metapackage} (run apt-get update)"))?;
+    let ask = || sh::output_of("apt-cache", &["depends", "--no-recommends", metapackage]);
+    // A fresh machine may have no package lists yet.
+    let deps = match ask() {
+        Some(d) => d,
+        None => {
+            sh::run(Command::new("apt-get").args(["update", "-q"]))
+                .context("apt-get update failed")?;
+            ask().with_context(|| format!("apt knows no package {metapackage}"))?
+        }
+    };
     deps.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| {

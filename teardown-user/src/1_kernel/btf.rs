@@ -271,6 +271,18 @@ pub fn resolve_from(btf: &Btf) -> Result<Resolved, BtfError> {
 mod tests {
     use super::*;
 
+    /// A BTF blob of `types` and `strings`, behind its header.
+    fn btf_blob(types: Vec<u8>, strings: Vec<u8>) -> Btf {
+        let mut blob = vec![0x9f, 0xeb, 1, 0];
+        let (type_len, str_len) = (types.len() as u32, strings.len() as u32);
+        for word in [24, 0, type_len, type_len, str_len] {
+            blob.extend_from_slice(&u32::to_le_bytes(word));
+        }
+        blob.extend(types);
+        blob.extend(strings);
+        Btf::from_bytes(&blob).unwrap()
+    }
+
     /// A BTF blob holding one anonymous enum with `members` (name, value).
     fn btf_with_enum(members: &[(&str, u32)]) -> Btf {
         const BTF_KIND_ENUM: u32 = 6;
@@ -287,14 +299,7 @@ mod tests {
             types.extend_from_slice(&name_off.to_le_bytes());
             types.extend_from_slice(&value.to_le_bytes());
         }
-        let mut blob = vec![0x9f, 0xeb, 1, 0];
-        let (type_len, str_len) = (types.len() as u32, strings.len() as u32);
-        for word in [24, 0, type_len, type_len, str_len] {
-            blob.extend_from_slice(&u32::to_le_bytes(word));
-        }
-        blob.extend(types);
-        blob.extend(strings);
-        Btf::from_bytes(&blob).unwrap()
+        btf_blob(types, strings)
     }
 
     /// A BTF blob holding `btf_trace_tcp_send_reset` as the kernel declares it: a typedef of a
@@ -331,14 +336,7 @@ mod tests {
             3,
         ]);
         let types: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let mut blob = vec![0x9f, 0xeb, 1, 0];
-        let (type_len, str_len) = (types.len() as u32, strings.len() as u32);
-        for word in [24, 0, type_len, type_len, str_len] {
-            blob.extend_from_slice(&u32::to_le_bytes(word));
-        }
-        blob.extend(types);
-        blob.extend(strings);
-        Btf::from_bytes(&blob).unwrap()
+        btf_blob(types, strings)
     }
 
     #[test]

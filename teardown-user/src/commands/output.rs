@@ -42,7 +42,9 @@ pub struct FilterArgs {
     /// Only connections with this local or remote port (repeatable).
     #[arg(long, value_name = "PORT")]
     pub port: Vec<u16>,
-    /// Only connections with this local or remote address (repeatable).
+    /// Only connections with this local or remote address (repeatable). An IPv4 address also
+    /// matches its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`, a dual-stack socket), and the other
+    /// way round.
     #[arg(long, value_name = "IP")]
     pub addr: Vec<IpAddr>,
     /// Only connections owned by this process (repeatable). The owner is known from the
