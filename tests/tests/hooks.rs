@@ -17,8 +17,8 @@ use teardown_integration_tests::{
     tracer::{split_ends, Tracer},
 };
 
-/// A connection the client aborts (SO_LINGER 0) after the server wrote to it: a RST sent and a
-/// RST received, both on full sockets, which every kernel's reset tracepoints report.
+/// A connection the client aborts (SO_LINGER 0): a RST sent and a RST received, both by full
+/// sockets, which every kernel's reset tracepoints report.
 fn aborted_pair() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -27,9 +27,8 @@ fn aborted_pair() -> u16 {
     SockRef::from(&client)
         .set_linger(Some(Duration::ZERO))
         .unwrap();
+    // Over loopback the RST reaches the server before close() returns.
     drop(client);
-    // The server reads the RST when it next touches the socket; closing it is enough here.
-    std::thread::sleep(Duration::from_millis(50));
     drop(server);
     port
 }
@@ -104,8 +103,9 @@ fn the_classic_tracepoint_attaches_and_sees_state_changes() {
             "ESTABLISHED->CLOSE"
         ]
     );
-    assert_eq!(
-        server.steps()[..2],
-        ["LISTEN->SYN_RECV", "SYN_RECV->ESTABLISHED"]
+    let st = server.steps();
+    assert!(
+        st.starts_with(&["LISTEN->SYN_RECV".into(), "SYN_RECV->ESTABLISHED".into()]),
+        "{st:?}"
     );
 }
