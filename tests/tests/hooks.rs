@@ -5,32 +5,20 @@
 // A failed unwrap in a test is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    time::Duration,
-};
+use std::net::{Ipv4Addr, TcpListener};
 
-use socket2::SockRef;
 use teardown::kernel::{Capabilities, Hook, ProbeConfig};
 use teardown_integration_tests::{
-    gate,
+    gate, loopback,
     tracer::{split_ends, Tracer},
 };
 
 /// A connection the client aborts (SO_LINGER 0): a RST sent and a RST received, both by full
-/// sockets, which every kernel's reset tracepoints report.
+/// sockets, which every kernel's reset tracepoints report. Returns the server's port.
 fn aborted_pair() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let client = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).unwrap();
-    let (server, _) = listener.accept().unwrap();
-    SockRef::from(&client)
-        .set_linger(Some(Duration::ZERO))
-        .unwrap();
-    // Over loopback the RST reaches the server before close() returns.
-    drop(client);
-    drop(server);
-    port
+    loopback::close_one(&listener, true).unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 /// A tracer on `hook`, and what it says it sees; None when the test cannot run here.

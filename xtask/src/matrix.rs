@@ -24,7 +24,11 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cargo, setup, sh};
+use crate::{
+    cargo,
+    setup::{self, find_program},
+    sh,
+};
 
 /// A kernel of the matrix: a Debian metapackage that depends on the newest image of a series.
 pub struct Kernel {
@@ -290,18 +294,6 @@ fn is_static(path: &Path) -> bool {
         && Command::new("ldd").arg(path).output().is_ok_and(|o| {
             !o.status.success() || String::from_utf8_lossy(&o.stdout).contains("not a dynamic")
         })
-}
-
-/// A program on PATH or in the sbin directories (root's tools are there, and PATH may lack them).
-fn find_program(name: &str) -> Result<PathBuf> {
-    if let Ok(p) = which::which(name) {
-        return Ok(p);
-    }
-    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
-        .with_context(|| format!("`{name}` is not installed"))
 }
 
 /// The kernel test binaries (the integration tests), built by cargo; name -> path.

@@ -51,6 +51,18 @@ fn have(cmd: &str) -> bool {
     which::which(cmd).is_ok()
 }
 
+/// A program on PATH or in the sbin directories (root's tools are there, and PATH may lack them).
+pub fn find_program(name: &str) -> Result<PathBuf> {
+    if let Ok(p) = which::which(name) {
+        return Ok(p);
+    }
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .with_context(|| format!("`{name}` is not installed"))
+}
+
 fn apt_install(packages: &[&str], why: &str) -> Result<()> {
     apt_install_with(packages, why, &[])
 }
@@ -256,7 +268,7 @@ pub fn setup(quiet: bool) -> Result<BpfToolchain> {
 
 /// Installs a Debian package providing `cmd` when `cmd` is missing (test and bench tools).
 pub fn ensure_tool(cmd: &str, package: &str, why: &str) -> Result<()> {
-    if have(cmd) || Path::new(&format!("/usr/sbin/{cmd}")).exists() {
+    if find_program(cmd).is_ok() {
         return Ok(());
     }
     apt_install(&[package], why)
