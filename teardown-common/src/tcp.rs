@@ -72,8 +72,9 @@ impl TcpState {
 
     /// The name `ss` and the RFC use, e.g. `FIN_WAIT1` (the RFC's `TIME-WAIT` is `TIME_WAIT`).
     pub fn name(self) -> &'static str {
-        // The kernel's enumerator without its `TCP_` prefix.
-        self.kernel_name().trim_start_matches("TCP_")
+        // The kernel's enumerator without its `TCP_` prefix (every one has it, see the test).
+        let k = self.kernel_name();
+        k.get(4..).unwrap_or(k)
     }
 
     /// The enumerator's name in the kernel's sources and BTF, e.g. `TCP_FIN_WAIT1`.
@@ -197,6 +198,7 @@ mod tests {
         for (i, s) in TcpState::ALL.iter().enumerate() {
             assert_eq!(usize::from(s.kernel_number()), i + 1);
             assert_eq!(TcpState::from_kernel(s.kernel_number()), Some(*s));
+            assert!(s.kernel_name().starts_with("TCP_"), "{s:?}");
             assert_eq!(&s.kernel_name()[4..], s.name());
         }
         assert_eq!(TcpState::from_kernel(0), None);

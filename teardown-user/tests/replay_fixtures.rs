@@ -85,7 +85,7 @@ type Expect = (&'static str, &'static str, &'static [&'static str]);
 
 fn verdicts(name: &str) -> BTreeMap<String, (String, String, Vec<String>)> {
     let mut m = BTreeMap::new();
-    for line in replay(name, &["--format", "jsonl"]).lines() {
+    for line in replay(name, &["--format", "jsonl", "--conforming", "full"]).lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         if v["type"] != "connection" {
             continue;
@@ -288,4 +288,118 @@ fn bad_input_is_a_line_numbered_error_or_a_count_never_a_panic() {
         }
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The full form's events, as the compact form writes them: `[t_ns, what, una, nxt, rcv,
+/// wseq, flags, err]`.
+fn steps_of_full(events: &serde_json::Value) -> serde_json::Value {
+    let steps: Vec<serde_json::Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let what = match e["kind"].as_str().unwrap() {
+                "state" => format!(
+                    "{}>{}",
+                    e["old"].as_str().unwrap(),
+                    e["new"].as_str().unwrap()
+                ),
+                kind => format!("{kind}@{}", e["state"].as_str().unwrap()),
+            };
+            let t_ns = (e["t_us"].as_f64().unwrap() * 1e3).round() as u64;
+            let seq = &e["seq"];
+            serde_json::json!([
+                t_ns,
+                what,
+                seq["snd_una"],
+                seq["snd_nxt"],
+                seq["rcv_nxt"],
+                seq["write_seq"],
+                e["sock"]["flags"],
+                e["sock"]["err"]
+            ])
+        })
+        .collect();
+    serde_json::Value::Array(steps)
+}
+
+/// `--conforming compact` (the default) writes each conforming connection as one short line that
+/// loses none of its steps (time, states, sequence numbers, socket flags); `none` leaves them
+/// out; deviating and incomplete connections, timewait lines and the summary are the same in
+/// every form.
+#[test]
+fn conforming_connections_are_written_in_the_form_asked() {
+    let mut compact_seen = 0;
+    for name in ALL {
+        let full = json_lines(&replay(
+            name,
+            &["--format", "jsonl", "--conforming", "full"],
+        ));
+        let default = replay(name, &["--format", "jsonl"]);
+        let compact_text = replay(name, &["--format", "jsonl", "--conforming", "compact"]);
+        assert_eq!(default, compact_text, "{name}: compact is the default");
+        let compact = json_lines(&compact_text);
+        let none = json_lines(&replay(
+            name,
+            &["--format", "jsonl", "--conforming", "none"],
+        ));
+        assert_eq!(full.len(), compact.len(), "{name}");
+        let mut kept = Vec::new();
+        for (f, c) in full.iter().zip(&compact) {
+            let conforms = f["type"] == "connection" && f["verdict"]["conformance"] == "conforms";
+            if !conforms {
+                assert_eq!(f, c, "{name}: only conforming connections change form");
+                kept.push(f.clone());
+                continue;
+            }
+            compact_seen += 1;
+            assert_eq!(c["form"], "compact", "{name}: {c}");
+            for key in [
+                "id",
+                "sk",
+                "local",
+                "remote",
+                "process",
+                "netns",
+                "start_unix",
+                "end",
+                "state_at_start",
+                "last_state",
+                "peer",
+            ] {
+                assert_eq!(c[key], f[key], "{name}: {key}");
+            }
+            for key in ["role", "variant", "conformance", "time_wait"] {
+                assert_eq!(
+                    c["verdict"][key], f["verdict"][key],
+                    "{name}: verdict.{key}"
+                );
+            }
+            let notes: Vec<&serde_json::Value> = f["verdict"]["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| &n["code"])
+                .collect();
+            let compact_notes: Vec<&serde_json::Value> = c["verdict"]["notes"]
+                .as_array()
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
+            assert_eq!(compact_notes, notes, "{name}: notes");
+            assert_eq!(c["steps"], steps_of_full(&f["events"]), "{name}: steps");
+            let (fl, cl) = (f.to_string().len(), c.to_string().len());
+            assert!(cl * 2 < fl, "{name}: compact {cl} B, full {fl} B");
+        }
+        assert_eq!(
+            none, kept,
+            "{name}: none leaves out the conforming ones only"
+        );
+    }
+    assert!(compact_seen >= 10, "{compact_seen} conforming connections");
 }

@@ -33,8 +33,11 @@ use std::{
 };
 
 /// Tables keyed by kernel socket addresses or our own ids: a fast hasher is safe there (no peer
-/// chooses those keys). Tables keyed by 4-tuples keep the default, collision-resistant one.
+/// chooses those keys).
 type SkMap<V> = rustc_hash::FxHashMap<u64, V>;
+/// Tables keyed by 4-tuples, which a remote peer partly chooses: a fast hasher seeded at random
+/// per process, so that collisions cannot be aimed at.
+pub(crate) type TupleMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 use serde::Serialize;
 
@@ -109,6 +112,11 @@ impl Connection {
         }
         if self.process.is_none() {
             self.process = ev.task();
+        }
+        if self.events.len() == 2 && self.events.capacity() == 2 {
+            // A connection that goes on past its handshake usually closes in five or six
+            // events: one reallocation to that size, rather than two doubling past it.
+            self.events.reserve_exact(4);
         }
         self.events.push(ev);
     }
@@ -271,15 +279,15 @@ pub struct Tracker {
     /// The same for orphaned ends waiting longer for their peer (`peer_wait_ns`).
     orphan_queue: std::collections::VecDeque<(u64, u64)>,
     /// 4-tuple -> open or settling connection.
-    by_tuple: HashMap<TupleKey, Slot>,
+    by_tuple: TupleMap<TupleKey, Slot>,
     next_id: u64,
     lost: u64,
     /// Monotonic time spans in which the kernel lost events, newest last (bounded).
     loss_windows: std::collections::VecDeque<(u64, u64)>,
     /// Connections already closing when the trace began (sock_diag), by 4-tuple.
-    seeds: HashMap<TupleKey, TcpState>,
+    seeds: TupleMap<TupleKey, TcpState>,
     /// Closed ends whose peer was still open, by their own 4-tuple.
-    awaiting_peer: HashMap<TupleKey, (u64, Arc<Connection>)>,
+    awaiting_peer: TupleMap<TupleKey, (u64, Arc<Connection>)>,
     stats: TrackerStats,
 }
 
@@ -408,20 +416,7 @@ impl Tracker {
             // A closed life of this address settles on; trailing events are no longer its.
             self.settling_sk.remove(&ev.sk);
             self.open_new(ev, out);
-        } else if self.open.get(&ev.sk).is_some_and(|c| c.is_reused_by(&ev)) {
-            // Another connection on the same socket address: the old connection's end and the
-            // new one's start were not seen (events lost).
-            if let Some(mut old) = self.open.remove(&ev.sk) {
-                self.unindex(&old, Slot::Open(old.sk));
-                old.end = RecordEnd::Superseded;
-                old.events_maybe_lost = true;
-                self.emit(old, out);
-            }
-            self.open_new(ev, out);
-            if let Some(c) = self.open.get_mut(&ev.sk) {
-                c.events_maybe_lost = true;
-            }
-        } else if let Some(c) = self.open.get_mut(&ev.sk) {
+        } else if let Some(c) = self.open.get_mut(&ev.sk).filter(|c| !c.is_reused_by(&ev)) {
             if let (EventKind::State { old, .. }, Some(last)) = (ev.kind, c.last_transition_state())
             {
                 if old != last {
@@ -440,11 +435,28 @@ impl Tracker {
                     c.state_at_start = self.seeds.remove(&t);
                 }
             }
-            if let Some(t) = tuple_before.filter(|&t| Some(t) != tuple_now) {
-                self.unindex_key(t, Slot::Open(ev.sk));
+            // Filed anew only when the tuple changed: hashing a 4-tuple per event is the
+            // dearest part of a busy trace's tracking.
+            if tuple_before != tuple_now {
+                if let Some(t) = tuple_before {
+                    self.unindex_key(t, Slot::Open(ev.sk));
+                }
+                if let Some(t) = tuple_now {
+                    self.by_tuple.entry(t).or_insert(Slot::Open(ev.sk));
+                }
             }
-            if let Some(t) = tuple_now {
-                self.by_tuple.entry(t).or_insert(Slot::Open(ev.sk));
+        } else if self.open.contains_key(&ev.sk) {
+            // Another connection on the same socket address: the old connection's end and the
+            // new one's start were not seen (events lost).
+            if let Some(mut old) = self.open.remove(&ev.sk) {
+                self.unindex(&old, Slot::Open(old.sk));
+                old.end = RecordEnd::Superseded;
+                old.events_maybe_lost = true;
+                self.emit(old, out);
+            }
+            self.open_new(ev, out);
+            if let Some(c) = self.open.get_mut(&ev.sk) {
+                c.events_maybe_lost = true;
             }
         } else if let Some(&id) = self.settling_sk.get(&ev.sk) {
             if matches!(ev.kind, EventKind::State { .. }) {

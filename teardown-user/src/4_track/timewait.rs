@@ -7,8 +7,9 @@
 //! [`crate::sock_diag::watch::TwWatcher`] polls that on its own thread and turns it into [`TwFact`]s; the pipeline's
 //! [`Joiner`] matches them, by 4-tuple, to the connections it reported.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
 
+use super::TupleMap;
 use serde::Serialize;
 use teardown_common::addr::canonical;
 
@@ -46,12 +47,12 @@ type Key = (u32, SocketAddr, SocketAddr);
 #[derive(Default)]
 pub struct Joiner {
     /// Connections whose timewait socket sock_diag has shown: followed until it leaves.
-    following: HashMap<Key, (u64, u64)>,
+    following: TupleMap<Key, (u64, u64)>,
     /// Connections just reported, waiting for sock_diag to show their timewait socket.
-    unconfirmed: HashMap<Key, (u64, u64)>,
+    unconfirmed: TupleMap<Key, (u64, u64)>,
     /// (reported at, key) in order, to forget the unconfirmed without scanning.
     unconfirmed_queue: std::collections::VecDeque<(u64, Key)>,
-    pending: HashMap<Key, Vec<TwFact>>,
+    pending: TupleMap<Key, Vec<TwFact>>,
     /// Connections and facts both carry their network namespace: match on it too.
     by_netns: bool,
     /// Facts dropped because the pending table was full.

@@ -1,5 +1,9 @@
 //! JSON Lines: one object per connection timeline, then one summary object. The schema is in the
 //! README ("JSON Lines output").
+//!
+//! A conforming connection is written in one of three forms ([`Conforming`]); deviating and
+//! incomplete ones always in full. The compact form is written by hand into a reused buffer:
+//! on a busy host it is most of the output, and serde's per-field work was most of its cost.
 
 use std::io::{self, Write};
 
@@ -8,18 +12,38 @@ use serde::Serialize;
 use super::{Report, Sink, Summary};
 use crate::{
     decode::{EventKind, SeqSnapshot, SockSnapshot, TcpState},
-    judge::Verdict,
+    judge::{Conformance, Verdict},
     track::timewait::TimewaitNote,
     track::RecordEnd,
 };
 
+/// What is written for a conforming connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Conforming {
+    /// The whole timeline and verdict, as for a deviating connection.
+    Full,
+    /// One short line: every step's time, states and sequence numbers, and the verdict's
+    /// names, without the explanations a conforming close does not need.
+    #[default]
+    Compact,
+    /// Nothing: only counted in the summary.
+    Omitted,
+}
+
 pub struct JsonlSink<W: Write> {
     out: W,
+    conforming: Conforming,
+    /// The compact line being written (reused).
+    line: Vec<u8>,
 }
 
 impl<W: Write> JsonlSink<W> {
-    pub fn new(out: W) -> Self {
-        JsonlSink { out }
+    pub fn new(out: W, conforming: Conforming) -> Self {
+        JsonlSink {
+            out,
+            conforming,
+            line: Vec::with_capacity(1024),
+        }
     }
 }
 
@@ -148,6 +172,17 @@ impl Serialize for Steps<'_> {
 
 impl<W: Write> Sink for JsonlSink<W> {
     fn connection(&mut self, r: &Report<'_>) -> io::Result<()> {
+        if r.verdict.conformance == Conformance::Conforms {
+            match self.conforming {
+                Conforming::Full => {}
+                Conforming::Compact => {
+                    self.line.clear();
+                    compact::line(&mut self.line, r);
+                    return self.out.write_all(&self.line);
+                }
+                Conforming::Omitted => return Ok(()),
+            }
+        }
         let c = r.conn;
         let comm = c.process.as_ref().map(|p| p.comm.as_str());
         let t0 = c.first_ts();
@@ -210,6 +245,171 @@ impl<W: Write> Sink for JsonlSink<W> {
         )?;
         self.out.write_all(b"\n")?;
         self.out.flush()
+    }
+}
+
+/// The compact line of a conforming connection:
+/// `{"type":"connection","form":"compact",..,"steps":[[t_ns,"OLD>NEW",una,nxt,rcv,wseq,flags,err],..],"verdict":{..}}`.
+mod compact {
+    use std::{io::Write as _, net::SocketAddr};
+
+    use super::Report;
+    use crate::decode::{Event, EventKind};
+
+    fn raw(b: &mut Vec<u8>, s: &str) {
+        b.extend_from_slice(s.as_bytes());
+    }
+
+    fn num(b: &mut Vec<u8>, n: impl itoa::Integer) {
+        raw(b, itoa::Buffer::new().format(n));
+    }
+
+    /// A JSON value through serde_json: strings that may need escaping, floats, enums.
+    fn value(b: &mut Vec<u8>, v: &impl serde::Serialize) {
+        // Writing into a Vec cannot fail, and these values always serialize.
+        let _ = serde_json::to_writer(&mut *b, v);
+    }
+
+    /// As the full form writes it: `127.0.0.1:80`, `[::1]:80`, `127.0.0.1:*` for no port.
+    fn endpoint(b: &mut Vec<u8>, a: &SocketAddr) {
+        b.push(b'"');
+        match a {
+            SocketAddr::V4(v4) => {
+                for (i, o) in v4.ip().octets().iter().enumerate() {
+                    if i > 0 {
+                        b.push(b'.');
+                    }
+                    num(b, *o);
+                }
+                b.push(b':');
+                if a.port() == 0 {
+                    b.push(b'*');
+                } else {
+                    num(b, a.port());
+                }
+            }
+            SocketAddr::V6(_) if a.port() == 0 => {
+                let _ = write!(b, "{}:*", a.ip());
+            }
+            SocketAddr::V6(_) => {
+                let _ = write!(b, "{a}");
+            }
+        }
+        b.push(b'"');
+    }
+
+    fn step(b: &mut Vec<u8>, e: &Event, t0: u64) {
+        b.push(b'[');
+        num(b, e.ts_ns.saturating_sub(t0));
+        raw(b, ",\"");
+        match e.kind {
+            EventKind::State { old, new } => {
+                raw(b, old.name());
+                b.push(b'>');
+                raw(b, new.name());
+            }
+            EventKind::Retransmit { state } => {
+                raw(b, "retransmit@");
+                raw(b, state.name());
+            }
+            EventKind::ResetSent { state } => {
+                raw(b, "reset_sent@");
+                raw(b, state.name());
+            }
+            EventKind::ResetReceived { state } => {
+                raw(b, "reset_received@");
+                raw(b, state.name());
+            }
+        }
+        b.push(b'"');
+        match e.seq {
+            Some(s) => {
+                for n in [s.snd_una, s.snd_nxt, s.rcv_nxt, s.write_seq] {
+                    b.push(b',');
+                    num(b, n);
+                }
+            }
+            None => raw(b, ",null,null,null,null"),
+        }
+        match e.sock {
+            Some(s) => {
+                b.push(b',');
+                num(b, s.flags);
+                b.push(b',');
+                num(b, s.err);
+            }
+            None => raw(b, ",null,null"),
+        }
+        b.push(b']');
+    }
+
+    pub(super) fn line(b: &mut Vec<u8>, r: &Report<'_>) {
+        let (c, v) = (r.conn, r.verdict);
+        let t0 = c.first_ts();
+        raw(b, "{\"type\":\"connection\",\"form\":\"compact\",\"id\":");
+        num(b, c.id);
+        let _ = write!(b, ",\"sk\":\"{:#x}\",\"local\":", c.sk);
+        endpoint(b, &c.local);
+        raw(b, ",\"remote\":");
+        endpoint(b, &c.remote);
+        if let Some(p) = &c.process {
+            raw(b, ",\"process\":{\"pid\":");
+            num(b, p.pid);
+            raw(b, ",\"comm\":");
+            value(b, &p.comm.as_str());
+            b.push(b'}');
+        }
+        if c.netns != 0 {
+            raw(b, ",\"netns\":");
+            num(b, c.netns);
+        }
+        raw(b, ",\"start_unix\":");
+        value(b, &((t0 as i128 + r.wall_offset_ns as i128) as f64 / 1e9));
+        raw(b, ",\"end\":");
+        value(b, &c.end);
+        if let Some(s) = c.state_at_start {
+            raw(b, ",\"state_at_start\":\"");
+            raw(b, s.name());
+            b.push(b'"');
+        }
+        if let Some(s) = c.last_state() {
+            raw(b, ",\"last_state\":\"");
+            raw(b, s.name());
+            b.push(b'"');
+        }
+        if let Some(p) = r.peer_id {
+            raw(b, ",\"peer\":");
+            num(b, p);
+        }
+        raw(b, ",\"steps\":[");
+        for (i, e) in c.events.iter().enumerate() {
+            if i > 0 {
+                b.push(b',');
+            }
+            step(b, e, t0);
+        }
+        raw(b, "],\"verdict\":{\"role\":");
+        value(b, &v.role);
+        raw(b, ",\"variant\":\"");
+        raw(b, v.variant.name());
+        raw(b, "\",\"conformance\":\"conforms\"");
+        if let Some(tw) = v.time_wait {
+            raw(b, ",\"time_wait\":");
+            value(b, &tw);
+        }
+        if !v.notes.is_empty() {
+            raw(b, ",\"notes\":[");
+            for (i, n) in v.notes.iter().enumerate() {
+                if i > 0 {
+                    b.push(b',');
+                }
+                b.push(b'"');
+                raw(b, n.code.as_str());
+                b.push(b'"');
+            }
+            b.push(b']');
+        }
+        raw(b, "}}\n");
     }
 }
 

@@ -11,7 +11,7 @@ mod text;
 use std::{io, net::SocketAddr};
 
 pub use channel::DeviationLines;
-pub use jsonl::JsonlSink;
+pub use jsonl::{Conforming, JsonlSink};
 pub use metrics::{Metrics, MetricsSink};
 pub use summary::{Summary, TimewaitCounts};
 pub use text::TextSink;

@@ -40,6 +40,8 @@ pub struct Pipeline {
     joiner: Joiner,
     /// The first sink error; the pipeline stops writing but keeps counting.
     error: Option<io::Error>,
+    /// Connections the tracker just handed on (kept, so that no event allocates it anew).
+    done: Vec<Finished>,
 }
 
 impl Pipeline {
@@ -57,6 +59,7 @@ impl Pipeline {
             wall_offset_ns,
             joiner: Joiner::default(),
             error: None,
+            done: Vec::with_capacity(16),
         }
     }
 
@@ -67,9 +70,10 @@ impl Pipeline {
     }
 
     pub fn on_event(&mut self, ev: Event) {
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut self.done);
         self.tracker.on_event(ev, &mut |f| done.push(f));
-        self.report_all(done);
+        self.report_all(&mut done);
+        self.done = done;
     }
 
     /// Sockets already closing when the trace began.
@@ -121,9 +125,10 @@ impl Pipeline {
 
     /// Monotonic time moved on to `now_ns` with no event: hand on settled connections.
     pub fn tick(&mut self, now_ns: u64) {
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut self.done);
         self.tracker.tick(now_ns, &mut |f| done.push(f));
-        self.report_all(done);
+        self.report_all(&mut done);
+        self.done = done;
     }
 
     pub fn set_skipped_lines(&mut self, n: u64) {
@@ -149,7 +154,7 @@ impl Pipeline {
     pub fn finish(mut self) -> Result<Summary, io::Error> {
         let mut done = Vec::new();
         self.tracker.finish(&mut |f| done.push(f));
-        self.report_all(done);
+        self.report_all(&mut done);
         let TrackerStats {
             events,
             connections,
@@ -169,8 +174,9 @@ impl Pipeline {
         Ok(self.summary)
     }
 
-    fn report_all(&mut self, done: Vec<Finished>) {
-        for f in done {
+    /// Reports and empties `done`.
+    fn report_all(&mut self, done: &mut Vec<Finished>) {
+        for f in done.drain(..) {
             self.report(&f);
         }
     }

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    sinks::{JsonlSink, Sink, TextSink},
+    sinks::{Conforming, JsonlSink, Sink, TextSink},
     track::Filter,
     track::TrackerConfig,
 };
@@ -35,6 +35,32 @@ pub struct OutputArgs {
     /// write_seq) too.
     #[arg(long)]
     pub raw: bool,
+    /// JSON Lines: what is written for a conforming connection. Deviating and incomplete
+    /// connections are always written in full. [default: compact]
+    #[arg(long, value_enum, value_name = "FORM")]
+    pub conforming: Option<ConformingForm>,
+}
+
+/// `--conforming`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConformingForm {
+    /// The whole timeline and verdict, as for a deviating connection (about 2 KB).
+    Full,
+    /// One short line (about a quarter of that): each step's time, states and sequence numbers,
+    /// and the verdict's names; what a diagram of the close needs.
+    Compact,
+    /// Nothing: counted in the summary only.
+    None,
+}
+
+impl From<ConformingForm> for Conforming {
+    fn from(f: ConformingForm) -> Conforming {
+        match f {
+            ConformingForm::Full => Conforming::Full,
+            ConformingForm::Compact => Conforming::Compact,
+            ConformingForm::None => Conforming::Omitted,
+        }
+    }
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -126,6 +152,12 @@ impl OutputArgs {
     /// The output. `home_netns` is the network namespace the text output need not name (a live
     /// trace's own); connections of any other are marked with theirs.
     pub fn sink(&self, home_netns: Option<u32>) -> anyhow::Result<Box<dyn Sink + Send>> {
+        if self.format == Format::Text && self.conforming.is_some() {
+            anyhow::bail!(
+                "--conforming chooses what JSON Lines writes; add --format jsonl (the text \
+                 format always shows every connection)"
+            );
+        }
         let out: Box<dyn io::Write + Send> = match &self.output {
             Some(path) => Box::new(
                 File::create(path)
@@ -136,7 +168,10 @@ impl OutputArgs {
         let out = BufWriter::with_capacity(64 * 1024, out);
         Ok(match self.format {
             Format::Text => Box::new(TextSink::new(out, self.raw).with_home_netns(home_netns)),
-            Format::Jsonl => Box::new(JsonlSink::new(out)),
+            Format::Jsonl => Box::new(JsonlSink::new(
+                out,
+                self.conforming.map(Conforming::from).unwrap_or_default(),
+            )),
         })
     }
 }
