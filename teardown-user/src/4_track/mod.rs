@@ -162,6 +162,9 @@ impl Connection {
     /// `ev` names the same endpoints as the connection (an IPv4-mapped address and its IPv4
     /// form are one endpoint).
     fn same_tuple(&self, ev: &Event) -> bool {
+        if self.local == ev.local && self.remote == ev.remote {
+            return true;
+        }
         canonical(self.local) == canonical(ev.local)
             && canonical(self.remote) == canonical(ev.remote)
     }

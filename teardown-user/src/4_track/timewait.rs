@@ -55,6 +55,8 @@ pub struct Joiner {
     pending: TupleMap<Key, Vec<TwFact>>,
     /// Connections and facts both carry their network namespace: match on it too.
     by_netns: bool,
+    /// With `by_netns`, the only namespaces facts can come from (None: any).
+    polled: Option<Vec<u32>>,
     /// Facts dropped because the pending table was full.
     pub dropped: u64,
 }
@@ -67,6 +69,12 @@ impl Joiner {
             by_netns,
             ..Joiner::default()
         }
+    }
+
+    /// Facts will come from these namespaces only (those sock_diag polls): connections of
+    /// others are not followed. Used only when matching on namespaces.
+    pub fn only_netns(&mut self, netns: Vec<u32>) {
+        self.polled = Some(netns);
     }
 
     fn key(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Key {
@@ -84,6 +92,9 @@ impl Joiner {
         remote: SocketAddr,
         now_ms: u64,
     ) -> Vec<TimewaitNote> {
+        if self.by_netns && self.polled.as_ref().is_some_and(|p| !p.contains(&netns)) {
+            return Vec::new();
+        }
         // Forget connections whose timewait socket never showed (out of sight, or gone).
         while let Some(&(since, key)) = self.unconfirmed_queue.front() {
             if since.saturating_add(CONFIRM_MS) > now_ms
@@ -194,6 +205,32 @@ mod tests {
         let mut j = Joiner::new(false);
         assert!(j.follow(1, 0, f.local, f.remote, 900).is_empty());
         assert_eq!(j.on_fact(entered(7)).map(|n| n.id), Some(1));
+    }
+
+    #[test]
+    fn connections_of_namespaces_not_polled_are_not_followed() {
+        let entered = |netns| TwFact {
+            netns,
+            ..fact(
+                1_000,
+                TwWhat::Entered {
+                    state: TwSubstate::TimeWait,
+                    entered_ms: 990,
+                },
+            )
+        };
+        let f = entered(7);
+        let mut j = Joiner::new(true);
+        j.only_netns(vec![7]);
+        j.follow(1, 7, f.local, f.remote, 900);
+        j.follow(2, 9, f.local, f.remote, 900);
+        assert_eq!(j.unconfirmed.len(), 1, "namespace 9 is not polled");
+        assert_eq!(j.on_fact(entered(7)).map(|n| n.id), Some(1));
+        // Without namespaces on both sides, every connection is followed.
+        let mut j = Joiner::new(false);
+        j.only_netns(vec![7]);
+        j.follow(2, 9, f.local, f.remote, 900);
+        assert_eq!(j.on_fact(entered(9)).map(|n| n.id), Some(2));
     }
 
     #[test]

@@ -69,6 +69,12 @@ impl Pipeline {
         self.joiner = Joiner::new(yes);
     }
 
+    /// Only the timewait sockets of these namespaces will be seen (the ones sock_diag polls):
+    /// connections of others are not followed.
+    pub fn follow_timewait_of(&mut self, netns: Vec<u32>) {
+        self.joiner.only_netns(netns);
+    }
+
     pub fn on_event(&mut self, ev: Event) {
         let mut done = std::mem::take(&mut self.done);
         self.tracker.on_event(ev, &mut |f| done.push(f));

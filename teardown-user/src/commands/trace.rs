@@ -198,6 +198,18 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     };
     let mut pipeline = Pipeline::new(args.filters.tracker(), filter, sinks, wall_offset_ns);
     pipeline.match_netns(probe.caps.netns);
+    if probe.caps.netns {
+        // Facts come from the namespaces polled only: connections of any other are not
+        // followed (on a container host, that is most of them).
+        let mut polled: Vec<u32> = home_netns
+            .filter(|_| timewait.is_some())
+            .into_iter()
+            .collect();
+        for path in timewait.iter().flat_map(|t| &t.netns) {
+            polled.extend(super::output::namespace_file_inode(path).ok());
+        }
+        pipeline.follow_timewait_of(polled);
+    }
     let duration = args.duration;
     let stop = async move {
         tokio::select! {
