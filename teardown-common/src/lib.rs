@@ -28,6 +28,37 @@ pub mod kind {
     pub const RECV_RESET: u8 = 4;
 }
 
+/// Why the kernel programs did not deliver an event: the indices of their per-CPU `LOST`
+/// counters.
+pub mod lost {
+    /// The ring buffer had no room for it.
+    pub const RING_FULL: u32 = 0;
+    /// A classic tracepoint record whose fields could not be read.
+    pub const UNREADABLE: u32 = 1;
+    /// The agent was behind (the ring buffer more than [`BEHIND_EIGHTHS`] eighths full): the
+    /// event was counted in `NOT_JUDGED` by what it was, instead of being sent.
+    pub const BEHIND: u32 = 2;
+    /// How many causes there are.
+    pub const CAUSES: u32 = 3;
+    /// Past this many eighths of the ring buffer waiting to be read, events are summarised:
+    /// the room left takes what is already on its way, and the counts tell what was missed.
+    pub const BEHIND_EIGHTHS: u64 = 7;
+    /// The `NOT_JUDGED` counters: one per (old, new) state pair of a state change, at
+    /// `old * 16 + new` (state numbers are below 16), then one per other event kind at
+    /// `TRANSITIONS + kind`.
+    pub const TRANSITIONS: u32 = 16 * 16;
+    pub const NOT_JUDGED_SLOTS: u32 = TRANSITIONS + 8;
+
+    /// The `NOT_JUDGED` slot of an event of `kind` (old and new states for a state change).
+    pub const fn not_judged_slot(kind: u8, old: u8, new: u8) -> u32 {
+        if kind == super::kind::STATE {
+            (old as u32 & 15) * 16 + (new as u32 & 15)
+        } else {
+            TRANSITIONS + (kind as u32 & 7)
+        }
+    }
+}
+
 /// Bits of [`Event::flags`].
 pub mod flags {
     /// The sequence fields (`snd_una`, `snd_nxt`, `rcv_nxt`, `write_seq`) were read.

@@ -3,8 +3,11 @@
 //! Every TCP state change (`sock:inet_sock_set_state`), and with BTF also every retransmission
 //! and reset, that passes the agent's port filter becomes one [`Event`] in the `EVENTS` ring
 //! buffer. The socket's sequence fields and flags are read at that moment, at offsets the agent
-//! resolved from the running kernel's BTF. Events that find the ring buffer full, and classic
-//! tracepoint records that cannot be read, are counted per CPU in `LOST`.
+//! resolved from the running kernel's BTF. Events not delivered are counted per CPU in `LOST`
+//! by cause: the ring buffer full, a classic tracepoint record that cannot be read, or the
+//! agent behind. The last is a choice, not an accident: once the ring buffer is nearly full the
+//! programs stop sending and count each event by what it was (`NOT_JUDGED`), so that an agent
+//! that cannot keep up still learns what it missed.
 //!
 //! The rare paths, where a program drops an event or leaves part of it empty for a reason the
 //! agent cannot see (a field it could not read, a family it does not know, a socket that is not
@@ -33,7 +36,7 @@ use aya_log_ebpf::{
     macro_support::{level_enabled, Level},
 };
 use teardown_common::{
-    fast, flags, kind,
+    fast, flags, kind, lost,
     tcp::{filter_step, may_be_owner, starts_connection, FilterStep},
     CommonHead, Event, SockOffsets, TcpState, TracepointOffsets, OFFSET_UNKNOWN,
 };
@@ -46,16 +49,24 @@ const IPPROTO_TCP: u16 = 6;
 const TCP_TIME_WAIT: u8 = TcpState::TimeWait.kernel_number();
 const TCP_NEW_SYN_RECV: u8 = TcpState::NewSynRecv.kernel_number();
 
-/// The 16 MiB here is a placeholder: the agent sets the size at load time (`--ring-size`, 64 MiB
-/// by default: about four seconds of events at the reference VM's maximum churn, so a stalled
-/// agent loses nothing for a while).
+/// The 16 MiB here is a placeholder: the agent sets the size (and `RING_BYTES`) at load time
+/// (`--ring-size`, 64 MiB by default: about four seconds of events at the reference VM's
+/// maximum churn, so a stalled agent loses nothing for a while).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
-/// Events that could not be reserved in `EVENTS`, and classic tracepoint records whose fields
-/// could not be read, per CPU.
+/// Events not delivered, per CPU, by cause (indices in teardown-common's `lost`).
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::CAUSES, 0);
+
+/// Events counted instead of sent while the agent was behind, per CPU, by what they were
+/// (`lost::not_judged_slot`): what the agent could not judge, it can still count.
+#[map]
+static NOT_JUDGED: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::NOT_JUDGED_SLOTS, 0);
+
+/// Set by the agent at load time: the ring buffer's size in bytes.
+#[no_mangle]
+static RING_BYTES: u64 = 16 << 20;
 
 /// The user's `--port` filter, set by the agent (used only when `FILTER_ON` is 1): filtering
 /// here spares the ring buffer and the agent every other connection of a busy host.
@@ -319,14 +330,19 @@ fn netns_of<P: Prog>(sk: Fields, offs: &SockOffsets) -> u32 {
 }
 
 #[inline(always)]
-fn count_lost() {
-    if let Some(n) = LOST.get_ptr_mut(0) {
-        // SAFETY: the lookup of index 0 succeeded, so `n` points to this CPU's u64 slot of the
-        // one-entry per-CPU array, valid and aligned for the program's run; no other CPU
-        // touches it. (A program of ours interrupting this one on the same CPU could make one
-        // increment go missing, never an invalid access.)
+fn count(map: &PerCpuArray<u64>, index: u32) {
+    if let Some(n) = map.get_ptr_mut(index) {
+        // SAFETY: the lookup succeeded, so `n` points to this CPU's u64 slot at `index`, valid
+        // and aligned for the program's run; no other CPU touches it. (A program of ours
+        // interrupting this one on the same CPU could make one increment go missing, never an
+        // invalid access.)
         unsafe { *n += 1 };
     }
+}
+
+#[inline(always)]
+fn count_lost(cause: u32) {
+    count(&LOST, cause);
 }
 
 /// Wake the agent only once this much is waiting: a wake-up per event costs more than the
@@ -341,6 +357,25 @@ const RECORD_BYTES: u64 = core::mem::size_of::<Event>() as u64 + 8;
 
 #[inline(always)]
 fn emit<P: Prog>(ev: &Event) {
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
+    // SAFETY: a valid, aligned static, written only by the loader before the program runs.
+    // Volatile so the compiler does not fold the placeholder that the loader rewrites.
+    let ring = unsafe { core::ptr::read_volatile(&RING_BYTES) };
+    if avail > ring / 8 * lost::BEHIND_EIGHTHS {
+        // The agent is behind: count what this event was, rather than fill the last of the
+        // ring buffer and then drop events unseen.
+        count_lost(lost::BEHIND);
+        count(
+            &NOT_JUDGED,
+            lost::not_judged_slot(ev.kind, ev.oldstate, ev.newstate),
+        );
+        rare!(
+            "{}: agent behind, event counted, skaddr 0x{:x}",
+            P::NAME,
+            number(ev.skaddr)
+        );
+        return;
+    }
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             // Copied a u64 at a time: a byte-wise copy may read single bytes of a stack slot
@@ -359,9 +394,8 @@ fn emit<P: Prog>(ev: &Event) {
             }
             // Wake once each time the waiting data crosses a multiple of WAKEUP_BYTES, not at
             // every event past it: a wake-up is an interrupt, the dearest thing we could do.
-            let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
-            let flags = if avail / WAKEUP_BYTES != avail.saturating_sub(RECORD_BYTES) / WAKEUP_BYTES
-            {
+            let after = avail + RECORD_BYTES;
+            let flags = if after / WAKEUP_BYTES != avail / WAKEUP_BYTES {
                 BPF_RB_FORCE_WAKEUP
             } else {
                 BPF_RB_NO_WAKEUP
@@ -369,7 +403,7 @@ fn emit<P: Prog>(ev: &Event) {
             entry.submit(flags);
         }
         None => {
-            count_lost();
+            count_lost(lost::RING_FULL);
             rare!(
                 "{}: EVENTS full, event dropped, skaddr 0x{:x}",
                 P::NAME,
@@ -664,9 +698,9 @@ pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> u32 {
     // program runs. Volatile so the compiler does not fold the placeholders.
     let tp = unsafe { core::ptr::read_volatile(&TP_OFFSETS) };
     if try_tracepoint(&ctx, &tp) == Err(Unreadable) {
-        // A record whose fields (or even its protocol) could not be read: counted with the lost
-        // ones, not dropped silently.
-        count_lost();
+        // A record whose fields (or even its protocol) could not be read: counted as such, not
+        // dropped silently.
+        count_lost(lost::UNREADABLE);
     }
     0
 }

@@ -189,24 +189,30 @@ fn vv_reads_the_kernel_records_and_ordinary_connections_write_none() {
 }
 
 /// One rare path that a host does take: an agent that does not read (stopped here) while
-/// connections come, so that the ring buffer fills. With `-vv` the kernel's records of the
-/// dropped events reach stderr, naming the program and the socket.
+/// connections come. Once the ring buffer is nearly full the kernel counts each event by what
+/// it was instead of sending it: the summary says so and lists them, nothing is dropped unseen,
+/// and with `-vv` the kernel's records of the counted events reach stderr, naming the program
+/// and the socket.
 #[test]
-fn vv_shows_the_events_a_full_ring_buffer_dropped() {
+fn an_agent_that_falls_behind_is_told_what_it_missed() {
     if !gate::can_run(gate::KERNEL) {
         return;
     }
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
-    let err = std::env::temp_dir().join(format!(
-        "teardown-kernel-log-{}-full.stderr",
-        std::process::id()
-    ));
+    let path = |what: &str| {
+        std::env::temp_dir().join(format!(
+            "teardown-kernel-log-{}-behind.{what}",
+            std::process::id()
+        ))
+    };
+    let (out, err) = (path("jsonl"), path("stderr"));
     // The smallest ring (1 MiB) holds some 7,000 events; 1,500 connections make about 15,000.
     let mut child = Running::new(
         Command::new(cli::teardown_bin().unwrap())
             .args(["trace", "-vv", "--ring-size", "1", "--format", "jsonl"])
-            .args(["--timewait-poll", "0", "--port", &port])
+            .args(["--timewait-poll", "0", "--port", &port, "-o"])
+            .arg(&out)
             .stdout(Stdio::null())
             .stderr(File::create(&err).unwrap())
             .spawn()
@@ -222,23 +228,53 @@ fn vv_shows_the_events_a_full_ring_buffer_dropped() {
         close_one(&listener, false).unwrap();
     }
     cli::signal(child.id(), libc::SIGCONT).unwrap();
-    let dropped = "DEBUG teardown::ebpf] inet_sock_set_state_btf: EVENTS full, event dropped, \
+    let counted = "DEBUG teardown::ebpf] inet_sock_set_state_btf: agent behind, event counted, \
                    skaddr 0x";
     wait_until(
-        "the kernel's records of dropped events",
+        "the kernel's records of counted events",
         Duration::from_secs(10),
-        || Ok(read().contains(dropped)),
+        || Ok(read().contains(counted)),
+    )
+    .unwrap();
+    wait_until(
+        "the note that the agent is behind",
+        Duration::from_secs(10),
+        || Ok(read().contains("note: the agent is behind the kernel")),
     )
     .unwrap();
     cli::signal(child.id(), libc::SIGTERM).unwrap();
     let status = child.wait().unwrap();
     let stderr = read();
+    let jsonl = std::fs::read_to_string(&out).unwrap();
     std::fs::remove_file(&err).unwrap();
+    std::fs::remove_file(&out).unwrap();
     assert!(status.success(), "teardown ended with {status}: {stderr}");
     assert!(
-        stderr.contains(" lost events (ring buffer full"),
+        stderr.contains(" counted while the agent was behind"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("counted, not judged (the agent was behind):"),
+        "{stderr}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(jsonl.lines().last().unwrap()).unwrap();
+    let by_cause = &summary["lost_by_cause"];
+    let behind = by_cause["behind"].as_u64().unwrap();
+    assert!(behind > 1000, "{summary:#}");
+    // Counted rather than dropped: the last eighth of the ring took what was on its way.
+    assert_eq!(by_cause["ring_full"], 0, "{summary:#}");
+    assert_eq!(summary["lost_events"].as_u64(), Some(behind), "{summary:#}");
+    let not_judged = summary["not_judged"].as_object().unwrap();
+    let listed: u64 = not_judged.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(listed, behind, "{summary:#}");
+    // The events of the closes that came while it was stopped, by transition.
+    for step in [
+        "ESTABLISHED>FIN_WAIT1",
+        "ESTABLISHED>CLOSE_WAIT",
+        "LAST_ACK>CLOSE",
+    ] {
+        assert!(not_judged.contains_key(step), "{step}: {summary:#}");
+    }
 }
 
 /// The library's side of the same switch: the records' ring buffer is taken for reading only

@@ -18,7 +18,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
-use teardown_common::{fast, SockOffsets, TracepointOffsets, OFFSET_UNKNOWN};
+use teardown_common::{fast, lost, SockOffsets, TracepointOffsets, OFFSET_UNKNOWN};
 
 pub use preflight::{check_kernel_version, check_privileges};
 pub use stream::EventStream;
@@ -176,6 +176,7 @@ pub struct Capabilities {
 pub struct Probe {
     ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
+    not_judged: PerCpuArray<MapData, u64>,
     kernel_log: Option<KernelLog>,
     pub caps: Capabilities,
 }
@@ -330,6 +331,14 @@ impl Probe {
             name: "LOST",
             source,
         })?;
+        let not_judged_map = ebpf
+            .take_map("NOT_JUDGED")
+            .ok_or(KernelError::Missing("NOT_JUDGED"))?;
+        let not_judged =
+            PerCpuArray::try_from(not_judged_map).map_err(|source| KernelError::Map {
+                name: "NOT_JUDGED",
+                source,
+            })?;
         report_programs(&ebpf, cfg.kernel_log);
         let kernel_log = if cfg.kernel_log {
             let logger = EbpfLogger::init(&mut ebpf).map_err(KernelError::Log)?;
@@ -341,6 +350,7 @@ impl Probe {
         Ok(Probe {
             ebpf,
             lost,
+            not_judged,
             kernel_log,
             caps,
         })
@@ -365,13 +375,67 @@ impl Probe {
         EventStream::new(ring).map_err(KernelError::Stream)
     }
 
-    /// Events the kernel could not put in the ring buffer, summed over CPUs, since load.
-    pub fn lost(&self) -> Result<u64, KernelError> {
-        let per_cpu = self.lost.get(&0, 0).map_err(|source| KernelError::Map {
-            name: "LOST",
-            source,
-        })?;
-        Ok(per_cpu.iter().sum())
+    /// Events the kernel programs did not deliver, by cause, summed over CPUs, since load.
+    pub fn lost(&self) -> Result<LostCounts, KernelError> {
+        let cause = |i: u32| -> Result<u64, KernelError> {
+            let per_cpu = self.lost.get(&i, 0).map_err(|source| KernelError::Map {
+                name: "LOST",
+                source,
+            })?;
+            Ok(per_cpu.iter().sum())
+        };
+        Ok(LostCounts {
+            ring_full: cause(lost::RING_FULL)?,
+            unreadable: cause(lost::UNREADABLE)?,
+            behind: cause(lost::BEHIND)?,
+        })
+    }
+
+    /// The events counted instead of sent while the agent was behind, as (slot, count) for
+    /// each slot that counted any (`teardown_common::lost::not_judged_slot`), since load. A
+    /// read per slot: call it when [`LostCounts::behind`] moved.
+    pub fn not_judged(&self) -> Result<Vec<(u32, u64)>, KernelError> {
+        let mut out = Vec::new();
+        for slot in 0..lost::NOT_JUDGED_SLOTS {
+            let per_cpu = self
+                .not_judged
+                .get(&slot, 0)
+                .map_err(|source| KernelError::Map {
+                    name: "NOT_JUDGED",
+                    source,
+                })?;
+            let n: u64 = per_cpu.iter().sum();
+            if n > 0 {
+                out.push((slot, n));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Events the kernel programs did not deliver, by cause (see `teardown_common::lost`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LostCounts {
+    /// The ring buffer had no room.
+    pub ring_full: u64,
+    /// Classic tracepoint records whose fields could not be read.
+    pub unreadable: u64,
+    /// Counted by kind instead of sent, the agent being behind.
+    pub behind: u64,
+}
+
+impl LostCounts {
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.unreadable + self.behind
+    }
+
+    /// Each count the larger of the two (counters only grow; a replay may repeat a report).
+    pub fn max(self, o: LostCounts) -> LostCounts {
+        LostCounts {
+            ring_full: self.ring_full.max(o.ring_full),
+            unreadable: self.unreadable.max(o.unreadable),
+            behind: self.behind.max(o.behind),
+        }
     }
 }
 
@@ -416,6 +480,7 @@ impl Plan<'_> {
             .override_global("TP_OFFSETS", &self.tp_offsets, true)
             .override_global("SKC_STATE_OFFSET", &self.skc_state, true)
             .override_global("FILTER_ON", &u8::from(!cfg.ports.is_empty()), true)
+            .override_global("RING_BYTES", &u64::from(cfg.ring_bytes), true)
             .map_max_entries("EVENTS", cfg.ring_bytes)
             .load(EBPF_OBJECT)?;
 

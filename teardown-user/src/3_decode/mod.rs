@@ -134,6 +134,33 @@ impl SockSnapshot {
 }
 
 /// The symbolic name of an errno the teardown paths set, e.g. `ECONNRESET`.
+/// Events the kernel counted instead of sending while the agent was behind, by what they were
+/// (`OLD>NEW` for a state change, as the compact JSON Lines form writes steps; the event kind
+/// for the others), from [`crate::kernel::Probe::not_judged`]'s slots.
+pub fn not_judged(slots: &[(u32, u64)]) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for &(slot, n) in slots {
+        let name = if slot < raw::lost::TRANSITIONS {
+            let state = |k: u32| {
+                u8::try_from(k)
+                    .ok()
+                    .and_then(TcpState::from_kernel)
+                    .map_or_else(|| format!("state {k}"), |s| s.name().to_owned())
+            };
+            format!("{}>{}", state(slot / 16), state(slot % 16))
+        } else {
+            match u8::try_from(slot - raw::lost::TRANSITIONS).unwrap_or(0) {
+                raw::kind::RETRANSMIT => "retransmit".to_owned(),
+                raw::kind::SEND_RESET => "reset_sent".to_owned(),
+                raw::kind::RECV_RESET => "reset_received".to_owned(),
+                k => format!("kind {k}"),
+            }
+        };
+        *out.entry(name).or_default() += n;
+    }
+    out
+}
+
 pub fn errno_name(err: i32) -> std::borrow::Cow<'static, str> {
     match err {
         libc::EPIPE => "EPIPE".into(),

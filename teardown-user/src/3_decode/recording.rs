@@ -1,17 +1,20 @@
 //! Recordings: the raw events of a trace, as versioned JSON Lines, for `teardown replay`.
 //!
 //! Line 1 is a header: `{"format":"teardown-recording","version":1,...}`. Every other line is
-//! `{"type":"event",...}` (an [`Event`]) or `{"type":"lost","ts_ns":..,"total":..}` (the kernel's
-//! loss counter moved). The format is documented in the README; a reader refuses versions it does
+//! `{"type":"event",...}` (an [`Event`]) or `{"type":"lost","ts_ns":..,"total":..,"by_cause":..}`
+//! (the kernel's loss counters moved). The format is documented in the README; a reader refuses versions it does
 //! not know rather than guessing.
 
-use std::io::{self, BufRead, Write};
+use std::{
+    collections::BTreeMap,
+    io::{self, BufRead, Write},
+};
 
 use serde::{Deserialize, Serialize};
 
 pub use super::filter::EventFilter;
 use super::Event;
-use crate::sock_diag::watch::TwFact;
+use crate::{kernel::LostCounts, sock_diag::watch::TwFact};
 
 pub const FORMAT: &str = "teardown-recording";
 pub const VERSION: u32 = 1;
@@ -40,12 +43,19 @@ pub enum Record {
     Event(Event),
     /// What sock_diag showed of a timewait socket.
     Timewait(TwFact),
-    /// The loss counter read `total` at `ts_ns`; it read less at `since_ns`.
+    /// The loss counters read `total` at `ts_ns`; they read less at `since_ns`.
     Lost {
         ts_ns: u64,
         total: u64,
         #[serde(default)]
         since_ns: u64,
+        /// `total` by cause (absent from recordings made before causes were told apart, whose
+        /// losses were all the ring buffer's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by_cause: Option<LostCounts>,
+        /// What the events counted instead of sent were, since the trace began.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        not_judged: BTreeMap<String, u64>,
     },
 }
 
@@ -238,21 +248,32 @@ mod tests {
         let mut out = Vec::new();
         let mut w = Writer::new(&mut out, &header()).unwrap();
         w.write(&Record::Event(sample())).unwrap();
-        w.write(&Record::Lost {
+        let lost = Record::Lost {
             ts_ns: 9,
             total: 3,
             since_ns: 5,
-        })
-        .unwrap();
+            by_cause: Some(LostCounts {
+                ring_full: 1,
+                unreadable: 0,
+                behind: 2,
+            }),
+            not_judged: [("ESTABLISHED>CLOSE_WAIT".to_owned(), 2)].into(),
+        };
+        w.write(&lost).unwrap();
+        // As recordings made before causes were told apart wrote it.
+        out.extend_from_slice(b"{\"type\":\"lost\",\"ts_ns\":10,\"total\":4}\n");
         let mut r = Reader::new(&out[..]).unwrap();
         assert_eq!(r.header, header());
         assert_eq!(r.next_record().unwrap(), Some(Record::Event(sample())));
+        assert_eq!(r.next_record().unwrap(), Some(lost));
         assert_eq!(
             r.next_record().unwrap(),
             Some(Record::Lost {
-                ts_ns: 9,
-                total: 3,
-                since_ns: 5
+                ts_ns: 10,
+                total: 4,
+                since_ns: 0,
+                by_cause: None,
+                not_judged: BTreeMap::new(),
             })
         );
         assert_eq!(r.next_record().unwrap(), None);

@@ -4,6 +4,8 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::Serialize;
 
+use crate::kernel::LostCounts;
+
 /// What the trace saw, printed at the end and written as the last JSON line.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
@@ -13,8 +15,14 @@ pub struct Summary {
     pub connections_seen: u64,
     /// Kernel events received.
     pub events: u64,
-    /// Events the kernel could not deliver (ring buffer full). Never silent.
+    /// Events the kernel did not deliver, in all. Never silent.
     pub lost_events: u64,
+    /// `lost_events` by cause.
+    pub lost_by_cause: LostCounts,
+    /// What the events counted instead of sent (the agent behind) were: `OLD>NEW` for state
+    /// changes, the kind for others.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_judged: BTreeMap<String, u64>,
     /// Records that could not be decoded.
     pub undecodable: u64,
     /// Connections dropped from a full table.
@@ -55,12 +63,16 @@ impl Summary {
             self.connections_seen,
             self.events,
             self.lost_events,
-            if self.lost_events > 0 {
-                " (ring buffer full: raise --ring-size or narrow the filters)"
-            } else {
-                ""
-            }
+            self.lost_causes()
         );
+        if !self.not_judged.is_empty() {
+            let mut by_count: Vec<(&String, &u64)> = self.not_judged.iter().collect();
+            by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let _ = writeln!(s, "  counted, not judged (the agent was behind):");
+            for (what, n) in by_count {
+                let _ = writeln!(s, "    {n:>8}  {what}");
+            }
+        }
         let _ = writeln!(
             s,
             "  verdicts: {} conform, {} deviate, {} incomplete",
@@ -104,5 +116,34 @@ impl Summary {
             let _ = writeln!(s, "  {n} bad lines skipped");
         }
         s.trim_end().to_owned()
+    }
+
+    /// ` (N ring buffer full, ...: what to do)`, or nothing when none were lost.
+    fn lost_causes(&self) -> String {
+        let l = &self.lost_by_cause;
+        let mut parts = Vec::new();
+        let mut advice = Vec::new();
+        if l.ring_full > 0 {
+            parts.push(format!("{} ring buffer full", l.ring_full));
+        }
+        if l.behind > 0 {
+            parts.push(format!("{} counted while the agent was behind", l.behind));
+        }
+        if l.ring_full + l.behind > 0 {
+            advice.push("raise --ring-size or narrow the filters");
+        }
+        if l.unreadable > 0 {
+            parts.push(format!("{} unreadable tracepoint records", l.unreadable));
+            advice.push("see -vv for the fields");
+        }
+        if parts.is_empty() {
+            return String::new();
+        }
+        let advice = if advice.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", advice.join("; "))
+        };
+        format!(" ({}{advice})", parts.join(", "))
     }
 }

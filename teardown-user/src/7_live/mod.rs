@@ -12,11 +12,12 @@ pub use feed::TracerFeed;
 pub use run::{live, Recorder};
 pub use timewait::TimewaitFollow;
 
-use std::io;
+use std::{collections::BTreeMap, io};
 
 use crate::{
     decode::Event,
     judge::{self, Conformance},
+    kernel::LostCounts,
     sinks::{Report, Sink, Summary},
     sock_diag::TwFate,
     track::timewait::{Closing, Joiner, TimewaitNote, TwFact, TwWhat},
@@ -123,10 +124,23 @@ impl Pipeline {
         self.summary.undecodable += 1;
     }
 
-    /// The kernel's loss counter read `total` at monotonic `to_ns`; it read less at `from_ns`.
-    pub fn on_lost(&mut self, total: u64, from_ns: u64, to_ns: u64) {
-        self.summary.lost_events = self.summary.lost_events.max(total);
-        self.tracker.on_lost(total, from_ns, to_ns);
+    /// The kernel's loss counters read `lost` at monotonic `to_ns`; they read less at
+    /// `from_ns`. `not_judged`: what the events counted instead of sent were, since the start.
+    pub fn on_lost(
+        &mut self,
+        lost: LostCounts,
+        not_judged: &BTreeMap<String, u64>,
+        from_ns: u64,
+        to_ns: u64,
+    ) {
+        let s = &mut self.summary;
+        s.lost_by_cause = s.lost_by_cause.max(lost);
+        s.lost_events = s.lost_events.max(lost.total());
+        for (what, &n) in not_judged {
+            let have = s.not_judged.entry(what.clone()).or_default();
+            *have = (*have).max(n);
+        }
+        self.tracker.on_lost(lost.total(), from_ns, to_ns);
     }
 
     /// Monotonic time moved on to `now_ns` with no event: hand on settled connections.

@@ -5,7 +5,7 @@
 //! a slow pipeline makes the ring buffer fill, and the kernel counts what it could not deliver:
 //! loss is reported, never silent.
 
-use std::{fs::File, io::BufWriter, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, fs::File, io::BufWriter, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
@@ -16,10 +16,11 @@ use super::{
 };
 use crate::{
     decode::{
+        self,
         recording::{self, Record},
         Event,
     },
-    kernel::{clock, Probe},
+    kernel::{clock, LostCounts, Probe},
     sinks::{Metrics, Summary},
 };
 
@@ -91,7 +92,8 @@ pub async fn live(
 
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_lost = 0u64;
+    let mut last_lost = LostCounts::default();
+    let mut not_judged = BTreeMap::new();
     let mut last_check_ns = clock::monotonic_ns();
     let handle = |pipeline: &mut Pipeline,
                   recorder: &mut Option<Recorder>,
@@ -112,17 +114,29 @@ pub async fn live(
     let mut check_lost =
         |pipeline: &mut Pipeline, recorder: &mut Option<Recorder>| -> anyhow::Result<()> {
             let now = clock::monotonic_ns();
-            let total = probe.lost().context("cannot read the lost-event counter")?;
-            if total != last_lost {
-                last_lost = total;
+            let lost = probe
+                .lost()
+                .context("cannot read the lost-event counters")?;
+            if lost != last_lost {
+                say_first_loss(last_lost, lost);
+                if lost.behind != last_lost.behind {
+                    not_judged = decode::not_judged(
+                        &probe
+                            .not_judged()
+                            .context("cannot read the not-judged counters")?,
+                    );
+                }
+                last_lost = lost;
                 if let Some(r) = recorder.as_mut() {
                     r.write(&Record::Lost {
                         ts_ns: now,
-                        total,
+                        total: lost.total(),
                         since_ns: last_check_ns,
+                        by_cause: Some(lost),
+                        not_judged: not_judged.clone(),
                     })?;
                 }
-                pipeline.on_lost(total, last_check_ns, now);
+                pipeline.on_lost(lost, &not_judged, last_check_ns, now);
             }
             last_check_ns = now;
             Ok(())
@@ -227,6 +241,30 @@ pub async fn live(
             summary.to_text().lines().next().unwrap_or_default()
         ))),
         None => Ok(summary),
+    }
+}
+
+/// Says once per cause, when it first happens, that events are not being delivered, and what
+/// to do: the summary says how many, but an operator watching should not wait for it.
+fn say_first_loss(before: LostCounts, now: LostCounts) {
+    if before.behind == 0 && now.behind > 0 {
+        crate::say!(
+            "note: the agent is behind the kernel: events are being counted by kind instead of \
+             judged (the summary lists them); a bigger --ring-size, narrower filters or \
+             --conforming none help"
+        );
+    }
+    if before.ring_full == 0 && now.ring_full > 0 {
+        crate::say!(
+            "note: the ring buffer was full: events are being lost (counted in the summary); \
+             raise --ring-size or narrow the filters"
+        );
+    }
+    if before.unreadable == 0 && now.unreadable > 0 {
+        crate::say!(
+            "note: some tracepoint records could not be read and were dropped (counted in the \
+             summary); -vv names the fields"
+        );
     }
 }
 

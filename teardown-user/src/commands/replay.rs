@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use super::output::{FilterArgs, OutputArgs};
 use crate::{
     decode::recording::{ReadError, Reader, Record},
+    kernel::LostCounts,
     live::Pipeline,
     sinks::Summary,
 };
@@ -68,8 +69,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
                 ts_ns,
                 total,
                 since_ns,
+                by_cause,
+                not_judged,
             })) => {
-                pipeline.on_lost(total, since_ns, ts_ns);
+                // Before causes were told apart, every loss was the ring buffer's.
+                let by_cause = by_cause.unwrap_or(LostCounts {
+                    ring_full: total,
+                    ..LostCounts::default()
+                });
+                pipeline.on_lost(by_cause, &not_judged, since_ns, ts_ns);
             }
             Ok(None) => break,
             Err(e @ ReadError::Line { .. }) if args.skip_bad_lines => {
