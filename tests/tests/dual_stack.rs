@@ -130,8 +130,19 @@ fn assert_conforms(rec: &serde_json::Value, role: &str) {
 fn dual_stack_connection(port: u16, client_first: bool) {
     let ns = Netns::new("td-dual").unwrap();
     // The duration is a backstop only: the test stops the trace itself once both ends closed.
-    let (child, _) =
-        cli::start_trace_jsonl(port, &["--duration", "300s", "--netns", ns.name()]).unwrap();
+    // The full form, for the verdict's details.
+    let (child, _) = cli::start_trace_jsonl(
+        port,
+        &[
+            "--duration",
+            "300s",
+            "--netns",
+            ns.name(),
+            "--conforming",
+            "full",
+        ],
+    )
+    .unwrap();
     let client = ns.run(|| connect_and_close(port, client_first));
     wait_until("both ends to close", IO_TIMEOUT, || {
         Ok(busy_on(&ns, port)?.is_empty())
