@@ -342,6 +342,34 @@ pub(crate) mod testing {
 mod tests {
     use super::*;
 
+    #[test]
+    fn not_judged_slots_are_named_as_steps_are() {
+        use raw::lost::not_judged_slot;
+        let est = TcpState::Established.kernel_number();
+        let cw = TcpState::CloseWait.kernel_number();
+        let slots = [
+            (not_judged_slot(raw::kind::STATE, est, cw), 5),
+            (not_judged_slot(raw::kind::RETRANSMIT, est, est), 2),
+            (not_judged_slot(raw::kind::RECV_RESET, cw, cw), 1),
+            // A state number this teardown does not know is named by its number.
+            (not_judged_slot(raw::kind::STATE, est, 15), 1),
+        ];
+        let named = not_judged(&slots);
+        assert_eq!(
+            named.into_iter().collect::<Vec<_>>(),
+            [
+                ("ESTABLISHED>CLOSE_WAIT".to_owned(), 5),
+                ("ESTABLISHED>state 15".to_owned(), 1),
+                ("reset_received".to_owned(), 1),
+                ("retransmit".to_owned(), 2),
+            ]
+        );
+        // Every slot the kernel may count in is within the map.
+        for kind in 0..=u8::MAX {
+            assert!(not_judged_slot(kind, u8::MAX, u8::MAX) < raw::lost::NOT_JUDGED_SLOTS);
+        }
+    }
+
     fn raw_event() -> raw::Event {
         let mut r = raw::Event::ZERO;
         r.ts_ns = 42;

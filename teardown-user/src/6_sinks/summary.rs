@@ -147,3 +147,45 @@ impl Summary {
         format!(" ({}{advice})", parts.join(", "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_are_told_by_cause_with_what_to_do() {
+        let mut s = Summary::default();
+        assert!(s
+            .to_text()
+            .starts_with("summary: 0 connections reported (0 seen), 0 events, 0 lost events\n"));
+        s.lost_events = 7;
+        s.lost_by_cause = LostCounts {
+            ring_full: 1,
+            unreadable: 2,
+            behind: 4,
+        };
+        s.not_judged = [
+            ("retransmit".to_owned(), 1),
+            ("LAST_ACK>CLOSE".to_owned(), 3),
+        ]
+        .into();
+        let text = s.to_text();
+        assert!(
+            text.starts_with(
+                "summary: 0 connections reported (0 seen), 0 events, 7 lost events (1 ring buffer \
+                 full, 4 counted while the agent was behind, 2 unreadable tracepoint records: \
+                 raise --ring-size or narrow the filters; see -vv for the fields)\n"
+            ),
+            "{text}"
+        );
+        // Most counted first.
+        assert!(
+            text.contains(&format!(
+                "  counted, not judged (the agent was behind):\n    {:>8}  LAST_ACK>CLOSE\n    {:>8}  \
+                 retransmit\n",
+                3, 1
+            )),
+            "{text}"
+        );
+    }
+}

@@ -30,6 +30,11 @@ struct Batch {
     undecodable: u64,
 }
 
+/// Records read per batch at most. The batches' vectors go back to the reader once handled:
+/// at this size (about 150 KB) a fresh one per batch would be a fresh mapping of memory, and
+/// its page faults, each time.
+const BATCH: usize = 1024;
+
 pub type Recorder = recording::Writer<BufWriter<File>>;
 
 /// Runs the live pipeline until `stop` resolves (or an output fails), then drains the ring
@@ -53,6 +58,8 @@ pub async fn live(
         None => (None, None),
     };
     let (tx, mut rx) = mpsc::channel::<Batch>(256);
+    // Handled batches' vectors, back to the reader (at most the batches in flight).
+    let (spare_tx, mut spare_rx) = mpsc::unbounded_channel::<Vec<Event>>();
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
         let decode =
@@ -69,7 +76,9 @@ pub async fn live(
             };
         loop {
             let mut batch = Batch {
-                events: Vec::with_capacity(256),
+                events: spare_rx
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(BATCH)),
                 undecodable: 0,
             };
             tokio::select! {
@@ -80,7 +89,7 @@ pub async fn live(
                     let _ = tx.send(batch).await;
                     return Ok::<(), std::io::Error>(());
                 }
-                r = stream.next_batch(4096, |b| decode(&mut batch.events, &mut batch.undecodable, b)) => {
+                r = stream.next_batch(BATCH, |b| decode(&mut batch.events, &mut batch.undecodable, b)) => {
                     r?;
                     if tx.send(batch).await.is_err() {
                         return Ok(());
@@ -102,13 +111,16 @@ pub async fn live(
         for _ in 0..batch.undecodable {
             pipeline.on_undecodable();
         }
-        for ev in batch.events {
+        let mut events = batch.events;
+        for ev in events.drain(..) {
             if let Some(r) = recorder.as_mut() {
                 r.write(&Record::Event(ev))
                     .context("cannot write to the recording")?;
             }
             pipeline.on_event(ev);
         }
+        // The reader may have stopped: then the vector is simply dropped.
+        let _ = spare_tx.send(events);
         Ok(())
     };
     let mut check_lost =
