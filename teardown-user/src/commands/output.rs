@@ -46,7 +46,7 @@ pub struct OutputArgs {
 pub enum ConformingForm {
     /// The whole timeline and verdict, as for a deviating connection (about 2 KB).
     Full,
-    /// One short line (about a quarter of that): each step's time, states and sequence numbers,
+    /// One short line (about a third of that): each step's time, states and sequence numbers,
     /// and the verdict's names; what a diagram of the close needs.
     Compact,
     /// Nothing: counted in the summary only.
