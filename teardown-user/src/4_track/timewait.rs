@@ -57,6 +57,8 @@ pub struct Joiner {
     by_netns: bool,
     /// With `by_netns`, the only namespaces facts can come from (None: any).
     polled: Option<Vec<u32>>,
+    /// With `by_netns`: per namespace, when a connection of it was last followed.
+    last_follow_ms: rustc_hash::FxHashMap<u32, u64>,
     /// Facts dropped because the pending table was full.
     pub dropped: u64,
 }
@@ -75,6 +77,23 @@ impl Joiner {
     /// others are not followed. Used only when matching on namespaces.
     pub fn only_netns(&mut self, netns: Vec<u32>) {
         self.polled = Some(netns);
+    }
+
+    /// The namespaces whose timewait sockets a connection reported by `now_ms` may still be
+    /// waiting for, or None when every namespace's may be (connections carry no namespace).
+    /// sock_diag need not walk the others': on a host with many timewait sockets, walking them
+    /// every second costs more than judging the connections that made them.
+    pub fn wanted_netns(&self, now_ms: u64) -> Option<Vec<u32>> {
+        if !self.by_netns {
+            return None;
+        }
+        Some(
+            self.last_follow_ms
+                .iter()
+                .filter(|&(_, &at)| at.saturating_add(FOLLOW_MS) >= now_ms)
+                .map(|(&ns, _)| ns)
+                .collect(),
+        )
     }
 
     fn key(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Key {
@@ -106,6 +125,9 @@ impl Joiner {
             if self.unconfirmed.get(&key).is_some_and(|&(_, s)| s == since) {
                 self.unconfirmed.remove(&key);
             }
+        }
+        if self.by_netns {
+            self.last_follow_ms.insert(netns, now_ms);
         }
         let key = self.key(netns, local, remote);
         self.unconfirmed.insert(key, (id, now_ms));
@@ -231,6 +253,20 @@ mod tests {
         j.only_netns(vec![7]);
         j.follow(2, 9, f.local, f.remote, 900);
         assert_eq!(j.on_fact(entered(9)).map(|n| n.id), Some(2));
+    }
+
+    #[test]
+    fn only_namespaces_with_followed_connections_are_wanted() {
+        let local = "127.0.0.1:40000".parse().unwrap();
+        let remote = "127.0.0.1:80".parse().unwrap();
+        let mut j = Joiner::new(true);
+        assert_eq!(j.wanted_netns(0), Some(vec![]));
+        j.follow(1, 7, local, remote, 1_000);
+        assert_eq!(j.wanted_netns(1_000), Some(vec![7]));
+        assert_eq!(j.wanted_netns(1_000 + FOLLOW_MS), Some(vec![7]));
+        assert_eq!(j.wanted_netns(1_001 + FOLLOW_MS), Some(vec![]));
+        // Connections without namespaces: every namespace may be wanted.
+        assert_eq!(Joiner::new(false).wanted_netns(0), None);
     }
 
     #[test]

@@ -76,6 +76,15 @@ impl Pipeline {
         self.joiner.only_netns(netns);
     }
 
+    /// The namespaces whose timewait sockets a reported connection may still wait for (None:
+    /// any), as of the wall clock now.
+    pub fn timewait_wanted(&self) -> Option<Vec<u32>> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.joiner.wanted_netns(now_ms)
+    }
+
     pub fn on_event(&mut self, ev: Event) {
         let mut done = std::mem::take(&mut self.done);
         self.tracker.on_event(ev, &mut |f| done.push(f));

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    timewait::{watch_timewait, Polled, TimewaitFollow},
+    timewait::{watch_timewait, Polled, TimewaitFollow, Wanted},
     Pipeline,
 };
 use crate::{
@@ -50,9 +50,10 @@ pub async fn live(
     let mut stream = probe.events().context("cannot read the ring buffer")?;
     // The kernel programs' debug records (`-vv` only), read on the tick: they are rare.
     let mut kernel_log = probe.kernel_log();
+    let tw_wanted = Arc::new(Wanted::default());
     let (mut tw_rx, tw_stop) = match timewait {
         Some(follow) => {
-            let (rx, stop) = watch_timewait(&follow);
+            let (rx, stop) = watch_timewait(&follow, &tw_wanted);
             (Some(rx), Some(stop))
         }
         None => (None, None),
@@ -177,6 +178,7 @@ pub async fn live(
                     m.set_totals(p.events, p.lost_events, p.open_connections);
                 }
                 pipeline.tick(clock::monotonic_ns().saturating_sub(TICK_LAG_NS));
+                tw_wanted.set(pipeline.timewait_wanted());
                 r
             }
             Some(polled) = async {

@@ -2,7 +2,14 @@
 //! the timewait sockets the traced connections leave behind, and the sockets already closing
 //! when the trace began.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use tokio::sync::mpsc;
 
@@ -24,23 +31,45 @@ pub(super) struct Polled {
     pub closing_at_start: Option<Vec<Closing>>,
 }
 
+/// The namespaces whose timewait sockets the pipeline waits for, as it last said: a thread
+/// polls its namespace only then (and once at the start, for the sockets already closing).
+/// A dump walks every socket of the host, whatever its namespace: on a container host full of
+/// timewait sockets, polling a namespace nobody waits on would cost more than the trace.
+#[derive(Default)]
+pub(super) struct Wanted(std::sync::Mutex<Option<Vec<u32>>>);
+
+impl Wanted {
+    /// None: every namespace is wanted.
+    pub(super) fn set(&self, netns: Option<Vec<u32>>) {
+        if let Ok(mut w) = self.0.lock() {
+            *w = netns;
+        }
+    }
+
+    fn wants(&self, netns: u32) -> bool {
+        match self.0.lock() {
+            Ok(w) => w.as_ref().is_none_or(|list| list.contains(&netns)),
+            Err(_) => true,
+        }
+    }
+}
+
 /// Polls sock_diag on threads of its own, one per network namespace (a dump can take
 /// milliseconds on a busy host; the ring buffer must not wait for it). Problems are reported
 /// once and end the polling of that namespace, not the trace.
 pub(super) fn watch_timewait(
     follow: &TimewaitFollow,
-) -> (
-    mpsc::Receiver<Polled>,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
+    wanted: &Arc<Wanted>,
+) -> (mpsc::Receiver<Polled>, Arc<AtomicBool>) {
     let (tx, rx) = mpsc::channel::<Polled>(16);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let namespaces = std::iter::once(None).chain(follow.netns.iter().cloned().map(Some));
     for netns in namespaces {
         let (tx, stop, every) = (tx.clone(), stop.clone(), follow.every);
+        let wanted = Arc::clone(wanted);
         let spawned = std::thread::Builder::new()
             .name("sock_diag".into())
-            .spawn(move || poll_timewait(netns, every, &tx, &stop));
+            .spawn(move || poll_timewait(netns, every, &tx, &stop, &wanted));
         if let Err(e) = spawned {
             crate::say!("note: timewait sockets are not followed: {e}");
         }
@@ -53,9 +82,9 @@ fn poll_timewait(
     netns: Option<PathBuf>,
     every: Duration,
     tx: &mpsc::Sender<Polled>,
-    stop: &std::sync::atomic::AtomicBool,
+    stop: &AtomicBool,
+    wanted: &Wanted,
 ) {
-    use std::sync::atomic::Ordering;
     let where_ = netns
         .as_ref()
         .map(|p| format!(" in {}", p.display()))
@@ -73,9 +102,14 @@ fn poll_timewait(
             return;
         }
     };
+    let inode = crate::sock_diag::watch::current_netns();
     let mut first = true;
     while !stop.load(Ordering::Relaxed) {
         let started = std::time::Instant::now();
+        if !first && !wanted.wants(inode) {
+            std::thread::sleep(Duration::from_millis(20).min(every));
+            continue;
+        }
         match watcher.poll() {
             Ok((facts, closing)) => {
                 let polled = Polled {
