@@ -283,6 +283,9 @@ pub struct Tracker {
     orphan_queue: std::collections::VecDeque<(u64, u64)>,
     /// 4-tuple -> open or settling connection.
     by_tuple: TupleMap<TupleKey, Slot>,
+    /// Open connections with a 4-tuple that another connection holds in `by_tuple` (a settling
+    /// earlier life of the same 4-tuple, say): filed at their next events, once it is free.
+    unfiled: rustc_hash::FxHashSet<u64>,
     next_id: u64,
     lost: u64,
     /// Monotonic time spans in which the kernel lost events, newest last (bounded).
@@ -349,6 +352,7 @@ impl Tracker {
             settle_queue: std::collections::VecDeque::new(),
             orphan_queue: std::collections::VecDeque::new(),
             by_tuple: HashMap::default(),
+            unfiled: Default::default(),
             next_id: 1,
             lost: 0,
             loss_windows: std::collections::VecDeque::new(),
@@ -438,14 +442,17 @@ impl Tracker {
                     c.state_at_start = self.seeds.remove(&t);
                 }
             }
-            // Filed anew only when the tuple changed: hashing a 4-tuple per event is the
-            // dearest part of a busy trace's tracking.
-            if tuple_before != tuple_now {
-                if let Some(t) = tuple_before {
+            // Filed anew only when the tuple changed or another held it: hashing a 4-tuple per
+            // event is the dearest part of a busy trace's tracking.
+            if tuple_before != tuple_now || self.unfiled.contains(&ev.sk) {
+                if let Some(t) = tuple_before.filter(|&t| Some(t) != tuple_now) {
                     self.unindex_key(t, Slot::Open(ev.sk));
                 }
-                if let Some(t) = tuple_now {
-                    self.by_tuple.entry(t).or_insert(Slot::Open(ev.sk));
+                match tuple_now {
+                    Some(t) => self.file(t, ev.sk),
+                    None => {
+                        self.unfiled.remove(&ev.sk);
+                    }
                 }
             }
         } else if self.open.contains_key(&ev.sk) {
@@ -477,6 +484,7 @@ impl Tracker {
             self.open_new(ev, out);
         }
         if ev.kind.state_after() == TcpState::Close {
+            self.unfiled.remove(&ev.sk);
             if let Some(mut c) = self.open.remove(&ev.sk) {
                 c.end = RecordEnd::Closed;
                 // An orphan that became a FIN_WAIT2 timewait socket while its peer, on this host,
@@ -512,6 +520,7 @@ impl Tracker {
         self.flush_settled(u64::MAX, out);
         let mut rest: Vec<Connection> = self.open.drain().map(|(_, c)| c).collect();
         self.by_tuple.clear();
+        self.unfiled.clear();
         rest.sort_by_key(|c| c.id);
         for c in rest {
             let peer = self.take_awaiting_peer(&c);
@@ -569,10 +578,27 @@ impl Tracker {
         }
         self.next_id += 1;
         self.stats.connections += 1;
+        self.unfiled.remove(&c.sk);
         if c.has_tuple() {
-            self.by_tuple.insert(c.key(), Slot::Open(c.sk));
+            if let Some(Slot::Open(other)) = self.by_tuple.insert(c.key(), Slot::Open(c.sk)) {
+                if other != c.sk && self.open.contains_key(&other) {
+                    // Still open under the same 4-tuple (events were lost): it files itself
+                    // again once this one is gone.
+                    self.unfiled.insert(other);
+                }
+            }
         }
         self.open.insert(ev.sk, c);
+    }
+
+    /// Files the open connection at `sk` under `key`, unless another holds it: then it is
+    /// tried again at the connection's next event.
+    fn file(&mut self, key: TupleKey, sk: u64) {
+        if *self.by_tuple.entry(key).or_insert(Slot::Open(sk)) == Slot::Open(sk) {
+            self.unfiled.remove(&sk);
+        } else {
+            self.unfiled.insert(sk);
+        }
     }
 
     fn attach_by_tuple(&mut self, ev: Event) {
@@ -1193,4 +1219,37 @@ mod tests {
         assert_eq!(out[0].conn.sk, 1);
         assert_eq!(t.stats().evicted, 1);
     }
+    #[test]
+    fn a_tuple_held_by_its_previous_life_is_filed_once_that_life_left() {
+        const MS: u64 = 1_000_000;
+        const C0: &str = "127.0.0.1:0";
+        let events = [
+            // The previous life of the client's 4-tuple closes and settles (200 ms).
+            ev(1, 0xa, Close, SynSent, C0, S),
+            ev(2, 0xa, SynSent, Established, C, S),
+            ev(3, 0xa, Established, Close, Z, S),
+            // A new client on the same 4-tuple: its tuple is known only from ESTABLISHED,
+            // while the previous life still holds the key.
+            ev(10 * MS, 0xc, Close, SynSent, C0, S),
+            ev(10 * MS + 1, 0xd, Listen, SynRecv, S, C),
+            ev(11 * MS, 0xc, SynSent, Established, C, S),
+            ev(11 * MS + 1, 0xd, SynRecv, Established, S, C),
+            // Later (the previous life handed on by now): the server closes first.
+            ev(300 * MS, 0xd, Established, FinWait1, S, C),
+            ev(301 * MS, 0xc, Established, CloseWait, C, S),
+            ev(302 * MS, 0xd, FinWait1, FinWait2, S, C),
+            ev(303 * MS, 0xd, FinWait2, Close, Z, C),
+            // The client's application closes a second later.
+            ev(1300 * MS, 0xc, CloseWait, LastAck, C, S),
+            ev(1301 * MS, 0xc, LastAck, Close, Z, S),
+        ];
+        let out = run(&events);
+        let peers: Vec<(u64, Option<u64>)> = out
+            .iter()
+            .map(|f| (f.conn.sk, f.peer.as_ref().map(|p| p.sk)))
+            .collect();
+        assert!(peers.contains(&(0xd, Some(0xc))), "{peers:x?}");
+        assert!(peers.contains(&(0xc, Some(0xd))), "{peers:x?}");
+    }
+
 }
