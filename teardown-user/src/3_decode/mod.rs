@@ -133,7 +133,6 @@ impl SockSnapshot {
     }
 }
 
-/// The symbolic name of an errno the teardown paths set, e.g. `ECONNRESET`.
 /// Events the kernel counted instead of sending while the agent was behind, by what they were
 /// (`OLD>NEW` for a state change, as the compact JSON Lines form writes steps; the event kind
 /// for the others), from [`crate::kernel::Probe::not_judged`]'s slots.
@@ -161,6 +160,7 @@ pub fn not_judged(slots: &[(u32, u64)]) -> std::collections::BTreeMap<String, u6
     out
 }
 
+/// The symbolic name of an errno the teardown paths set, e.g. `ECONNRESET`.
 pub fn errno_name(err: i32) -> std::borrow::Cow<'static, str> {
     match err {
         libc::EPIPE => "EPIPE".into(),

@@ -50,7 +50,7 @@ pub enum Record {
         #[serde(default)]
         since_ns: u64,
         /// `total` by cause (absent from recordings made before causes were told apart, whose
-        /// losses were all the ring buffer's).
+        /// losses were a full ring buffer's or unreadable records').
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by_cause: Option<LostCounts>,
         /// What the events counted instead of sent were, since the trace began.

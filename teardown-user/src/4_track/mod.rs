@@ -1251,5 +1251,4 @@ mod tests {
         assert!(peers.contains(&(0xd, Some(0xc))), "{peers:x?}");
         assert!(peers.contains(&(0xc, Some(0xd))), "{peers:x?}");
     }
-
 }

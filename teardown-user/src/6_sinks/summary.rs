@@ -136,6 +136,14 @@ impl Summary {
             parts.push(format!("{} unreadable tracepoint records", l.unreadable));
             advice.push("see -vv for the fields");
         }
+        // A recording made before causes were told apart: a full ring buffer or unreadable
+        // records.
+        let untold = self.lost_events.saturating_sub(l.total());
+        if untold > 0 {
+            parts.push(format!(
+                "{untold} ring buffer full or unreadable, not told apart in this recording"
+            ));
+        }
         if parts.is_empty() {
             return String::new();
         }
@@ -177,6 +185,19 @@ mod tests {
                  raise --ring-size or narrow the filters; see -vv for the fields)\n"
             ),
             "{text}"
+        );
+        // A recording made before causes were told apart.
+        let old = Summary {
+            lost_events: 5,
+            ..Summary::default()
+        };
+        assert!(
+            old.to_text().starts_with(
+                "summary: 0 connections reported (0 seen), 0 events, 5 lost events (5 ring \
+                 buffer full or unreadable, not told apart in this recording)\n"
+            ),
+            "{}",
+            old.to_text()
         );
         // Most counted first.
         assert!(

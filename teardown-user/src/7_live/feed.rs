@@ -66,7 +66,8 @@ impl TracerFeed {
                     let stop = async move {
                         let _ = stop_rx.await;
                     };
-                    if let Err(e) = live(&mut probe, pipeline, None, None, None, stop).await {
+                    if let Err(e) = live(&mut probe, pipeline, None, None, None, false, stop).await
+                    {
                         log::warn!("the tracer behind `top` stopped: {e:#}");
                     }
                 });

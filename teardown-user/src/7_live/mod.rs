@@ -133,23 +133,26 @@ impl Pipeline {
         self.summary.undecodable += 1;
     }
 
-    /// The kernel's loss counters read `lost` at monotonic `to_ns`; they read less at
-    /// `from_ns`. `not_judged`: what the events counted instead of sent were, since the start.
+    /// The kernel's loss counters read `total`, `by_cause`, at monotonic `to_ns`; they read
+    /// less at `from_ns`. `not_judged`: what the events counted instead of sent were, since
+    /// the start. (`by_cause` adds up to less than `total` in a recording made before causes
+    /// were told apart.)
     pub fn on_lost(
         &mut self,
-        lost: LostCounts,
+        total: u64,
+        by_cause: LostCounts,
         not_judged: &BTreeMap<String, u64>,
         from_ns: u64,
         to_ns: u64,
     ) {
         let s = &mut self.summary;
-        s.lost_by_cause = s.lost_by_cause.max(lost);
-        s.lost_events = s.lost_events.max(lost.total());
+        s.lost_by_cause = s.lost_by_cause.max(by_cause);
+        s.lost_events = s.lost_events.max(total);
         for (what, &n) in not_judged {
             let have = s.not_judged.entry(what.clone()).or_default();
             *have = (*have).max(n);
         }
-        self.tracker.on_lost(lost.total(), from_ns, to_ns);
+        self.tracker.on_lost(total, from_ns, to_ns);
     }
 
     /// Monotonic time moved on to `now_ns` with no event: hand on settled connections.

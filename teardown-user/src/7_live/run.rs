@@ -38,13 +38,15 @@ const BATCH: usize = 1024;
 pub type Recorder = recording::Writer<BufWriter<File>>;
 
 /// Runs the live pipeline until `stop` resolves (or an output fails), then drains the ring
-/// buffer, flushes everything and returns the summary.
+/// buffer, flushes everything and returns the summary. `say_losses`: say on stderr, as it
+/// happens, that events are not being delivered (a full-screen view says it its own way).
 pub async fn live(
     probe: &mut Probe,
     mut pipeline: Pipeline,
     mut recorder: Option<Recorder>,
     timewait: Option<TimewaitFollow>,
     metrics: Option<Arc<Metrics>>,
+    say_losses: bool,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let mut stream = probe.events().context("cannot read the ring buffer")?;
@@ -124,36 +126,44 @@ pub async fn live(
         let _ = spare_tx.send(events);
         Ok(())
     };
-    let mut check_lost =
-        |pipeline: &mut Pipeline, recorder: &mut Option<Recorder>| -> anyhow::Result<()> {
-            let now = clock::monotonic_ns();
-            let lost = probe
-                .lost()
-                .context("cannot read the lost-event counters")?;
-            if lost != last_lost {
+    // `last`: the final check, after which nothing is read again.
+    let mut check_lost = |pipeline: &mut Pipeline,
+                          recorder: &mut Option<Recorder>,
+                          last: bool|
+     -> anyhow::Result<()> {
+        let now = clock::monotonic_ns();
+        let lost = probe
+            .lost()
+            .context("cannot read the lost-event counters")?;
+        // The kernel counts an event in LOST, then in NOT_JUDGED: a read between the two
+        // is one short, so the last check reads both again.
+        let recount = last && lost.behind > 0;
+        if lost != last_lost || recount {
+            if say_losses {
                 say_first_loss(last_lost, lost);
-                if lost.behind != last_lost.behind {
-                    not_judged = decode::not_judged(
-                        &probe
-                            .not_judged()
-                            .context("cannot read the not-judged counters")?,
-                    );
-                }
-                last_lost = lost;
-                if let Some(r) = recorder.as_mut() {
-                    r.write(&Record::Lost {
-                        ts_ns: now,
-                        total: lost.total(),
-                        since_ns: last_check_ns,
-                        by_cause: Some(lost),
-                        not_judged: not_judged.clone(),
-                    })?;
-                }
-                pipeline.on_lost(lost, &not_judged, last_check_ns, now);
             }
-            last_check_ns = now;
-            Ok(())
-        };
+            if lost.behind != last_lost.behind || recount {
+                not_judged = decode::not_judged(
+                    &probe
+                        .not_judged()
+                        .context("cannot read the not-judged counters")?,
+                );
+            }
+            last_lost = lost;
+            if let Some(r) = recorder.as_mut() {
+                r.write(&Record::Lost {
+                    ts_ns: now,
+                    total: lost.total(),
+                    since_ns: last_check_ns,
+                    by_cause: Some(lost),
+                    not_judged: not_judged.clone(),
+                })?;
+            }
+            pipeline.on_lost(lost.total(), lost, &not_judged, last_check_ns, now);
+        }
+        last_check_ns = now;
+        Ok(())
+    };
 
     tokio::pin!(stop);
     // A failure (the reader stopped, the recording cannot be written) ends the loop, but the
@@ -169,7 +179,7 @@ pub async fn live(
                 if let Some(k) = kernel_log.as_mut() {
                     k.flush();
                 }
-                let r = check_lost(&mut pipeline, &mut recorder);
+                let r = check_lost(&mut pipeline, &mut recorder, false);
                 // Hand on what settled, by a clock held back behind the reader (which may lag
                 // the kernel by a batch): live output then matches a replay of the recording.
                 // Totals first: a scrape never shows connections whose events it does not count.
@@ -237,7 +247,7 @@ pub async fn live(
             failure.get_or_insert(anyhow::anyhow!("the ring-buffer reader stopped: {e}"));
         }
     }
-    if let Err(e) = check_lost(&mut pipeline, &mut recorder) {
+    if let Err(e) = check_lost(&mut pipeline, &mut recorder, true) {
         failure.get_or_insert(e);
     }
     if let Some(k) = kernel_log.as_mut() {

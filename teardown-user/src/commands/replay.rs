@@ -11,7 +11,6 @@ use anyhow::Context as _;
 use super::output::{FilterArgs, OutputArgs};
 use crate::{
     decode::recording::{ReadError, Reader, Record},
-    kernel::LostCounts,
     live::Pipeline,
     sinks::Summary,
 };
@@ -72,12 +71,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
                 by_cause,
                 not_judged,
             })) => {
-                // Before causes were told apart, every loss was the ring buffer's.
-                let by_cause = by_cause.unwrap_or(LostCounts {
-                    ring_full: total,
-                    ..LostCounts::default()
-                });
-                pipeline.on_lost(by_cause, &not_judged, since_ns, ts_ns);
+                // Recordings made before causes were told apart carry the total only.
+                let by_cause = by_cause.unwrap_or_default();
+                pipeline.on_lost(total, by_cause, &not_judged, since_ns, ts_ns);
             }
             Ok(None) => break,
             Err(e @ ReadError::Line { .. }) if args.skip_bad_lines => {

@@ -237,7 +237,16 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         }
     );
     let live_metrics = metrics.as_ref().map(|(m, _)| Arc::clone(m));
-    let summary = live(&mut probe, pipeline, recorder, timewait, live_metrics, stop).await?;
+    let summary = live(
+        &mut probe,
+        pipeline,
+        recorder,
+        timewait,
+        live_metrics,
+        true,
+        stop,
+    )
+    .await?;
     // The endpoint closes with the trace.
     drop(metrics);
     if args.output.output.is_some() || args.output.format != super::output::Format::Text {
