@@ -20,8 +20,20 @@ pub use crate::sock_diag::watch::{Closing, TwFact, TwWhat};
 pub struct TimewaitNote {
     /// The connection it continues.
     pub id: u64,
+    /// That connection conformed (an output that left it out leaves this out too).
+    #[serde(skip)]
+    pub of_conforming: bool,
     #[serde(flatten)]
     pub fact: TwFact,
+}
+
+/// A reported connection whose timewait socket is followed.
+#[derive(Clone, Copy, Debug)]
+struct Followed {
+    id: u64,
+    /// When it was reported, or its timewait socket first seen.
+    since: u64,
+    conforming: bool,
 }
 
 /// How long a reported connection waits for its timewait socket's facts: its TIME_WAIT (60 s)
@@ -47,9 +59,9 @@ type Key = (u32, SocketAddr, SocketAddr);
 #[derive(Default)]
 pub struct Joiner {
     /// Connections whose timewait socket sock_diag has shown: followed until it leaves.
-    following: TupleMap<Key, (u64, u64)>,
+    following: TupleMap<Key, Followed>,
     /// Connections just reported, waiting for sock_diag to show their timewait socket.
-    unconfirmed: TupleMap<Key, (u64, u64)>,
+    unconfirmed: TupleMap<Key, Followed>,
     /// (reported at, key) in order, to forget the unconfirmed without scanning.
     unconfirmed_queue: std::collections::VecDeque<(u64, Key)>,
     pending: TupleMap<Key, Vec<TwFact>>,
@@ -101,11 +113,13 @@ impl Joiner {
         (if self.by_netns { netns } else { 0 }, local, remote)
     }
 
-    /// Follows connection `id` of namespace `netns` (reported at `now_ms`), which left a
-    /// timewait socket behind; returns the notes of facts seen before it was reported.
+    /// Follows connection `id` of namespace `netns` (reported at `now_ms`; `conforming`: its
+    /// verdict), which left a timewait socket behind; returns the notes of facts seen before
+    /// it was reported.
     pub fn follow(
         &mut self,
         id: u64,
+        conforming: bool,
         netns: u32,
         local: SocketAddr,
         remote: SocketAddr,
@@ -122,7 +136,7 @@ impl Joiner {
                 break;
             }
             self.unconfirmed_queue.pop_front();
-            if self.unconfirmed.get(&key).is_some_and(|&(_, s)| s == since) {
+            if self.unconfirmed.get(&key).is_some_and(|f| f.since == since) {
                 self.unconfirmed.remove(&key);
             }
         }
@@ -130,7 +144,14 @@ impl Joiner {
             self.last_follow_ms.insert(netns, now_ms);
         }
         let key = self.key(netns, local, remote);
-        self.unconfirmed.insert(key, (id, now_ms));
+        self.unconfirmed.insert(
+            key,
+            Followed {
+                id,
+                since: now_ms,
+                conforming,
+            },
+        );
         self.unconfirmed_queue.push_back((now_ms, key));
         let early = self.pending.remove(&key).unwrap_or_default();
         early
@@ -148,14 +169,19 @@ impl Joiner {
                 // Its timewait socket is in sight: follow it until it leaves.
                 if self.following.len() >= FOLLOW_MAX {
                     let horizon = fact.at_ms.saturating_sub(FOLLOW_MS);
-                    self.following.retain(|_, (_, since)| *since >= horizon);
+                    self.following.retain(|_, f| f.since >= horizon);
                 }
                 if self.following.len() < FOLLOW_MAX {
                     self.following.insert(key, entry);
                 }
             }
         }
-        let Some(&(id, since)) = self.following.get(&key) else {
+        let Some(&Followed {
+            id,
+            since,
+            conforming,
+        }) = self.following.get(&key)
+        else {
             self.keep_pending(fact);
             return None;
         };
@@ -166,7 +192,11 @@ impl Joiner {
         if matches!(fact.what, TwWhat::Left { .. }) {
             self.following.remove(&key);
         }
-        Some(TimewaitNote { id, fact })
+        Some(TimewaitNote {
+            id,
+            of_conforming: conforming,
+            fact,
+        })
     }
 
     fn keep_pending(&mut self, fact: TwFact) {
@@ -220,12 +250,12 @@ mod tests {
         let f = entered(7);
         // The same 4-tuple in two namespaces: only the connection's own namespace joins.
         let mut j = Joiner::new(true);
-        assert!(j.follow(1, 9, f.local, f.remote, 900).is_empty());
+        assert!(j.follow(1, false, 9, f.local, f.remote, 900).is_empty());
         assert_eq!(j.on_fact(entered(7)), None);
         assert_eq!(j.on_fact(entered(9)).map(|n| n.id), Some(1));
         // Without namespaces on both sides, the tuple alone joins.
         let mut j = Joiner::new(false);
-        assert!(j.follow(1, 0, f.local, f.remote, 900).is_empty());
+        assert!(j.follow(1, false, 0, f.local, f.remote, 900).is_empty());
         assert_eq!(j.on_fact(entered(7)).map(|n| n.id), Some(1));
     }
 
@@ -244,14 +274,14 @@ mod tests {
         let f = entered(7);
         let mut j = Joiner::new(true);
         j.only_netns(vec![7]);
-        j.follow(1, 7, f.local, f.remote, 900);
-        j.follow(2, 9, f.local, f.remote, 900);
+        j.follow(1, false, 7, f.local, f.remote, 900);
+        j.follow(2, false, 9, f.local, f.remote, 900);
         assert_eq!(j.unconfirmed.len(), 1, "namespace 9 is not polled");
         assert_eq!(j.on_fact(entered(7)).map(|n| n.id), Some(1));
         // Without namespaces on both sides, every connection is followed.
         let mut j = Joiner::new(false);
         j.only_netns(vec![7]);
-        j.follow(2, 9, f.local, f.remote, 900);
+        j.follow(2, false, 9, f.local, f.remote, 900);
         assert_eq!(j.on_fact(entered(9)).map(|n| n.id), Some(2));
     }
 
@@ -261,7 +291,7 @@ mod tests {
         let remote = "127.0.0.1:80".parse().unwrap();
         let mut j = Joiner::new(true);
         assert_eq!(j.wanted_netns(0), Some(vec![]));
-        j.follow(1, 7, local, remote, 1_000);
+        j.follow(1, false, 7, local, remote, 1_000);
         assert_eq!(j.wanted_netns(1_000), Some(vec![7]));
         assert_eq!(j.wanted_netns(1_000 + FOLLOW_MS), Some(vec![7]));
         assert_eq!(j.wanted_netns(1_001 + FOLLOW_MS), Some(vec![]));
@@ -281,7 +311,7 @@ mod tests {
         );
         // Seen by sock_diag before the connection was reported: joined when it is.
         assert_eq!(j.on_fact(f.clone()), None, "not followed yet");
-        let early = j.follow(7, 0, f.local, f.remote, 1_200);
+        let early = j.follow(7, false, 0, f.local, f.remote, 1_200);
         assert_eq!(early.len(), 1);
         assert_eq!(early[0].id, 7);
         let again = fact(
@@ -314,12 +344,12 @@ mod tests {
                 entered_ms: 0,
             },
         );
-        assert!(j.follow(1, 0, a.local, a.remote, 1_000).is_empty());
+        assert!(j.follow(1, false, 0, a.local, a.remote, 1_000).is_empty());
         // Another connection reported after the confirmation time: the first is forgotten
         // (its timewait socket lives in another namespace, out of sight).
         let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
         assert!(j
-            .follow(2, 0, other, a.remote, 1_000 + CONFIRM_MS + 1)
+            .follow(2, false, 0, other, a.remote, 1_000 + CONFIRM_MS + 1)
             .is_empty());
         assert_eq!(j.unconfirmed.len(), 1);
         let late = fact(
@@ -347,12 +377,14 @@ mod tests {
         // Either form on either side: sock_diag and the tracepoint may each show either.
         for (conn, seen) in [(&v4, &mapped), (&mapped, &v4)] {
             let mut j = Joiner::default();
-            assert!(j.follow(3, 0, conn.local, conn.remote, 900).is_empty());
+            assert!(j
+                .follow(3, false, 0, conn.local, conn.remote, 900)
+                .is_empty());
             assert_eq!(j.on_fact(seen.clone()).map(|n| n.id), Some(3));
         }
         // Another IPv4 address is another socket.
         let mut j = Joiner::default();
-        assert!(j.follow(3, 0, v4.local, v4.remote, 900).is_empty());
+        assert!(j.follow(3, false, 0, v4.local, v4.remote, 900).is_empty());
         let other = TwFact {
             local: "[::ffff:127.0.0.2]:40000".parse().unwrap(),
             ..mapped
@@ -370,7 +402,7 @@ mod tests {
                 entered_ms: 5,
             },
         );
-        assert!(j.follow(1, 0, f.local, f.remote, 1).is_empty());
+        assert!(j.follow(1, false, 0, f.local, f.remote, 1).is_empty());
         assert_eq!(j.on_fact(f), None);
     }
 

@@ -213,6 +213,9 @@ impl<W: Write> Sink for JsonlSink<W> {
     }
 
     fn timewait(&mut self, n: &TimewaitNote) -> io::Result<()> {
+        if n.of_conforming && self.conforming == Conforming::Omitted {
+            return Ok(());
+        }
         #[derive(Serialize)]
         struct Line<'a> {
             r#type: &'static str,

@@ -340,6 +340,7 @@ mod tests {
         let mut sink = MetricsSink::new(Arc::clone(&metrics));
         let fact = |what| TimewaitNote {
             id: 1,
+            of_conforming: true,
             fact: TwFact {
                 netns: 0,
                 local: "127.0.0.1:1".parse().unwrap(),

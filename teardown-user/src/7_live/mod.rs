@@ -240,6 +240,7 @@ impl Pipeline {
             let now_ms = (f.conn.last_ts() as i128 + self.wall_offset_ns as i128) / 1_000_000;
             let early = self.joiner.follow(
                 f.conn.id,
+                verdict.conformance == Conformance::Conforms,
                 f.conn.netns,
                 f.conn.local,
                 f.conn.remote,

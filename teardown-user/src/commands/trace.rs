@@ -22,10 +22,13 @@ use crate::{
   sudo teardown trace                         every teardown on this host until Ctrl-C
   sudo teardown trace --port 5432 -d 1m       connections to or from port 5432, for a minute
   sudo teardown trace --format jsonl -o t.jsonl --ring-size 64
+  sudo teardown trace --format jsonl --conforming none    only what deviates, and the summary
 
 --port is applied in the kernel: other connections cost the host next to nothing. --addr and
---pid choose what is reported. Events the kernel could not deliver (ring buffer full) are
-counted and reported in the summary: raise --ring-size if a burst loses some.")]
+--pid choose what is reported. Events the kernel could not deliver are counted by cause and
+reported in the summary. When the agent falls behind, the kernel counts the events by what they
+were (ESTABLISHED>CLOSE_WAIT, ...) rather than fill the ring buffer, and the agent says so at
+once: raise --ring-size if a burst does it, or write less (--conforming none).")]
 pub struct TraceArgs {
     #[command(flatten)]
     pub output: OutputArgs,
