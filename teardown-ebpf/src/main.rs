@@ -355,27 +355,35 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 /// An event's footprint in the ring: the record and its 8-byte header.
 const RECORD_BYTES: u64 = core::mem::size_of::<Event>() as u64 + 8;
 
+/// The bytes waiting in the ring buffer, or None when the agent is behind (more than
+/// `BEHIND_EIGHTHS` of it waiting): the event is then counted by what it was (kind and states,
+/// already filled) rather than sent, before anything else is read for it, and rather than fill
+/// the last of the ring buffer and then drop events unseen.
 #[inline(always)]
-fn emit<P: Prog>(ev: &Event) {
+fn room<P: Prog>(ev: &Event) -> Option<u64> {
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
     // SAFETY: a valid, aligned static, written only by the loader before the program runs.
     // Volatile so the compiler does not fold the placeholder that the loader rewrites.
     let ring = unsafe { core::ptr::read_volatile(&RING_BYTES) };
-    if avail > ring / 8 * lost::BEHIND_EIGHTHS {
-        // The agent is behind: count what this event was, rather than fill the last of the
-        // ring buffer and then drop events unseen.
-        count_lost(lost::BEHIND);
-        count(
-            &NOT_JUDGED,
-            lost::not_judged_slot(ev.kind, ev.oldstate, ev.newstate),
-        );
-        rare!(
-            "{}: agent behind, event counted, skaddr 0x{:x}",
-            P::NAME,
-            number(ev.skaddr)
-        );
-        return;
+    if avail <= ring / 8 * lost::BEHIND_EIGHTHS {
+        return Some(avail);
     }
+    count_lost(lost::BEHIND);
+    count(
+        &NOT_JUDGED,
+        lost::not_judged_slot(ev.kind, ev.oldstate, ev.newstate),
+    );
+    rare!(
+        "{}: agent behind, event counted, skaddr 0x{:x}",
+        P::NAME,
+        number(ev.skaddr)
+    );
+    None
+}
+
+/// Sends the event; `avail` is what [`room`] said was waiting.
+#[inline(always)]
+fn emit<P: Prog>(ev: &Event, avail: u64) {
     match EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
             // Copied a u64 at a time: a byte-wise copy may read single bytes of a stack slot
@@ -600,8 +608,11 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     if !wanted(&ev) {
         return 0;
     }
+    let Some(avail) = room::<StateBtf>(&ev) else {
+        return 0;
+    };
     fill_task_and_sock::<StateBtf>(&mut ev, fields, &offs);
-    emit::<StateBtf>(&ev);
+    emit::<StateBtf>(&ev, avail);
     0
 }
 
@@ -645,11 +656,14 @@ fn sock_event<P: Prog>(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
         if !wanted(&ev) {
             return 0;
         }
+        let Some(avail) = room::<P>(&ev) else {
+            return 0;
+        };
         // SAFETY: the helper takes no arguments and only reads the clock.
         ev.ts_ns = unsafe { bpf_ktime_get_ns() };
         ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
         ev.netns = netns_of::<P>(Fields::Probed(sk), &offs);
-        emit::<P>(&ev);
+        emit::<P>(&ev, avail);
         return 0;
     }
     let Some(fields) = Fields::of_btf_sock::<P>(sk, &offs) else {
@@ -670,8 +684,11 @@ fn sock_event<P: Prog>(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
     if !wanted(&ev) {
         return 0;
     }
+    let Some(avail) = room::<P>(&ev) else {
+        return 0;
+    };
     fill_task_and_sock::<P>(&mut ev, fields, &offs);
-    emit::<P>(&ev);
+    emit::<P>(&ev, avail);
     0
 }
 
@@ -776,8 +793,11 @@ fn read_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Option<()
     if !wanted(&ev) {
         return Some(());
     }
+    let Some(avail) = room::<StateTp>(&ev) else {
+        return Some(());
+    };
     fill_task_and_sock::<StateTp>(&mut ev, Fields::Probed(sk as *const u8), &offsets());
-    emit::<StateTp>(&ev);
+    emit::<StateTp>(&ev, avail);
     Some(())
 }
 
