@@ -3,7 +3,7 @@
 
 use std::sync::mpsc::{self, Receiver};
 
-use super::{live, Pipeline};
+use super::{live, LiveOptions, Pipeline};
 use crate::{
     kernel::{clock, Probe, ProbeConfig},
     sinks::DeviationLines,
@@ -66,7 +66,16 @@ impl TracerFeed {
                     let stop = async move {
                         let _ = stop_rx.await;
                     };
-                    if let Err(e) = live(&mut probe, pipeline, None, None, None, false, stop).await
+                    if let Err(e) = live(
+                        &mut probe,
+                        pipeline,
+                        None,
+                        None,
+                        None,
+                        LiveOptions::default(),
+                        stop,
+                    )
+                    .await
                     {
                         log::warn!("the tracer behind `top` stopped: {e:#}");
                     }

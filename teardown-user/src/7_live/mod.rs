@@ -9,7 +9,7 @@ mod run;
 mod timewait;
 
 pub use feed::TracerFeed;
-pub use run::{live, Recorder};
+pub use run::{live, LiveOptions, Recorder};
 pub use timewait::TimewaitFollow;
 
 use std::{collections::BTreeMap, io};

@@ -37,18 +37,28 @@ const BATCH: usize = 1024;
 
 pub type Recorder = recording::Writer<BufWriter<File>>;
 
+/// How the live loop behaves towards the operator and the host.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LiveOptions {
+    /// Say on stderr, as it happens, that events are not being delivered (a full-screen view
+    /// says it its own way).
+    pub say_losses: bool,
+    /// The nice value for the thread the loop runs on (None: as it is).
+    pub nice: Option<i32>,
+}
+
 /// Runs the live pipeline until `stop` resolves (or an output fails), then drains the ring
-/// buffer, flushes everything and returns the summary. `say_losses`: say on stderr, as it
-/// happens, that events are not being delivered (a full-screen view says it its own way).
+/// buffer, flushes everything and returns the summary.
 pub async fn live(
     probe: &mut Probe,
     mut pipeline: Pipeline,
     mut recorder: Option<Recorder>,
     timewait: Option<TimewaitFollow>,
     metrics: Option<Arc<Metrics>>,
-    say_losses: bool,
+    options: LiveOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
+    let say_losses = options.say_losses;
     let mut stream = probe.events().context("cannot read the ring buffer")?;
     // The kernel programs' debug records (`-vv` only), read on the tick: they are rare.
     let mut kernel_log = probe.kernel_log();
@@ -60,6 +70,16 @@ pub async fn live(
         }
         None => (None, None),
     };
+    // After the sock_diag threads started (a thread inherits its creator's nice value): the
+    // reader and the pipeline share this thread.
+    if let Some(nice) = options.nice {
+        if let Err(e) = set_thread_nice(nice) {
+            crate::say!(
+                "note: the agent's priority could not be raised ({e}); on a saturated host it \
+                 may fall behind (--nice 0 does not ask)"
+            );
+        }
+    }
     let (tx, mut rx) = mpsc::channel::<Batch>(256);
     // Handled batches' vectors, back to the reader (at most the batches in flight).
     let (spare_tx, mut spare_rx) = mpsc::unbounded_channel::<Vec<Event>>();
@@ -265,6 +285,19 @@ pub async fn live(
             summary.to_text().lines().next().unwrap_or_default()
         ))),
         None => Ok(summary),
+    }
+}
+
+/// Sets the calling thread's nice value (the others keep theirs).
+fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: plain integers; with PRIO_PROCESS, Linux takes a thread id for that thread alone.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -12,7 +12,7 @@ use crate::{
     decode::recording,
     kernel::clock,
     kernel::{Hook, Probe, ProbeConfig},
-    live::{live, Pipeline, TimewaitFollow},
+    live::{live, LiveOptions, Pipeline, TimewaitFollow},
     sinks::Summary,
     sinks::{Metrics, MetricsSink},
 };
@@ -59,6 +59,13 @@ pub struct TraceArgs {
     /// events and losses. E.g. 127.0.0.1:9464; port 0 picks a free one (the address is said).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// The nice value of the thread that reads and judges the events (-20 to 19). Raised by
+    /// default: on a host whose cores the workload saturates, an agent at the workload's
+    /// priority gets too small a share to keep up at its busiest, exactly when it matters; it
+    /// only uses what it needs. 0 leaves it as any process.
+    #[arg(long, value_name = "N", default_value_t = -5, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub nice: i32,
     /// Read the kernel programs' debug records: set from the global `-vv`.
     #[arg(skip)]
     pub kernel_log: bool,
@@ -240,13 +247,17 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         }
     );
     let live_metrics = metrics.as_ref().map(|(m, _)| Arc::clone(m));
+    let options = LiveOptions {
+        say_losses: true,
+        nice: (args.nice != 0).then_some(args.nice),
+    };
     let summary = live(
         &mut probe,
         pipeline,
         recorder,
         timewait,
         live_metrics,
-        true,
+        options,
         stop,
     )
     .await?;
