@@ -309,3 +309,35 @@ pub fn disk_avail_bytes(path: &Path) -> Option<u64> {
     }
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
+
+/// A counter of the `Tcp:` lines of /proc/PID/net/snmp: the figures of that process's network
+/// namespace (`ActiveOpens`: connect()s that got to SYN_SENT).
+pub fn tcp_counter(pid: i32, name: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).ok()?;
+    snmp_counter(&s, "Tcp:", name)
+}
+
+/// In /proc/net/snmp's text: the value under `name` in the `group` (a header line of names,
+/// then one of values).
+fn snmp_counter(text: &str, group: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(group));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let i = names.split_whitespace().position(|w| w == name)?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_snmp_counter() {
+        let t = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin ActiveOpens \
+                 PassiveOpens\nTcp: 1 200 17326 17219\nUdp: InDatagrams\nUdp: 5\n";
+        assert_eq!(snmp_counter(t, "Tcp:", "ActiveOpens"), Some(17326));
+        assert_eq!(snmp_counter(t, "Tcp:", "PassiveOpens"), Some(17219));
+        assert_eq!(snmp_counter(t, "Tcp:", "MaxConn"), None);
+        assert_eq!(snmp_counter(t, "Icmp:", "InMsgs"), None);
+    }
+}

@@ -252,8 +252,11 @@ fn choice_name(r: &Report, c: Config) -> String {
 fn fmt_bytes(b: f64) -> String {
     if b >= 100.0 {
         format!("{} B", thousands(b))
-    } else {
+    } else if b >= 1.0 {
         format!("{b:.1} B")
+    } else {
+        // `--conforming none`: the summary line alone, over every connection end.
+        format!("{b:.4} B")
     }
 }
 
@@ -317,8 +320,9 @@ pub(super) fn markdown(r: &Report) -> String {
             String::new()
         },
         r.soak.as_ref().map_or(String::new(), |k| format!(
-            "; then a soak of {} s under `teardown trace` with default settings",
-            k.seconds
+            "; then a soak of {} s under `teardown trace` with default settings (its throughput \
+             against {})",
+            k.seconds, k.baseline
         )),
         r.wall_seconds / 60.0
     );
@@ -505,6 +509,10 @@ pub(super) fn markdown(r: &Report) -> String {
     s
 }
 
+fn minutes(m: &super::soak::Minutes) -> String {
+    format!("{} → {}", opt(m.first, &thousands), opt(m.last, &thousands))
+}
+
 fn soak_markdown(s: &mut String, k: &super::SoakResult) {
     let t = &k.trace;
     let _ = writeln!(
@@ -526,12 +534,18 @@ fn soak_markdown(s: &mut String, k: &super::SoakResult) {
         (
             "throughput",
             format!(
-                "{} connections, {} conn/s; {} of {} conn/s ({})",
+                "{} connections, {} conn/s; {} of {} conn/s ({}); connect()s per second over \
+                 the first {} s and the last: {}{}",
                 thousands(t.connections as f64),
                 thousands(t.per_second),
                 opt(t.ratio, &|x| format!("{x:.3}")),
                 opt(k.baseline_per_second, &thousands),
-                k.baseline
+                k.baseline,
+                opt(k.minute_s, &|v| format!("{v:.0}")),
+                minutes(&k.connects_per_s),
+                k.untraced_connects_per_s
+                    .as_ref()
+                    .map_or(String::new(), |u| format!(" (untraced: {})", minutes(u)))
             ),
         ),
         (
@@ -548,11 +562,10 @@ fn soak_markdown(s: &mut String, k: &super::SoakResult) {
         (
             "state changes (kernel)",
             format!(
-                "{}; per second over the first {} s {}, over the last {}",
+                "{}; per second over the first {} s and the last: {}",
                 opt(a.state_changes.map(|v| v as f64), &thousands),
                 opt(k.minute_s, &|v| format!("{v:.0}")),
-                opt(k.state_changes_per_s_first_minute, &thousands),
-                opt(k.state_changes_per_s_last_minute, &thousands)
+                minutes(&k.state_changes_per_s)
             ),
         ),
         (

@@ -1,6 +1,8 @@
 //! The soak: one `teardown trace` with default settings under the churn for minutes, its memory
 //! (VmRSS) sampled every few seconds: does it keep up once the ring buffer's slack is used up,
-//! and does its memory stay flat once the load is steady?
+//! and does its memory stay flat once the load is steady? Its throughput is compared with an
+//! untraced churn as long: a long churn runs slower than a round once its timewait sockets
+//! start expiring, a minute in.
 
 use std::{
     path::Path,
@@ -13,28 +15,37 @@ use serde::Serialize;
 
 use super::{
     bpfstats, last_lines, mark, procs, start_trace, stop_agent, trace_result, Churner, Config, Ctx,
-    Round, SETTLE,
+    Round, SoakBaseline, SETTLE,
 };
 use crate::churn::ChurnResult;
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 /// The memory compared with the end's is the first minute's.
-const FIRST_MINUTE_S: f64 = 60.0;
+const MINUTE_S: f64 = 60.0;
 /// The soak stops, and says so, when its output's disk has less than this left.
 const DISK_RESERVE: u64 = 2 << 30;
 
-/// One look at the agent during the soak.
-#[derive(Clone, Debug, Serialize)]
+/// One look at the agent and the churn during the soak.
+#[derive(Clone, Debug, Default, Serialize)]
 pub(super) struct Sample {
     /// Seconds since the churn began.
     pub t_s: f64,
+    /// The churn's connect()s so far (its namespace's ActiveOpens).
+    pub connects: u64,
     pub rss_kib: u64,
     pub anon_kib: u64,
     pub cpu_s: f64,
     /// State changes since the churn began (the kernel's count).
     pub state_changes: u64,
     pub output_bytes: u64,
+}
+
+/// A rate over the first minute of a churn and over its last.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub(super) struct Minutes {
+    pub first: Option<f64>,
+    pub last: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -46,20 +57,21 @@ pub(super) struct SoakResult {
     pub baseline_per_second: Option<f64>,
     /// The traced soak, measured as a round is (its `ratio` is to the baseline).
     pub trace: Round,
-    /// Seconds into the churn of the memory compared with the end's: the first minute (or half
-    /// way, in a soak shorter than two minutes).
+    /// The "minute" of the figures below, in seconds: 60, or half the churn when it is shorter
+    /// than two minutes.
+    pub minute_s: Option<f64>,
+    /// Seconds into the churn of the memory compared with the end's (the first minute).
     pub rss_first_at_s: Option<f64>,
     pub rss_first_kib: Option<u64>,
     /// VmRSS once the churn ended, just before the agent was stopped.
     pub rss_end_kib: Option<u64>,
     /// End over first.
     pub rss_end_ratio: Option<f64>,
-    /// State changes per second (the kernel's count) over the first and the last minute of the
-    /// churn (half its length, when shorter than two minutes): whether the load held steady.
-    pub state_changes_per_s_first_minute: Option<f64>,
-    pub state_changes_per_s_last_minute: Option<f64>,
-    /// That "minute", in seconds.
-    pub minute_s: Option<f64>,
+    /// State changes per second (the kernel's count): whether the load held steady.
+    pub state_changes_per_s: Minutes,
+    /// connect()s per second of the traced churn, and of the untraced one when measured.
+    pub connects_per_s: Minutes,
+    pub untraced_connects_per_s: Option<Minutes>,
     pub samples: Vec<Sample>,
 }
 
@@ -69,22 +81,26 @@ pub(super) fn run(ctx: &Ctx, untraced_rounds_rate: Option<f64>) -> SoakResult {
         seconds: secs,
         ..SoakResult::default()
     };
-    if ctx.args.soak_untraced {
-        println!("bench: soak: the untraced baseline, {secs} s of churn");
-        match untraced(ctx, secs) {
-            Ok(rate) => {
-                println!("bench: soak: untraced {rate:.0} conn/s");
-                res.baseline = format!("an untraced churn of {secs} s");
-                res.baseline_per_second = Some(rate);
-            }
-            Err(e) => {
-                eprintln!("bench: the untraced soak failed: {e:#}");
-                res.baseline = format!("none (the untraced soak failed: {e:#})");
+    match ctx.args.soak_baseline {
+        SoakBaseline::Measured => {
+            println!("bench: soak: the untraced baseline, {secs} s of churn");
+            match untraced(ctx, secs) {
+                Ok((rate, minutes)) => {
+                    println!("bench: soak: untraced {rate:.0} conn/s");
+                    res.baseline = format!("an untraced churn of {secs} s");
+                    res.baseline_per_second = Some(rate);
+                    res.untraced_connects_per_s = Some(minutes);
+                }
+                Err(e) => {
+                    eprintln!("bench: the untraced soak failed: {e:#}");
+                    res.baseline = format!("none (the untraced churn failed: {e:#})");
+                }
             }
         }
-    } else {
-        res.baseline = "the untraced rounds' median rate".into();
-        res.baseline_per_second = untraced_rounds_rate;
+        SoakBaseline::Rounds => {
+            res.baseline = "the untraced rounds' median rate".into();
+            res.baseline_per_second = untraced_rounds_rate;
+        }
     }
     println!("bench: soak: {secs} s of churn under teardown trace, its memory sampled");
     let out = ctx.work.join("soak.jsonl");
@@ -126,30 +142,107 @@ fn churn_args(ctx: &Ctx, secs: f64) -> [String; 4] {
     ]
 }
 
-/// The untraced churn of the soak's length: its rate.
-fn untraced(ctx: &Ctx, secs: f64) -> Result<f64> {
+/// A churn started and ready: it and its pid.
+fn ready_churn(ctx: &Ctx, secs: f64) -> Result<(Churner, i32)> {
     let mut churn = Churner::start(&ctx.xtask, &churn_args(ctx, secs))?;
-    churn.next(Duration::from_secs(30))?;
-    churn.go()?;
-    let r: ChurnResult = serde_json::from_value(churn.next(Duration::from_secs_f64(secs + 60.0))?)
-        .context("the churn generator's result")?;
-    churn.finish(Duration::from_secs(10))?;
+    let ready = churn.next(Duration::from_secs(30))?;
+    let pid = ready
+        .get("pid")
+        .and_then(|p| p.as_i64())
+        .and_then(|p| i32::try_from(p).ok())
+        .context("the churn generator did not say its pid")?;
+    Ok((churn, pid))
+}
+
+/// Waits for the result of the churn that began at `t0`, calling `look` every `SAMPLE_EVERY`
+/// (first at once) and `check` in between; bounded by the churn's length and two minutes.
+fn drive(
+    churn: &mut Churner,
+    secs: f64,
+    t0: Instant,
+    mut look: impl FnMut(),
+    mut check: impl FnMut() -> Result<()>,
+) -> Result<ChurnResult> {
+    let deadline = t0 + Duration::from_secs_f64(secs + 120.0);
+    let mut next = t0;
+    let v = loop {
+        if Instant::now() >= next {
+            look();
+            next += SAMPLE_EVERY;
+        }
+        if let Some(v) = churn.try_next(Duration::from_millis(100))? {
+            break v;
+        }
+        check()?;
+        if Instant::now() > deadline {
+            bail!(
+                "the churn generator did not end within {:.0} s",
+                secs + 120.0
+            );
+        }
+    };
+    let r: ChurnResult = serde_json::from_value(v).context("the churn generator's result")?;
+    let cexit = churn.finish(Duration::from_secs(10))?;
+    if !cexit.success() {
+        bail!("the churn generator failed: {}", cexit.describe());
+    }
     if r.connections == 0 {
         bail!("the churn made no connections");
     }
-    Ok(r.per_second)
+    Ok(r)
+}
+
+/// The untraced churn of the soak's length: its rate, and its connect()s over the minutes.
+fn untraced(ctx: &Ctx, secs: f64) -> Result<(f64, Minutes)> {
+    let (mut churn, pid) = ready_churn(ctx, secs)?;
+    let mut samples: Vec<Sample> = Vec::new();
+    churn.go()?;
+    let t0 = Instant::now();
+    let r = drive(
+        &mut churn,
+        secs,
+        t0,
+        || {
+            samples.push(Sample {
+                t_s: t0.elapsed().as_secs_f64(),
+                connects: procs::tcp_counter(pid, "ActiveOpens").unwrap_or(0),
+                ..Sample::default()
+            })
+        },
+        || Ok(()),
+    )?;
+    let minute = MINUTE_S.min(r.seconds / 2.0);
+    Ok((
+        r.per_second,
+        minutes(&samples, r.seconds, minute, |s| s.connects),
+    ))
+}
+
+/// `f`'s rate over the first `minute` of the samples and over the last one up to `end_s`.
+fn minutes(samples: &[Sample], end_s: f64, minute: f64, f: impl Fn(&Sample) -> u64) -> Minutes {
+    let rate = |a: &Sample, b: &Sample| {
+        (b.t_s > a.t_s).then(|| f(b).saturating_sub(f(a)) as f64 / (b.t_s - a.t_s))
+    };
+    let load: Vec<&Sample> = samples.iter().filter(|s| s.t_s <= end_s).collect();
+    let at = |t: f64| load.iter().find(|s| s.t_s >= t);
+    let first = match (load.first(), at(minute)) {
+        (Some(a), Some(b)) => rate(a, b),
+        _ => None,
+    };
+    let last = load.last().and_then(|b| rate(at(b.t_s - minute)?, b));
+    Minutes { first, last }
 }
 
 fn traced(ctx: &Ctx, res: &mut SoakResult, out: &Path, err: &Path) -> Result<()> {
     let secs = res.seconds;
-    let mut churn = Churner::start(&ctx.xtask, &churn_args(ctx, secs))?;
-    churn.next(Duration::from_secs(30))?;
+    let (mut churn, churn_pid) = ready_churn(ctx, secs)?;
     let mut p = start_trace(ctx, &ctx.args.trace_args, out, err)?;
     thread::sleep(SETTLE);
     let start = mark(&p);
     let state0 = bpfstats::state_changes(&start.progs, true).unwrap_or(0);
     let look = |p: &procs::Proc, t0: Instant| Sample {
         t_s: t0.elapsed().as_secs_f64(),
+        connects: procs::tcp_counter(churn_pid, "ActiveOpens").unwrap_or(0),
         rss_kib: p.status_kib("VmRSS").unwrap_or(0),
         anon_kib: p.status_kib("RssAnon").unwrap_or(0),
         cpu_s: p.cpu_now().unwrap_or(0.0),
@@ -160,64 +253,57 @@ fn traced(ctx: &Ctx, res: &mut SoakResult, out: &Path, err: &Path) -> Result<()>
     };
     churn.go()?;
     let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs_f64(secs + 120.0);
-    let (mut next_sample, mut next_progress) = (t0, t0 + PROGRESS_EVERY);
-    let result = loop {
-        let now = Instant::now();
-        if now >= next_sample {
-            res.samples.push(look(&p, t0));
-            next_sample += SAMPLE_EVERY;
-        }
-        if now >= next_progress {
-            if let Some(s) = res.samples.last() {
-                println!(
-                    "bench: soak: {:.0} s, RSS {:.1} MiB, {:.0} state changes/s, output {:.2} GB",
-                    s.t_s,
-                    s.rss_kib as f64 / 1024.0,
-                    s.state_changes as f64 / s.t_s.max(1e-9),
-                    s.output_bytes as f64 / 1e9
-                );
-            }
-            next_progress += PROGRESS_EVERY;
-        }
-        if let Some(v) = churn.try_next(Duration::from_millis(100))? {
-            break v;
-        }
-        if let Some(e) = p.try_exit()? {
-            let t = std::fs::read_to_string(err).unwrap_or_default();
-            bail!(
-                "teardown trace ended during the soak ({}): {}",
-                e.describe(),
-                last_lines(&t, 5)
-            );
-        }
-        if now > deadline {
-            bail!(
-                "the churn generator did not end within {:.0} s",
-                secs + 120.0
-            );
-        }
-        if procs::disk_avail_bytes(&ctx.work).is_some_and(|b| b < DISK_RESERVE) {
-            bail!(
-                "less than {} GiB left on the disk of the trace's output after {:.0} s: soak \
-                 stopped",
-                DISK_RESERVE >> 30,
-                t0.elapsed().as_secs_f64()
-            );
-        }
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut next_progress = Instant::now() + PROGRESS_EVERY;
+    let r = {
+        let p = &mut p;
+        // `look` reads the agent; `check` may reap it: both borrow it, one at a time.
+        let cell = std::cell::RefCell::new(p);
+        drive(
+            &mut churn,
+            secs,
+            t0,
+            || {
+                let s = look(&cell.borrow(), t0);
+                if Instant::now() >= next_progress {
+                    println!(
+                        "bench: soak: {:.0} s, RSS {:.1} MiB, {:.0} state changes/s, output \
+                         {:.2} GB",
+                        s.t_s,
+                        s.rss_kib as f64 / 1024.0,
+                        s.state_changes as f64 / s.t_s.max(1e-9),
+                        s.output_bytes as f64 / 1e9
+                    );
+                    next_progress += PROGRESS_EVERY;
+                }
+                samples.push(s);
+            },
+            || {
+                if let Some(e) = cell.borrow_mut().try_exit()? {
+                    let t = std::fs::read_to_string(err).unwrap_or_default();
+                    bail!(
+                        "teardown trace ended during the soak ({}): {}",
+                        e.describe(),
+                        last_lines(&t, 5)
+                    );
+                }
+                if procs::disk_avail_bytes(&ctx.work).is_some_and(|b| b < DISK_RESERVE) {
+                    bail!(
+                        "less than {} GiB left on the disk of the trace's output after {:.0} s: \
+                         soak stopped",
+                        DISK_RESERVE >> 30,
+                        t0.elapsed().as_secs_f64()
+                    );
+                }
+                Ok(())
+            },
+        )?
     };
-    let r: ChurnResult = serde_json::from_value(result).context("the churn generator's result")?;
-    let cexit = churn.finish(Duration::from_secs(10))?;
-    if !cexit.success() {
-        bail!("the churn generator failed: {}", cexit.describe());
-    }
-    if r.connections == 0 {
-        bail!("the churn made no connections");
-    }
-    let in_load = r.seconds;
+    // Once the churn has ended: the end of the soak.
+    let end_s = r.seconds;
     let end = look(&p, t0);
     res.rss_end_kib = Some(end.rss_kib);
-    res.samples.push(end);
+    samples.push(end);
     let (e, f) = stop_agent(&mut p, &start, true, r.seconds)?;
     res.trace.connections = r.connections;
     res.trace.per_second = r.per_second;
@@ -225,10 +311,9 @@ fn traced(ctx: &Ctx, res: &mut SoakResult, out: &Path, err: &Path) -> Result<()>
     res.trace.agent = f;
     trace_result(&e, out, err, &mut res.trace)?;
 
-    let first_at = FIRST_MINUTE_S.min(in_load / 2.0);
-    res.minute_s = Some(first_at);
-    let at = |t: f64| res.samples.iter().find(|s| s.t_s >= t);
-    if let Some(s) = at(first_at) {
+    let minute = MINUTE_S.min(end_s / 2.0);
+    res.minute_s = Some(minute);
+    if let Some(s) = samples.iter().find(|s| s.t_s >= minute) {
         res.rss_first_at_s = Some(s.t_s);
         res.rss_first_kib = Some(s.rss_kib);
     }
@@ -236,19 +321,41 @@ fn traced(ctx: &Ctx, res: &mut SoakResult, out: &Path, err: &Path) -> Result<()>
         (Some(a), Some(b)) if a > 0 => Some(b as f64 / a as f64),
         _ => None,
     };
-    let rate = |a: &Sample, b: &Sample| {
-        (b.t_s > a.t_s)
-            .then(|| b.state_changes.saturating_sub(a.state_changes) as f64 / (b.t_s - a.t_s))
-    };
-    let first = res.samples.first();
-    let load: Vec<&Sample> = res.samples.iter().filter(|s| s.t_s <= in_load).collect();
-    if let (Some(a), Some(b)) = (first, at(first_at)) {
-        res.state_changes_per_s_first_minute = rate(a, b);
-    }
-    if let Some(b) = load.last() {
-        if let Some(a) = load.iter().find(|s| s.t_s >= b.t_s - first_at) {
-            res.state_changes_per_s_last_minute = rate(a, b);
-        }
-    }
+    res.state_changes_per_s = minutes(&samples, end_s, minute, |s| s.state_changes);
+    res.connects_per_s = minutes(&samples, end_s, minute, |s| s.connects);
+    res.samples = samples;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_over_the_first_and_the_last_minute() {
+        // 100 a second for the first minute, then 50; samples every 10 s up to 180 s; one more
+        // after the churn's end (at 185 s) that the rates leave out.
+        let mut v: Vec<Sample> = (0..=18)
+            .map(|i| {
+                let t = i as f64 * 10.0;
+                Sample {
+                    t_s: t,
+                    connects: if t <= 60.0 {
+                        100 * t as u64
+                    } else {
+                        6000 + 50 * (t as u64 - 60)
+                    },
+                    ..Sample::default()
+                }
+            })
+            .collect();
+        v.push(Sample {
+            t_s: 185.0,
+            connects: 1_000_000,
+            ..Sample::default()
+        });
+        let m = minutes(&v, 180.0, 60.0, |s| s.connects);
+        assert_eq!((m.first, m.last), (Some(100.0), Some(50.0)));
+        assert_eq!(minutes(&v[..1], 180.0, 60.0, |s| s.connects).first, None);
+    }
 }
