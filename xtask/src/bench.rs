@@ -414,7 +414,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
         + if args.hold > 0 { 60.0 } else { 0.0 };
     println!(
-        "bench: {} rounds x {} configurations x {} s{}{}, then {}; about {:.0} min; machine: \
+        "bench: {} rounds x {} configurations x {} s{}{}, then {}; about {:.1} min; machine: \
          Linux {}, {}, {} cores",
         args.rounds,
         CONFIGS.len(),

@@ -447,7 +447,8 @@ pub(super) fn markdown(r: &Report) -> String {
     }
 
     if let Some(k) = &r.soak {
-        soak_markdown(&mut s, k);
+        let label = summary(r, Config::Trace).map_or("teardown trace", |c| c.label.as_str());
+        soak_markdown(&mut s, k, label);
     }
 
     for n in &r.notes {
@@ -513,12 +514,11 @@ fn minutes(m: &super::soak::Minutes) -> String {
     format!("{} → {}", opt(m.first, &thousands), opt(m.last, &thousands))
 }
 
-fn soak_markdown(s: &mut String, k: &super::SoakResult) {
+fn soak_markdown(s: &mut String, k: &super::SoakResult, label: &str) {
     let t = &k.trace;
     let _ = writeln!(
         s,
-        "Soak: {} s of the same churn under `teardown trace --format jsonl -o FILE` with default \
-         settings, its VmRSS sampled every 2 s.",
+        "Soak: {} s of the same churn under `{label}`, its VmRSS sampled every 2 s.",
         k.seconds
     );
     let _ = writeln!(s);

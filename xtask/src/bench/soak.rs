@@ -31,8 +31,8 @@ const DISK_RESERVE: u64 = 2 << 30;
 pub(super) struct Sample {
     /// Seconds since the churn began.
     pub t_s: f64,
-    /// The churn's connect()s so far (its namespace's ActiveOpens).
-    pub connects: u64,
+    /// The churn's connect()s so far (its namespace's ActiveOpens); None once it is gone.
+    pub connects: Option<u64>,
     pub rss_kib: u64,
     pub anon_kib: u64,
     pub cpu_s: f64,
@@ -205,7 +205,7 @@ fn untraced(ctx: &Ctx, secs: f64) -> Result<(f64, Minutes)> {
         || {
             samples.push(Sample {
                 t_s: t0.elapsed().as_secs_f64(),
-                connects: procs::tcp_counter(pid, "ActiveOpens").unwrap_or(0),
+                connects: procs::tcp_counter(pid, "ActiveOpens"),
                 ..Sample::default()
             })
         },
@@ -218,12 +218,22 @@ fn untraced(ctx: &Ctx, secs: f64) -> Result<(f64, Minutes)> {
     ))
 }
 
-/// `f`'s rate over the first `minute` of the samples and over the last one up to `end_s`.
-fn minutes(samples: &[Sample], end_s: f64, minute: f64, f: impl Fn(&Sample) -> u64) -> Minutes {
+/// `f`'s rate over the first `minute` of the samples and over the last one up to `end_s`
+/// (samples without the figure left out).
+fn minutes(
+    samples: &[Sample],
+    end_s: f64,
+    minute: f64,
+    f: impl Fn(&Sample) -> Option<u64>,
+) -> Minutes {
     let rate = |a: &Sample, b: &Sample| {
-        (b.t_s > a.t_s).then(|| f(b).saturating_sub(f(a)) as f64 / (b.t_s - a.t_s))
+        let (x, y) = (f(a)?, f(b)?);
+        (b.t_s > a.t_s).then(|| y.saturating_sub(x) as f64 / (b.t_s - a.t_s))
     };
-    let load: Vec<&Sample> = samples.iter().filter(|s| s.t_s <= end_s).collect();
+    let load: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.t_s <= end_s && f(s).is_some())
+        .collect();
     let at = |t: f64| load.iter().find(|s| s.t_s >= t);
     let first = match (load.first(), at(minute)) {
         (Some(a), Some(b)) => rate(a, b),
@@ -242,7 +252,7 @@ fn traced(ctx: &Ctx, res: &mut SoakResult, out: &Path, err: &Path) -> Result<()>
     let state0 = bpfstats::state_changes(&start.progs, true).unwrap_or(0);
     let look = |p: &procs::Proc, t0: Instant| Sample {
         t_s: t0.elapsed().as_secs_f64(),
-        connects: procs::tcp_counter(churn_pid, "ActiveOpens").unwrap_or(0),
+        connects: procs::tcp_counter(churn_pid, "ActiveOpens"),
         rss_kib: p.status_kib("VmRSS").unwrap_or(0),
         anon_kib: p.status_kib("RssAnon").unwrap_or(0),
         cpu_s: p.cpu_now().unwrap_or(0.0),
@@ -321,7 +331,7 @@ fn traced(ctx: &Ctx, res: &mut SoakResult, out: &Path, err: &Path) -> Result<()>
         (Some(a), Some(b)) if a > 0 => Some(b as f64 / a as f64),
         _ => None,
     };
-    res.state_changes_per_s = minutes(&samples, end_s, minute, |s| s.state_changes);
+    res.state_changes_per_s = minutes(&samples, end_s, minute, |s| Some(s.state_changes));
     res.connects_per_s = minutes(&samples, end_s, minute, |s| s.connects);
     res.samples = samples;
     Ok(())
@@ -340,20 +350,24 @@ mod tests {
                 let t = i as f64 * 10.0;
                 Sample {
                     t_s: t,
-                    connects: if t <= 60.0 {
+                    connects: Some(if t <= 60.0 {
                         100 * t as u64
                     } else {
                         6000 + 50 * (t as u64 - 60)
-                    },
+                    }),
                     ..Sample::default()
                 }
             })
             .collect();
         v.push(Sample {
             t_s: 185.0,
-            connects: 1_000_000,
+            connects: Some(1_000_000),
             ..Sample::default()
         });
+        let m = minutes(&v, 180.0, 60.0, |s| s.connects);
+        assert_eq!((m.first, m.last), (Some(100.0), Some(50.0)));
+        // A sample that could not read the counter is skipped, not taken for zero.
+        v[18].connects = None;
         let m = minutes(&v, 180.0, 60.0, |s| s.connects);
         assert_eq!((m.first, m.last), (Some(100.0), Some(50.0)));
         assert_eq!(minutes(&v[..1], 180.0, 60.0, |s| s.connects).first, None);
