@@ -1,16 +1,24 @@
-//! `cargo xtask bench`: what tracing costs a busy host, side by side with the alternatives.
+//! `cargo xtask bench`: what tracing costs a busy host and whether it keeps up, side by side with
+//! the alternatives.
 //!
 //! Interleaved rounds (untraced, `teardown trace`, top's back end, the peer tool, then again) of
 //! the loopback churn of `cargo xtask churn`, each round in a fresh network namespace, so machine
-//! drift and timewait build-up cancel out. Then a second scenario holds 50,000 connections open
-//! under `teardown trace` to measure its memory per open tracked connection. Results go to
-//! bench-results/latest.json and latest.md, and the table is printed.
+//! drift and timewait build-up cancel out; the trace's other output choices (`--conforming full`
+//! and `none`) take one round each. Then a soak: one `teardown trace` with default settings
+//! under the same churn for minutes, its memory sampled as it goes. Then a second scenario holds
+//! 50,000 connections open under `teardown trace` to measure its memory per open tracked
+//! connection. Results go to bench-results/latest.json and latest.md, and the tables are printed.
+//!
+//! Agent CPU is charged per state change as the kernel counts them, whatever the agent records:
+//! the runs of the program on `inet_sock_set_state` (the kernel's BPF statistics), read over the
+//! same span as the CPU time.
 
 mod bpfstats;
 mod procs;
+mod report;
+mod soak;
 
 use std::{
-    fmt::Write as _,
     fs::File,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -28,16 +36,26 @@ use crate::{
 };
 use bpfstats::ProgStat;
 use procs::{last_lines, wait_for_text, Churner, Exit, Proc};
+use soak::SoakResult;
 
 /// Arguments of `cargo xtask bench`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
     /// Rounds of each configuration (interleaved).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Churn seconds per round.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 30.0)]
     pub seconds: f64,
+    /// Seconds of the soak: one `teardown trace` under the churn, its memory sampled as it goes
+    /// (0: skip it). A longer soak is a bigger number.
+    #[arg(long, default_value_t = 300.0)]
+    pub soak_seconds: f64,
+    /// The soak's untraced baseline: an untraced churn of the same length (adds that long to
+    /// the run), or the untraced rounds' median rate (biased: a churn runs about 1% slower once
+    /// its timewait sockets start expiring, a minute in, than in a round).
+    #[arg(long, value_enum, default_value_t = SoakBaseline::Measured)]
+    pub soak_baseline: SoakBaseline,
     /// Client threads of the churn.
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
@@ -67,27 +85,43 @@ pub enum PeerChoice {
     Bpftrace,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SoakBaseline {
+    /// An untraced churn as long as the soak.
+    Measured,
+    /// The untraced rounds' median rate.
+    Rounds,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 enum Config {
     Untraced,
+    /// `teardown trace` with default settings (and the `--trace-arg`s).
     Trace,
     Top,
     Peer,
+    /// `teardown trace --conforming full`.
+    TraceFull,
+    /// `teardown trace --conforming none`.
+    TraceNone,
 }
 
+/// What every round runs, in this order (the untraced run first: the others' ratio is to it).
 const CONFIGS: [Config; 4] = [Config::Untraced, Config::Trace, Config::Top, Config::Peer];
-const OUR_PROGRAMS: [&str; 4] = [
-    "inet_sock_set_state_btf",
-    "tcp_retransmit_skb_btf",
-    "tcp_send_reset_btf",
-    "tcp_receive_reset_btf",
-];
+/// The trace's other output choices, one round each (the i-th in round i, modulo the rounds).
+const CHOICES: [(Config, &str); 2] = [(Config::TraceFull, "full"), (Config::TraceNone, "none")];
+/// The option choosing what JSON Lines writes for a conforming connection.
+const CONFORMING: &str = "--conforming";
 /// What the tracers print once attached.
 const TRACE_READY: &str = "tracing TCP teardowns";
 const PEER_HEADER: &str = "SKADDR";
 const TRACER_START_TIMEOUT: Duration = Duration::from_secs(60);
-const TRACER_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Stopping may mean draining a full ring buffer and writing what it held.
+const TRACER_STOP_TIMEOUT: Duration = Duration::from_secs(120);
+/// The agent settles this long after it is ready before its measured span begins (start-up is
+/// not charged to the load).
+const SETTLE: Duration = Duration::from_millis(300);
 
 /// The bpftrace version of tcpstates: same tracepoint, same fields, one line per transition.
 const BPFTRACE_PROG: &str = r#"BEGIN { printf("SKADDR           PID     COMM             IP LADDR           LPORT RADDR           RPORT OLDSTATE -> NEWSTATE MS\n"); }
@@ -119,6 +153,28 @@ impl Peer {
     }
 }
 
+/// An agent measured over a span: the kernel's figures of its programs and its own CPU.
+#[derive(Clone, Debug, Default, Serialize)]
+struct AgentFigures {
+    /// Runs of the program on `inet_sock_set_state` over the span: state changes as the kernel
+    /// counts them (every TCP state change on the host, whatever the agent records).
+    state_changes: Option<u64>,
+    /// Run time over runs, all the agent's programs together.
+    kernel_ns_per_run: Option<f64>,
+    /// Run time of all the agent's programs over the state changes.
+    kernel_ns_per_state_change: Option<f64>,
+    /// Each program's runs and run time over the span.
+    kernel_programs: Vec<ProgStat>,
+    /// User + system CPU seconds from the span's start to the agent's exit (its draining and
+    /// final writes included).
+    agent_cpu_s: Option<f64>,
+    /// Agent CPU over the churn's wall time, in percent of one core.
+    agent_cpu_pct: Option<f64>,
+    agent_cpu_us_per_state_change: Option<f64>,
+    agent_cpu_us_per_event: Option<f64>,
+    agent_peak_rss_kib: Option<u64>,
+}
+
 /// One configuration in one round.
 #[derive(Clone, Debug, Default, Serialize)]
 struct Round {
@@ -131,15 +187,13 @@ struct Round {
     ratio: Option<f64>,
     events_seen: Option<u64>,
     events_lost: Option<u64>,
-    /// Connections x events per connection (from our tracer's rounds): what a tracer should see.
-    events_expected: Option<u64>,
-    kernel_ns_per_run: Option<f64>,
-    kernel_programs: Vec<ProgStat>,
-    agent_cpu_s: Option<f64>,
-    agent_cpu_us_per_event: Option<f64>,
-    /// Agent CPU over the churn's wall time, in percent of one core.
-    agent_cpu_pct: Option<f64>,
-    agent_peak_rss_kib: Option<u64>,
+    #[serde(flatten)]
+    agent: AgentFigures,
+    /// Connection ends the trace's summary counts as reported.
+    connections_reported: Option<u64>,
+    /// Size of the JSON Lines file.
+    output_bytes: Option<u64>,
+    bytes_per_connection_end: Option<f64>,
     note: Option<String>,
     error: Option<String>,
 }
@@ -181,11 +235,14 @@ struct ConfigSummary {
     ratio: Option<Spread>,
     events_seen: Option<Spread>,
     events_lost: Option<Spread>,
-    events_expected: Option<Spread>,
+    state_changes: Option<Spread>,
     kernel_ns_per_run: Option<Spread>,
+    kernel_ns_per_state_change: Option<Spread>,
+    agent_cpu_us_per_state_change: Option<Spread>,
     agent_cpu_us_per_event: Option<Spread>,
     agent_cpu_pct: Option<Spread>,
     agent_peak_rss_kib: Option<Spread>,
+    bytes_per_connection_end: Option<Spread>,
     notes: Vec<String>,
 }
 
@@ -223,20 +280,26 @@ struct Machine {
 struct Target {
     target: String,
     measured: String,
+    /// None: not assessed by this run (too short, failed, or a figure without a bound).
     met: Option<bool>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 struct Report {
     date: String,
+    /// Wall time of the benchmark from its first round to its report (the build not counted).
+    wall_seconds: f64,
     machine: Machine,
     rounds: usize,
     seconds_per_round: f64,
     churn_threads: usize,
     peer: String,
     top_back_end: String,
-    events_per_connection: Option<f64>,
+    /// What `--conforming` is by default, when the binary has it.
+    conforming_default: Option<String>,
+    notes: Vec<String>,
     summary: Vec<ConfigSummary>,
+    soak: Option<SoakResult>,
     hold: Option<HoldResult>,
     targets: Vec<Target>,
     runs: Vec<Round>,
@@ -248,6 +311,11 @@ struct Ctx {
     work: PathBuf,
     args: BenchArgs,
     peer: Peer,
+    /// `--conforming`'s default when this `teardown trace` has the option; None: it has not.
+    conforming_default: Option<String>,
+    /// The rounds of the other output choices run (the binary has the option, and the
+    /// `--trace-arg`s do not set it).
+    choices: bool,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -259,6 +327,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     if !(args.seconds >= 0.5 && args.seconds <= 600.0) {
         bail!("--seconds must be between 0.5 and 600");
+    }
+    if !(args.soak_seconds == 0.0 || (args.soak_seconds >= 10.0 && args.soak_seconds <= 86_400.0)) {
+        bail!("--soak-seconds must be 0 (no soak) or between 10 and 86400");
     }
     if !args.no_build {
         setup::setup(true)?;
@@ -290,79 +361,136 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let work = out_dir.join("work");
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
 
+    let began = Instant::now();
     let peer = choose_peer(args.peer, &work)?;
     if !bpfstats::available() {
         bail!("this kernel has no kernel.bpf_stats_enabled sysctl");
     }
     let _stats = bpfstats::StatsGuard::enable()?;
     let machine = machine();
-    println!(
-        "bench: {} rounds x {} configurations x {} s; machine: Linux {}, {}, {} cores",
-        args.rounds,
-        CONFIGS.len(),
-        args.seconds,
-        machine.kernel,
-        machine.cpu_model,
-        machine.cores
-    );
+    let mut notes = Vec::new();
+    let conforming_default = conforming_default(&teardown)?;
+    let choices = match &conforming_default {
+        None => {
+            notes.push(format!(
+                "this `teardown trace` has no {CONFORMING} option: the rounds of the other \
+                 output choices were skipped"
+            ));
+            false
+        }
+        Some(_) if args.trace_args.iter().any(|a| a.starts_with(CONFORMING)) => {
+            notes.push(format!(
+                "the --trace-arg's set {CONFORMING}: the rounds of the other output choices \
+                 were skipped"
+            ));
+            false
+        }
+        Some(_) => true,
+    };
+    for n in &notes {
+        println!("bench: note: {n}");
+    }
     let ctx = Ctx {
         teardown,
         xtask,
         work: work.clone(),
         args: args.clone(),
         peer,
+        conforming_default: conforming_default.clone(),
+        choices,
     };
+    let plan = plan(&ctx);
+    let per_round = args.seconds + 1.5;
+    let estimate = plan.len() as f64 * per_round
+        + if args.soak_seconds > 0.0 {
+            args.soak_seconds
+                * match args.soak_baseline {
+                    SoakBaseline::Measured => 2.0,
+                    SoakBaseline::Rounds => 1.0,
+                }
+                + 10.0
+        } else {
+            0.0
+        }
+        + if args.hold > 0 { 60.0 } else { 0.0 };
+    println!(
+        "bench: {} rounds x {} configurations x {} s{}{}, then {}; about {:.1} min; machine: \
+         Linux {}, {}, {} cores",
+        args.rounds,
+        CONFIGS.len(),
+        args.seconds,
+        if choices {
+            ", with one round each of --conforming full and none"
+        } else {
+            ""
+        },
+        if args.soak_seconds > 0.0 {
+            format!(
+                ", then a soak of {} s{}",
+                args.soak_seconds,
+                match args.soak_baseline {
+                    SoakBaseline::Measured => " (and an untraced one as long)",
+                    SoakBaseline::Rounds => "",
+                }
+            )
+        } else {
+            String::new()
+        },
+        if args.hold > 0 {
+            "the memory scenario"
+        } else {
+            "the report"
+        },
+        estimate / 60.0,
+        machine.kernel,
+        machine.cpu_model,
+        machine.cores
+    );
 
     let mut runs: Vec<Round> = Vec::new();
-    for r in 0..args.rounds {
-        for cfg in CONFIGS {
-            let label = label(&ctx, cfg);
-            let mut res = match run_round(&ctx, cfg, r) {
-                Ok(x) => x,
-                Err(e) => {
-                    eprintln!("bench: round {} {label} failed: {e:#}", r + 1);
-                    Round {
-                        error: Some(format!("{e:#}")),
-                        ..Round::default()
-                    }
+    for &(r, cfg) in &plan {
+        let label = label(&ctx, cfg);
+        let mut res = match run_round(&ctx, cfg, r) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("bench: round {} {label} failed: {e:#}", r + 1);
+                Round {
+                    error: Some(format!("{e:#}")),
+                    ..Round::default()
                 }
-            };
-            res.config = Some(cfg);
-            res.round = r;
-            println!(
-                "bench: round {}/{} {:<40} {:>8.0} conn/s{}{}{}",
-                r + 1,
-                args.rounds,
-                label,
-                res.per_second,
-                res.events_seen
-                    .map_or(String::new(), |e| format!(", {e} events")),
-                res.events_lost
-                    .map_or(String::new(), |e| format!(", {e} lost")),
-                res.agent_cpu_us_per_event
-                    .map_or(String::new(), |c| format!(", {c:.2} µs CPU/event")),
-            );
-            runs.push(res);
+            }
+        };
+        res.config = Some(cfg);
+        res.round = r;
+        // The untraced run of the round came first.
+        let base = runs
+            .iter()
+            .find(|u| u.round == r && u.config == Some(Config::Untraced) && u.error.is_none())
+            .map(|u| u.per_second);
+        if let Some(b) = base.filter(|&b| b > 0.0 && res.error.is_none()) {
+            res.ratio = Some(res.per_second / b);
         }
+        println!(
+            "bench: round {}/{} {label}: {}",
+            r + 1,
+            args.rounds,
+            round_line(&res)
+        );
+        runs.push(res);
     }
-    fill_ratios(&mut runs);
-    let epc = spread(
-        runs.iter()
-            .filter(|r| r.config == Some(Config::Trace) && r.error.is_none() && r.connections > 0)
-            .filter_map(|r| {
-                Some((r.events_seen? + r.events_lost.unwrap_or(0)) as f64 / r.connections as f64)
-            })
-            .collect(),
-    )
-    .map(|s| s.median);
-    if let Some(epc) = epc {
-        for r in runs
-            .iter_mut()
-            .filter(|r| r.config != Some(Config::Untraced) && r.config != Some(Config::Top))
-        {
-            r.events_expected = Some((r.connections as f64 * epc).round() as u64);
-        }
-    }
+
+    let soak = if args.soak_seconds > 0.0 {
+        let untraced_rate = spread(
+            runs.iter()
+                .filter(|r| r.config == Some(Config::Untraced) && r.error.is_none())
+                .map(|r| r.per_second)
+                .collect(),
+        )
+        .map(|s| s.median);
+        Some(soak::run(&ctx, untraced_rate))
+    } else {
+        None
+    };
 
     let hold = if args.hold > 0 {
         println!(
@@ -383,26 +511,35 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         None
     };
 
-    let summary: Vec<ConfigSummary> = CONFIGS.iter().map(|&c| summarize(&ctx, c, &runs)).collect();
-    let targets = targets(&summary, hold.as_ref());
-    let report = Report {
+    let mut configs: Vec<Config> = CONFIGS.to_vec();
+    configs.extend(CHOICES.iter().map(|c| c.0));
+    let summary: Vec<ConfigSummary> = configs
+        .iter()
+        .filter(|&&c| runs.iter().any(|r| r.config == Some(c)))
+        .map(|&c| summarize(&ctx, c, &runs))
+        .collect();
+    let mut report = Report {
         date: output_of("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
             .unwrap_or_default()
             .trim()
             .to_owned(),
+        wall_seconds: began.elapsed().as_secs_f64(),
         machine,
         rounds: args.rounds,
         seconds_per_round: args.seconds,
         churn_threads: args.threads,
         peer: ctx.peer.label().to_owned(),
         top_back_end: TOP_BACK_END.to_owned(),
-        events_per_connection: epc,
+        conforming_default,
+        notes,
         summary,
+        soak,
         hold,
-        targets,
+        targets: Vec::new(),
         runs,
     };
-    let md = markdown(&report);
+    report.targets = report::targets(&report);
+    let md = report::markdown(&report);
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(out_dir.join("latest.json"), json)
         .with_context(|| format!("cannot write {}", out_dir.join("latest.json").display()))?;
@@ -411,11 +548,67 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     println!("\n{md}");
     println!(
-        "bench: wrote {} and {}",
+        "bench: wrote {} and {} ({:.1} min)",
         out_dir.join("latest.json").display(),
-        out_dir.join("latest.md").display()
+        out_dir.join("latest.md").display(),
+        report.wall_seconds / 60.0
     );
     Ok(())
+}
+
+/// (round, configuration) in the order they run.
+fn plan(ctx: &Ctx) -> Vec<(usize, Config)> {
+    let mut v = Vec::new();
+    for r in 0..ctx.args.rounds {
+        v.extend(CONFIGS.iter().map(|&c| (r, c)));
+        if ctx.choices {
+            v.extend(
+                CHOICES
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % ctx.args.rounds == r)
+                    .map(|(_, c)| (r, c.0)),
+            );
+        }
+    }
+    v
+}
+
+/// One line per round: throughput, then what the tracer saw and lost, and its cost.
+fn round_line(r: &Round) -> String {
+    if let Some(e) = &r.error {
+        return format!("failed: {e}");
+    }
+    let mut s = format!("{:.0} conn/s", r.per_second);
+    if let Some(x) = r.ratio {
+        s += &format!(" ({x:.3} of untraced)");
+    }
+    if let Some(ev) = r.events_seen {
+        s += &format!(", {ev} events");
+    }
+    if let Some(l) = r.events_lost {
+        let all = r.events_seen.unwrap_or(0) + l;
+        s += &format!(
+            ", {l} lost ({:.2}%)",
+            100.0 * l as f64 / (all.max(1)) as f64
+        );
+    }
+    if let Some(n) = r.agent.state_changes {
+        s += &format!(", {n} state changes");
+    }
+    if let Some(c) = r.agent.agent_cpu_us_per_state_change {
+        s += &format!(", {c:.2} µs CPU/state change");
+    }
+    if let Some(c) = r.agent.agent_cpu_us_per_event {
+        s += &format!(", {c:.2} µs/event");
+    }
+    if let Some(k) = r.agent.kernel_ns_per_state_change {
+        s += &format!(", kernel {k:.0} ns/state change");
+    }
+    if let Some(b) = r.bytes_per_connection_end {
+        s += &format!(", {b:.0} B/connection end");
+    }
+    s
 }
 
 fn workspace_root() -> Result<PathBuf> {
@@ -426,18 +619,81 @@ fn workspace_root() -> Result<PathBuf> {
         .context("cannot find the workspace root")
 }
 
+/// `--conforming`'s default as `teardown trace --help` says it ("" when it names none); None
+/// when the binary has no such option.
+fn conforming_default(teardown: &Path) -> Result<Option<String>> {
+    let out = Command::new(teardown)
+        .args(["trace", "--help"])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {} trace --help", teardown.display()))?;
+    Ok(help_default(
+        &String::from_utf8_lossy(&out.stdout),
+        CONFORMING,
+    ))
+}
+
+/// In a clap help text: the `[default: X]` of option `opt`, "" when it has none; None when the
+/// help does not have the option.
+fn help_default(help: &str, opt: &str) -> Option<String> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    // An option's own line: `      --opt <V>` or `  -o, --opt <V>` (descriptions are indented
+    // further, and "Possible values" items too).
+    let is_option_line = |l: &str| indent(l) < 8 && l.trim_start().starts_with('-');
+    let names_opt = |l: &str| l.trim_start().split([',', ' ', '=']).any(|w| w == opt);
+    let lines: Vec<&str> = help.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| is_option_line(l) && names_opt(l))?;
+    let mut default = String::new();
+    for (k, l) in lines[at..].iter().enumerate() {
+        if k > 0 && (is_option_line(l) || indent(l) == 0 && !l.is_empty()) {
+            break;
+        }
+        if let Some(i) = l.find("[default: ") {
+            let v = &l[i + "[default: ".len()..];
+            if let Some(j) = v.find(']') {
+                default = v[..j].trim().to_owned();
+                break;
+            }
+        }
+    }
+    Some(default)
+}
+
+/// `teardown trace`'s arguments beyond `--format jsonl -o FILE` for a configuration.
+fn trace_extra(ctx: &Ctx, cfg: Config) -> Option<Vec<String>> {
+    let mut v = ctx.args.trace_args.clone();
+    match cfg {
+        Config::Trace => {}
+        Config::TraceFull | Config::TraceNone => {
+            let (_, choice) = CHOICES.iter().find(|c| c.0 == cfg)?;
+            v.extend([CONFORMING.to_owned(), (*choice).to_owned()]);
+        }
+        _ => return None,
+    }
+    Some(v)
+}
+
 fn label(ctx: &Ctx, cfg: Config) -> String {
     match cfg {
         Config::Untraced => "untraced".into(),
-        Config::Trace if ctx.args.trace_args.is_empty() => {
-            "teardown trace --format jsonl -o FILE".into()
-        }
-        Config::Trace => format!(
-            "teardown trace --format jsonl -o FILE {}",
-            ctx.args.trace_args.join(" ")
-        ),
         Config::Top => "teardown top --batch --netns CHURN".into(),
         Config::Peer => ctx.peer.label().into(),
+        Config::Trace | Config::TraceFull | Config::TraceNone => {
+            let mut s = String::from("teardown trace --format jsonl -o FILE");
+            for a in trace_extra(ctx, cfg).unwrap_or_default() {
+                s.push(' ');
+                s.push_str(&a);
+            }
+            match (&ctx.conforming_default, cfg) {
+                (Some(d), Config::Trace) if ctx.choices && !d.is_empty() => {
+                    s += &format!(" (default {CONFORMING} {d})");
+                }
+                _ => {}
+            }
+            s
+        }
     }
 }
 
@@ -528,11 +784,11 @@ fn start_peer(peer: &Peer, work: &Path, out: &Path, err: &Path) -> Result<Proc> 
     Proc::spawn(&mut cmd, "the peer tool")
 }
 
-fn start_trace(ctx: &Ctx, out: &Path, err: &Path) -> Result<Proc> {
+fn start_trace(ctx: &Ctx, extra: &[String], out: &Path, err: &Path) -> Result<Proc> {
     let mut cmd = Command::new(&ctx.teardown);
     cmd.args(["trace", "--format", "jsonl", "-o"])
         .arg(out)
-        .args(&ctx.args.trace_args)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(File::create(err)?);
@@ -559,8 +815,17 @@ fn start_top(ctx: &Ctx, churn_pid: i64, out: &Path, err: &Path) -> Result<Proc> 
     Proc::spawn(&mut cmd, "teardown top --batch")
 }
 
-/// `summary: A connections reported (B seen), E events, L lost events` -> (E, L).
-fn parse_summary(stderr: &str) -> Option<(u64, u64)> {
+/// What `teardown trace` says at its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TraceSummary {
+    /// Connection ends reported (written in full, in short, or only counted).
+    connections: u64,
+    events: u64,
+    lost: u64,
+}
+
+/// `summary: A connections reported (B seen), E events, L lost events`.
+fn parse_summary(stderr: &str) -> Option<TraceSummary> {
     let line = stderr
         .lines()
         .rev()
@@ -570,7 +835,11 @@ fn parse_summary(stderr: &str) -> Option<(u64, u64)> {
         let i = t.iter().position(|x| x.trim_end_matches(',') == w)?;
         t.get(i.checked_sub(1)?)?.parse().ok()
     };
-    Some((before("events")?, before("lost")?))
+    Some(TraceSummary {
+        connections: before("connections")?,
+        events: before("events")?,
+        lost: before("lost")?,
+    })
 }
 
 /// Sum of every "lost N events" / "Lost N events" a peer printed.
@@ -606,8 +875,71 @@ fn peer_lines(path: &Path) -> Result<u64> {
     Ok(lines)
 }
 
-/// The top back end: `teardown timewait --format json` every second, in the churn's namespace,
-/// until `stop`. Returns (CPU seconds in all, peak RSS KiB, runs, failures).
+/// The agent's CPU time and its programs' counters at the start of a measured span.
+struct Mark {
+    cpu_s: Option<f64>,
+    progs: Vec<ProgStat>,
+}
+
+/// Both read at the same moment (microseconds apart), so CPU and state changes cover one span.
+fn mark(p: &Proc) -> Mark {
+    Mark {
+        cpu_s: p.cpu_now(),
+        progs: bpfstats::stats_of(p.pid()),
+    }
+}
+
+/// Stops the agent (SIGINT) and measures it since `start`. Its programs' counters are read
+/// before the signal, while it still holds them; its CPU comes from its exit, so the draining
+/// of what the span's state changes left in the ring is charged to them. `ours`: teardown,
+/// whose program on the state tracepoint is known by name.
+fn stop_agent(p: &mut Proc, start: &Mark, ours: bool, wall: f64) -> Result<(Exit, AgentFigures)> {
+    let progs = bpfstats::deltas(&start.progs, &bpfstats::stats_of(p.pid()));
+    let e = p.stop(libc::SIGINT, TRACER_STOP_TIMEOUT)?;
+    let cpu = (e.cpu_s - start.cpu_s.unwrap_or(0.0)).max(0.0);
+    let state_changes = bpfstats::state_changes(&progs, ours).filter(|&n| n > 0);
+    let run_time: u64 = progs.iter().map(|p| p.run_time_ns).sum();
+    let f = AgentFigures {
+        state_changes,
+        kernel_ns_per_run: bpfstats::avg_ns(&progs),
+        kernel_ns_per_state_change: state_changes.map(|n| run_time as f64 / n as f64),
+        kernel_programs: progs,
+        agent_cpu_s: Some(cpu),
+        agent_cpu_pct: Some(100.0 * cpu / wall.max(1e-9)),
+        agent_cpu_us_per_state_change: state_changes.map(|n| cpu * 1e6 / n as f64),
+        agent_cpu_us_per_event: None,
+        agent_peak_rss_kib: Some(e.maxrss_kib),
+    };
+    Ok((e, f))
+}
+
+/// Reads a stopped `teardown trace`'s summary and output into `round`; removes the output.
+fn trace_result(e: &Exit, out: &Path, err: &Path, round: &mut Round) -> Result<()> {
+    let text = std::fs::read_to_string(err).unwrap_or_default();
+    round.output_bytes = std::fs::metadata(out).ok().map(|m| m.len());
+    let _ = std::fs::remove_file(out);
+    let Some(s) = parse_summary(&text) else {
+        bail!(
+            "teardown trace printed no summary ({}): {}",
+            e.describe(),
+            last_lines(&text, 5)
+        );
+    };
+    round.events_seen = Some(s.events);
+    round.events_lost = Some(s.lost);
+    round.connections_reported = Some(s.connections);
+    round.agent.agent_cpu_us_per_event = round
+        .agent
+        .agent_cpu_s
+        .filter(|_| s.events > 0)
+        .map(|c| c * 1e6 / s.events as f64);
+    round.bytes_per_connection_end = round
+        .output_bytes
+        .filter(|_| s.connections > 0)
+        .map(|b| b as f64 / s.connections as f64);
+    Ok(())
+}
+
 enum Agent {
     None,
     Trace { p: Proc, out: PathBuf, err: PathBuf },
@@ -632,40 +964,32 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
         .and_then(|p| p.as_i64())
         .context("the churn generator did not say its pid")?;
     let tag = format!("{cfg:?}-{r}").to_lowercase();
+    let (out, err) = (
+        ctx.work.join(format!("{tag}.out")),
+        ctx.work.join(format!("{tag}.err")),
+    );
     let mut agent = match cfg {
         Config::Untraced => Agent::None,
-        Config::Trace => {
-            let (out, err) = (
-                ctx.work.join(format!("{tag}.jsonl")),
-                ctx.work.join(format!("{tag}.err")),
-            );
-            let p = start_trace(ctx, &out, &err)?;
+        Config::Trace | Config::TraceFull | Config::TraceNone => {
+            let extra = trace_extra(ctx, cfg).unwrap_or_default();
+            let p = start_trace(ctx, &extra, &out, &err)?;
             Agent::Trace { p, out, err }
         }
         Config::Peer => {
-            let (out, err) = (
-                ctx.work.join(format!("{tag}.out")),
-                ctx.work.join(format!("{tag}.err")),
-            );
             let mut p = start_peer(&ctx.peer, &ctx.work, &out, &err)?;
             wait_for_text(&mut p, &out, &err, PEER_HEADER, TRACER_START_TIMEOUT)?;
             Agent::Peer { p, out, err }
         }
         Config::Top => {
-            let (out, err) = (
-                ctx.work.join(format!("{tag}.out")),
-                ctx.work.join(format!("{tag}.err")),
-            );
             let mut p = start_top(ctx, churn_pid, &out, &err)?;
             wait_for_text(&mut p, &out, &err, TOP_POLL_LINE, TRACER_START_TIMEOUT)?;
             Agent::Top { p, out, err }
         }
     };
-    // Let the agent settle, then take its CPU baseline (start-up is not charged to the load).
-    thread::sleep(Duration::from_millis(300));
-    let cpu0 = match &agent {
-        Agent::Trace { p, .. } | Agent::Peer { p, .. } | Agent::Top { p, .. } => p.cpu_now(),
-        _ => None,
+    thread::sleep(SETTLE);
+    let start = match &agent {
+        Agent::Trace { p, .. } | Agent::Peer { p, .. } | Agent::Top { p, .. } => Some(mark(p)),
+        Agent::None => None,
     };
     churn.go()?;
     let result: ChurnResult =
@@ -684,47 +1008,21 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
     if result.connections == 0 {
         round.error = Some("the churn made no connections".into());
     }
-    let wall = result.seconds.max(1e-9);
-
-    let finish = |p: &mut Proc, round: &mut Round, our: bool| -> Result<Exit> {
-        // The kernel's statistics of the programs this agent holds, before it lets them go.
-        let mut progs = bpfstats::stats_of(p.pid());
-        if our {
-            progs.retain(|s| OUR_PROGRAMS.iter().any(|o| o.starts_with(&s.name)));
-        }
-        round.kernel_ns_per_run = bpfstats::avg_ns(&progs);
-        round.kernel_programs = progs;
-        let e = p.stop(libc::SIGINT, TRACER_STOP_TIMEOUT)?;
-        round.agent_peak_rss_kib = Some(e.maxrss_kib);
-        let cpu = (e.cpu_s - cpu0.unwrap_or(0.0)).max(0.0);
-        round.agent_cpu_s = Some(cpu);
-        round.agent_cpu_pct = Some(100.0 * cpu / wall);
-        Ok(e)
-    };
+    let wall = result.seconds;
+    let start = start.unwrap_or(Mark {
+        cpu_s: None,
+        progs: Vec::new(),
+    });
     match &mut agent {
         Agent::None => {}
         Agent::Trace { p, out, err } => {
-            let e = finish(p, &mut round, true)?;
-            let text = std::fs::read_to_string(&*err).unwrap_or_default();
-            match parse_summary(&text) {
-                Some((ev, lost)) => {
-                    round.events_seen = Some(ev);
-                    round.events_lost = Some(lost);
-                    round.agent_cpu_us_per_event = round
-                        .agent_cpu_s
-                        .filter(|_| ev > 0)
-                        .map(|c| c * 1e6 / ev as f64);
-                }
-                None => bail!(
-                    "teardown trace printed no summary ({}): {}",
-                    e.describe(),
-                    last_lines(&text, 5)
-                ),
-            }
-            let _ = std::fs::remove_file(&*out);
+            let (e, f) = stop_agent(p, &start, true, wall)?;
+            round.agent = f;
+            trace_result(&e, out, err, &mut round)?;
         }
         Agent::Peer { p, out, err } => {
-            let e = finish(p, &mut round, false)?;
+            let (e, f) = stop_agent(p, &start, false, wall)?;
+            round.agent = f;
             let seen = peer_lines(out)?;
             let errtext = std::fs::read_to_string(&*err).unwrap_or_default();
             // tcpstates warns on stderr; bpftrace says "Lost N events" on stdout.
@@ -734,7 +1032,8 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
             }
             round.events_seen = Some(seen);
             round.events_lost = Some(lost);
-            round.agent_cpu_us_per_event = round
+            round.agent.agent_cpu_us_per_event = round
+                .agent
                 .agent_cpu_s
                 .filter(|_| seen > 0)
                 .map(|c| c * 1e6 / seen as f64);
@@ -745,7 +1044,8 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
             let _ = std::fs::remove_file(&*out);
         }
         Agent::Top { p, out, err } => {
-            let e = finish(p, &mut round, false)?;
+            let (e, f) = stop_agent(p, &start, true, wall)?;
+            round.agent = f;
             let text = std::fs::read_to_string(&*out).unwrap_or_default();
             let polls = text.lines().filter(|l| l.contains(TOP_POLL_LINE)).count();
             round.note = Some(format!("{polls} polls"));
@@ -777,7 +1077,7 @@ fn run_hold(ctx: &Ctx) -> Result<HoldResult> {
     )?;
     churn.next(Duration::from_secs(60))?;
     let (out, err) = (ctx.work.join("hold.jsonl"), ctx.work.join("hold.err"));
-    let mut p = start_trace(ctx, &out, &err)?;
+    let mut p = start_trace(ctx, &ctx.args.trace_args, &out, &err)?;
     thread::sleep(Duration::from_secs(1));
     let mut h = HoldResult {
         rss_before_kib: p.status_kib("VmRSS").unwrap_or(0),
@@ -812,27 +1112,12 @@ fn run_hold(ctx: &Ctx) -> Result<HoldResult> {
     churn.finish(Duration::from_secs(30))?;
     let e = p.stop(libc::SIGINT, TRACER_STOP_TIMEOUT)?;
     h.peak_rss_kib = e.maxrss_kib;
-    if let Some((ev, lost)) = parse_summary(&std::fs::read_to_string(&err).unwrap_or_default()) {
-        h.events_seen = Some(ev);
-        h.events_lost = Some(lost);
+    if let Some(s) = parse_summary(&std::fs::read_to_string(&err).unwrap_or_default()) {
+        h.events_seen = Some(s.events);
+        h.events_lost = Some(s.lost);
     }
     let _ = std::fs::remove_file(&out);
     Ok(h)
-}
-
-fn fill_ratios(runs: &mut [Round]) {
-    let base: Vec<(usize, f64)> = runs
-        .iter()
-        .filter(|r| r.config == Some(Config::Untraced) && r.error.is_none())
-        .map(|r| (r.round, r.per_second))
-        .collect();
-    for r in runs.iter_mut().filter(|r| r.error.is_none()) {
-        if let Some(&(_, b)) = base.iter().find(|(i, _)| *i == r.round) {
-            if b > 0.0 {
-                r.ratio = Some(r.per_second / b);
-            }
-        }
-    }
 }
 
 fn summarize(ctx: &Ctx, cfg: Config, runs: &[Round]) -> ConfigSummary {
@@ -856,205 +1141,16 @@ fn summarize(ctx: &Ctx, cfg: Config, runs: &[Round]) -> ConfigSummary {
         ratio: f(&|r| r.ratio),
         events_seen: f(&|r| r.events_seen.map(|x| x as f64)),
         events_lost: f(&|r| r.events_lost.map(|x| x as f64)),
-        events_expected: f(&|r| r.events_expected.map(|x| x as f64)),
-        kernel_ns_per_run: f(&|r| r.kernel_ns_per_run),
-        agent_cpu_us_per_event: f(&|r| r.agent_cpu_us_per_event),
-        agent_cpu_pct: f(&|r| r.agent_cpu_pct),
-        agent_peak_rss_kib: f(&|r| r.agent_peak_rss_kib.map(|x| x as f64)),
+        state_changes: f(&|r| r.agent.state_changes.map(|x| x as f64)),
+        kernel_ns_per_run: f(&|r| r.agent.kernel_ns_per_run),
+        kernel_ns_per_state_change: f(&|r| r.agent.kernel_ns_per_state_change),
+        agent_cpu_us_per_state_change: f(&|r| r.agent.agent_cpu_us_per_state_change),
+        agent_cpu_us_per_event: f(&|r| r.agent.agent_cpu_us_per_event),
+        agent_cpu_pct: f(&|r| r.agent.agent_cpu_pct),
+        agent_peak_rss_kib: f(&|r| r.agent.agent_peak_rss_kib.map(|x| x as f64)),
+        bytes_per_connection_end: f(&|r| r.bytes_per_connection_end),
         notes,
     }
-}
-
-fn targets(summary: &[ConfigSummary], hold: Option<&HoldResult>) -> Vec<Target> {
-    let get = |c: Config| summary.iter().find(|s| s.config == c);
-    let mut t = Vec::new();
-    let trace = get(Config::Trace);
-    let peer = get(Config::Peer);
-    let tr = trace.and_then(|s| s.ratio);
-    let pr = peer.and_then(|s| s.ratio);
-    t.push(Target {
-        target: "trace throughput >= 95% of untraced".into(),
-        measured: tr.map_or("n/a".into(), |r| format!("{:.1}%", r.median * 100.0)),
-        met: tr.map(|r| r.median >= 0.95),
-    });
-    t.push(Target {
-        target: "trace ratio better than the peer's".into(),
-        measured: match (tr, pr) {
-            (Some(a), Some(b)) => format!("{:.3} vs {:.3}", a.median, b.median),
-            _ => "n/a".into(),
-        },
-        met: match (tr, pr) {
-            (Some(a), Some(b)) => Some(a.median > b.median),
-            _ => None,
-        },
-    });
-    let lost = trace.and_then(|s| s.events_lost);
-    t.push(Target {
-        target: "zero lost events at max churn (default settings)".into(),
-        measured: lost.map_or("n/a".into(), |l| {
-            format!("max {} lost per round (median {})", l.max, l.median)
-        }),
-        met: lost.map(|l| l.max == 0.0),
-    });
-    let k = trace.and_then(|s| s.kernel_ns_per_run);
-    t.push(Target {
-        target: "kernel program <= 300 ns per invocation".into(),
-        measured: k.map_or("n/a".into(), |k| format!("{:.0} ns", k.median)),
-        met: k.map(|k| k.median <= 300.0),
-    });
-    let c = trace.and_then(|s| s.agent_cpu_us_per_event);
-    t.push(Target {
-        target: "agent <= 2 µs CPU per event".into(),
-        measured: c.map_or("n/a".into(), |c| format!("{:.2} µs", c.median)),
-        met: c.map(|c| c.median <= 2.0),
-    });
-    let m = hold.filter(|h| h.error.is_none() && h.connections > 0);
-    t.push(Target {
-        target: "<= 1 KiB per open tracked connection".into(),
-        measured: m.map_or("n/a".into(), |h| {
-            format!(
-                "{:.0} B (heap, RssAnon); {:.0} B by VmRSS",
-                h.bytes_per_connection_anon, h.bytes_per_connection_rss
-            )
-        }),
-        met: m.map(|h| h.bytes_per_connection_anon <= 1024.0),
-    });
-    t
-}
-
-fn fmt_spread(s: Option<Spread>, f: &dyn Fn(f64) -> String) -> String {
-    match s {
-        None => "–".into(),
-        Some(s) if s.n == 1 || s.min == s.max => f(s.median),
-        Some(s) => format!("{} ({}–{})", f(s.median), f(s.min), f(s.max)),
-    }
-}
-
-fn thousands(x: f64) -> String {
-    let n = x.round() as i64;
-    let s = n.abs().to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    if n < 0 {
-        format!("-{out}")
-    } else {
-        out
-    }
-}
-
-fn markdown(r: &Report) -> String {
-    let mut s = String::new();
-    let m = &r.machine;
-    let _ = writeln!(s, "### teardown benchmark ({})", r.date);
-    let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "Machine: Linux {}, {}, {} cores, {} MiB RAM. Loopback churn: {} client threads, connect, \
-         1 byte each way, client closes first; {} interleaved rounds of {} s per configuration, \
-         each round in a fresh network namespace. Medians, with (min–max) over rounds.",
-        m.kernel,
-        m.cpu_model,
-        m.cores,
-        m.mem_total_mib,
-        r.churn_threads,
-        r.rounds,
-        r.seconds_per_round
-    );
-    let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "| configuration | connections/s | ratio to untraced | events seen | events lost | \
-         kernel ns/run | agent CPU µs/event | agent CPU % of a core | agent peak RSS MiB |"
-    );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for c in &r.summary {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            c.label,
-            fmt_spread(c.per_second, &thousands),
-            fmt_spread(c.ratio, &|x| format!("{x:.3}")),
-            fmt_spread(c.events_seen, &thousands),
-            fmt_spread(c.events_lost, &thousands),
-            fmt_spread(c.kernel_ns_per_run, &|x| format!("{x:.0}")),
-            fmt_spread(c.agent_cpu_us_per_event, &|x| format!("{x:.2}")),
-            fmt_spread(c.agent_cpu_pct, &|x| format!("{x:.1}")),
-            fmt_spread(c.agent_peak_rss_kib, &|x| format!("{:.1}", x / 1024.0)),
-        );
-    }
-    let _ = writeln!(s);
-    if let Some(epc) = r.events_per_connection {
-        let _ = writeln!(
-            s,
-            "About {epc:.1} state changes per connection (teardown's events seen + lost / \
-             connections). The peer's expected events per round are connections × that: {}.",
-            r.summary
-                .iter()
-                .find(|c| c.config == Config::Peer)
-                .and_then(|c| c.events_expected)
-                .map_or("n/a".into(), |e| format!("median {}", thousands(e.median)))
-        );
-        let _ = writeln!(s);
-    }
-    let _ = writeln!(s, "Top's back end: {}.", r.top_back_end);
-    for c in &r.summary {
-        for n in &c.notes {
-            let _ = writeln!(s, "- {}: {}", c.label, n);
-        }
-    }
-    let _ = writeln!(s);
-    if let Some(h) = &r.hold {
-        match &h.error {
-            Some(e) => {
-                let _ = writeln!(s, "Memory scenario failed: {e}");
-            }
-            None => {
-                let _ = writeln!(
-                    s,
-                    "Memory: {} loopback connections held open under `teardown trace`, both ends \
-                     on this host, so {} tracked connections (each end is one, as in the \
-                     output): RSS {:.1} → {:.1} MiB, heap (RssAnon) {:.1} → {:.1} MiB: **{:.0} B \
-                     per open tracked connection** ({:.0} B per loopback pair; heap; {:.0} B by \
-                     VmRSS, which also counts ring-buffer pages touched by the burst); peak RSS \
-                     {:.1} MiB; {} events, {} lost.",
-                    thousands(h.connections as f64),
-                    thousands(h.tracked_connections as f64),
-                    h.rss_before_kib as f64 / 1024.0,
-                    h.rss_with_kib as f64 / 1024.0,
-                    h.anon_before_kib as f64 / 1024.0,
-                    h.anon_with_kib as f64 / 1024.0,
-                    h.bytes_per_connection_anon,
-                    2.0 * h.bytes_per_connection_anon,
-                    h.bytes_per_connection_rss,
-                    h.peak_rss_kib as f64 / 1024.0,
-                    h.events_seen.map_or("?".into(), |x| thousands(x as f64)),
-                    h.events_lost.map_or("?".into(), |x| thousands(x as f64)),
-                );
-            }
-        }
-        let _ = writeln!(s);
-    }
-    let _ = writeln!(s, "| target | measured | met |");
-    let _ = writeln!(s, "|---|---|---|");
-    for t in &r.targets {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} |",
-            t.target,
-            t.measured,
-            match t.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "n/a",
-            }
-        );
-    }
-    s
 }
 
 fn machine() -> Machine {
@@ -1085,7 +1181,15 @@ mod tests {
     #[test]
     fn parses_our_summary() {
         let s = "tracing TCP teardowns (hook: btf)\nsummary: 10 connections reported (12 seen), 1234 events, 5 lost events\n  verdicts: 1 conform";
-        assert_eq!(parse_summary(s), Some((1234, 5)));
+        assert_eq!(
+            parse_summary(s),
+            Some(TraceSummary {
+                connections: 10,
+                events: 1234,
+                lost: 5
+            })
+        );
+        assert_eq!(parse_summary("tracing TCP teardowns (hook: btf)\n"), None);
     }
 
     #[test]
@@ -1097,9 +1201,25 @@ mod tests {
     }
 
     #[test]
+    fn finds_an_option_default_in_help() {
+        let help = "Options:\n      --format <FORMAT>\n          Output format\n\n          \
+                    [default: text]\n\n      --conforming <CONFORMING>\n          What JSON \
+                    Lines writes\n\n          Possible values:\n          - full: ...\n\n          \
+                    [default: compact]\n\n  -o, --output <FILE>\n          Write here\n";
+        assert_eq!(
+            help_default(help, "--conforming").as_deref(),
+            Some("compact")
+        );
+        assert_eq!(help_default(help, "--format").as_deref(), Some("text"));
+        // An option without a default, and one the binary does not have.
+        assert_eq!(help_default(help, "--output").as_deref(), Some(""));
+        assert_eq!(help_default(help, "--ring-size"), None);
+    }
+
+    #[test]
     fn spreads() {
         let s = spread(vec![3.0, 1.0, 2.0]).map(|s| (s.median, s.min, s.max));
         assert_eq!(s, Some((2.0, 1.0, 3.0)));
-        assert_eq!(thousands(1234567.0), "1,234,567");
+        assert_eq!(spread(vec![f64::NAN]).map(|s| s.n), None);
     }
 }

@@ -63,7 +63,8 @@ enum Task {
         args: churn::ChurnArgs,
     },
     /// Benchmark: churn untraced, with `teardown trace`, with top's back end and with the peer
-    /// tool, interleaved; writes bench-results/latest.{json,md}. Needs root.
+    /// tool, interleaved; then a soak under `teardown trace`; writes
+    /// bench-results/latest.{json,md}. Needs root; about 18 minutes by default.
     Bench {
         #[command(flatten)]
         args: bench::BenchArgs,

@@ -126,6 +126,42 @@ pub fn stats_of(pid: i32) -> Vec<ProgStat> {
         .collect()
 }
 
+/// What each program of `after` did since `before` (a program absent from `before` counts from
+/// zero): the span between two readings.
+pub fn deltas(before: &[ProgStat], after: &[ProgStat]) -> Vec<ProgStat> {
+    after
+        .iter()
+        .map(|a| {
+            let b = before.iter().find(|b| b.id == a.id);
+            ProgStat {
+                id: a.id,
+                name: a.name.clone(),
+                run_time_ns: a.run_time_ns.saturating_sub(b.map_or(0, |b| b.run_time_ns)),
+                run_cnt: a.run_cnt.saturating_sub(b.map_or(0, |b| b.run_cnt)),
+            }
+        })
+        .collect()
+}
+
+/// Ours on the `inet_sock_set_state` tracepoint (BTF or classic variant): the kernel's name of
+/// a program is cut to 15 characters, and both variants start so.
+pub fn is_state_program(name: &str) -> bool {
+    name.starts_with("inet_sock_set")
+}
+
+/// State changes as the kernel counts them over a span: the runs of the program on
+/// `inet_sock_set_state`, which the kernel calls once per change whatever the program records.
+/// `ours`: pick our program by name; else (a peer tool, whose only busy program is its own on
+/// that tracepoint) every run counts.
+pub fn state_changes(progs: &[ProgStat], ours: bool) -> Option<u64> {
+    let mut it = progs
+        .iter()
+        .filter(|p| !ours || is_state_program(&p.name))
+        .peekable();
+    it.peek()?;
+    Some(it.map(|p| p.run_cnt).sum())
+}
+
 /// Average ns per invocation over `progs` (None when they never ran).
 pub fn avg_ns(progs: &[ProgStat]) -> Option<f64> {
     let t: u64 = progs.iter().map(|p| p.run_time_ns).sum();
@@ -135,4 +171,37 @@ pub fn avg_ns(progs: &[ProgStat]) -> Option<f64> {
 
 pub fn available() -> bool {
     Path::new(SYSCTL).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(id: u32, name: &str, t: u64, n: u64) -> ProgStat {
+        ProgStat {
+            id,
+            name: name.into(),
+            run_time_ns: t,
+            run_cnt: n,
+        }
+    }
+
+    #[test]
+    fn counts_state_changes_over_a_span() {
+        let before = [
+            stat(1, "inet_sock_set_s", 1_000, 10),
+            stat(2, "tcp_retransmit_", 50, 1),
+        ];
+        let after = [
+            stat(1, "inet_sock_set_s", 31_000, 110),
+            stat(2, "tcp_retransmit_", 350, 4),
+            stat(3, "tcp_send_reset_", 70, 1),
+        ];
+        let d = deltas(&before, &after);
+        assert_eq!(state_changes(&d, true), Some(100));
+        // A peer's programs all count.
+        assert_eq!(state_changes(&d, false), Some(104));
+        assert_eq!(avg_ns(&d), Some((30_000 + 300 + 70) as f64 / 104.0));
+        assert_eq!(state_changes(&d[1..], true), None);
+    }
 }

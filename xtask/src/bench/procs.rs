@@ -258,6 +258,20 @@ impl Churner {
         serde_json::from_str(&line).with_context(|| format!("the churn generator printed {line:?}"))
     }
 
+    /// The next JSON line if one comes within `timeout`; None if none came yet. An error when
+    /// the generator stopped without one.
+    pub fn try_next(&mut self, timeout: Duration) -> Result<Option<serde_json::Value>> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => serde_json::from_str(&line)
+                .map(Some)
+                .with_context(|| format!("the churn generator printed {line:?}")),
+            Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("the churn generator stopped without a result")
+            }
+        }
+    }
+
     pub fn go(&mut self) -> Result<()> {
         let stdin = self
             .stdin
@@ -281,4 +295,49 @@ pub fn meminfo_kib(field: &str) -> Option<u64> {
     s.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Bytes free to an unprivileged writer on the filesystem holding `path`.
+pub fn disk_avail_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a NUL-terminated path; st is ours to fill.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// A counter of the `Tcp:` lines of /proc/PID/net/snmp: the figures of that process's network
+/// namespace (`ActiveOpens`: connect()s that got to SYN_SENT).
+pub fn tcp_counter(pid: i32, name: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).ok()?;
+    snmp_counter(&s, "Tcp:", name)
+}
+
+/// In /proc/net/snmp's text: the value under `name` in the `group` (a header line of names,
+/// then one of values).
+fn snmp_counter(text: &str, group: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(group));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let i = names.split_whitespace().position(|w| w == name)?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_snmp_counter() {
+        let t = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin ActiveOpens \
+                 PassiveOpens\nTcp: 1 200 17326 17219\nUdp: InDatagrams\nUdp: 5\n";
+        assert_eq!(snmp_counter(t, "Tcp:", "ActiveOpens"), Some(17326));
+        assert_eq!(snmp_counter(t, "Tcp:", "PassiveOpens"), Some(17219));
+        assert_eq!(snmp_counter(t, "Tcp:", "MaxConn"), None);
+        assert_eq!(snmp_counter(t, "Icmp:", "InMsgs"), None);
+    }
 }

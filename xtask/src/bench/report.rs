@@ -1,0 +1,623 @@
+//! The benchmark's report: the targets, met or missed with their figures, and the markdown.
+
+use std::fmt::Write as _;
+
+use super::{Config, ConfigSummary, Report, Round, Spread, Target, CONFORMING};
+
+/// The targets' bounds.
+const MIN_ROUND_S: f64 = 30.0;
+const MIN_SOAK_S: f64 = 300.0;
+const MIN_RATIO: f64 = 0.99;
+const RSS_DRIFT: f64 = 0.10;
+const MAX_AGENT_US: f64 = 0.5;
+const MAX_KERNEL_NS: f64 = 300.0;
+const MAX_HOLD_BYTES: f64 = 1024.0;
+
+fn summary(r: &Report, c: Config) -> Option<&ConfigSummary> {
+    r.summary.iter().find(|s| s.config == c)
+}
+
+/// The rounds of one configuration, failed ones included.
+fn rounds(r: &Report, c: Config) -> impl Iterator<Item = &Round> {
+    r.runs.iter().filter(move |x| x.config == Some(c))
+}
+
+/// The soak when it ran through.
+fn soak_ok(r: &Report) -> Option<&super::SoakResult> {
+    r.soak.as_ref().filter(|s| s.trace.error.is_none())
+}
+
+pub(super) fn targets(r: &Report) -> Vec<Target> {
+    let mut t = Vec::new();
+    let short_rounds = r.seconds_per_round < MIN_ROUND_S;
+    let short = |what: &str, s: f64, min: f64| {
+        format!("; {what} of {s} s, shorter than the target's {min} s: not assessed")
+    };
+
+    // Losses in every round.
+    let tr: Vec<&Round> = rounds(r, Config::Trace).collect();
+    let failed = tr.iter().filter(|x| x.error.is_some()).count();
+    let lost: Vec<u64> = tr.iter().filter_map(|x| x.events_lost).collect();
+    let max_lost = lost.iter().copied().max();
+    let mut m = match max_lost {
+        None => "n/a".to_owned(),
+        Some(_) => format!(
+            "lost per round: {} (of {} events at most)",
+            lost.iter()
+                .map(|&l| thousands(l as f64))
+                .collect::<Vec<_>>()
+                .join(", "),
+            thousands(
+                tr.iter()
+                    .filter_map(|x| Some(x.events_seen? + x.events_lost?))
+                    .max()
+                    .unwrap_or(0) as f64
+            )
+        ),
+    };
+    if failed > 0 {
+        m += &format!("; {failed} rounds failed");
+    }
+    if short_rounds {
+        m += &short("rounds", r.seconds_per_round, MIN_ROUND_S);
+    }
+    t.push(Target {
+        target: format!(
+            "hard: 0 lost events in every round of >= {MIN_ROUND_S} s (default settings)"
+        ),
+        measured: m,
+        met: match max_lost {
+            _ if failed > 0 => Some(false),
+            Some(l) if !short_rounds => Some(l == 0),
+            _ => None,
+        },
+    });
+
+    let soak = soak_ok(r);
+    let soak_short = r.soak.as_ref().is_some_and(|s| s.seconds < MIN_SOAK_S);
+    let soak_state = |m: String| match &r.soak {
+        None => "no soak (--soak-seconds 0)".to_owned(),
+        Some(s) if s.trace.error.is_some() => {
+            format!(
+                "the soak failed: {}",
+                s.trace.error.as_deref().unwrap_or("")
+            )
+        }
+        Some(s) if s.seconds < MIN_SOAK_S => m + &short("a soak", s.seconds, MIN_SOAK_S),
+        Some(_) => m,
+    };
+    let soak_met = |ok: Option<bool>| {
+        if r.soak.as_ref().is_some_and(|s| s.trace.error.is_some()) {
+            Some(false)
+        } else if soak_short {
+            None
+        } else {
+            ok
+        }
+    };
+    let sl = soak.and_then(|s| Some((s.trace.events_lost?, s.trace.events_seen?)));
+    t.push(Target {
+        target: format!(
+            "hard: 0 lost events in a soak of >= {} min (default settings)",
+            MIN_SOAK_S / 60.0
+        ),
+        measured: soak_state(sl.map_or("n/a".into(), |(l, s)| {
+            format!(
+                "{} lost of {} events",
+                thousands(l as f64),
+                thousands((s + l) as f64)
+            )
+        })),
+        met: soak_met(sl.map(|(l, _)| l == 0)),
+    });
+
+    let ratio = summary(r, Config::Trace).and_then(|s| s.ratio);
+    t.push(Target {
+        target: format!(
+            "hard: throughput >= {:.0}% of untraced, rounds",
+            MIN_RATIO * 100.0
+        ),
+        measured: ratio.map_or("n/a".into(), |x| {
+            format!(
+                "median {:.1}% (min {:.1}%) over {} rounds",
+                x.median * 100.0,
+                x.min * 100.0,
+                x.n
+            )
+        }),
+        met: ratio.map(|x| x.median >= MIN_RATIO),
+    });
+    let sr = soak.and_then(|s| s.trace.ratio);
+    t.push(Target {
+        target: format!(
+            "hard: throughput >= {:.0}% of untraced, soak",
+            MIN_RATIO * 100.0
+        ),
+        measured: soak_state(match (soak, sr) {
+            (Some(s), Some(x)) => format!(
+                "{:.1}% ({} conn/s against {}: {})",
+                x * 100.0,
+                thousands(s.trace.per_second),
+                thousands(s.baseline_per_second.unwrap_or(0.0)),
+                s.baseline
+            ),
+            _ => "n/a".into(),
+        }),
+        met: soak_met(sr.map(|x| x >= MIN_RATIO)),
+    });
+
+    let rss = soak.and_then(|s| Some((s.rss_first_kib?, s.rss_end_kib?, s.rss_end_ratio?)));
+    t.push(Target {
+        target: format!(
+            "hard: soak RSS at the end within {:.0}% of its first minute's",
+            RSS_DRIFT * 100.0
+        ),
+        measured: soak_state(match (soak, rss) {
+            (Some(s), Some((a, b, x))) => format!(
+                "{:.1} MiB at {:.0} s, {:.1} MiB at the end: x{x:.3}",
+                a as f64 / 1024.0,
+                s.rss_first_at_s.unwrap_or(0.0),
+                b as f64 / 1024.0
+            ),
+            _ => "n/a".into(),
+        }),
+        met: soak_met(rss.map(|(_, _, x)| (x - 1.0).abs() <= RSS_DRIFT)),
+    });
+
+    let with_soak = |rounds: Option<Spread>, soak: Option<f64>, f: &dyn Fn(f64) -> String| {
+        let mut m = rounds.map_or("rounds: n/a".into(), |x| {
+            format!("rounds: median {} (max {})", f(x.median), f(x.max))
+        });
+        if let Some(v) = soak {
+            m += &format!("; soak: {}", f(v));
+        }
+        m
+    };
+    let within = |rounds: Option<Spread>, soak: Option<f64>, max: f64| {
+        rounds.map(|x| x.median <= max && soak.is_none_or(|v| v <= max))
+    };
+    let cpu = summary(r, Config::Trace).and_then(|s| s.agent_cpu_us_per_state_change);
+    let soak_cpu = soak.and_then(|s| s.trace.agent.agent_cpu_us_per_state_change);
+    t.push(Target {
+        target: format!("agent <= {MAX_AGENT_US} µs CPU per state change (the kernel's count)"),
+        measured: with_soak(cpu, soak_cpu, &|v| format!("{v:.3} µs")),
+        met: within(cpu, soak_cpu, MAX_AGENT_US),
+    });
+    let k = summary(r, Config::Trace).and_then(|s| s.kernel_ns_per_state_change);
+    let soak_k = soak.and_then(|s| s.trace.agent.kernel_ns_per_state_change);
+    t.push(Target {
+        target: format!("kernel programs <= {MAX_KERNEL_NS} ns per state change"),
+        measured: with_soak(k, soak_k, &|v| format!("{v:.0} ns")),
+        met: within(k, soak_k, MAX_KERNEL_NS),
+    });
+
+    let bytes: Vec<String> = [Config::Trace, Config::TraceFull, Config::TraceNone]
+        .iter()
+        .filter_map(|&c| {
+            let b = summary(r, c)?.bytes_per_connection_end?;
+            Some(format!("{}: {}", choice_name(r, c), fmt_bytes(b.median)))
+        })
+        .collect();
+    t.push(Target {
+        target: "JSON Lines bytes per connection end, per output choice (figures, no bound)".into(),
+        measured: if bytes.is_empty() {
+            "n/a".into()
+        } else {
+            bytes.join("; ")
+        },
+        met: None,
+    });
+
+    let pr = summary(r, Config::Peer).and_then(|s| s.ratio);
+    t.push(Target {
+        target: "trace ratio better than the peer's".into(),
+        measured: match (ratio, pr) {
+            (Some(a), Some(b)) => format!("{:.3} vs {:.3}", a.median, b.median),
+            _ => "n/a".into(),
+        },
+        met: match (ratio, pr) {
+            (Some(a), Some(b)) => Some(a.median > b.median),
+            _ => None,
+        },
+    });
+    let h = r
+        .hold
+        .as_ref()
+        .filter(|h| h.error.is_none() && h.connections > 0);
+    t.push(Target {
+        target: "<= 1 KiB per open tracked connection".into(),
+        measured: h.map_or("n/a".into(), |h| {
+            format!(
+                "{:.0} B (heap, RssAnon); {:.0} B by VmRSS",
+                h.bytes_per_connection_anon, h.bytes_per_connection_rss
+            )
+        }),
+        met: h.map(|h| h.bytes_per_connection_anon <= MAX_HOLD_BYTES),
+    });
+    t
+}
+
+/// The output choice of a trace configuration, as the report names it.
+fn choice_name(r: &Report, c: Config) -> String {
+    match c {
+        Config::TraceFull => format!("{CONFORMING} full"),
+        Config::TraceNone => format!("{CONFORMING} none"),
+        _ => match r.conforming_default.as_deref() {
+            Some(d) if !d.is_empty() => format!("default ({CONFORMING} {d})"),
+            _ => "default".into(),
+        },
+    }
+}
+
+fn fmt_bytes(b: f64) -> String {
+    if b >= 100.0 {
+        format!("{} B", thousands(b))
+    } else if b >= 1.0 {
+        format!("{b:.1} B")
+    } else {
+        // `--conforming none`: the summary line alone, over every connection end.
+        format!("{b:.4} B")
+    }
+}
+
+fn fmt_spread(s: Option<Spread>, f: &dyn Fn(f64) -> String) -> String {
+    match s {
+        None => "–".into(),
+        Some(s) if s.n == 1 || s.min == s.max => f(s.median),
+        Some(s) => format!("{} ({}–{})", f(s.median), f(s.min), f(s.max)),
+    }
+}
+
+pub(super) fn thousands(x: f64) -> String {
+    let n = x.round() as i64;
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn opt(x: Option<f64>, f: &dyn Fn(f64) -> String) -> String {
+    x.map_or("–".into(), f)
+}
+
+fn pct_lost(seen: Option<u64>, lost: Option<u64>) -> Option<f64> {
+    let (s, l) = (seen?, lost?);
+    Some(100.0 * l as f64 / (s + l).max(1) as f64)
+}
+
+pub(super) fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let m = &r.machine;
+    let _ = writeln!(s, "### teardown benchmark ({})", r.date);
+    let _ = writeln!(s);
+    let choices =
+        summary(r, Config::TraceFull).is_some() || summary(r, Config::TraceNone).is_some();
+    let _ = writeln!(
+        s,
+        "Machine: Linux {}, {}, {} cores, {} MiB RAM. Loopback churn: {} client threads, connect, \
+         1 byte each way, client closes first; {} interleaved rounds of {} s per configuration{}, \
+         each round in a fresh network namespace{}. Medians, with (min–max) over rounds. The \
+         whole run took {:.1} min.",
+        m.kernel,
+        m.cpu_model,
+        m.cores,
+        m.mem_total_mib,
+        r.churn_threads,
+        r.rounds,
+        r.seconds_per_round,
+        if choices {
+            format!(" (the other output choices, {CONFORMING} full and none, one round each)")
+        } else {
+            String::new()
+        },
+        r.soak.as_ref().map_or(String::new(), |k| format!(
+            "; then a soak of {} s under `teardown trace` with default settings (its throughput \
+             against {})",
+            k.seconds, k.baseline
+        )),
+        r.wall_seconds / 60.0
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "State changes: the kernel's count of runs of the tracer's program on \
+         `inet_sock_set_state` over the measured span (every TCP state change on the host, \
+         whatever the tracer records). Agent CPU: user + system, from 300 ms after the tracer \
+         is ready (when the state-change count starts too) to its exit, draining included. \
+         Kernel ns per state change: all the tracer's programs' run time over those state \
+         changes. Bytes per connection end: the JSON Lines file over the connections its \
+         summary reports."
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| configuration | connections/s | ratio to untraced | events seen | events lost | \
+         state changes (kernel) | agent CPU µs/state change | agent CPU µs/event | kernel \
+         ns/state change | agent CPU % of a core | agent peak RSS MiB | JSON Lines bytes/connection end |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for c in &r.summary {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.label,
+            fmt_spread(c.per_second, &thousands),
+            fmt_spread(c.ratio, &|x| format!("{x:.3}")),
+            fmt_spread(c.events_seen, &thousands),
+            fmt_spread(c.events_lost, &thousands),
+            fmt_spread(c.state_changes, &thousands),
+            fmt_spread(c.agent_cpu_us_per_state_change, &|x| format!("{x:.3}")),
+            fmt_spread(c.agent_cpu_us_per_event, &|x| format!("{x:.2}")),
+            fmt_spread(c.kernel_ns_per_state_change, &|x| format!("{x:.0}")),
+            fmt_spread(c.agent_cpu_pct, &|x| format!("{x:.1}")),
+            fmt_spread(c.agent_peak_rss_kib, &|x| format!("{:.1}", x / 1024.0)),
+            fmt_spread(c.bytes_per_connection_end, &fmt_bytes),
+        );
+    }
+    let _ = writeln!(s);
+
+    let _ = writeln!(s, "Per round, the tracers' losses:");
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| round | configuration | connections/s | ratio to untraced | events seen | events lost \
+         | lost % | state changes (kernel) |"
+    );
+    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|");
+    for x in r.runs.iter().filter(|x| {
+        matches!(
+            x.config,
+            Some(Config::Trace | Config::TraceFull | Config::TraceNone | Config::Peer)
+        )
+    }) {
+        let label = r
+            .summary
+            .iter()
+            .find(|c| Some(c.config) == x.config)
+            .map_or("?", |c| c.label.as_str());
+        if let Some(e) = &x.error {
+            let _ = writeln!(s, "| {} | {label} | failed: {e} | | | | | |", x.round + 1);
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "| {} | {label} | {} | {} | {} | {} | {} | {} |",
+            x.round + 1,
+            thousands(x.per_second),
+            opt(x.ratio, &|v| format!("{v:.3}")),
+            opt(x.events_seen.map(|v| v as f64), &thousands),
+            opt(x.events_lost.map(|v| v as f64), &thousands),
+            opt(pct_lost(x.events_seen, x.events_lost), &|v| format!(
+                "{v:.2}"
+            )),
+            opt(x.agent.state_changes.map(|v| v as f64), &thousands),
+        );
+    }
+    let _ = writeln!(s);
+
+    // Per program, over all the default trace rounds together.
+    let mut progs: Vec<(String, u64, u64)> = Vec::new();
+    let mut secs = 0.0;
+    for x in rounds(r, Config::Trace).filter(|x| x.error.is_none()) {
+        secs += x.connections as f64 / x.per_second.max(1e-9);
+        for p in &x.agent.kernel_programs {
+            match progs.iter_mut().find(|q| q.0 == p.name) {
+                Some(q) => {
+                    q.1 += p.run_cnt;
+                    q.2 += p.run_time_ns;
+                }
+                None => progs.push((p.name.clone(), p.run_cnt, p.run_time_ns)),
+            }
+        }
+    }
+    if !progs.is_empty() {
+        let _ = writeln!(
+            s,
+            "Kernel programs of `teardown trace` (default settings), over all its rounds \
+             (names as the kernel keeps them, cut to 15 characters):"
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(s, "| program | runs/s | ns/run |");
+        let _ = writeln!(s, "|---|---:|---:|");
+        for (name, n, t) in &progs {
+            let _ = writeln!(
+                s,
+                "| {name} | {} | {} |",
+                thousands(*n as f64 / secs.max(1e-9)),
+                if *n > 0 {
+                    format!("{:.0}", *t as f64 / *n as f64)
+                } else {
+                    "–".into()
+                }
+            );
+        }
+        let _ = writeln!(s);
+    }
+
+    if let Some(k) = &r.soak {
+        let label = summary(r, Config::Trace).map_or("teardown trace", |c| c.label.as_str());
+        soak_markdown(&mut s, k, label);
+    }
+
+    for n in &r.notes {
+        let _ = writeln!(s, "- {n}");
+    }
+    let _ = writeln!(s, "- Top's back end: {}.", r.top_back_end);
+    for c in &r.summary {
+        for n in &c.notes {
+            let _ = writeln!(s, "- {}: {}", c.label, n);
+        }
+    }
+    let _ = writeln!(s);
+    if let Some(h) = &r.hold {
+        match &h.error {
+            Some(e) => {
+                let _ = writeln!(s, "Memory scenario failed: {e}");
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "Memory: {} loopback connections held open under `teardown trace`, both ends \
+                     on this host, so {} tracked connections (each end is one, as in the \
+                     output): RSS {:.1} → {:.1} MiB, heap (RssAnon) {:.1} → {:.1} MiB: **{:.0} B \
+                     per open tracked connection** ({:.0} B per loopback pair; heap; {:.0} B by \
+                     VmRSS, which also counts ring-buffer pages touched by the burst); peak RSS \
+                     {:.1} MiB; {} events, {} lost.",
+                    thousands(h.connections as f64),
+                    thousands(h.tracked_connections as f64),
+                    h.rss_before_kib as f64 / 1024.0,
+                    h.rss_with_kib as f64 / 1024.0,
+                    h.anon_before_kib as f64 / 1024.0,
+                    h.anon_with_kib as f64 / 1024.0,
+                    h.bytes_per_connection_anon,
+                    2.0 * h.bytes_per_connection_anon,
+                    h.bytes_per_connection_rss,
+                    h.peak_rss_kib as f64 / 1024.0,
+                    h.events_seen.map_or("?".into(), |x| thousands(x as f64)),
+                    h.events_lost.map_or("?".into(), |x| thousands(x as f64)),
+                );
+            }
+        }
+        let _ = writeln!(s);
+    }
+    let _ = writeln!(s, "| target | measured | met |");
+    let _ = writeln!(s, "|---|---|---|");
+    for t in &r.targets {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            t.target,
+            t.measured,
+            match t.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            }
+        );
+    }
+    s
+}
+
+fn minutes(m: &super::soak::Minutes) -> String {
+    format!("{} → {}", opt(m.first, &thousands), opt(m.last, &thousands))
+}
+
+fn soak_markdown(s: &mut String, k: &super::SoakResult, label: &str) {
+    let t = &k.trace;
+    let _ = writeln!(
+        s,
+        "Soak: {} s of the same churn under `{label}`, its VmRSS sampled every 2 s.",
+        k.seconds
+    );
+    let _ = writeln!(s);
+    if let Some(e) = &t.error {
+        let _ = writeln!(s, "The soak failed: {e}");
+        let _ = writeln!(s);
+        return;
+    }
+    let a = &t.agent;
+    let _ = writeln!(s, "| soak | measured |");
+    let _ = writeln!(s, "|---|---|");
+    let rows: [(&str, String); 8] = [
+        (
+            "throughput",
+            format!(
+                "{} connections, {} conn/s; {} of {} conn/s ({}); connect()s per second over \
+                 the first {} s and the last: {}{}",
+                thousands(t.connections as f64),
+                thousands(t.per_second),
+                opt(t.ratio, &|x| format!("{x:.3}")),
+                opt(k.baseline_per_second, &thousands),
+                k.baseline,
+                opt(k.minute_s, &|v| format!("{v:.0}")),
+                minutes(&k.connects_per_s),
+                k.untraced_connects_per_s
+                    .as_ref()
+                    .map_or(String::new(), |u| format!(" (untraced: {})", minutes(u)))
+            ),
+        ),
+        (
+            "events",
+            format!(
+                "{} seen, {} lost ({}%)",
+                opt(t.events_seen.map(|v| v as f64), &thousands),
+                opt(t.events_lost.map(|v| v as f64), &thousands),
+                opt(pct_lost(t.events_seen, t.events_lost), &|v| format!(
+                    "{v:.2}"
+                ))
+            ),
+        ),
+        (
+            "state changes (kernel)",
+            format!(
+                "{}; per second over the first {} s and the last: {}",
+                opt(a.state_changes.map(|v| v as f64), &thousands),
+                opt(k.minute_s, &|v| format!("{v:.0}")),
+                minutes(&k.state_changes_per_s)
+            ),
+        ),
+        (
+            "agent CPU",
+            format!(
+                "{} µs per state change, {} µs per event, {}% of a core",
+                opt(a.agent_cpu_us_per_state_change, &|v| format!("{v:.3}")),
+                opt(a.agent_cpu_us_per_event, &|v| format!("{v:.2}")),
+                opt(a.agent_cpu_pct, &|v| format!("{v:.1}"))
+            ),
+        ),
+        (
+            "kernel programs",
+            format!(
+                "{} ns per state change ({} ns per run)",
+                opt(a.kernel_ns_per_state_change, &|v| format!("{v:.0}")),
+                opt(a.kernel_ns_per_run, &|v| format!("{v:.0}"))
+            ),
+        ),
+        (
+            "RSS",
+            format!(
+                "{} MiB at {} s, {} MiB at the end: x{}; peak {} MiB",
+                opt(k.rss_first_kib.map(|v| v as f64), &|v| format!(
+                    "{:.1}",
+                    v / 1024.0
+                )),
+                opt(k.rss_first_at_s, &|v| format!("{v:.0}")),
+                opt(k.rss_end_kib.map(|v| v as f64), &|v| format!(
+                    "{:.1}",
+                    v / 1024.0
+                )),
+                opt(k.rss_end_ratio, &|v| format!("{v:.3}")),
+                opt(a.agent_peak_rss_kib.map(|v| v as f64), &|v| format!(
+                    "{:.1}",
+                    v / 1024.0
+                ))
+            ),
+        ),
+        (
+            "JSON Lines",
+            format!(
+                "{} per connection end ({} connection ends, {:.2} GB)",
+                opt(t.bytes_per_connection_end, &fmt_bytes),
+                opt(t.connections_reported.map(|v| v as f64), &thousands),
+                t.output_bytes.unwrap_or(0) as f64 / 1e9
+            ),
+        ),
+        ("churn errors", thousands(t.churn_errors as f64)),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(s, "| {k} | {v} |");
+    }
+    let _ = writeln!(s);
+}
