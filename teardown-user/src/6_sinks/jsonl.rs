@@ -422,6 +422,125 @@ mod tests {
     use super::*;
     use crate::decode::TcpState;
 
+    /// A connection's line in `form`, as JSON.
+    fn line(conn: &crate::track::Connection, form: Conforming) -> serde_json::Value {
+        let verdict = crate::judge::judge(conn, None);
+        let mut sink = JsonlSink::new(Vec::new(), form);
+        sink.connection(&Report {
+            conn,
+            peer_id: Some(9),
+            verdict: &verdict,
+            wall_offset_ns: 1_700_000_000_000_000_000,
+        })
+        .unwrap();
+        let text = String::from_utf8(sink.out).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// The compact line writes by hand what the full one writes through serde: on the fields
+    /// the fixtures never have (a namespace, a state at start, no owner, IPv6, unread fields, a
+    /// name that needs escaping), each value is the full form's, and no key is added or lost.
+    #[test]
+    fn the_compact_form_writes_each_field_as_the_full_one() {
+        use crate::decode::{Comm, Event, EventKind, SeqSnapshot, SockSnapshot};
+        use TcpState::*;
+        let local: std::net::SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        let remote: std::net::SocketAddr = "[2001:db8::2]:40000".parse().unwrap();
+        let step = |ts_ns, old, new, seq, sock| Event {
+            ts_ns,
+            sk: 0xffff_8881_0000_0a00,
+            kind: EventKind::State { old, new },
+            local,
+            remote,
+            pid: 0,
+            comm: Comm::default(),
+            netns: 4_026_532_000,
+            seq,
+            sock,
+        };
+        let seq = |n| {
+            Some(SeqSnapshot {
+                snd_una: n,
+                snd_nxt: n,
+                rcv_nxt: 7,
+                write_seq: n,
+            })
+        };
+        let sock = |flags| Some(SockSnapshot { flags, err: 0 });
+        let mut events = vec![
+            step(1_000, Listen, SynRecv, None, None),
+            step(2_000, SynRecv, Established, seq(5), None),
+            step(3_000, Established, CloseWait, None, sock(2)),
+            step(4_500, CloseWait, LastAck, None, sock(2)),
+            step(9_999, LastAck, Close, None, sock(3)),
+        ];
+        events[3].pid = 42;
+        events[3].comm = Comm::new("a\"b\\c\u{1b}[2J");
+        let conn = crate::track::Connection {
+            id: 3,
+            sk: events[0].sk,
+            local,
+            remote: "[2001:db8::2]:0".parse().unwrap(),
+            process: None,
+            netns: 4_026_532_000,
+            events,
+            seen_from_start: true,
+            events_maybe_lost: false,
+            // Only a connection first seen mid-life has one (and it is then incomplete); here
+            // for the writer's sake.
+            state_at_start: Some(CloseWait),
+            end: crate::track::RecordEnd::Closed,
+        };
+        let mut with_owner = conn.clone();
+        with_owner.process = with_owner.events[1].task();
+        // Nothing at all for `none`.
+        let verdict = crate::judge::judge(&conn, None);
+        let mut sink = JsonlSink::new(Vec::new(), Conforming::Omitted);
+        sink.connection(&Report {
+            conn: &conn,
+            peer_id: None,
+            verdict: &verdict,
+            wall_offset_ns: 0,
+        })
+        .unwrap();
+        assert_eq!(verdict.conformance, Conformance::Conforms);
+        assert!(sink.out.is_empty());
+        for conn in [conn, with_owner] {
+            let full = line(&conn, Conforming::Full);
+            assert_eq!(full["verdict"]["conformance"], "conforms", "{full:#}");
+            let compact = line(&conn, Conforming::Compact);
+            let keys = |v: &serde_json::Value| {
+                let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+                k.sort();
+                k
+            };
+            let mut expected = keys(&full);
+            expected.retain(|k| k != "events");
+            expected.extend(["form".to_owned(), "steps".to_owned()]);
+            expected.sort();
+            assert_eq!(keys(&compact), expected);
+            for (key, value) in full.as_object().unwrap() {
+                if key != "events" && key != "verdict" {
+                    assert_eq!(&compact[key], value, "{key}");
+                }
+            }
+            for key in ["role", "variant", "conformance", "time_wait"] {
+                assert_eq!(compact["verdict"][key], full["verdict"][key], "{key}");
+            }
+            assert_eq!(
+                compact["steps"],
+                serde_json::json!([
+                    [0, "LISTEN>SYN_RECV", null, null, null, null, null, null],
+                    [1000, "SYN_RECV>ESTABLISHED", 5, 5, 7, 5, null, null],
+                    [2000, "ESTABLISHED>CLOSE_WAIT", null, null, null, null, 2, 0],
+                    [3500, "CLOSE_WAIT>LAST_ACK", null, null, null, null, 2, 0],
+                    [8999, "LAST_ACK>CLOSE", null, null, null, null, 3, 0]
+                ])
+            );
+        }
+    }
+
     /// The hand-written step writes the very bytes the derived, flattened one did.
     #[test]
     fn steps_are_written_as_the_event_kinds_serialize() {
