@@ -2,8 +2,8 @@
 //! fed with sock_diag's timewait facts through the [`Pipeline`] until told to stop.
 //!
 //! The reader task and the pipeline share one thread; the bounded channel between them means
-//! a slow pipeline makes the ring buffer fill, and the kernel counts what it could not deliver:
-//! loss is reported, never silent.
+//! a slow pipeline lets the ring buffer fill, and the kernel then counts by kind what it did not
+//! send: loss is reported, by cause, never silent.
 
 use std::{collections::BTreeMap, fs::File, io::BufWriter, sync::Arc, time::Duration};
 
