@@ -235,9 +235,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn namespaces_are_told_apart_when_both_sides_carry_them() {
-        let entered = |netns| TwFact {
+    /// A socket of namespace `netns` entering TIME_WAIT at 1 s.
+    fn entered(netns: u32) -> TwFact {
+        TwFact {
             netns,
             ..fact(
                 1_000,
@@ -246,7 +246,11 @@ mod tests {
                     entered_ms: 990,
                 },
             )
-        };
+        }
+    }
+
+    #[test]
+    fn namespaces_are_told_apart_when_both_sides_carry_them() {
         let f = entered(7);
         // The same 4-tuple in two namespaces: only the connection's own namespace joins.
         let mut j = Joiner::new(true);
@@ -261,16 +265,6 @@ mod tests {
 
     #[test]
     fn connections_of_namespaces_not_polled_are_not_followed() {
-        let entered = |netns| TwFact {
-            netns,
-            ..fact(
-                1_000,
-                TwWhat::Entered {
-                    state: TwSubstate::TimeWait,
-                    entered_ms: 990,
-                },
-            )
-        };
         let f = entered(7);
         let mut j = Joiner::new(true);
         j.only_netns(vec![7]);
