@@ -134,16 +134,22 @@ fn a_closed_stderr_does_not_stop_tracing() {
             .spawn()
             .unwrap(),
     );
-    // Without a line to wait for, the connections are made while it starts and after.
-    for _ in 0..10 {
+    // Without a line to wait for, connections are made until the trace ends: its start takes
+    // seconds on a slow guest, so a fixed number of them could all come before it.
+    let mut status = None;
+    for _ in 0..240 {
         std::thread::sleep(Duration::from_millis(250));
+        if let Some(exited) = child.try_wait().unwrap() {
+            status = Some(exited);
+            break;
+        }
         let client = TcpStream::connect(addr).unwrap();
         let (mut server, _) = listener.accept().unwrap();
         drop(client);
         let mut buf = Vec::new();
         server.read_to_end(&mut buf).unwrap();
     }
-    let status = child.wait().unwrap();
+    let status = status.expect("the trace did not end within 60 s of a 4 s --duration");
     assert!(status.success(), "exit status {status:?}");
     let (text, lines) = take_jsonl(&out);
     assert!(
