@@ -400,34 +400,56 @@ fn four_way_server_first() {
 // ---------------------------------------------------------------------------------------------
 // 3: three segments.
 
-fn three_segment_close() {
-    let lab = lab(3, Family::V4);
-    let tracer = Tracer::start();
-    let (c, mut s) = lab.pair().unwrap();
-    drop(c);
-    // On the FIN the server's socket enters pingpong mode: its ACK is delayed (at least 40 ms,
-    // TCP_ATO_MIN). Closing at once, within microseconds, puts that ACK on the server's FIN.
-    assert!(read_to_eof(&mut s).unwrap().is_empty());
-    server_closes_last(&lab, s);
-    let (c, s) = ends(&lab, tracer);
+/// How many times scenario 3 is driven before a machine is called too slow for it.
+const MERGE_ATTEMPTS: u32 = 5;
 
+fn three_segment_close() {
+    for attempt in 1..=MERGE_ATTEMPTS {
+        let lab = lab(3, Family::V4);
+        let tracer = Tracer::start();
+        let (c, mut s) = lab.pair().unwrap();
+        drop(c);
+        // On the FIN the server's socket enters pingpong mode: its ACK is delayed (at least
+        // 40 ms, TCP_ATO_MIN). Closing at once, within microseconds, puts that ACK on the
+        // server's FIN.
+        assert!(read_to_eof(&mut s).unwrap().is_empty());
+        server_closes_last(&lab, s);
+        let (c, s) = ends(&lab, tracer);
+        // A machine slow enough that the server's close came more than 40 ms after the FIN (an
+        // emulated guest under load) sent the delayed ACK alone: the client then took it in
+        // FIN_WAIT1 without a FIN (no DONE) and became a FIN_WAIT2 timewait socket. That is
+        // scenario 1's wire, not this one's, so it is driven again.
+        let merged = sock(&c, "FIN_WAIT2->CLOSE").done();
+        if !merged && attempt < MERGE_ATTEMPTS {
+            println!("attempt {attempt}: the delayed ACK left before the server's FIN; again");
+            continue;
+        }
+        assert_three_segment_close(&c, &s);
+        return;
+    }
+}
+
+fn assert_three_segment_close(c: &Traced, s: &Traced) {
     assert_eq!(c.steps(), steps(CLIENT_OPEN, &ACTIVE_CLOSE));
     assert_eq!(s.steps(), steps(SERVER_OPEN, &PASSIVE_CLOSE));
-    assert_documented_seq(&c, &s, 0);
+    assert_documented_seq(c, s, 0);
     // The merge, seen on both ends: the server sent its FIN (CLOSE_WAIT -> LAST_ACK) before the
     // client processed the ACK of its own FIN; and that client socket, although orphaned, did not
     // become a FIN_WAIT2 timewait socket: the FIN came in the same segment (docs/close-sequence.md, fact 8).
     assert!(
-        event(&s, "CLOSE_WAIT->LAST_ACK").ts_ns <= event(&c, "FIN_WAIT1->FIN_WAIT2").ts_ns,
+        event(s, "CLOSE_WAIT->LAST_ACK").ts_ns <= event(c, "FIN_WAIT1->FIN_WAIT2").ts_ns,
         "the server's FIN was sent after the client saw the ACK: not merged"
     );
-    let close = sock(&c, "FIN_WAIT2->CLOSE");
-    assert!(close.dead() && close.done(), "{close:?}");
-    let w = seq(&s, "CLOSE_WAIT->LAST_ACK").write_seq;
-    assert_eq!(seq(&c, "FIN_WAIT2->CLOSE").rcv_nxt, w.wrapping_add(1));
+    let close = sock(c, "FIN_WAIT2->CLOSE");
+    assert!(
+        close.dead() && close.done(),
+        "{close:?}: the ACK came without the FIN in each of {MERGE_ATTEMPTS} attempts"
+    );
+    let w = seq(s, "CLOSE_WAIT->LAST_ACK").write_seq;
+    assert_eq!(seq(c, "FIN_WAIT2->CLOSE").rcv_nxt, w.wrapping_add(1));
 
-    assert_conforms(&c, Role::ActiveCloser, Variant::ThreeSegmentClose);
-    assert_conforms(&s, Role::PassiveCloser, Variant::ThreeSegmentClose);
+    assert_conforms(c, Role::ActiveCloser, Variant::ThreeSegmentClose);
+    assert_conforms(s, Role::PassiveCloser, Variant::ThreeSegmentClose);
 }
 
 // ---------------------------------------------------------------------------------------------
