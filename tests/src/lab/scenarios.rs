@@ -694,17 +694,18 @@ fn first_fin_lost() {
 /// The kernel's keepalive path: an orphaned socket whose FIN is ACKed while `tcp_fin_timeout`
 /// is above 60 s stays a full FIN_WAIT2 socket on its keepalive timer (tmo - 60 s). When that
 /// timer fires with the timeout now at 2 s (tmo - 60 s <= 0), the kernel gives up on the peer's
-/// FIN: it sends a RST and the socket closes (tcp_keepalive_timer). Costs 1 s.
+/// FIN: it sends a RST and the socket closes (tcp_keepalive_timer). Costs 3 s: the timer is
+/// given that long so that a slow machine lowers the timeout before it fires.
 fn fin_wait2_timeout() {
     let lab = lab(8, Family::V4);
-    lab.sysctl(Side::Client, "net.ipv4.tcp_fin_timeout", "61")
+    lab.sysctl(Side::Client, "net.ipv4.tcp_fin_timeout", "63")
         .unwrap();
     let tracer = Tracer::start();
     let (c, mut s) = lab.pair().unwrap();
     drop(c);
     assert!(read_to_eof(&mut s).unwrap().is_empty());
     ack_now(&s).unwrap();
-    // A full socket in FIN_WAIT2 (not a timewait socket), its timer at 61 - 60 = 1 s.
+    // A full socket in FIN_WAIT2 (not a timewait socket), its timer at 63 - 60 = 3 s.
     wait_until("client full socket in FIN_WAIT2", WAIT, || {
         Ok(lab
             .closing(Side::Client)?
