@@ -59,6 +59,11 @@ const GUEST_CHECKS: &[&str] = &["sock_diag_modprobe"];
 /// How long one guest may take, boot to power-off (about 4 minutes is usual under software
 /// emulation): two guests stay within the matrix's 20 minutes even when both hang.
 const GUEST_LIMIT: Duration = Duration::from_secs(9 * 60);
+/// Boots of one guest when its kernel panics before our init speaks. Under software emulation
+/// with two CPUs, a kernel patching its own code at boot (int3 breakpoints while static keys
+/// flip) now and then traps on the half-written instruction: no test ran, so booting again
+/// hides nothing. A panic after init has spoken is reported, never retried.
+const BOOT_ATTEMPTS: usize = 2;
 
 /// The modules a guest carries: the kernel's whole network stack (TCP diagnostics, nf_tables and
 /// its expressions, which the kernel loads as rules need them), veth, and what they depend on.
@@ -141,11 +146,21 @@ struct Report {
     not_run: Vec<String>,
     /// The guest's own count of failed binaries, from its last line.
     failed: Option<usize>,
+    /// The kernel said "Kernel panic".
+    panicked: bool,
 }
 
 impl Report {
+    /// The kernel panicked before our init printed its first line: no test ran.
+    fn died_before_init(&self) -> bool {
+        self.panicked && self.kernel.is_none()
+    }
+
     /// Takes one console line.
     fn read(&mut self, line: &str) {
+        if line.contains("Kernel panic - not syncing") {
+            self.panicked = true;
+        }
         // Anywhere in the line: the firmware's terminal escapes may come first.
         let Some(at) = line.find(MARK) else {
             return;
@@ -442,14 +457,26 @@ fn run_guest(kernel: &Kernel, work: &Path, payload: &Payload) -> Result<Vec<Stri
     build_root(&root, &files, payload)?;
     let initrd = guest.join("initrd.cpio");
     pack(&root, &initrd)?;
-    let log_path = guest.join("console.log");
-    println!(
-        "matrix: {}: booting {} (console in {})",
-        kernel.label,
-        files.version,
-        log_path.display()
-    );
-    let report = boot(kernel.label, &files.vmlinuz, &initrd, &log_path)?;
+    let mut attempt = 1;
+    let report = loop {
+        let log_path = guest.join(format!("console-{attempt}.log"));
+        println!(
+            "matrix: {}: booting {} (console in {})",
+            kernel.label,
+            files.version,
+            log_path.display()
+        );
+        let report = boot(kernel.label, &files.vmlinuz, &initrd, &log_path)?;
+        if !report.died_before_init() || attempt == BOOT_ATTEMPTS {
+            break report;
+        }
+        println!(
+            "matrix: {}: the kernel panicked before any test ran (see {}); booting it again",
+            kernel.label,
+            log_path.display()
+        );
+        attempt += 1;
+    };
     let expected: BTreeSet<String> = payload
         .tests
         .keys()
@@ -705,7 +732,7 @@ fn boot(label: &str, vmlinuz: &Path, initrd: &Path, log_path: &Path) -> Result<R
         }
     }
     let status = child.wait()?;
-    if !status.success() && report.failed.is_none() {
+    if !status.success() && report.failed.is_none() && !report.panicked {
         bail!(
             "qemu ended with {status} (console in {})",
             log_path.display()
@@ -743,6 +770,21 @@ mod tests {
                 "could not run: btf kernel_btf\tnot root",
             ]
         );
+    }
+
+    #[test]
+    fn only_a_panic_before_init_is_a_failed_boot() {
+        let panic = "[    4.115518] Kernel panic - not syncing: Fatal exception in interrupt";
+        let mut boot = Report::default();
+        boot.read("[    4.110045] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI");
+        boot.read(panic);
+        assert!(boot.died_before_init());
+
+        let mut late = Report::default();
+        late.read("TEARDOWN-MATRIX: kernel 6.12.117+deb12-cloud-amd64");
+        late.read(panic);
+        assert!(!late.died_before_init());
+        assert!(!Report::default().died_before_init());
     }
 
     #[test]
