@@ -19,10 +19,14 @@
 //! A kernel whose `tcp_diag` is a module that is not loaded refuses the dumps: the poller then
 //! loads it, once per process ([`module`]), or its error says how.
 //!
+//! Who owns a namespace is read beside the dumps ([`containers`]): the container behind a
+//! process inside it, from the process's cgroup, named from the container engines' metadata.
+//!
 //! The cost of a poll is one netlink dump per address family, proportional to the number of
 //! sockets the kernel returns; the kernel filters by state, so established connections are only
 //! read when [`PollOptions::include_open`] asks for them.
 
+pub mod containers;
 pub mod follow;
 pub mod module;
 mod netlink;
