@@ -29,6 +29,7 @@
 pub mod containers;
 pub mod follow;
 pub mod module;
+pub mod namespaces;
 mod netlink;
 pub mod netns;
 pub mod owners;

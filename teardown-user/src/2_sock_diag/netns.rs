@@ -22,12 +22,17 @@ pub fn path_for(name: &str) -> PathBuf {
 
 /// Moves the calling thread into the network namespace at `path` (needs CAP_SYS_ADMIN).
 pub fn enter(path: &Path) -> Result<(), DiagError> {
-    let err = |e| DiagError::Netns(path.display().to_string(), e);
-    let f = File::open(path).map_err(err)?;
+    let f = File::open(path).map_err(|e| DiagError::Netns(path.display().to_string(), e))?;
+    enter_file(&f).map_err(|e| DiagError::Netns(path.display().to_string(), e))
+}
+
+/// Moves the calling thread into the network namespace of an open nsfs file, such as one of
+/// `/proc/thread-self/ns/net` kept to come back to.
+pub fn enter_file(f: &File) -> std::io::Result<()> {
     // SAFETY: setns on a valid, open descriptor; it only changes this thread's namespace.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
-        return Err(err(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

@@ -27,6 +27,17 @@ pub struct StateCounts {
 }
 
 impl StateCounts {
+    /// Adds another namespace's counts to these.
+    pub fn add(&mut self, o: &StateCounts) {
+        self.time_wait += o.time_wait;
+        self.fin_wait2_timewait += o.fin_wait2_timewait;
+        self.fin_wait1 += o.fin_wait1;
+        self.fin_wait2 += o.fin_wait2;
+        self.closing += o.closing;
+        self.close_wait += o.close_wait;
+        self.last_ack += o.last_ack;
+    }
+
     /// All timewait sockets (both sub-states): what `tcp_max_tw_buckets` limits.
     pub fn timewait_total(&self) -> usize {
         self.time_wait + self.fin_wait2_timewait

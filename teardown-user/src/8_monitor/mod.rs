@@ -10,15 +10,19 @@
 //!   restarts, how timewait sockets left, rates, ages of closing sockets), shared with the trace;
 //! - [`report`]: all of it together, with CLOSE_WAIT leaks and stalled FIN_WAIT2 / LAST_ACK
 //!   sockets, as one serialisable [`Report`];
-//! - [`collect`]: the polling that keeps the history;
+//! - [`collect`]: the polling that keeps the history, in one network namespace;
+//! - [`host`]: every network namespace of the host, each with its collector and its owner
+//!   (the container inside);
 //! - [`crate::sock_diag::sysctl`]: the sysctls and counters the figures are measured against.
 
 pub mod collect;
 pub mod figures;
+pub mod host;
 pub mod report;
 
 pub use collect::Collector;
 pub use figures::{Level, PortPressure, Reuse, StateCounts, Thresholds, TimewaitGroup, TwBuckets};
+pub use host::{HostCollector, HostReport, NamespaceOwner, NamespaceReport};
 pub use report::{build_report, Leak, Report, ReportConfig, Stall};
 
 /// Errors reading the kernel's settings.

@@ -4,10 +4,23 @@
 
 use std::collections::VecDeque;
 
-use crate::monitor::{Report, StateCounts};
+use crate::monitor::{HostReport, Level, Report, StateCounts};
 
 /// How many deviating teardowns are kept.
 pub const TEARDOWNS_KEPT: usize = 200;
+
+/// Rows kept in the host-wide tables (destinations, port pressure): more than a screen shows.
+const ROWS_KEPT: usize = 50;
+
+/// One network namespace in the namespaces panel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespaceRow {
+    pub netns: u32,
+    /// Who owns it: `host`, a container, an `ip netns` name.
+    pub label: String,
+    pub counts: StateCounts,
+    pub level: Level,
+}
 
 /// The application state.
 #[derive(Debug, Clone)]
@@ -27,6 +40,9 @@ pub struct App {
     pub error: Option<String>,
     /// Where the view is taken from (host, or a network namespace).
     pub source: String,
+    /// Every namespace of the latest host-wide poll, most timewait sockets first (empty when
+    /// one namespace is observed).
+    pub namespaces: Vec<NamespaceRow>,
     pub paused: bool,
     pub should_quit: bool,
     first_ms: Option<u64>,
@@ -44,6 +60,7 @@ impl App {
             tracer_note: None,
             error: None,
             source: source.into(),
+            namespaces: Vec::new(),
             paused: false,
             should_quit: false,
             first_ms: None,
@@ -63,6 +80,29 @@ impl App {
         self.history.push_back((t, report.counts));
         self.report = Some(report);
         self.error = None;
+    }
+
+    /// Takes in a report of every namespace: the host's sums for the panels, and one row per
+    /// namespace (ignored while paused).
+    pub fn update_host(&mut self, host: &HostReport) {
+        if self.paused {
+            return;
+        }
+        let Some(merged) = host.merged(ROWS_KEPT) else {
+            self.poll_failed("no network namespace could be observed".into());
+            return;
+        };
+        self.namespaces = host
+            .namespaces
+            .iter()
+            .map(|n| NamespaceRow {
+                netns: n.owner.netns,
+                label: n.owner.label(),
+                counts: n.report.counts,
+                level: n.report.level,
+            })
+            .collect();
+        self.update(merged);
     }
 
     /// Records a failed poll.

@@ -42,6 +42,20 @@ pub fn poll_line(r: &Report) -> String {
     s
 }
 
+/// The namespaces part of a host-wide poll line: how many, and the one holding the most
+/// timewait sockets.
+pub fn namespaces_suffix(app: &App) -> String {
+    let Some(busiest) = app.namespaces.first() else {
+        return String::new();
+    };
+    format!(
+        " | namespaces {}, most timewait: {} ({})",
+        app.namespaces.len(),
+        busiest.label,
+        busiest.counts.timewait_total()
+    )
+}
+
 /// Poll errors worth saying: a failure is said once, and again only once a poll succeeded or
 /// failed otherwise (a missing kernel module, say, fails every poll alike).
 #[derive(Default)]
@@ -84,6 +98,13 @@ pub fn run(
                 failures.succeeded();
                 writeln!(out, "{}", poll_line(&r))?;
                 app.update(*r);
+            }
+            Ok(Feed::Host(h)) => {
+                failures.succeeded();
+                app.update_host(&h);
+                if let Some(r) = &app.report {
+                    writeln!(out, "{}{}", poll_line(r), namespaces_suffix(app))?;
+                }
             }
             Ok(Feed::Error(e)) => {
                 if let Some(e) = failures.failed(e) {

@@ -23,12 +23,15 @@ use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers
 
 pub use app::App;
 
-use crate::monitor::Report;
+use crate::monitor::{HostReport, Report};
 
 /// What the collector thread sends to the view.
 #[derive(Debug, Clone)]
 pub enum Feed {
+    /// One network namespace's report.
     Report(Box<Report>),
+    /// Every namespace's.
+    Host(Box<HostReport>),
     Error(String),
 }
 
@@ -54,6 +57,7 @@ pub fn drain(
     loop {
         match reports.try_recv() {
             Ok(Feed::Report(r)) => app.update(*r),
+            Ok(Feed::Host(h)) => app.update_host(&h),
             Ok(Feed::Error(e)) => app.poll_failed(e),
             Err(TryRecvError::Empty) => break,
             Err(TryRecvError::Disconnected) => {

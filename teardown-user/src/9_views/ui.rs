@@ -46,7 +46,13 @@ pub fn draw(f: &mut Frame, app: &App) {
     draw_header(f, app, rows[0]);
     let top = split_h(rows[1], 34);
     draw_counts(f, app, top[0]);
-    draw_chart(f, app, top[1]);
+    if app.namespaces.is_empty() {
+        draw_chart(f, app, top[1]);
+    } else {
+        let right = split_h(top[1], 50);
+        draw_namespaces(f, app, right[0]);
+        draw_chart(f, app, right[1]);
+    }
     let mid = split_h(rows[2], 50);
     draw_destinations(f, app, mid[0]);
     draw_pressure(f, app, mid[1]);
@@ -103,6 +109,37 @@ fn draw_counts(f: &mut Frame, app: &App, area: Rect) {
             Row::new(vec!["STATE", "COUNT"]).style(Style::default().add_modifier(Modifier::BOLD)),
         )
         .block(block("Closing states"));
+    f.render_widget(t, area);
+}
+
+/// One row per network namespace, most timewait sockets first.
+fn draw_namespaces(f: &mut Frame, app: &App, area: Rect) {
+    let rows: Vec<Row> = app
+        .namespaces
+        .iter()
+        .map(|n| {
+            Row::new(vec![
+                Cell::from(n.label.clone()),
+                Cell::from(n.counts.timewait_total().to_string()),
+                Cell::from(n.counts.close_wait.to_string()),
+                Cell::from(n.level.name()).style(level_style(n.level)),
+            ])
+        })
+        .collect();
+    let t = Table::new(
+        rows,
+        [
+            Constraint::Min(16),
+            Constraint::Length(9),
+            Constraint::Length(10),
+            Constraint::Length(8),
+        ],
+    )
+    .header(
+        Row::new(vec!["NAMESPACE", "TIMEWAIT", "CLOSE_WAIT", "LEVEL"])
+            .style(Style::default().add_modifier(Modifier::BOLD)),
+    )
+    .block(block("Network namespaces"));
     f.render_widget(t, area);
 }
 

@@ -1,4 +1,5 @@
-//! `teardown timewait`: a one-shot report of the host's closing sockets, from sock_diag.
+//! `teardown timewait`: a one-shot report of the host's closing sockets, from sock_diag, in
+//! every network namespace or in one.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -7,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::kernel::clock::{human_age, human_ms};
-use crate::monitor::{Collector, Report, ReportConfig, Reuse, Thresholds};
+use crate::monitor::{
+    Collector, HostCollector, HostReport, Report, ReportConfig, Reuse, Thresholds,
+};
 use crate::sock_diag::{netns, PollOptions, ScanLimits};
 
 /// Output format of `teardown timewait`.
@@ -24,7 +27,15 @@ pub enum OutputFormat {
 #[command(
     about = "Report TIME_WAIT and CLOSE_WAIT build-up (one shot, from sock_diag)",
     long_about = "Report the host's closing TCP sockets as the kernel lists them through sock_diag \
-(what `ss` uses), with the figures that tell whether it is getting dangerous:
+(what `ss` uses), in every network namespace of the host (the host's own, each container's, each \
+`ip netns`), with the figures that tell whether it is getting dangerous.
+
+The first table has one row per namespace, with the container inside it where one is (podman, \
+docker, containerd, CRI-O, Kubernetes pods, named from the container engine's own records) and \
+its counts; the namespaces holding closing sockets follow, each with its own figures, as each has \
+its own socket table, sysctls and counters. --netns shows one namespace only.
+
+The figures of a namespace:
 
   * counts per closing state. A timewait socket is either TIME_WAIT (the peer's FIN came; Linux \
 holds it a fixed 60 s, restarted if the peer resends its FIN) or FIN_WAIT2 (an application \
@@ -47,9 +58,10 @@ Ages of sockets that existed before the first poll are lower bounds, shown as `>
 Needs root (or CAP_NET_ADMIN for all sockets, and ptrace rights to read other processes' \
 descriptors). Works without the eBPF tracer.",
     after_help = "Examples:
-  teardown timewait                         # tables, one poll
+  teardown timewait                         # every namespace, one poll
   teardown timewait --interval 5            # two polls 5 s apart: measured rates and exits
-  teardown timewait --format json | jq .port_pressure
+  teardown timewait --format json | jq '.namespaces[] | {netns, container, tw: .report.counts.time_wait}'
+  teardown timewait --netns /proc/4242/ns/net --format json | jq .port_pressure
   teardown timewait --netns blue --list     # inside `ip netns` blue, every timewait socket"
 )]
 pub struct TimewaitArgs {
@@ -96,8 +108,8 @@ pub struct TimewaitArgs {
     #[arg(long)]
     pub no_open: bool,
 
-    /// Observe another network namespace: a name from `ip netns` or a path such as
-    /// /proc/PID/ns/net.
+    /// Observe only this network namespace: a name from `ip netns` or a path such as
+    /// /proc/PID/ns/net (the output is then that namespace's report alone).
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
 }
@@ -129,15 +141,21 @@ pub(crate) fn secs_to_ms(s: f64) -> u64 {
 
 /// Runs `teardown timewait`.
 pub fn run(args: TimewaitArgs) -> anyhow::Result<()> {
-    let report = match &args.netns {
-        Some(name) => {
-            let path = netns::path_for(name);
-            netns::run_in(&path, || collect(&args))
-                .with_context(|| format!("network namespace {name}"))??
-        }
-        None => collect(&args)?,
-    };
     let mut out = std::io::stdout().lock();
+    let Some(name) = &args.netns else {
+        let report = collect_host(&args)?;
+        match args.format {
+            OutputFormat::Json => {
+                serde_json::to_writer_pretty(&mut out, &report)?;
+                writeln!(out)?;
+            }
+            OutputFormat::Text => out.write_all(render_host_text(&report).as_bytes())?,
+        }
+        return Ok(());
+    };
+    let path = netns::path_for(name);
+    let report = netns::run_in(&path, || collect(&args))
+        .with_context(|| format!("network namespace {name}"))??;
     match args.format {
         OutputFormat::Json => {
             serde_json::to_writer_pretty(&mut out, &report)?;
@@ -148,14 +166,18 @@ pub fn run(args: TimewaitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls once, or twice `--interval` apart, and returns the report.
-pub fn collect(args: &TimewaitArgs) -> anyhow::Result<Report> {
-    let options = PollOptions {
+fn poll_options(args: &TimewaitArgs) -> PollOptions {
+    PollOptions {
         include_open: !args.no_open,
         ipv6: true,
-    };
+    }
+}
+
+/// Polls once, or twice `--interval` apart, in the calling thread's network namespace, and
+/// returns the report.
+pub fn collect(args: &TimewaitArgs) -> anyhow::Result<Report> {
     let owners = (!args.no_owners).then(ScanLimits::default);
-    let mut c = Collector::new(options, args.report_config(), owners)
+    let mut c = Collector::new(poll_options(args), args.report_config(), owners)
         .context("sock_diag is not available (root or CAP_NET_ADMIN needed?)")?;
     let (mut report, _) = c.poll()?;
     if args.interval > 0.0 {
@@ -163,6 +185,117 @@ pub fn collect(args: &TimewaitArgs) -> anyhow::Result<Report> {
         report = c.poll()?.0;
     }
     Ok(report)
+}
+
+/// Polls every network namespace once, or twice `--interval` apart. Fails only when not even
+/// this process's own namespace could be observed (the others are listed as unobserved).
+pub fn collect_host(args: &TimewaitArgs) -> anyhow::Result<HostReport> {
+    let owners = (!args.no_owners).then(ScanLimits::default);
+    let mut c = HostCollector::new(poll_options(args), args.report_config(), owners)
+        .context("cannot open this thread's network namespace (/proc/thread-self/ns/net)")?;
+    let mut report = c.poll();
+    if args.interval > 0.0 {
+        std::thread::sleep(Duration::from_millis(secs_to_ms(args.interval)));
+        report = c.poll();
+    }
+    if let Some(u) = report.unobserved.iter().find(|u| u.owner.own) {
+        anyhow::bail!(
+            "sock_diag is not available in this process's network namespace: {} (root or \
+             CAP_NET_ADMIN needed; CAP_SYS_ADMIN to enter the others)",
+            u.error
+        );
+    }
+    Ok(report)
+}
+
+/// Namespaces given a section of their own in the text report; the rest are in the table.
+const DETAILED_NAMESPACES: usize = 5;
+
+/// The report of every namespace as text: one table, then the namespaces with closing sockets.
+pub fn render_host_text(r: &HostReport) -> String {
+    let mut o = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_host_report(&mut o, r);
+    o
+}
+
+fn write_host_report(o: &mut String, r: &HostReport) -> std::fmt::Result {
+    writeln!(
+        o,
+        "Closing TCP sockets in {} network namespace{} (sock_diag)   level: {}",
+        r.namespaces.len(),
+        if r.namespaces.len() == 1 { "" } else { "s" },
+        r.level.name()
+    )?;
+    writeln!(o)?;
+    writeln!(
+        o,
+        "{:<11} {:<34} {:>5} {:>9} {:>9} {:>10} {:>7}  LEVEL",
+        "NETNS", "OWNER", "PROCS", "TIME_WAIT", "FIN_WAIT2", "CLOSE_WAIT", "OTHER"
+    )?;
+    let other =
+        |c: &crate::monitor::StateCounts| c.fin_wait1 + c.fin_wait2 + c.closing + c.last_ack;
+    for n in &r.namespaces {
+        let c = &n.report.counts;
+        writeln!(
+            o,
+            "{:<11} {:<34} {:>5} {:>9} {:>9} {:>10} {:>7}  {}",
+            n.owner.netns,
+            n.owner.label(),
+            n.owner.processes,
+            c.time_wait,
+            c.fin_wait2_timewait,
+            c.close_wait,
+            other(c),
+            n.report.level.name()
+        )?;
+    }
+    let t = &r.totals;
+    writeln!(
+        o,
+        "{:<11} {:<34} {:>5} {:>9} {:>9} {:>10} {:>7}",
+        "TOTAL",
+        "",
+        "",
+        t.time_wait,
+        t.fin_wait2_timewait,
+        t.close_wait,
+        other(t)
+    )?;
+    for u in &r.unobserved {
+        writeln!(
+            o,
+            "{:<11} {:<34} not observed: {}",
+            u.owner.netns,
+            u.owner.label(),
+            u.error
+        )?;
+    }
+    if r.left_out > 0 {
+        writeln!(o, "({} more namespaces not observed: too many)", r.left_out)?;
+    }
+    let busy: Vec<_> = r
+        .namespaces
+        .iter()
+        .filter(|n| {
+            n.report.counts.rows().iter().any(|(_, c)| *c > 0)
+                || n.report.level > crate::monitor::Level::Ok
+        })
+        .collect();
+    for n in busy.iter().take(DETAILED_NAMESPACES) {
+        writeln!(o)?;
+        writeln!(o, "== netns {} ({}) ==", n.owner.netns, n.owner.label())?;
+        write_report(o, &n.report)?;
+    }
+    if busy.len() > DETAILED_NAMESPACES {
+        writeln!(o)?;
+        writeln!(
+            o,
+            "{} more namespaces hold closing sockets: `teardown timewait --netns /proc/PID/ns/net` shows one",
+            busy.len() - DETAILED_NAMESPACES
+        )?;
+    }
+    Ok(())
 }
 
 /// The report as text tables.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use super::timewait::secs_to_ms;
-use crate::monitor::{Collector, ReportConfig, Thresholds};
+use crate::monitor::{Collector, HostCollector, ReportConfig, Thresholds};
 use crate::sock_diag::{netns, PollOptions, ScanLimits};
 use crate::views::{self, App, Feed};
 
@@ -17,9 +17,11 @@ use crate::views::{self, App, Feed};
 #[command(
     about = "Live view of closing TCP sockets: counts, history, destinations, port pressure, leaks",
     long_about = "A live terminal view of the host's closing TCP sockets, polled from sock_diag \
-(what `ss` uses) every --interval seconds:
+(what `ss` uses) every --interval seconds, in every network namespace of the host (the \
+host's own, each container's, each `ip netns`; --netns narrows to one):
 
-  * counts per closing state and their history as a chart;
+  * counts per closing state, summed over the namespaces, and their history as a chart;
+  * one row per namespace, named after the container inside it, most timewait sockets first;
   * the destinations (remote address:port) with the most TIME_WAIT;
   * ephemeral-port pressure per destination against net.ipv4.ip_local_port_range, taking \
 net.ipv4.tcp_tw_reuse into account;
@@ -33,7 +35,7 @@ Keys: q or Esc quits, p or space pauses, c clears the teardown panel. Plain char
 colours only: works over SSH. `teardown timewait` prints the same figures once.
 
 With --batch there is no view: a line per poll (UTC time, level, counts per state, TIME_WAIT \
-table use, entry rate, leaks and stuck sockets) and a line per deviating teardown go to stdout, \
+table use, entry rate, leaks and stuck sockets, the namespace with the most timewait sockets) and a line per deviating teardown go to stdout, \
 as `top -b` does, for logs and scripts. It stops on Ctrl-C, SIGTERM or --duration.",
     after_help = "Examples:
   teardown top
@@ -66,7 +68,7 @@ pub struct TopArgs {
     #[arg(long)]
     pub no_owners: bool,
 
-    /// Observe another network namespace: a name from `ip netns` or a path such as
+    /// Observe only this network namespace: a name from `ip netns` or a path such as
     /// /proc/PID/ns/net of a container's process. Its closing sockets are polled there, and
     /// only its deviating teardowns are shown.
     #[arg(long, value_name = "NAME|PATH")]
@@ -138,7 +140,7 @@ pub fn run_with(
     let owners = (!args.no_owners).then(ScanLimits::default);
     let source = match &args.netns {
         Some(n) => format!("netns {n}"),
-        None => "host".to_string(),
+        None => "every network namespace".to_string(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
@@ -150,21 +152,25 @@ pub fn run_with(
         std::thread::Builder::new()
             .name("sock_diag".into())
             .spawn(move || {
-                if let Some(p) = &netns_path {
-                    if let Err(e) = netns::enter(p) {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
+                let source = match &netns_path {
+                    Some(p) => netns::enter(p).map_err(|e| e.to_string()).and_then(|()| {
+                        Collector::new(PollOptions::default(), cfg, owners)
+                            .map(|c| Source::One(Box::new(c)))
+                            .map_err(|e| e.to_string())
+                    }),
+                    None => HostCollector::new(PollOptions::default(), cfg, owners)
+                        .map(|c| Source::Host(Box::new(c)))
+                        .map_err(|e| e.to_string()),
+                };
+                match source {
+                    Ok(source) => {
+                        let _ = ready_tx.send(Ok(()));
+                        collect_loop(source, &tx, &stop, interval);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
                     }
                 }
-                let c = match Collector::new(PollOptions::default(), cfg, owners) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                collect_loop(c, &tx, &stop, interval);
             })
             .context("spawning the sock_diag thread")?
     };
@@ -265,14 +271,28 @@ impl Drop for SignalWatch {
     }
 }
 
-fn collect_loop(mut c: Collector, tx: &Sender<Feed>, stop: &AtomicBool, interval: Duration) {
+/// What the collector thread polls: one namespace (`--netns`) or every one.
+enum Source {
+    One(Box<Collector>),
+    Host(Box<HostCollector>),
+}
+
+impl Source {
+    fn poll(&mut self) -> Feed {
+        match self {
+            Source::One(c) => match c.poll() {
+                Ok((report, _)) => Feed::Report(Box::new(report)),
+                Err(e) => Feed::Error(e.to_string()),
+            },
+            Source::Host(c) => Feed::Host(Box::new(c.poll())),
+        }
+    }
+}
+
+fn collect_loop(mut source: Source, tx: &Sender<Feed>, stop: &AtomicBool, interval: Duration) {
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let feed = match c.poll() {
-            Ok((report, _)) => Feed::Report(Box::new(report)),
-            Err(e) => Feed::Error(e.to_string()),
-        };
-        if tx.send(feed).is_err() {
+        if tx.send(source.poll()).is_err() {
             return;
         }
         // Sleep in small steps so that quitting is quick.
