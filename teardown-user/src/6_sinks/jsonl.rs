@@ -6,6 +6,7 @@
 //! on a busy host it is most of the output, and serde's per-field work was most of its cost.
 
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -13,6 +14,7 @@ use super::{Report, Sink, Summary};
 use crate::{
     decode::{EventKind, SeqSnapshot, SockSnapshot, TcpState},
     judge::{Conformance, Verdict},
+    sock_diag::{containers::Container, namespaces::ContainerDirectory},
     track::timewait::TimewaitNote,
     track::RecordEnd,
 };
@@ -35,6 +37,8 @@ pub struct JsonlSink<W: Write> {
     conforming: Conforming,
     /// The compact line being written (reused).
     line: Vec<u8>,
+    /// Names the container of a connection's network namespace.
+    containers: Option<ContainerDirectory>,
 }
 
 impl<W: Write> JsonlSink<W> {
@@ -43,7 +47,14 @@ impl<W: Write> JsonlSink<W> {
             out,
             conforming,
             line: Vec::with_capacity(1024),
+            containers: None,
         }
+    }
+
+    /// Adds a `container` object to connections of a container's network namespace.
+    pub fn with_containers(mut self, containers: Option<ContainerDirectory>) -> Self {
+        self.containers = containers;
+        self
     }
 }
 
@@ -117,6 +128,9 @@ struct Timeline<'a> {
     /// Inode number of the network namespace, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     netns: Option<u32>,
+    /// The container whose network namespace it is, when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a Container>,
     /// Wall-clock time of the first event, seconds since the Unix epoch.
     start_unix: f64,
     end: RecordEnd,
@@ -170,6 +184,12 @@ impl Serialize for Steps<'_> {
     }
 }
 
+impl<W: Write> JsonlSink<W> {
+    fn container_of(&self, netns: u32) -> Option<Arc<Container>> {
+        (netns != 0).then(|| self.containers.as_ref()?.get(netns))?
+    }
+}
+
 impl<W: Write> Sink for JsonlSink<W> {
     fn connection(&mut self, r: &Report<'_>) -> io::Result<()> {
         if r.verdict.conformance == Conformance::Conforms {
@@ -177,7 +197,8 @@ impl<W: Write> Sink for JsonlSink<W> {
                 Conforming::Full => {}
                 Conforming::Compact => {
                     self.line.clear();
-                    compact::line(&mut self.line, r);
+                    let container = self.container_of(r.conn.netns);
+                    compact::line(&mut self.line, r, container.as_deref());
                     return self.out.write_all(&self.line);
                 }
                 Conforming::Omitted => return Ok(()),
@@ -186,6 +207,7 @@ impl<W: Write> Sink for JsonlSink<W> {
         let c = r.conn;
         let comm = c.process.as_ref().map(|p| p.comm.as_str());
         let t0 = c.first_ts();
+        let container = self.container_of(c.netns);
         let line = Timeline {
             r#type: "connection",
             id: c.id,
@@ -197,6 +219,7 @@ impl<W: Write> Sink for JsonlSink<W> {
                 comm: comm.as_deref().unwrap_or(""),
             }),
             netns: (c.netns != 0).then_some(c.netns),
+            container: container.as_deref(),
             start_unix: (t0 as i128 + r.wall_offset_ns as i128) as f64 / 1e9,
             end: c.end,
             state_at_start: c.state_at_start,
@@ -258,6 +281,7 @@ mod compact {
 
     use super::Report;
     use crate::decode::{Event, EventKind};
+    use crate::sock_diag::containers::Container;
 
     fn raw(b: &mut Vec<u8>, s: &str) {
         b.extend_from_slice(s.as_bytes());
@@ -346,7 +370,7 @@ mod compact {
         b.push(b']');
     }
 
-    pub(super) fn line(b: &mut Vec<u8>, r: &Report<'_>) {
+    pub(super) fn line(b: &mut Vec<u8>, r: &Report<'_>, container: Option<&Container>) {
         let (c, v) = (r.conn, r.verdict);
         let t0 = c.first_ts();
         raw(b, "{\"type\":\"connection\",\"form\":\"compact\",\"id\":");
@@ -365,6 +389,10 @@ mod compact {
         if c.netns != 0 {
             raw(b, ",\"netns\":");
             num(b, c.netns);
+        }
+        if let Some(container) = container {
+            raw(b, ",\"container\":");
+            value(b, container);
         }
         raw(b, ",\"start_unix\":");
         value(b, &((t0 as i128 + r.wall_offset_ns as i128) as f64 / 1e9));

@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use super::{endpoint, utc_time, Report, Sink, Summary};
+use crate::sock_diag::namespaces::ContainerDirectory;
 use crate::{
     decode::{EventKind, SockSnapshot},
     sock_diag::{TwFate, TwSubstate},
@@ -18,6 +19,8 @@ pub struct TextSink<W: Write> {
     raw: bool,
     /// Connections of any other network namespace are marked with theirs.
     home_netns: Option<u32>,
+    /// Names the container of such a namespace.
+    containers: Option<ContainerDirectory>,
 }
 
 impl<W: Write> TextSink<W> {
@@ -27,7 +30,14 @@ impl<W: Write> TextSink<W> {
             buf: String::new(),
             raw,
             home_netns: None,
+            containers: None,
         }
+    }
+
+    /// Names the container behind a connection's network namespace, when one is.
+    pub fn with_containers(mut self, containers: Option<ContainerDirectory>) -> Self {
+        self.containers = containers;
+        self
     }
 
     /// Marks connections outside network namespace `home` (e.g. a container's) with theirs.
@@ -69,7 +79,12 @@ impl<W: Write> Sink for TextSink<W> {
             .map(|p| format!("  peer #{p}"))
             .unwrap_or_default();
         let netns = match self.home_netns {
-            Some(home) if c.netns != 0 && c.netns != home => format!("  netns {}", c.netns),
+            Some(home) if c.netns != 0 && c.netns != home => {
+                match self.containers.as_ref().and_then(|d| d.get(c.netns)) {
+                    Some(container) => format!("  netns {} ({container})", c.netns),
+                    None => format!("  netns {}", c.netns),
+                }
+            }
             _ => String::new(),
         };
         writeln!(

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 
 use crate::{
     sinks::{Conforming, JsonlSink, Sink, TextSink},
+    sock_diag::namespaces::ContainerDirectory,
     track::Filter,
     track::TrackerConfig,
 };
@@ -150,7 +151,8 @@ pub fn namespace_file_inode(path: &std::path::Path) -> anyhow::Result<u32> {
 
 impl OutputArgs {
     /// The output. `home_netns` is the network namespace the text output need not name (a live
-    /// trace's own); connections of any other are marked with theirs.
+    /// trace's own); connections of any other are marked with theirs, and with the container
+    /// inside it (a live trace only: a recording's containers may be long gone).
     pub fn sink(&self, home_netns: Option<u32>) -> anyhow::Result<Box<dyn Sink + Send>> {
         if self.format == Format::Text && self.conforming.is_some() {
             anyhow::bail!(
@@ -166,12 +168,27 @@ impl OutputArgs {
             None => Box::new(io::stdout()),
         };
         let out = BufWriter::with_capacity(64 * 1024, out);
+        let containers = match home_netns.map(|_| ContainerDirectory::start()) {
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                crate::say!("note: containers are not named: {e}");
+                None
+            }
+            None => None,
+        };
         Ok(match self.format {
-            Format::Text => Box::new(TextSink::new(out, self.raw).with_home_netns(home_netns)),
-            Format::Jsonl => Box::new(JsonlSink::new(
-                out,
-                self.conforming.map(Conforming::from).unwrap_or_default(),
-            )),
+            Format::Text => Box::new(
+                TextSink::new(out, self.raw)
+                    .with_home_netns(home_netns)
+                    .with_containers(containers),
+            ),
+            Format::Jsonl => Box::new(
+                JsonlSink::new(
+                    out,
+                    self.conforming.map(Conforming::from).unwrap_or_default(),
+                )
+                .with_containers(containers),
+            ),
         })
     }
 }
