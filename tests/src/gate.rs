@@ -50,6 +50,13 @@ pub const LAB: Need = Need {
     tools: &["ip", "ss", "nft"],
 };
 
+/// Real containers: root, BTF (the trace names them), podman with runc, busybox for the image,
+/// nsenter to ask `ss` inside a container.
+pub const CONTAINERS: Need = Need {
+    btf: true,
+    tools: &["ip", "ss", "podman", "runc", "busybox", "nsenter"],
+};
+
 /// Why this host cannot give `need`, if it cannot: the first missing piece.
 pub fn missing(need: Need) -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -65,12 +72,15 @@ pub fn missing(need: Need) -> Option<String> {
         .map(|tool| format!("`{tool}` is not installed (`cargo xtask test` installs it)"))
 }
 
-/// Whether `tool` runs (`ip -V`, `ss -V`, `nft -V` all print their version).
+/// Whether `tool` runs: `ip -V`, `ss -V`, `nft -V` print their version, podman and runc
+/// answer `--version` only, busybox `--help`.
 fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    ["-V", "--version", "--help"].iter().any(|flag| {
+        Command::new(tool)
+            .arg(flag)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
 }
 
 /// The running test's name: libtest runs each test on a thread named after it

@@ -1,6 +1,7 @@
 //! Harness for the root/kernel integration tests: the one gate that says whether a test can run
 //! here, the real tracer, network namespaces, and bounded waits.
 pub mod cli;
+pub mod containers;
 pub mod gate;
 pub mod lab;
 pub mod loopback;

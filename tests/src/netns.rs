@@ -48,6 +48,21 @@ impl Netns {
         &self.name
     }
 
+    /// The inode of the namespace (what `trace` prints as `netns`).
+    pub fn inode(&self) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(self.path())
+            .unwrap_or_else(|e| panic!("namespace {}: {e}", self.name));
+        match u32::try_from(meta.ino()) {
+            Ok(inode) => inode,
+            Err(_) => panic!(
+                "namespace {}: inode {} beyond 32 bits",
+                self.name,
+                meta.ino()
+            ),
+        }
+    }
+
     /// `/var/run/netns/NAME`.
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/var/run/netns").join(&self.name)

@@ -124,6 +124,19 @@ fn test(host_only: bool, args: Vec<String>) -> Result<()> {
         "the kernel tests create network namespaces and veth pairs",
     )?;
     scenario::ensure_nft()?;
+    // The container tests run real containers: podman with runc (podman's default runtime,
+    // crun, fails on hosts whose cgroups are in hybrid mode), and an image made of busybox.
+    for (cmd, package) in [
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("busybox", "busybox-static"),
+    ] {
+        setup::ensure_tool(
+            cmd,
+            package,
+            "the container tests run busybox httpd in podman",
+        )?;
+    }
     let kernel_ready = setup::is_root() && std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
     if kernel_ready {
         println!("xtask: root and kernel BTF present: the kernel tests will run");
