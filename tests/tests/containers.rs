@@ -4,7 +4,7 @@
 //! Runs on the host only: the kernel matrix's guests carry no container engine.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
@@ -28,6 +28,16 @@ fn timewait(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// `GET /metrics` of the trace's endpoint.
+fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }
 
 /// Waits until `ss` inside `c` lists `n` TIME_WAIT sockets, and returns them.
@@ -57,13 +67,48 @@ fn timewait_names_each_container_and_counts_its_sockets_as_ss_does() {
     let before = |c: &Container| c.ss(&["-tan", "state", "time-wait"]).unwrap().len();
     let (web_before, api_before) = (before(&web), before(&api));
     // Traced while the requests are made: the tracepoints see every namespace.
-    let (trace, _) = teardown_integration_tests::cli::start_trace_jsonl(
+    let (trace, said) = teardown_integration_tests::cli::start_trace_jsonl(
         HTTP_PORT,
-        &["--duration", "4s", "--conforming", "full"],
+        &[
+            "--duration",
+            "6s",
+            "--conforming",
+            "full",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
     )
     .unwrap();
+    let metrics_addr = said
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("metrics at http://")?
+                .strip_suffix("/metrics")
+        })
+        .unwrap_or_else(|| panic!("no metrics address in {said:?}"))
+        .to_string();
     web.get(7).unwrap();
     api.get(12).unwrap();
+    // The metrics count each container's connections under its name: both ends of each request
+    // (bounded wait: they are counted once they settle).
+    let series = |c: &Container| format!("namespace=\"podman:{}\"", c.name);
+    let counted = |text: &str, c: &Container| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("teardown_connections_total{") && l.contains(&series(c)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let mut text = String::new();
+    let _ = wait_until(
+        "the containers' connections counted",
+        Duration::from_secs(4),
+        || {
+            text = scrape(&metrics_addr);
+            Ok(counted(&text, &web) >= 14.0 && counted(&text, &api) >= 24.0)
+        },
+    );
+    assert_eq!(counted(&text, &web), 14.0, "{text}");
+    assert_eq!(counted(&text, &api), 24.0, "{text}");
     let (out, lines) = trace.jsonl_output().unwrap();
     let ss_web = settled_time_wait(&web, web_before + 7);
     let ss_api = settled_time_wait(&api, api_before + 12);

@@ -78,7 +78,7 @@ fn metrics_count_the_judged_teardowns() {
         sample(
             &text,
             &format!(
-                "teardown_connections_total{{role=\"{role}\",variant=\"abort_by_rst\",conformance=\"deviates\"}}"
+                "teardown_connections_total{{role=\"{role}\",variant=\"abort_by_rst\",conformance=\"deviates\",namespace=\"host\"}}"
             ),
         )
     };

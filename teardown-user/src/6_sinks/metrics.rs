@@ -7,6 +7,7 @@
 //! on the event path, which at most waits the moment a scrape holds the metrics' read locks.
 
 use std::{
+    collections::HashMap,
     io,
     net::SocketAddr,
     sync::{
@@ -30,6 +31,7 @@ use prometheus_client::{
 use super::{Report, Sink, Summary};
 use crate::{
     judge::Conformance,
+    sock_diag::namespaces::ContainerDirectory,
     sock_diag::TwFate,
     track::timewait::{TimewaitNote, TwWhat},
 };
@@ -39,6 +41,7 @@ struct ConnectionLabels {
     role: &'static str,
     variant: &'static str,
     conformance: &'static str,
+    namespace: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,6 +57,63 @@ struct StateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FactLabels {
     fact: &'static str,
+    namespace: &'static str,
+}
+
+/// The `namespace` label of a connection: what its network namespace is to an operator (the
+/// container's name, `host` for the trace's own, `netns N` else), for the first `max`
+/// namespaces seen; the rest share `other`, and `unknown` is for events without a namespace
+/// (no kernel BTF). So the series stay bounded on a host with thousands of containers.
+///
+/// The values are made once per namespace and kept for the process's life (at most two per
+/// namespace: `netns N` becomes the container's name once the container is known), so that
+/// counting a connection allocates nothing.
+pub struct NamespaceLabels {
+    home: Option<u32>,
+    containers: Option<ContainerDirectory>,
+    max: usize,
+    given: HashMap<u32, (&'static str, bool)>,
+}
+
+impl NamespaceLabels {
+    pub fn new(home: Option<u32>, containers: Option<ContainerDirectory>, max: usize) -> Self {
+        NamespaceLabels {
+            home,
+            containers,
+            max,
+            given: HashMap::new(),
+        }
+    }
+
+    fn of(&mut self, netns: u32) -> &'static str {
+        if netns == 0 {
+            return "unknown";
+        }
+        if self.home == Some(netns) {
+            return "host";
+        }
+        match self.given.get(&netns) {
+            Some(&(label, true)) => return label,
+            Some(&(label, false)) => {
+                // Known so far without its container: it may have been found since.
+                let Some(c) = self.containers.as_ref().and_then(|d| d.get(netns)) else {
+                    return label;
+                };
+                let label: &'static str = Box::leak(c.to_string().into_boxed_str());
+                self.given.insert(netns, (label, true));
+                return label;
+            }
+            None if self.given.len() >= self.max => return "other",
+            None => {}
+        }
+        let (label, named) = match self.containers.as_ref().and_then(|d| d.get(netns)) {
+            Some(c) => (c.to_string(), true),
+            None => (format!("netns {netns}"), false),
+        };
+        let label: &'static str = Box::leak(label.into_boxed_str());
+        self.given.insert(netns, (label, named));
+        label
+    }
 }
 
 /// The registry and its metrics, shared by the sink, the trace loop and the HTTP thread.
@@ -166,20 +226,27 @@ impl Default for Metrics {
 /// The sink that feeds [`Metrics`].
 pub struct MetricsSink {
     metrics: Arc<Metrics>,
+    namespaces: NamespaceLabels,
 }
 
 impl MetricsSink {
-    pub fn new(metrics: Arc<Metrics>) -> MetricsSink {
-        MetricsSink { metrics }
+    /// Counts into `metrics`, connections and timewait facts labelled with their namespace.
+    pub fn new(metrics: Arc<Metrics>, namespaces: NamespaceLabels) -> MetricsSink {
+        MetricsSink {
+            metrics,
+            namespaces,
+        }
     }
 }
 
 impl Sink for MetricsSink {
     fn connection(&mut self, report: &Report<'_>) -> io::Result<()> {
         let v = report.verdict;
+        let namespace = self.namespaces.of(report.conn.netns);
         let m = &self.metrics;
         m.connections
             .get_or_create(&ConnectionLabels {
+                namespace,
                 role: v.role.code(),
                 variant: v.variant.name(),
                 conformance: match v.conformance {
@@ -216,9 +283,10 @@ impl Sink for MetricsSink {
                 TwFate::Killed => "killed",
             },
         };
+        let namespace = self.namespaces.of(note.fact.netns);
         self.metrics
             .timewait_facts
-            .get_or_create(&FactLabels { fact })
+            .get_or_create(&FactLabels { fact, namespace })
             .inc();
         Ok(())
     }
@@ -337,7 +405,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         metrics.set_totals(10, 0, 3);
         metrics.set_totals(7, 2, 1);
-        let mut sink = MetricsSink::new(Arc::clone(&metrics));
+        let mut sink = MetricsSink::new(Arc::clone(&metrics), NamespaceLabels::new(None, None, 4));
         let fact = |what| TimewaitNote {
             id: 1,
             of_conforming: true,
@@ -365,10 +433,24 @@ mod tests {
             "teardown_kernel_events_total 10\n",
             "teardown_kernel_lost_events_total 2\n",
             "teardown_open_connections 1\n",
-            "teardown_timewait_facts_total{fact=\"entered\"} 1\n",
-            "teardown_timewait_facts_total{fact=\"reused\"} 1\n",
+            "teardown_timewait_facts_total{fact=\"entered\",namespace=\"unknown\"} 1\n",
+            "teardown_timewait_facts_total{fact=\"reused\",namespace=\"unknown\"} 1\n",
         ] {
             assert!(text.contains(want), "no {want:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn namespace_labels_are_bounded() {
+        let mut l = NamespaceLabels::new(Some(1), None, 2);
+        assert_eq!(l.of(1), "host");
+        assert_eq!(l.of(0), "unknown");
+        assert_eq!(l.of(5), "netns 5");
+        assert_eq!(l.of(6), "netns 6");
+        // Past the bound, every new namespace shares one label; the first ones keep theirs.
+        assert_eq!(l.of(7), "other");
+        assert_eq!(l.of(8), "other");
+        assert_eq!(l.of(5), "netns 5");
+        assert_eq!(l.given.len(), 2);
     }
 }

@@ -152,8 +152,13 @@ pub fn namespace_file_inode(path: &std::path::Path) -> anyhow::Result<u32> {
 impl OutputArgs {
     /// The output. `home_netns` is the network namespace the text output need not name (a live
     /// trace's own); connections of any other are marked with theirs, and with the container
-    /// inside it (a live trace only: a recording's containers may be long gone).
-    pub fn sink(&self, home_netns: Option<u32>) -> anyhow::Result<Box<dyn Sink + Send>> {
+    /// inside it when `containers` is given (a live trace only: a recording's containers may be
+    /// long gone).
+    pub fn sink(
+        &self,
+        home_netns: Option<u32>,
+        containers: Option<ContainerDirectory>,
+    ) -> anyhow::Result<Box<dyn Sink + Send>> {
         if self.format == Format::Text && self.conforming.is_some() {
             anyhow::bail!(
                 "--conforming chooses what JSON Lines writes; add --format jsonl (the text \
@@ -168,14 +173,6 @@ impl OutputArgs {
             None => Box::new(io::stdout()),
         };
         let out = BufWriter::with_capacity(64 * 1024, out);
-        let containers = match home_netns.map(|_| ContainerDirectory::start()) {
-            Some(Ok(d)) => Some(d),
-            Some(Err(e)) => {
-                crate::say!("note: containers are not named: {e}");
-                None
-            }
-            None => None,
-        };
         Ok(match self.format {
             Format::Text => Box::new(
                 TextSink::new(out, self.raw)

@@ -40,7 +40,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
     let mut reader = Reader::new(BufReader::new(input))
         .with_context(|| format!("{} cannot be replayed", args.file.display()))?;
     // Replayed elsewhere, no namespace is "ours": only a live trace marks foreign ones.
-    let sink = args.output.sink(None)?;
+    let sink = args.output.sink(None, None)?;
     let mut pipeline = Pipeline::new(
         args.filters.tracker(),
         args.filters.filter()?,

@@ -14,7 +14,8 @@ use crate::{
     kernel::{Hook, Probe, ProbeConfig},
     live::{live, LiveOptions, Pipeline, TimewaitFollow},
     sinks::Summary,
-    sinks::{Metrics, MetricsSink},
+    sinks::{metrics::NamespaceLabels, Metrics, MetricsSink},
+    sock_diag::namespaces::ContainerDirectory,
 };
 
 #[derive(Clone, Debug, clap::Args)]
@@ -59,6 +60,11 @@ pub struct TraceArgs {
     /// events and losses. E.g. 127.0.0.1:9464; port 0 picks a free one (the address is said).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Network namespaces that get a `namespace` label of their own in the metrics (the
+    /// container's name, `host`, or `netns N`), in the order they are first seen; the others
+    /// are summed under `other`, so that the series stay few on a host with many containers.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub metrics_namespaces: usize,
     /// The nice value of the thread that reads and judges the events (-20 to 19). Raised by
     /// default: on a host whose cores the workload saturates, an agent at the workload's
     /// priority gets too small a share to keep up at its busiest, exactly when it matters; it
@@ -195,13 +201,23 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         .netns
         .then(crate::sock_diag::watch::current_netns)
         .filter(|&n| n != 0);
-    let mut sinks = vec![args.output.sink(home_netns)?];
+    // Connections of other namespaces are named after their container.
+    let containers = match home_netns.map(|_| ContainerDirectory::start()) {
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            crate::say!("note: containers are not named: {e}");
+            None
+        }
+        None => None,
+    };
+    let mut sinks = vec![args.output.sink(home_netns, containers.clone())?];
     let metrics = match args.metrics {
         Some(addr) => {
             let m = Arc::new(Metrics::new());
             let server = crate::sinks::metrics::serve(addr, Arc::clone(&m))?;
             crate::say!("metrics at http://{}/metrics", server.addr);
-            sinks.push(Box::new(MetricsSink::new(Arc::clone(&m))));
+            let labels = NamespaceLabels::new(home_netns, containers, args.metrics_namespaces);
+            sinks.push(Box::new(MetricsSink::new(Arc::clone(&m), labels)));
             Some((m, server))
         }
         None => None,
