@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     decode::{Event, SockSnapshot, TcpState},
+    sock_diag::{TwFate, TwSubstate},
     track::{Connection, RecordEnd},
 };
 
@@ -198,6 +199,8 @@ pub(super) struct Ctx<'c, 't, 'a> {
     pub(super) peer: Option<(&'c Connection, &'t Trace<'a>)>,
     pub(super) role: Role,
     pub(super) ends: Option<Ends<'t, 'a>>,
+    /// What the kernel showed of the timewait socket, when the verdict waited for it.
+    pub(super) timewait: Option<super::decide::TimewaitOutcome>,
 }
 
 impl Ctx<'_, '_, '_> {
@@ -739,6 +742,11 @@ fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
         e.time_wait = Some(TimeWaitPath::Reset);
         return e;
     }
+    if let Some(fate) = cx.timewait {
+        if let Some(e) = orphan_fate(cx, fate, j) {
+            return e;
+        }
+    }
     j.note(
         Some(Step::ThirdWave),
         Code::TimeWaitNotVisible,
@@ -752,6 +760,88 @@ fn orphan_end(cx: &Ctx<'_, '_, '_>, j: &mut Judgement) -> End {
     );
     e.time_wait = Some(TimeWaitPath::FinWait2Timewait);
     e
+}
+
+/// What became of an orphan's FIN_WAIT2 timewait socket, as the kernel's timer events told it:
+/// (substate reached, how it left) -> (variant, finding, TIME_WAIT path, why). `None` for how
+/// it left: still there when the verdict was given (it reached TIME_WAIT: the rest is its
+/// 60 s). A pair not in the table (reused while FIN_WAIT2) leaves the verdict as without.
+pub(super) const ORPHAN_FATES: &[OrphanFate] = &[
+    OrphanFate {
+        reached: TwSubstate::TimeWait,
+        left: None,
+        variant: None,
+        finding: None,
+        time_wait: TimeWaitPath::FinWait2TimewaitThenTimeWait,
+        why: "the peer's FIN reached our timewait socket, which entered TIME_WAIT",
+    },
+    OrphanFate {
+        reached: TwSubstate::TimeWait,
+        left: Some(TwFate::Expired),
+        variant: None,
+        finding: None,
+        time_wait: TimeWaitPath::FinWait2TimewaitThenTimeWait,
+        why: "the peer's FIN reached our timewait socket, which entered TIME_WAIT",
+    },
+    OrphanFate {
+        reached: TwSubstate::FinWait2,
+        left: Some(TwFate::Expired),
+        variant: Some(Variant::FinWait2Timeout),
+        finding: Some((
+            Code::NoPeerFin,
+            "step 3 never came: the peer never sent its FIN, and our orphaned FIN_WAIT2 \
+             timewait socket expired after tcp_fin_timeout (the peer never closed)",
+        )),
+        time_wait: TimeWaitPath::TimedOut,
+        why: "orphaned FIN_WAIT2 timewait socket expired without the peer's FIN",
+    },
+    OrphanFate {
+        reached: TwSubstate::FinWait2,
+        left: Some(TwFate::Killed),
+        variant: Some(Variant::AbortByRst),
+        finding: Some((
+            Code::NoPeerFin,
+            "step 3 never came: the peer sent no FIN; a RST ended our orphaned FIN_WAIT2 \
+             timewait socket",
+        )),
+        time_wait: TimeWaitPath::Reset,
+        why: "orphaned FIN_WAIT2 timewait socket killed by a RST before the peer's FIN",
+    },
+];
+
+/// A row of [`ORPHAN_FATES`].
+pub(super) struct OrphanFate {
+    pub(super) reached: TwSubstate,
+    pub(super) left: Option<TwFate>,
+    /// None: the clean variant of the close, as when the peer's trace shows its FIN was ACKed.
+    pub(super) variant: Option<Variant>,
+    pub(super) finding: Option<(Code, &'static str)>,
+    pub(super) time_wait: TimeWaitPath,
+    pub(super) why: &'static str,
+}
+
+/// The end of an orphan whose timewait socket's fate is known, from [`ORPHAN_FATES`].
+fn orphan_fate(
+    cx: &Ctx<'_, '_, '_>,
+    fate: super::decide::TimewaitOutcome,
+    j: &mut Judgement,
+) -> Option<End> {
+    let row = ORPHAN_FATES
+        .iter()
+        .find(|r| r.reached == fate.reached && r.left == fate.left)?;
+    if let Some((code, text)) = row.finding {
+        j.finding(Some(Step::ThirdWave), code, text.to_owned());
+    }
+    let mut e = match row.variant {
+        Some(v) => End::new(v, row.why),
+        None => {
+            let mut e = clean_variant(cx.role, cx.us, None, cx.ends.as_ref());
+            e.why = format!("{}; {}", e.why, row.why);
+            e
+        }
+    };
+    e.time_wait = Some(row.time_wait);
+    Some(e)
 }
 
 /// Whether we had sent data the peer had not acknowledged when its RST arrived (None: the

@@ -8,8 +8,34 @@ use super::{
 };
 use crate::{
     decode::TcpState,
+    kernel::clock::human_ms,
+    sock_diag::{TwFate, TwSubstate},
     track::{Connection, RecordEnd},
 };
+
+/// What the kernel showed of a connection's timewait socket before its verdict was given: for
+/// an orphan that became a FIN_WAIT2 timewait socket, whether the peer's FIN came after all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimewaitOutcome {
+    /// The substate it reached: TIME_WAIT once the peer's FIN came.
+    pub reached: TwSubstate,
+    /// How it left, if it has.
+    pub left: Option<TwFate>,
+}
+
+/// What judging a connection takes besides its events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JudgeOptions {
+    /// A passive closer that stayed in CLOSE_WAIT longer than this gets a note (0: never).
+    pub slow_close_ns: u64,
+    /// What became of its timewait socket, when that was waited for.
+    pub timewait: Option<TimewaitOutcome>,
+}
+
+impl JudgeOptions {
+    /// The slow-close threshold of `trace` by default: 1 s.
+    pub const SLOW_CLOSE_NS: u64 = 1_000_000_000;
+}
 
 /// Notes on retransmissions, grouped by state.
 fn retransmit_notes(us: &Trace<'_>, j: &mut Judgement) {
@@ -52,6 +78,38 @@ fn retransmit_notes(us: &Trace<'_>, j: &mut Judgement) {
 
 /// Judges one connection; `peer` is the other end when it was traced on this host too.
 pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
+    judge_with(conn, peer, &JudgeOptions::default())
+}
+
+/// A passive closer's time in CLOSE_WAIT over the threshold: its application was slow to
+/// close after the peer's FIN.
+fn slow_close_note(conn: &Connection, us: &Trace<'_>, threshold_ns: u64, j: &mut Judgement) {
+    let Some(ns) = us.time_in(TcpState::CloseWait) else {
+        return;
+    };
+    if threshold_ns == 0 || ns <= threshold_ns {
+        return;
+    }
+    let who = conn
+        .process
+        .as_ref()
+        .map_or("the application".to_owned(), |p| {
+            format!("{} ({})", p.comm, p.pid)
+        });
+    j.note(
+        Some(Step::ThirdWave),
+        Code::SlowClose,
+        format!(
+            "{who} closed {} after the peer's FIN (in CLOSE_WAIT over the {} threshold): slow \
+             to close, a CLOSE_WAIT leak in the making",
+            human_ms(ns / 1_000_000),
+            human_ms(threshold_ns / 1_000_000)
+        ),
+    );
+}
+
+/// [`judge`], with what else is known of the connection.
+pub fn judge_with(conn: &Connection, peer: Option<&Connection>, opts: &JudgeOptions) -> Verdict {
     let us = Trace::of(&conn.events);
     let peer_trace = peer.map(|p| (p, Trace::of(&p.events)));
     let peer_ref = peer_trace.as_ref().map(|(p, t)| (*p, t));
@@ -99,6 +157,7 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
         peer: peer_ref,
         role,
         ends,
+        timewait: opts.timewait,
     };
     let end = classify(&cx, &mut j);
 
@@ -148,6 +207,9 @@ pub fn judge(conn: &Connection, peer: Option<&Connection>) -> Verdict {
     };
 
     retransmit_notes(&us, &mut j);
+    if role.doc_side() == Some(DocSide::Passive) {
+        slow_close_note(conn, &us, opts.slow_close_ns, &mut j);
+    }
     if !us.timewait_resets.is_empty() && end.time_wait != Some(TimeWaitPath::Reset) {
         j.note(
             None,

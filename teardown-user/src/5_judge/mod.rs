@@ -22,7 +22,7 @@ pub mod verdict;
 #[cfg(test)]
 mod tests;
 
-pub use decide::judge;
+pub use decide::{judge, judge_with, JudgeOptions, TimewaitOutcome};
 pub use model::{DocSide, Meaning, StateTime, Step, STEPS, TRANSITIONS};
 pub use seq::{Outcome, Sender, SeqCheck, Term, Wave, Waves};
 pub use verdict::{

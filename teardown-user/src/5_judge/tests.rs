@@ -1102,3 +1102,71 @@ fn every_case_shows_its_verdict_in_text_and_json() {
         assert_eq!(in_json("notes"), note_codes(&v), "{}", c.name);
     }
 }
+
+/// An orphan's FIN_WAIT2 timewait socket, its fate told by the kernel's timer events: the
+/// verdict follows [`super::classify::ORPHAN_FATES`].
+#[test]
+fn an_orphans_timewait_fate_decides_its_verdict() {
+    let with = |reached, left| {
+        judge_with(
+            &conn(orphan_close()),
+            None,
+            &JudgeOptions {
+                timewait: Some(TimewaitOutcome { reached, left }),
+                ..JudgeOptions::default()
+            },
+        )
+    };
+    use crate::sock_diag::{TwFate, TwSubstate};
+    // The peer's FIN came: the documented close, TIME_WAIT seen.
+    let v = with(TwSubstate::TimeWait, None);
+    assert_eq!(v.conformance, Conformance::Conforms, "{}", text(&v));
+    assert_eq!(
+        v.time_wait,
+        Some(TimeWaitPath::FinWait2TimewaitThenTimeWait)
+    );
+    assert!(!note_codes(&v).contains(&"time_wait_not_visible"));
+    assert!(v.why.contains("entered TIME_WAIT"), "{}", v.why);
+    // It expired in FIN_WAIT2: step 3 never came.
+    let v = with(TwSubstate::FinWait2, Some(TwFate::Expired));
+    assert_eq!(v.variant, Variant::FinWait2Timeout);
+    assert_eq!(v.conformance, Conformance::Deviates);
+    assert_eq!(codes(&v), ["no_peer_fin"]);
+    assert_eq!(v.findings[0].step, Some(3));
+    assert_eq!(v.time_wait, Some(TimeWaitPath::TimedOut));
+    // A RST killed it in FIN_WAIT2.
+    let v = with(TwSubstate::FinWait2, Some(TwFate::Killed));
+    assert_eq!(v.variant, Variant::AbortByRst);
+    assert_eq!(v.time_wait, Some(TimeWaitPath::Reset));
+    // Not in the table: as if nothing were known.
+    let v = with(TwSubstate::FinWait2, Some(TwFate::Reused));
+    assert_eq!(v, judge(&conn(orphan_close()), None));
+}
+
+#[test]
+fn a_passive_closer_slow_to_close_gets_a_note_naming_its_process() {
+    // passive_close spends 15 ms in CLOSE_WAIT.
+    let opts = |ms: u64| JudgeOptions {
+        slow_close_ns: ms * MS,
+        ..JudgeOptions::default()
+    };
+    let mut c = conn(passive_close(V, U + 1, V + 1));
+    c.process = Some(crate::decode::Task {
+        pid: 4242,
+        comm: Comm::new("httpd"),
+    });
+    let v = judge_with(&c, None, &opts(10));
+    let note = v
+        .notes
+        .iter()
+        .find(|n| n.code == Code::SlowClose)
+        .unwrap_or_else(|| panic!("no slow_close note: {}", text(&v)));
+    assert!(note.message.contains("httpd (4242)"), "{}", note.message);
+    assert!(note.message.contains("15ms"), "{}", note.message);
+    assert_eq!(v.conformance, Conformance::Conforms);
+    // Under the threshold, or off, or the active closer: no note.
+    assert!(!note_codes(&judge_with(&c, None, &opts(20))).contains(&"slow_close"));
+    assert!(!note_codes(&judge_with(&c, None, &opts(0))).contains(&"slow_close"));
+    let a = conn(active_close(V, U + 1));
+    assert!(!note_codes(&judge_with(&a, None, &opts(1))).contains(&"slow_close"));
+}

@@ -250,6 +250,8 @@ pub enum Code {
     SynRetransmitted,
     /// Note: data was retransmitted.
     DataRetransmitted,
+    /// Note: the application sat in CLOSE_WAIT longer than the slow-close threshold.
+    SlowClose,
 }
 
 impl Code {
@@ -284,11 +286,12 @@ impl Code {
             Code::FinRetransmitted => "fin_retransmitted",
             Code::SynRetransmitted => "syn_retransmitted",
             Code::DataRetransmitted => "data_retransmitted",
+            Code::SlowClose => "slow_close",
         }
     }
 
     /// Every code, for tests.
-    pub const ALL: [Code; 28] = [
+    pub const ALL: [Code; 29] = [
         Code::IllegalTransition,
         Code::DiscontinuousTransition,
         Code::NoFinAck,
@@ -317,6 +320,7 @@ impl Code {
         Code::FinRetransmitted,
         Code::SynRetransmitted,
         Code::DataRetransmitted,
+        Code::SlowClose,
     ];
 }
 
