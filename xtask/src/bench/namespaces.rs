@@ -112,6 +112,11 @@ pub(super) struct SetMade {
 pub(super) struct NamespacesResult {
     pub namespaces: usize,
     pub sockets_per_namespace: usize,
+    /// The host's TCP established hash table (net.ipv4.tcp_ehash_entries), which namespaces
+    /// share unless they were made with one of their own (net.ipv4.tcp_child_ehash_entries,
+    /// 0: none): a socket dump in a namespace walks it.
+    pub host_ehash_entries: Option<u64>,
+    pub child_ehash_entries: Option<u64>,
     /// Each set made (a new one when the sockets of the last would expire during a
     /// measurement).
     pub sets: Vec<SetMade>,
@@ -139,9 +144,18 @@ impl NamespacesResult {
 }
 
 pub(super) fn run(teardown: &Path, work: &Path, n: usize, m: usize) -> NamespacesResult {
+    let sysctl = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(Path::new("/proc/sys/net/ipv4").join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
     let mut res = NamespacesResult {
         namespaces: n,
         sockets_per_namespace: m,
+        host_ehash_entries: sysctl("tcp_ehash_entries"),
+        child_ehash_entries: sysctl("tcp_child_ehash_entries"),
         ..NamespacesResult::default()
     };
     remove_stale(work);

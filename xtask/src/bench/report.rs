@@ -364,7 +364,7 @@ fn namespaces_markdown(s: &mut String, ns: &NamespacesResult) {
          TIME_WAIT sockets each (connections to a listener on 127.0.0.1 whose server end \
          closed first), {} in all, beside the host's other namespaces. The kernel holds a \
          TIME_WAIT socket 60 s: every measurement ran within the first minute of its set ({} \
-         set{} made{}). Each report had to show them all.",
+         set{} made{}). Each report had to show them all.{}",
         ns.namespaces,
         ns.sockets_per_namespace,
         thousands((ns.namespaces * ns.sockets_per_namespace) as f64),
@@ -373,7 +373,22 @@ fn namespaces_markdown(s: &mut String, ns: &NamespacesResult) {
         ns.sets.first().map_or(String::new(), |m| format!(
             "; the first: namespaces in {:.1} s, sockets in {:.1} s",
             m.namespaces_s, m.sockets_s
-        ))
+        )),
+        match (ns.host_ehash_entries, ns.child_ehash_entries) {
+            (Some(h), Some(0)) => format!(
+                " The namespaces share the host's TCP hash table of {} buckets \
+                 (net.ipv4.tcp_child_ehash_entries is 0), which a socket dump in a namespace \
+                 walks.",
+                thousands(h as f64)
+            ),
+            (Some(h), Some(c)) => format!(
+                " Each namespace has a TCP hash table of its own, of {} buckets \
+                 (net.ipv4.tcp_child_ehash_entries; the host's has {}).",
+                thousands(c as f64),
+                thousands(h as f64)
+            ),
+            _ => String::new(),
+        }
     );
     let _ = writeln!(s);
     if let Some(e) = &ns.error {
