@@ -7,13 +7,16 @@
 //! and `none`) take one round each. Then a soak: one `teardown trace` with default settings
 //! under the same churn for minutes, its memory sampled as it goes. Then a second scenario holds
 //! 50,000 connections open under `teardown trace` to measure its memory per open tracked
-//! connection. Results go to bench-results/latest.json and latest.md, and the tables are printed.
+//! connection. Last, `teardown timewait` and `teardown top` over every network namespace of a host
+//! holding hundreds of them, each with TIME_WAIT sockets (see [`namespaces`]). Results go to
+//! bench-results/latest.json and latest.md, and the tables are printed.
 //!
 //! Agent CPU is charged per state change as the kernel counts them, whatever the agent records:
 //! the runs of the program on `inet_sock_set_state` (the kernel's BPF statistics), read over the
 //! same span as the CPU time.
 
 mod bpfstats;
+mod namespaces;
 mod procs;
 mod report;
 mod soak;
@@ -75,6 +78,17 @@ pub struct BenchArgs {
     /// `--trace-arg=--ring-size --trace-arg=8`.
     #[arg(long = "trace-arg", allow_hyphen_values = true)]
     pub trace_args: Vec<String>,
+    /// Network namespaces of the namespaces scenario, which measures `teardown timewait` and
+    /// `teardown top` over every namespace of the host (0: skip it).
+    #[arg(long, default_value_t = 200)]
+    pub namespaces: usize,
+    /// TIME_WAIT sockets made in each of those namespaces.
+    #[arg(long, default_value_t = 100)]
+    pub namespace_sockets: usize,
+    /// Run the namespaces scenario alone: no churn rounds, soak or memory scenario (about a
+    /// minute).
+    #[arg(long)]
+    pub only_namespaces: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -290,6 +304,7 @@ struct Report {
     /// Wall time of the benchmark from its first round to its report (the build not counted).
     wall_seconds: f64,
     machine: Machine,
+    /// 0: the churn rounds were not run (`--only-namespaces`).
     rounds: usize,
     seconds_per_round: f64,
     churn_threads: usize,
@@ -301,6 +316,8 @@ struct Report {
     summary: Vec<ConfigSummary>,
     soak: Option<SoakResult>,
     hold: Option<HoldResult>,
+    /// `teardown timewait` and `teardown top` over many namespaces (None: not run).
+    namespaces: Option<namespaces::NamespacesResult>,
     targets: Vec<Target>,
     runs: Vec<Round>,
 }
@@ -330,6 +347,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     if !(args.soak_seconds == 0.0 || (args.soak_seconds >= 10.0 && args.soak_seconds <= 86_400.0)) {
         bail!("--soak-seconds must be 0 (no soak) or between 10 and 86400");
+    }
+    if args.namespaces > 1000 || !(1..=1000).contains(&args.namespace_sockets) {
+        bail!("--namespaces must be at most 1000, and --namespace-sockets between 1 and 1000");
+    }
+    if args.only_namespaces && args.namespaces == 0 {
+        bail!("--only-namespaces with --namespaces 0 leaves nothing to run");
     }
     if !args.no_build {
         setup::setup(true)?;
@@ -362,11 +385,47 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
 
     let began = Instant::now();
+    if args.only_namespaces {
+        let machine = machine();
+        println!(
+            "bench: only the namespaces scenario: {}; about {:.1} min; machine: Linux {}, {}, {} \
+             cores",
+            namespaces_plan(&args),
+            namespaces_estimate_s(&args) / 60.0,
+            machine.kernel,
+            machine.cpu_model,
+            machine.cores
+        );
+        let ns = namespaces::run(&teardown, &work, args.namespaces, args.namespace_sockets);
+        let report = Report {
+            date: date_now(),
+            wall_seconds: began.elapsed().as_secs_f64(),
+            machine,
+            rounds: 0,
+            seconds_per_round: 0.0,
+            churn_threads: 0,
+            peer: "not run".to_owned(),
+            top_back_end: TOP_BACK_END.to_owned(),
+            conforming_default: None,
+            notes: vec![
+                "--only-namespaces: the churn rounds, the soak and the memory scenario were not \
+                 run"
+                .to_owned(),
+            ],
+            summary: Vec::new(),
+            soak: None,
+            hold: None,
+            namespaces: Some(ns),
+            targets: Vec::new(),
+            runs: Vec::new(),
+        };
+        return write_report(report, &out_dir, &work);
+    }
     let peer = choose_peer(args.peer, &work)?;
     if !bpfstats::available() {
         bail!("this kernel has no kernel.bpf_stats_enabled sysctl");
     }
-    let _stats = bpfstats::StatsGuard::enable()?;
+    let stats = bpfstats::StatsGuard::enable()?;
     let machine = machine();
     let mut notes = Vec::new();
     let conforming_default = conforming_default(&teardown)?;
@@ -412,9 +471,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         } else {
             0.0
         }
-        + if args.hold > 0 { 60.0 } else { 0.0 };
+        + if args.hold > 0 { 60.0 } else { 0.0 }
+        + namespaces_estimate_s(&args);
+    let last = match (args.hold > 0, args.namespaces > 0) {
+        (true, true) => format!("the memory scenario, then {}", namespaces_plan(&args)),
+        (true, false) => "the memory scenario".to_owned(),
+        (false, true) => namespaces_plan(&args),
+        (false, false) => "the report".to_owned(),
+    };
     println!(
-        "bench: {} rounds x {} configurations x {} s{}{}, then {}; about {:.1} min; machine: \
+        "bench: {} rounds x {} configurations x {} s{}{}, then {last}; about {:.1} min; machine: \
          Linux {}, {}, {} cores",
         args.rounds,
         CONFIGS.len(),
@@ -435,11 +501,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             )
         } else {
             String::new()
-        },
-        if args.hold > 0 {
-            "the memory scenario"
-        } else {
-            "the report"
         },
         estimate / 60.0,
         machine.kernel,
@@ -511,6 +572,19 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         None
     };
 
+    // Measured as a user runs them: without the kernel's BPF statistics (top's tracer pays
+    // for them on every event).
+    drop(stats);
+    let namespaces = (args.namespaces > 0).then(|| {
+        println!("bench: {}", namespaces_plan(&args));
+        namespaces::run(
+            &ctx.teardown,
+            &work,
+            args.namespaces,
+            args.namespace_sockets,
+        )
+    });
+
     let mut configs: Vec<Config> = CONFIGS.to_vec();
     configs.extend(CHOICES.iter().map(|c| c.0));
     let summary: Vec<ConfigSummary> = configs
@@ -518,11 +592,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .filter(|&&c| runs.iter().any(|r| r.config == Some(c)))
         .map(|&c| summarize(&ctx, c, &runs))
         .collect();
-    let mut report = Report {
-        date: output_of("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
+    let report = Report {
+        date: date_now(),
         wall_seconds: began.elapsed().as_secs_f64(),
         machine,
         rounds: args.rounds,
@@ -535,9 +606,44 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         summary,
         soak,
         hold,
+        namespaces,
         targets: Vec::new(),
         runs,
     };
+    write_report(report, &out_dir, &work)
+}
+
+fn date_now() -> String {
+    output_of("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// What the namespaces scenario does, for the plan printed at the start.
+fn namespaces_plan(args: &BenchArgs) -> String {
+    format!(
+        "{} network namespaces x {} TIME_WAIT sockets: teardown timewait {} times, teardown top \
+         for {} s",
+        args.namespaces,
+        args.namespace_sockets,
+        namespaces::TIMEWAIT_RUNS,
+        namespaces::TOP_SECONDS
+    )
+}
+
+/// Seconds the namespaces scenario takes, about: making the namespaces and the sockets, the
+/// timewait runs, top's start and its run, removing them.
+fn namespaces_estimate_s(args: &BenchArgs) -> f64 {
+    if args.namespaces == 0 {
+        return 0.0;
+    }
+    let per_namespace = 0.03 + 0.0001 * args.namespace_sockets as f64;
+    20.0 + namespaces::TOP_SECONDS as f64 + 2.0 * per_namespace * args.namespaces as f64
+}
+
+/// Judges the targets, writes latest.json and latest.md, prints the tables.
+fn write_report(mut report: Report, out_dir: &Path, work: &Path) -> Result<()> {
     report.targets = report::targets(&report);
     let md = report::markdown(&report);
     let json = serde_json::to_string_pretty(&report)?;
@@ -545,7 +651,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         .with_context(|| format!("cannot write {}", out_dir.join("latest.json").display()))?;
     std::fs::write(out_dir.join("latest.md"), &md)
         .with_context(|| format!("cannot write {}", out_dir.join("latest.md").display()))?;
-    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(work);
     println!("\n{md}");
     println!(
         "bench: wrote {} and {} ({:.1} min)",

@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 
-use super::{Config, ConfigSummary, Report, Round, Spread, Target, CONFORMING};
+use super::{
+    namespaces::{NamespacesResult, TIMEWAIT_RUNS, TOP_SECONDS},
+    Config, ConfigSummary, Report, Round, Spread, Target, CONFORMING,
+};
 
 /// The targets' bounds.
 const MIN_ROUND_S: f64 = 30.0;
@@ -12,6 +15,11 @@ const RSS_DRIFT: f64 = 0.10;
 const MAX_AGENT_US: f64 = 0.5;
 const MAX_KERNEL_NS: f64 = 300.0;
 const MAX_HOLD_BYTES: f64 = 1024.0;
+/// The namespaces scenario's size in the targets, and its bounds.
+const TARGET_NAMESPACES: usize = 200;
+const TARGET_SOCKETS: usize = 100;
+const MAX_TIMEWAIT_CPU_MS: f64 = 200.0;
+const MAX_TOP_PCT: f64 = 10.0;
 
 fn summary(r: &Report, c: Config) -> Option<&ConfigSummary> {
     r.summary.iter().find(|s| s.config == c)
@@ -28,6 +36,17 @@ fn soak_ok(r: &Report) -> Option<&super::SoakResult> {
 }
 
 pub(super) fn targets(r: &Report) -> Vec<Target> {
+    let mut t = if r.rounds > 0 {
+        churn_targets(r)
+    } else {
+        Vec::new()
+    };
+    t.extend(namespace_targets(r.namespaces.as_ref()));
+    t
+}
+
+/// The targets of the churn rounds, the soak and the memory scenario.
+fn churn_targets(r: &Report) -> Vec<Target> {
     let mut t = Vec::new();
     let short_rounds = r.seconds_per_round < MIN_ROUND_S;
     let short = |what: &str, s: f64, min: f64| {
@@ -237,6 +256,215 @@ pub(super) fn targets(r: &Report) -> Vec<Target> {
     t
 }
 
+/// The namespaces scenario's two rows: one `timewait` report's CPU, and `top`'s share of a
+/// core. A run that did not see every socket fails its row; a smaller scenario than the
+/// target's is not assessed.
+fn namespace_targets(ns: Option<&NamespacesResult>) -> Vec<Target> {
+    let tw_target = format!(
+        "`timewait` over {TARGET_NAMESPACES} namespaces ({TARGET_SOCKETS} TIME_WAIT sockets \
+         each) <= {MAX_TIMEWAIT_CPU_MS:.0} ms CPU (median of {TIMEWAIT_RUNS} runs)"
+    );
+    let top_target = format!("`top` polling them every second < {MAX_TOP_PCT:.0}% of a core");
+    let Some(ns) = ns else {
+        return [tw_target, top_target]
+            .into_iter()
+            .map(|target| Target {
+                target,
+                measured: "not run (--namespaces 0)".into(),
+                met: None,
+            })
+            .collect();
+    };
+    let size = format!("{} x {}", ns.namespaces, ns.sockets_per_namespace);
+    let small = ns.namespaces < TARGET_NAMESPACES || ns.sockets_per_namespace < TARGET_SOCKETS;
+    let small_note = if small {
+        format!("; fewer than the target's {TARGET_NAMESPACES} x {TARGET_SOCKETS}: not assessed")
+    } else {
+        String::new()
+    };
+    let scenario_failed = ns
+        .error
+        .as_ref()
+        .map_or(String::new(), |e| format!("; the scenario failed: {e}"));
+
+    let failures = ns.timewait_failures();
+    let failed = ns.timewait.iter().filter(|r| r.error.is_some()).count();
+    let tw_failed = failed > 0 || (ns.timewait.len() < TIMEWAIT_RUNS && ns.error.is_some());
+    let mut m = format!(
+        "{size}: {}",
+        ns.timewait_cpu_ms.map_or("n/a".into(), |c| format!(
+            "median {:.0} ms, max {:.0} ms CPU over {} runs; wall {}",
+            c.median,
+            c.max,
+            c.n,
+            ns.timewait_wall_ms
+                .map_or("n/a".into(), |w| format!("{:.0} ms", w.median))
+        ))
+    );
+    if failed > 0 {
+        m += &format!(
+            "; {failed} of {} runs failed: {}",
+            ns.timewait.len(),
+            failures.join("; ")
+        );
+    }
+    if ns.timewait.len() < TIMEWAIT_RUNS {
+        m += &scenario_failed;
+    }
+    m += &small_note;
+    let tw = Target {
+        target: tw_target,
+        measured: m,
+        met: if tw_failed {
+            Some(false)
+        } else if small {
+            None
+        } else {
+            ns.timewait_cpu_ms.map(|c| c.median <= MAX_TIMEWAIT_CPU_MS)
+        },
+    };
+
+    let top_ok = ns.top.as_ref().filter(|t| t.error.is_none());
+    let mut m = format!(
+        "{size}: {}",
+        match (&ns.top, top_ok) {
+            (_, Some(t)) => format!(
+                "{:.1}% of a core over {:.1} s from its first poll, {} polls; {:.1}% with its \
+                 start-up",
+                t.cpu_pct, t.span_s, t.polls, t.whole_cpu_pct
+            ),
+            (Some(t), None) => format!("failed: {}", t.error.as_deref().unwrap_or("")),
+            (None, None) => "n/a".into(),
+        }
+    );
+    if ns.top.is_none() {
+        m += &scenario_failed;
+    }
+    m += &small_note;
+    let top = Target {
+        target: top_target,
+        measured: m,
+        met: if ns.top.as_ref().is_some_and(|t| t.error.is_some())
+            || (ns.top.is_none() && ns.error.is_some())
+        {
+            Some(false)
+        } else if small {
+            None
+        } else {
+            top_ok.map(|t| t.cpu_pct < MAX_TOP_PCT)
+        },
+    };
+    vec![tw, top]
+}
+
+fn namespaces_markdown(s: &mut String, ns: &NamespacesResult) {
+    let _ = writeln!(
+        s,
+        "Every network namespace: {} namespaces made with `ip netns add` (`lo` up) x {} \
+         TIME_WAIT sockets each (connections to a listener on 127.0.0.1 whose server end \
+         closed first), {} in all, beside the host's other namespaces. The kernel holds a \
+         TIME_WAIT socket 60 s: every measurement ran within the first minute of its set ({} \
+         set{} made{}). Each report had to show them all.{}",
+        ns.namespaces,
+        ns.sockets_per_namespace,
+        thousands((ns.namespaces * ns.sockets_per_namespace) as f64),
+        ns.sets.len(),
+        if ns.sets.len() == 1 { "" } else { "s" },
+        ns.sets.first().map_or(String::new(), |m| format!(
+            "; the first: namespaces in {:.1} s, sockets in {:.1} s",
+            m.namespaces_s, m.sockets_s
+        )),
+        match (ns.host_ehash_entries, ns.child_ehash_entries) {
+            (Some(h), Some(0)) => format!(
+                " The namespaces share the host's TCP hash table of {} buckets \
+                 (net.ipv4.tcp_child_ehash_entries is 0), which a socket dump in a namespace \
+                 walks.",
+                thousands(h as f64)
+            ),
+            (Some(h), Some(c)) => format!(
+                " Each namespace has a TCP hash table of its own, of {} buckets \
+                 (net.ipv4.tcp_child_ehash_entries; the host's has {}).",
+                thousands(c as f64),
+                thousands(h as f64)
+            ),
+            _ => String::new(),
+        }
+    );
+    let _ = writeln!(s);
+    if let Some(e) = &ns.error {
+        let _ = writeln!(s, "The scenario failed: {e}");
+        let _ = writeln!(s);
+    }
+    let ok: Vec<_> = ns.timewait.iter().filter(|r| r.error.is_none()).collect();
+    let seen_min = |f: &dyn Fn(&super::namespaces::Seen) -> u64| {
+        ok.iter().filter_map(|r| r.seen.as_ref().map(f)).min()
+    };
+    let mut rows: Vec<(String, String)> = vec![
+        (
+            "`teardown timewait --format json`: CPU (user + system, from wait4)".into(),
+            fmt_spread(ns.timewait_cpu_ms, &|v| format!("{v:.0} ms")),
+        ),
+        (
+            "`teardown timewait`: wall time".into(),
+            fmt_spread(ns.timewait_wall_ms, &|v| format!("{v:.0} ms")),
+        ),
+        (
+            "`teardown timewait`: peak RSS".into(),
+            ok.iter()
+                .map(|r| r.peak_rss_kib)
+                .max()
+                .map_or("–".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+        ),
+        (
+            "what every run saw (at least)".into(),
+            match (
+                seen_min(&|x| x.namespaces as u64),
+                seen_min(&|x| x.time_wait),
+            ) {
+                (Some(k), Some(t)) => format!(
+                    "{k} namespaces, {} TIME_WAIT sockets in all",
+                    thousands(t as f64)
+                ),
+                _ => "–".into(),
+            },
+        ),
+    ];
+    for f in ns.timewait_failures() {
+        rows.push(("`teardown timewait` failed".into(), f));
+    }
+    if let Some(t) = &ns.top {
+        let label = format!("`teardown top --batch --interval 1 --duration {TOP_SECONDS}s`");
+        match &t.error {
+            Some(e) => rows.push((label, format!("failed: {e}"))),
+            None => {
+                rows.push((
+                    format!("{label}: CPU, % of a core"),
+                    format!(
+                        "{:.1}% from its first poll to its exit ({:.1} s, {} polls); {:.1}% \
+                         over its whole run of {:.1} s, start-up included",
+                        t.cpu_pct, t.span_s, t.polls, t.whole_cpu_pct, t.whole_s
+                    ),
+                ));
+                rows.push((
+                    "what every poll of top saw (at least)".into(),
+                    format!(
+                        "{} namespaces, {} TIME_WAIT sockets; peak RSS {:.1} MiB",
+                        t.min_namespaces.map_or("?".into(), |k| k.to_string()),
+                        t.min_time_wait.map_or("?".into(), |v| thousands(v as f64)),
+                        t.peak_rss_kib as f64 / 1024.0
+                    ),
+                ));
+            }
+        }
+    }
+    let _ = writeln!(s, "| every network namespace | measured |");
+    let _ = writeln!(s, "|---|---|");
+    for (k, v) in rows {
+        let _ = writeln!(s, "| {k} | {v} |");
+    }
+    let _ = writeln!(s);
+}
+
 /// The output choice of a trace configuration, as the report names it.
 fn choice_name(r: &Report, c: Config) -> String {
     match c {
@@ -296,9 +524,51 @@ fn pct_lost(seen: Option<u64>, lost: Option<u64>) -> Option<f64> {
 
 pub(super) fn markdown(r: &Report) -> String {
     let mut s = String::new();
-    let m = &r.machine;
     let _ = writeln!(s, "### teardown benchmark ({})", r.date);
     let _ = writeln!(s);
+    if r.rounds > 0 {
+        churn_markdown(&mut s, r);
+    } else {
+        let m = &r.machine;
+        let _ = writeln!(
+            s,
+            "Machine: Linux {}, {}, {} cores, {} MiB RAM. The whole run took {:.1} min.",
+            m.kernel,
+            m.cpu_model,
+            m.cores,
+            m.mem_total_mib,
+            r.wall_seconds / 60.0
+        );
+        let _ = writeln!(s);
+        for n in &r.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+        let _ = writeln!(s);
+    }
+    if let Some(ns) = &r.namespaces {
+        namespaces_markdown(&mut s, ns);
+    }
+    let _ = writeln!(s, "| target | measured | met |");
+    let _ = writeln!(s, "|---|---|---|");
+    for t in &r.targets {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            t.target,
+            t.measured,
+            match t.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            }
+        );
+    }
+    s
+}
+
+/// The churn rounds, the soak and the memory scenario.
+fn churn_markdown(s: &mut String, r: &Report) {
+    let m = &r.machine;
     let choices =
         summary(r, Config::TraceFull).is_some() || summary(r, Config::TraceNone).is_some();
     let _ = writeln!(
@@ -448,7 +718,7 @@ pub(super) fn markdown(r: &Report) -> String {
 
     if let Some(k) = &r.soak {
         let label = summary(r, Config::Trace).map_or("teardown trace", |c| c.label.as_str());
-        soak_markdown(&mut s, k, label);
+        soak_markdown(s, k, label);
     }
 
     for n in &r.notes {
@@ -492,22 +762,6 @@ pub(super) fn markdown(r: &Report) -> String {
         }
         let _ = writeln!(s);
     }
-    let _ = writeln!(s, "| target | measured | met |");
-    let _ = writeln!(s, "|---|---|---|");
-    for t in &r.targets {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} |",
-            t.target,
-            t.measured,
-            match t.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "n/a",
-            }
-        );
-    }
-    s
 }
 
 fn minutes(m: &super::soak::Minutes) -> String {
@@ -620,4 +874,110 @@ fn soak_markdown(s: &mut String, k: &super::SoakResult, label: &str) {
         let _ = writeln!(s, "| {k} | {v} |");
     }
     let _ = writeln!(s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::namespaces::{TimewaitRun, TopRun};
+    use super::*;
+
+    fn scenario(n: usize, m: usize, cpu_ms: &[f64], top_pct: f64) -> NamespacesResult {
+        let runs: Vec<TimewaitRun> = cpu_ms
+            .iter()
+            .map(|&c| TimewaitRun {
+                cpu_ms: c,
+                wall_ms: c + 50.0,
+                ..TimewaitRun::default()
+            })
+            .collect();
+        NamespacesResult {
+            namespaces: n,
+            sockets_per_namespace: m,
+            timewait_cpu_ms: super::super::spread(cpu_ms.to_vec()),
+            timewait_wall_ms: super::super::spread(runs.iter().map(|r| r.wall_ms).collect()),
+            timewait: runs,
+            top: Some(TopRun {
+                span_s: 29.0,
+                cpu_pct: top_pct,
+                whole_cpu_pct: top_pct + 1.0,
+                polls: 29,
+                ..TopRun::default()
+            }),
+            ..NamespacesResult::default()
+        }
+    }
+
+    fn met(t: &[Target]) -> Vec<Option<bool>> {
+        t.iter().map(|x| x.met).collect()
+    }
+
+    #[test]
+    fn namespace_rows_judge_the_median_and_top_share() {
+        let t = namespace_targets(Some(&scenario(
+            200,
+            100,
+            &[150.0, 180.0, 250.0, 170.0, 160.0],
+            9.5,
+        )));
+        assert_eq!(met(&t), [Some(true), Some(true)]);
+        assert!(
+            t[0].measured.contains("median 170 ms, max 250 ms"),
+            "{}",
+            t[0].measured
+        );
+        assert!(
+            t[1].measured.contains("9.5% of a core"),
+            "{}",
+            t[1].measured
+        );
+
+        let t = namespace_targets(Some(&scenario(200, 100, &[2600.0; 5], 94.0)));
+        assert_eq!(met(&t), [Some(false), Some(false)]);
+    }
+
+    #[test]
+    fn namespace_rows_fail_a_run_that_missed_sockets_and_skip_a_small_scenario() {
+        let mut s = scenario(200, 100, &[150.0; 5], 5.0);
+        s.timewait[2].error = Some("it counted 19900 TIME_WAIT sockets".into());
+        if let Some(t) = s.top.as_mut() {
+            t.error = Some("a poll covered 150 namespaces".into());
+        }
+        let t = namespace_targets(Some(&s));
+        assert_eq!(met(&t), [Some(false), Some(false)]);
+        assert!(
+            t[0].measured.contains("run 3: it counted 19900"),
+            "{}",
+            t[0].measured
+        );
+        assert!(
+            t[1].measured.contains("150 namespaces"),
+            "{}",
+            t[1].measured
+        );
+
+        let t = namespace_targets(Some(&scenario(20, 100, &[15.0; 5], 1.0)));
+        assert_eq!(met(&t), [None, None]);
+        assert!(t[0].measured.contains("not assessed"), "{}", t[0].measured);
+
+        let t = namespace_targets(None);
+        assert_eq!(met(&t), [None, None]);
+        assert!(t[1].measured.contains("--namespaces 0"));
+    }
+
+    #[test]
+    fn a_scenario_that_could_not_start_fails_both_rows() {
+        let s = NamespacesResult {
+            namespaces: 200,
+            sockets_per_namespace: 100,
+            error: Some("ip netns add made 12 of 200 namespaces".into()),
+            ..NamespacesResult::default()
+        };
+        let t = namespace_targets(Some(&s));
+        assert_eq!(met(&t), [Some(false), Some(false)]);
+        assert!(
+            t[0].measured.contains("made 12 of 200"),
+            "{}",
+            t[0].measured
+        );
+    }
 }
