@@ -1,6 +1,7 @@
 //! The life of a timewait socket: the lightweight socket the kernel keeps after a close, in one
-//! of two substates, and how it ends. The eBPF state-change tracepoint does not see it; sock_diag
-//! does, and so do recordings and every output that reports it.
+//! of two substates, and how it ends. The state-change tracepoint does not see it; its timer's
+//! tracepoints do (filtered on the timewait handler), sock_diag does, and so do recordings and
+//! every output that reports it.
 
 use core::fmt;
 
@@ -21,6 +22,17 @@ pub enum TwSubstate {
 }
 
 impl TwSubstate {
+    /// The substate for `tw_substate`, a TCP state number.
+    pub const fn from_kernel(n: u8) -> Option<TwSubstate> {
+        if n == crate::TcpState::TimeWait.kernel_number() {
+            Some(TwSubstate::TimeWait)
+        } else if n == crate::TcpState::FinWait2.kernel_number() {
+            Some(TwSubstate::FinWait2)
+        } else {
+            None
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             TwSubstate::TimeWait => "TIME_WAIT",
