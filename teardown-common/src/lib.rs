@@ -170,7 +170,8 @@ pub struct TwTimerEvent {
     pub jiffies: u64,
     /// Inode number of the socket's network namespace, 0 when unknown.
     pub netns: u32,
-    pub _pad_netns: u32,
+    /// The namespace's reference count: 0 while it is being removed, [`u32::MAX`] when unknown.
+    pub net_refs: u32,
     /// Local and remote address; IPv4 uses the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -191,7 +192,7 @@ impl TwTimerEvent {
         expires: 0,
         jiffies: 0,
         netns: 0,
-        _pad_netns: 0,
+        net_refs: u32::MAX,
         saddr: [0; 16],
         daddr: [0; 16],
         sport: 0,
@@ -215,6 +216,8 @@ pub struct TwOffsets {
     pub timer_function: u32,
     /// `timer_list.expires`.
     pub timer_expires: u32,
+    /// The reference count of `struct net` (`ns.__ns_ref`, `ns.count` before 6.18): optional.
+    pub net_refs: u32,
 }
 
 impl TwOffsets {
@@ -223,6 +226,7 @@ impl TwOffsets {
         tw_substate: OFFSET_UNKNOWN,
         timer_function: OFFSET_UNKNOWN,
         timer_expires: OFFSET_UNKNOWN,
+        net_refs: OFFSET_UNKNOWN,
     };
 
     pub fn complete(&self) -> bool {

@@ -62,6 +62,9 @@ pub enum TwFate {
     /// Gone before its timer ran out with no new connection on its 4-tuple: killed by a RST
     /// (RFC 1337's "TIME-WAIT assassination"), or reused by a connection that has already ended.
     Killed,
+    /// Gone with its network namespace, which was removed (seen only through the kernel's
+    /// timer events: sock_diag cannot look into a namespace that is gone).
+    Purged,
 }
 
 impl TwFate {
@@ -70,6 +73,7 @@ impl TwFate {
             TwFate::Expired => "expired",
             TwFate::Reused => "reused",
             TwFate::Killed => "killed",
+            TwFate::Purged => "purged",
         }
     }
 }

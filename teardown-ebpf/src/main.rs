@@ -763,6 +763,7 @@ fn tw_offsets() -> TwOffsets {
         tw_substate: field!(tw_substate),
         timer_function: field!(timer_function),
         timer_expires: field!(timer_expires),
+        net_refs: field!(net_refs),
     }
 }
 
@@ -845,6 +846,14 @@ fn tw_event<P: Prog>(timer: *const u8, event_kind: u8) {
     // SAFETY: as above.
     ev.ts_ns = unsafe { bpf_ktime_get_ns() };
     ev.netns = netns_of::<P>(sk, &offs);
+    // Whether the namespace is being removed (its count at zero): the end that tells a purge
+    // from a RST.
+    if let Some(net) = sk.read::<u64>(offs.skc_net).filter(|&n| n != 0) {
+        // SAFETY: a u32 accepts any bytes; the probed read tolerates any address.
+        if let Some(refs) = unsafe { read_at::<u32>(net as *const u8, to.net_refs) } {
+            ev.net_refs = refs;
+        }
+    }
     emit::<P, _>(&ev, avail);
 }
 

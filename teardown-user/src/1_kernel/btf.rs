@@ -213,6 +213,9 @@ pub fn tw_offsets(btf: &Btf) -> TwOffsets {
         tw_substate: get("inet_timewait_sock", &["tw_substate"]),
         timer_function: get("timer_list", &["function"]),
         timer_expires: get("timer_list", &["expires"]),
+        net_refs: offset_of(btf, "net", &["ns", "__ns_ref"])
+            .or_else(|| offset_of(btf, "net", &["ns", "count"]))
+            .unwrap_or(OFFSET_UNKNOWN),
     }
 }
 

@@ -99,8 +99,8 @@ impl Metrics {
         let timewait_facts = Family::<FactLabels, Counter>::default();
         registry.register(
             "timewait_facts",
-            "What sock_diag showed of reported connections' timewait sockets: entered, timer \
-             restarted, expired, reused, killed",
+            "What was learnt of reported connections' timewait sockets: entered, timer \
+             restarted, expired, reused, killed, purged (with their namespace)",
             timewait_facts.clone(),
         );
         let events = Counter::default();
@@ -214,6 +214,7 @@ impl Sink for MetricsSink {
                 TwFate::Expired => "expired",
                 TwFate::Reused => "reused",
                 TwFate::Killed => "killed",
+                TwFate::Purged => "purged",
             },
         };
         self.metrics
