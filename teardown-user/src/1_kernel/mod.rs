@@ -321,7 +321,7 @@ impl Probe {
 
         // The timewait timer programs: what they need, or why they cannot be used.
         let tw = match (&resolved, use_btf) {
-            _ if !cfg.timewait_timers => Err("not asked for".to_owned()),
+            _ if !cfg.timewait_timers => Err("left out by --timewait-source sock-diag".to_owned()),
             (None, _) | (_, false) => Err("they need the BTF programs".to_owned()),
             (Some(r), true) if !r.tw.complete() => Err(
                 "this kernel's BTF lacks inet_timewait_sock.tw_timer, tw_substate or timer_list                  fields"

@@ -35,8 +35,12 @@ use crate::{
 
 /// Timewait sockets followed at most (beyond, new ones are counted in [`TwTimers::overflow`]).
 const LIVES_MAX: usize = 1 << 18;
-/// How long a cancel waits for the start (re-arm) or expiry that may follow it, and for a new
-/// connection on its 4-tuple, before it counts as the socket's early end.
+/// How long a cancel waits for the start (re-arm) or the expiry that follows it in the same
+/// kernel call when it is one.
+const REARM_NS: u64 = 10_000_000;
+/// How long an early end with no sign of a new connection on its 4-tuple waits for one (a
+/// SYN that reached a TIME_WAIT server socket: the new connection shows a round trip later),
+/// before it counts as killed.
 const HOLD_NS: u64 = 1_000_000_000;
 /// A connection starting on a timewait socket's 4-tuple this long before its cancel took it
 /// over (a bound `connect()` is traced before it takes the 4-tuple).
@@ -66,6 +70,8 @@ struct Life {
     local: SocketAddr,
     remote: SocketAddr,
     substate: TwSubstate,
+    /// Monotonic time of its first entry: connections that started before are not its reuse.
+    born_ns: u64,
     /// When it entered its substate (or its TIME_WAIT last restarted), ms since the epoch.
     entered_ms: u64,
     /// The expiry it was last seen armed with, in jiffies.
@@ -82,8 +88,12 @@ pub struct TwTimers {
     /// The kernel's tick rate, once learnt.
     hz: Option<u64>,
     lives: SkMap<Life>,
-    /// (cancel time, socket), in order.
+    /// (cancel time, socket) of cancels younger than [`REARM_NS`], in order.
     cancels: VecDeque<(u64, u64)>,
+    /// The same for early ends waiting for a sign of a new connection ([`HOLD_NS`]).
+    held: VecDeque<(u64, u64)>,
+    /// The socket of each 4-tuple whose cancel is not explained yet.
+    cancelled: TupleMap<Key, u64>,
     /// When a connection last started on each 4-tuple, and the same in order, to forget them.
     starts: TupleMap<Key, u64>,
     start_queue: VecDeque<(u64, Key)>,
@@ -98,6 +108,8 @@ impl TwTimers {
             hz: None,
             lives: SkMap::default(),
             cancels: VecDeque::new(),
+            held: VecDeque::new(),
+            cancelled: TupleMap::default(),
             starts: TupleMap::default(),
             start_queue: VecDeque::new(),
             overflow: 0,
@@ -145,6 +157,11 @@ impl TwTimers {
         }
         self.starts.insert(key, ev.ts_ns);
         self.start_queue.push_back((ev.ts_ns, key));
+        // A new connection on the 4-tuple of a socket whose timer was just cancelled: that
+        // socket is gone (no re-arm can follow), reused.
+        if let Some(&tw) = self.cancelled.get(&key) {
+            self.resolve(tw, out);
+        }
     }
 
     /// One event of a timewait socket's timer.
@@ -164,12 +181,15 @@ impl TwTimers {
                     expires: t.expires,
                     jiffies: t.jiffies,
                 });
+                let key = key_of(life);
                 self.cancels.push_back((t.ts_ns, t.tw));
+                self.cancelled.insert(key, t.tw);
             }
             TimerOp::Expire => {
                 let Some(mut life) = self.lives.remove(&t.tw) else {
                     return;
                 };
+                self.forget_cancel(&life, t.tw);
                 self.silent_rearm(&mut life, t.substate, t.expires, t.jiffies, at, out);
                 out(left(&life, TwFate::Expired, at));
             }
@@ -185,12 +205,20 @@ impl TwTimers {
                 // Re-armed, in the same call that cancelled it.
                 let fact = rearmed(life, t.substate, at);
                 life.expires = t.expires;
+                let life = *life;
+                self.forget_cancel(&life, t.tw);
                 out(fact);
                 return;
             }
             // A start with no cancel before it: the address is another socket's now (the
             // first one's end was not seen).
             self.lives.remove(&t.tw);
+        }
+        // Another socket whose timer was just cancelled had this 4-tuple: it is gone, before
+        // this one's entry is told.
+        let key = (t.netns, canonical(t.local), canonical(t.remote));
+        if let Some(&old) = self.cancelled.get(&key) {
+            self.resolve(old, out);
         }
         if self.lives.len() >= LIVES_MAX {
             self.overflow += 1;
@@ -201,6 +229,7 @@ impl TwTimers {
             local: t.local,
             remote: t.remote,
             substate: t.substate,
+            born_ns: t.ts_ns,
             entered_ms: at,
             expires: t.expires,
             restarts: 0,
@@ -217,36 +246,79 @@ impl TwTimers {
         ));
     }
 
-    /// Monotonic time moved on to `now_ns`: cancels older than the hold time were the early
-    /// end of their socket.
+    /// Monotonic time moved on to `now_ns`: cancels with no re-arm or expiry after them were
+    /// their socket's early end; told at once when the namespace is going or a new connection
+    /// took the 4-tuple, else after [`HOLD_NS`].
     pub fn flush(&mut self, now_ns: u64, out: &mut impl FnMut(TwFact)) {
         while let Some(&(ts, tw)) = self.cancels.front() {
-            if ts.saturating_add(HOLD_NS) > now_ns {
+            if ts.saturating_add(REARM_NS) > now_ns {
                 break;
             }
             self.cancels.pop_front();
-            let Some(life) = self.lives.get(&tw) else {
+            let Some((life, c)) = self.pending(tw, ts) else {
                 continue;
             };
-            let Some(c) = life.cancel.filter(|c| c.ts_ns == ts) else {
-                continue;
-            };
-            let mut life = *life;
-            self.lives.remove(&tw);
-            let at = self.wall_ms(c.ts_ns);
-            self.silent_rearm(&mut life, c.substate, c.expires, c.jiffies, at, out);
-            let key = (life.netns, canonical(life.local), canonical(life.remote));
-            let reused = self.starts.get(&key).is_some_and(|&s| {
-                s.saturating_add(REUSE_BEFORE_NS) >= c.ts_ns && s <= c.ts_ns + HOLD_NS
-            });
-            let how = if c.netns_gone {
-                TwFate::Purged
-            } else if reused {
-                TwFate::Reused
+            if self.fate(&life, &c) == TwFate::Killed {
+                self.held.push_back((ts, tw));
             } else {
-                TwFate::Killed
-            };
-            out(left(&life, how, at));
+                self.resolve(tw, out);
+            }
+        }
+        while let Some(&(ts, tw)) = self.held.front() {
+            if ts.saturating_add(HOLD_NS) > now_ns {
+                break;
+            }
+            self.held.pop_front();
+            if self.pending(tw, ts).is_some() {
+                self.resolve(tw, out);
+            }
+        }
+    }
+
+    /// The socket `tw` and its cancel made at `ts`, when that cancel is still unexplained.
+    fn pending(&self, tw: u64, ts: u64) -> Option<(Life, Cancel)> {
+        let life = self.lives.get(&tw)?;
+        let c = life.cancel.filter(|c| c.ts_ns == ts)?;
+        Some((*life, c))
+    }
+
+    /// How a socket whose timer was cancelled (and not re-armed) went.
+    fn fate(&self, life: &Life, c: &Cancel) -> TwFate {
+        if c.netns_gone {
+            return TwFate::Purged;
+        }
+        // A connection that started on its 4-tuple after it was born, around the cancel.
+        let reused = self.starts.get(&key_of(life)).is_some_and(|&s| {
+            s > life.born_ns
+                && s.saturating_add(REUSE_BEFORE_NS) >= c.ts_ns
+                && s <= c.ts_ns.saturating_add(HOLD_NS)
+        });
+        if reused {
+            TwFate::Reused
+        } else {
+            TwFate::Killed
+        }
+    }
+
+    /// Tells the early end of `tw`, whose timer was cancelled.
+    fn resolve(&mut self, tw: u64, out: &mut impl FnMut(TwFact)) {
+        let Some(mut life) = self.lives.remove(&tw) else {
+            return;
+        };
+        self.forget_cancel(&life, tw);
+        let Some(c) = life.cancel else {
+            return;
+        };
+        let at = self.wall_ms(c.ts_ns);
+        let how = self.fate(&life, &c);
+        self.silent_rearm(&mut life, c.substate, c.expires, c.jiffies, at, out);
+        out(left(&life, how, at));
+    }
+
+    fn forget_cancel(&mut self, life: &Life, tw: u64) {
+        let key = key_of(life);
+        if self.cancelled.get(&key) == Some(&tw) {
+            self.cancelled.remove(&key);
         }
     }
 
@@ -306,6 +378,10 @@ fn rearmed(life: &mut Life, substate: TwSubstate, when: u64) -> TwFact {
     life.substate = substate;
     life.entered_ms = when;
     fact(life, when, what)
+}
+
+fn key_of(life: &Life) -> Key {
+    (life.netns, canonical(life.local), canonical(life.remote))
 }
 
 fn left(life: &Life, how: TwFate, at: u64) -> TwFact {
@@ -558,13 +634,87 @@ mod tests {
                 t.on_sock(s, &mut |f| out.push(f.what));
             }
             t.on_timer(&cancel, &mut |f| out.push(f.what));
-            assert_eq!(out.len(), 1, "held until the hold time passed");
+            assert_eq!(out.len(), 1, "held: a re-arm may follow");
             t.flush(2 * S + HOLD_NS, &mut |f| out.push(f.what));
             assert!(
                 matches!(out[1], TwWhat::Left { how: h, .. } if h == how),
                 "{out:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_connection_that_made_the_socket_is_not_its_reuse() {
+        let mut t = TwTimers::new(0);
+        let mut out = Vec::new();
+        let mut est = crate::decode::testing::ev(
+            S / 2,
+            0xbeef,
+            TcpState::SynSent,
+            TcpState::Established,
+            "127.0.0.1:40000",
+            "127.0.0.1:80",
+        );
+        est.netns = 7;
+        t.on_sock(&est, &mut |f| out.push(f.what));
+        let e = entry(S);
+        t.on_timer(&e, &mut |f| out.push(f.what));
+        let cancel = timer(S + S / 10, TimerOp::Cancel, TwSubstate::TimeWait, e.expires);
+        t.on_timer(&cancel, &mut |f| out.push(f.what));
+        t.flush(S + S / 10 + REARM_NS, &mut |f| out.push(f.what));
+        assert_eq!(out.len(), 1, "held for a sign of a new connection: {out:?}");
+        t.flush(S + S / 10 + HOLD_NS, &mut |f| out.push(f.what));
+        assert!(
+            matches!(
+                out[1],
+                TwWhat::Left {
+                    how: TwFate::Killed,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_socket_on_the_four_tuple_ends_the_cancelled_one_first() {
+        let mut t = TwTimers::new(0);
+        let mut out = Vec::new();
+        let e = entry(S);
+        t.on_timer(&e, &mut |f| out.push(f));
+        let mut syn = crate::decode::testing::ev(
+            2 * S,
+            0xbeef,
+            TcpState::Close,
+            TcpState::SynSent,
+            "127.0.0.1:40000",
+            "127.0.0.1:80",
+        );
+        syn.netns = 7;
+        t.on_sock(&syn, &mut |f| out.push(f));
+        t.on_timer(
+            &timer(2 * S + 1, TimerOp::Cancel, TwSubstate::TimeWait, e.expires),
+            &mut |f| out.push(f),
+        );
+        // The new connection closes at once and its own timewait socket enters TIME_WAIT.
+        let mut second = entry(2 * S + 1_000);
+        second.tw = TW + 0x800;
+        t.on_timer(&second, &mut |f| out.push(f));
+        let whats: Vec<_> = out.iter().map(|f| f.what.clone()).collect();
+        assert!(
+            matches!(
+                whats[..],
+                [
+                    TwWhat::Entered { .. },
+                    TwWhat::Left {
+                        how: TwFate::Reused,
+                        ..
+                    },
+                    TwWhat::Entered { .. }
+                ]
+            ),
+            "{whats:?}"
+        );
     }
 
     #[test]
