@@ -143,12 +143,20 @@ fn ipv6_a_fin_resent_into_time_wait_restarts_its_timer() {
 // ---------------------------------------------------------------------------------------------
 // A RST into TIME_WAIT (RFC 1337's assassination, tcp_rfc1337=0).
 
-fn rst_into_time_wait(slot: u8, family: Family) {
+/// With `record`, the trace is `teardown record`, and its recording is replayed after.
+fn rst_into_time_wait(slot: u8, family: Family, record: bool) {
     if !gate::can_run(gate::LAB) {
         return;
     }
     let port = lab::port_for(slot);
-    let (child, said) = start(port, &[]);
+    let recording =
+        std::env::temp_dir().join(format!("teardown-twk-{}-{slot}.jsonl", std::process::id()));
+    let (child, said) = if record {
+        let (path, port) = (recording.to_str().unwrap(), port.to_string());
+        cli::start_tracing_saying(&["record", path, "--format", "jsonl", "--port", &port]).unwrap()
+    } else {
+        start(port, &[])
+    };
     no_note_of_loss(&said);
     let lab = Lab::new(slot, family).unwrap();
     let (mut c, mut s) = lab.pair().unwrap();
@@ -170,6 +178,30 @@ fn rst_into_time_wait(slot: u8, family: Family) {
         ["entered TIME_WAIT", "left killed"],
         "{facts:#?}"
     );
+    if record {
+        // The recording keeps the timer events: replayed, it tells the same.
+        let replay = std::process::Command::new(cli::teardown_bin().unwrap())
+            .args(["replay", recording.to_str().unwrap(), "--format", "jsonl"])
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&recording);
+        assert!(replay.status.success(), "{replay:?}");
+        let replayed = String::from_utf8(replay.stdout).unwrap();
+        let sorted = |text: &str| {
+            let mut v: Vec<String> = text
+                .lines()
+                .filter(|l| !l.contains("\"type\":\"summary\""))
+                .map(str::to_owned)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted(&replayed),
+            sorted(&out),
+            "live:\n{out}\nreplayed:\n{replayed}"
+        );
+    }
 }
 
 /// Kills the client's TIME_WAIT socket (`local` -> `remote`) with a RST from the server's
@@ -203,12 +235,17 @@ fn kill_by_rst(lab: &Lab, local: SocketAddr, remote: SocketAddr) {
 
 #[test]
 fn a_rst_into_time_wait_kills_it() {
-    rst_into_time_wait(30, Family::V4);
+    rst_into_time_wait(30, Family::V4, false);
+}
+
+#[test]
+fn a_recorded_rst_into_time_wait_replays_to_the_same_facts() {
+    rst_into_time_wait(20, Family::V4, true);
 }
 
 #[test]
 fn ipv6_a_rst_into_time_wait_kills_it() {
-    rst_into_time_wait(31, Family::V6);
+    rst_into_time_wait(31, Family::V6, false);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -23,6 +23,9 @@ pub struct TimewaitNote {
     /// That connection conformed (an output that left it out leaves this out too).
     #[serde(skip)]
     pub of_conforming: bool,
+    /// The fact came from the kernel's timer events, not from sock_diag.
+    #[serde(skip)]
+    pub from_kernel: bool,
     #[serde(flatten)]
     pub fact: TwFact,
 }
@@ -195,6 +198,7 @@ impl Joiner {
         Some(TimewaitNote {
             id,
             of_conforming: conforming,
+            from_kernel: false,
             fact,
         })
     }

@@ -342,6 +342,7 @@ mod tests {
         let fact = |what| TimewaitNote {
             id: 1,
             of_conforming: true,
+            from_kernel: false,
             fact: TwFact {
                 netns: 0,
                 local: "127.0.0.1:1".parse().unwrap(),

@@ -168,10 +168,11 @@ impl<W: Write> Sink for TextSink<W> {
         };
         writeln!(
             self.out,
-            "#{} {} -> {}  sock_diag: {what}\n",
+            "#{} {} -> {}  {}: {what}\n",
             n.id,
             endpoint(&f.local),
-            endpoint(&f.remote)
+            endpoint(&f.remote),
+            if n.from_kernel { "timer" } else { "sock_diag" }
         )
     }
 

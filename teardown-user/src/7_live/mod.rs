@@ -150,7 +150,8 @@ impl Pipeline {
 
     /// What sock_diag showed of a timewait socket.
     pub fn on_timewait(&mut self, fact: TwFact) {
-        if let Some(note) = self.joiner.on_fact(fact) {
+        if let Some(mut note) = self.joiner.on_fact(fact) {
+            note.from_kernel = self.tw_timers.is_some();
             self.timewait_note(&note);
         }
     }
@@ -310,10 +311,12 @@ impl Pipeline {
                 f.conn.remote,
                 now_ms.max(0) as u64,
             );
-            // Reported first, then what sock_diag already saw of its timewait socket.
+            // Reported first, then what was already learnt of its timewait socket.
             self.write_report(f, &verdict);
-            for note in &early {
-                self.timewait_note(note);
+            let from_kernel = self.tw_timers.is_some();
+            for mut note in early {
+                note.from_kernel = from_kernel;
+                self.timewait_note(&note);
             }
             return;
         }

@@ -46,7 +46,9 @@ pub struct TraceArgs {
     /// Poll sock_diag (what `ss` uses) this often to follow the timewait sockets the traced
     /// connections leave behind — when each entered TIME_WAIT, timer restarts (a resent FIN),
     /// how it left — and to note the sockets already closing at start. 0 turns it off. Sees the
-    /// host's own network namespace, and those of --timewait-netns.
+    /// host's own network namespace, and those of --timewait-netns. Where the kernel allows the
+    /// timer programs (see --timewait-source), they follow timewait sockets instead, in every
+    /// namespace, and sock_diag only notes the sockets already closing.
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = super::args::parse_duration)]
     pub timewait_poll: Duration,
     /// How timewait sockets are followed: `auto` through their timer's tracepoints where the
