@@ -381,6 +381,47 @@ fn ipv6_an_orphaned_fin_wait2_socket_times_out() {
     fin_wait2_times_out(19, Family::V6);
 }
 
+/// The peer's FIN reaches an orphan's FIN_WAIT2 timewait socket, which turns into TIME_WAIT.
+fn peer_fin_reaches_fin_wait2(slot: u8, family: Family) {
+    if !gate::can_run(gate::LAB) {
+        return;
+    }
+    let port = lab::port_for(slot);
+    let (child, said) = start(port, &[]);
+    no_note_of_loss(&said);
+    let lab = Lab::new(slot, family).unwrap();
+    let (c, mut s) = lab.pair().unwrap();
+    let (local, remote) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
+    drop(c);
+    assert!(read_to_eof(&mut s).unwrap().is_empty());
+    ack_now(&s).unwrap();
+    lab.wait_state(Side::Client, "FIN_WAIT2", WAIT).unwrap();
+    // The server closes: its FIN reaches the timewait socket, now in TIME_WAIT.
+    drop(s);
+    lab.wait_state(Side::Client, "TIME_WAIT", WAIT).unwrap();
+    lab.wait_gone(Side::Server, TcpState::LastAck, WAIT)
+        .unwrap();
+    kill_by_rst(&lab, local, remote);
+    drop(lab);
+    let (out, lines) = stop(child);
+    let facts = facts_of(&out, &lines, local, remote);
+    assert_eq!(
+        kinds(&facts),
+        ["entered FIN_WAIT2", "entered TIME_WAIT", "left killed"],
+        "{facts:#?}"
+    );
+}
+
+#[test]
+fn the_peer_fin_turns_a_fin_wait2_socket_into_time_wait() {
+    peer_fin_reaches_fin_wait2(22, Family::V4);
+}
+
+#[test]
+fn ipv6_the_peer_fin_turns_a_fin_wait2_socket_into_time_wait() {
+    peer_fin_reaches_fin_wait2(23, Family::V6);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Without the timer programs: sock_diag follows what it can see, and the trace says what not.
 

@@ -690,7 +690,27 @@ fn attach_btf(
 
 #[cfg(test)]
 mod tests {
-    use super::verifier_reason;
+    use super::{kallsyms_address, verifier_reason};
+
+    #[test]
+    fn kernel_symbols_are_found_by_exact_name() {
+        let kallsyms = "ffffffff82064e00 t inet_twsk_kill\n\
+                        ffffffff82064f30 t tw_timer_handler\n\
+                        ffffffffc0a01000 t tw_timer_handler_x\n\
+                        ffffffffc0a02000 t other_handler\t[some_module]\n";
+        assert_eq!(
+            kallsyms_address(kallsyms, "tw_timer_handler"),
+            Some(0xffff_ffff_8206_4f30)
+        );
+        assert_eq!(kallsyms_address(kallsyms, "tw_timer"), None);
+        // A module's symbol is not the kernel's.
+        assert_eq!(kallsyms_address(kallsyms, "other_handler"), None);
+        // kptr_restrict hides addresses as zeros: as good as absent.
+        assert_eq!(
+            kallsyms_address("0000000000000000 t tw_timer_handler\n", "tw_timer_handler"),
+            None
+        );
+    }
 
     #[test]
     fn the_verifier_reason_is_the_line_before_the_statistics() {
