@@ -382,7 +382,10 @@ fn ipv6_an_orphaned_fin_wait2_socket_times_out() {
 }
 
 /// The peer's FIN reaches an orphan's FIN_WAIT2 timewait socket, which turns into TIME_WAIT.
-fn peer_fin_reaches_fin_wait2(slot: u8, family: Family) {
+/// With `fin_timeout` at 60 s (the default) the kernel re-arms its timer silently (the new
+/// expiry falls in the same bucket of its timer wheel): known from the timer at its end. With a
+/// short one, the re-arm moves it to another bucket: a cancel and a start, known at once.
+fn peer_fin_reaches_fin_wait2(slot: u8, family: Family, fin_timeout: Option<&str>) {
     if !gate::can_run(gate::LAB) {
         return;
     }
@@ -390,6 +393,10 @@ fn peer_fin_reaches_fin_wait2(slot: u8, family: Family) {
     let (child, said) = start(port, &[]);
     no_note_of_loss(&said);
     let lab = Lab::new(slot, family).unwrap();
+    if let Some(secs) = fin_timeout {
+        lab.sysctl(Side::Client, "net.ipv4.tcp_fin_timeout", secs)
+            .unwrap();
+    }
     let (c, mut s) = lab.pair().unwrap();
     let (local, remote) = (c.local_addr().unwrap(), c.peer_addr().unwrap());
     drop(c);
@@ -414,12 +421,17 @@ fn peer_fin_reaches_fin_wait2(slot: u8, family: Family) {
 
 #[test]
 fn the_peer_fin_turns_a_fin_wait2_socket_into_time_wait() {
-    peer_fin_reaches_fin_wait2(22, Family::V4);
+    peer_fin_reaches_fin_wait2(22, Family::V4, None);
+}
+
+#[test]
+fn the_peer_fin_turns_a_short_fin_wait2_socket_into_time_wait() {
+    peer_fin_reaches_fin_wait2(24, Family::V4, Some("10"));
 }
 
 #[test]
 fn ipv6_the_peer_fin_turns_a_fin_wait2_socket_into_time_wait() {
-    peer_fin_reaches_fin_wait2(23, Family::V6);
+    peer_fin_reaches_fin_wait2(23, Family::V6, None);
 }
 
 // ---------------------------------------------------------------------------------------------
