@@ -324,7 +324,8 @@ impl Probe {
             _ if !cfg.timewait_timers => Err("left out by --timewait-source sock-diag".to_owned()),
             (None, _) | (_, false) => Err("they need the BTF programs".to_owned()),
             (Some(r), true) if !r.tw.complete() => Err(
-                "this kernel's BTF lacks inet_timewait_sock.tw_timer, tw_substate or timer_list                  fields"
+                "this kernel's BTF lacks inet_timewait_sock.tw_timer, tw_substate or timer_list \
+                 fields"
                     .to_owned(),
             ),
             (Some(r), true) => std::fs::read_to_string("/proc/kallsyms")
