@@ -1,8 +1,10 @@
 //! Recordings: the raw events of a trace, as versioned JSON Lines, for `teardown replay`.
 //!
 //! Line 1 is a header: `{"format":"teardown-recording","version":1,...}`. Every other line is
-//! `{"type":"event",...}` (an [`Event`]) or `{"type":"lost","ts_ns":..,"total":..,"by_cause":..}`
-//! (the kernel's loss counters moved). The format is documented in the README; a reader refuses versions it does
+//! `{"type":"event",...}` (an [`Event`]), `{"type":"tw_timer",...}` (a [`TwTimer`]: an event of
+//! a timewait socket's timer, when the header says `"tw_timers":true`), `{"type":"timewait",...}`
+//! (what sock_diag showed of a timewait socket, otherwise) or
+//! `{"type":"lost","ts_ns":..,"total":..,"by_cause":..}` (the kernel's loss counters moved). The format is documented in the README; a reader refuses versions it does
 //! not know rather than guessing.
 
 use std::{
