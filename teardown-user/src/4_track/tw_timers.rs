@@ -35,9 +35,9 @@ use crate::{
 
 /// Timewait sockets followed at most (beyond, new ones are counted in [`TwTimers::overflow`]).
 const LIVES_MAX: usize = 1 << 18;
-/// How long a cancel waits for the start (re-arm) or the expiry that follows it in the same
-/// kernel call when it is one.
-const REARM_NS: u64 = 10_000_000;
+/// How long a cancel waits for the start (re-arm) or the expiry that follows it when it is one:
+/// the same kernel call, microseconds later; ample for a slow emulated machine.
+const REARM_NS: u64 = 50_000_000;
 /// How long an early end with no sign of a new connection on its 4-tuple waits for one (a
 /// SYN that reached a TIME_WAIT server socket: the new connection shows a round trip later),
 /// before it counts as killed.
