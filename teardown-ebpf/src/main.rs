@@ -821,7 +821,7 @@ fn tw_event<P: Prog>(timer: *const u8, event_kind: u8) {
     if unsafe { core::ptr::read_volatile(&FILTER_ON) } != 0 {
         // A timewait socket belongs to the connection it continues: its ports decide.
         // SAFETY: only presence is used; the reference is dropped at once.
-        let port_hit = |p: u16| p != 0 && unsafe { FILTER_PORTS.get(&p) }.is_some();
+        let port_hit = |p: u16| p != 0 && unsafe { FILTER_PORTS.get(p) }.is_some();
         if !port_hit(tuple.sport) && !port_hit(tuple.dport) {
             return;
         }
