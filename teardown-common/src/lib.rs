@@ -26,6 +26,14 @@ pub mod kind {
     pub const SEND_RESET: u8 = 3;
     /// `tcp:tcp_receive_reset`: this socket received a RST.
     pub const RECV_RESET: u8 = 4;
+    /// `timer:timer_start` on a timewait socket's timer: it entered a substate, or its timer
+    /// was re-armed (a [`super::TwTimerEvent`], not an [`super::Event`]).
+    pub const TW_START: u8 = 5;
+    /// `timer:timer_expire_entry` on a timewait socket's timer: it ran out.
+    pub const TW_EXPIRE: u8 = 6;
+    /// `timer:timer_cancel` on a timewait socket's timer: taken off the wheel, to be re-armed
+    /// (a start follows at once), to run (an expiry follows), or for the socket to go early.
+    pub const TW_CANCEL: u8 = 7;
 }
 
 /// Why the kernel programs did not deliver an event: the indices of their per-CPU `LOST`
@@ -144,6 +152,93 @@ impl Event {
         _pad: [0; 2],
         comm: [0; 16],
     };
+}
+
+/// One record of a timewait socket's timer in the ring buffer (kinds [`kind::TW_START`],
+/// [`kind::TW_EXPIRE`], [`kind::TW_CANCEL`]). 80 bytes: the decoder tells it from an [`Event`]
+/// (112) by its size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TwTimerEvent {
+    /// `bpf_ktime_get_ns()`: monotonic nanoseconds since boot.
+    pub ts_ns: u64,
+    /// Address of the kernel `struct inet_timewait_sock`; reused after it is freed.
+    pub twaddr: u64,
+    /// The timer's `expires` at the event, in jiffies.
+    pub expires: u64,
+    /// `bpf_jiffies64()` at the event.
+    pub jiffies: u64,
+    /// Inode number of the socket's network namespace, 0 when unknown.
+    pub netns: u32,
+    /// The namespace's reference count: 0 while it is being removed, [`u32::MAX`] when unknown.
+    pub net_refs: u32,
+    /// Local and remote address; IPv4 uses the first 4 bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Local and remote port, host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    /// One of the `kind::TW_*`.
+    pub kind: u8,
+    /// `tw_substate` at the event, a TCP state number (TIME_WAIT or FIN_WAIT2).
+    pub substate: u8,
+}
+
+impl TwTimerEvent {
+    pub const ZERO: TwTimerEvent = TwTimerEvent {
+        ts_ns: 0,
+        twaddr: 0,
+        expires: 0,
+        jiffies: 0,
+        netns: 0,
+        net_refs: u32::MAX,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport: 0,
+        dport: 0,
+        family: 0,
+        kind: 0,
+        substate: 0,
+    };
+}
+
+/// Offsets for the timewait timer programs, from the kernel's BTF (the `sock_common` fields of a
+/// timewait socket are those of [`SockOffsets`]: it begins with one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TwOffsets {
+    /// `inet_timewait_sock.tw_timer`.
+    pub tw_timer: u32,
+    /// `inet_timewait_sock.tw_substate` (a byte).
+    pub tw_substate: u32,
+    /// `timer_list.function`.
+    pub timer_function: u32,
+    /// `timer_list.expires`.
+    pub timer_expires: u32,
+    /// The reference count of `struct net` (`ns.__ns_ref`, `ns.count` before 6.18): optional.
+    pub net_refs: u32,
+}
+
+impl TwOffsets {
+    pub const UNKNOWN: TwOffsets = TwOffsets {
+        tw_timer: OFFSET_UNKNOWN,
+        tw_substate: OFFSET_UNKNOWN,
+        timer_function: OFFSET_UNKNOWN,
+        timer_expires: OFFSET_UNKNOWN,
+        net_refs: OFFSET_UNKNOWN,
+    };
+
+    pub fn complete(&self) -> bool {
+        [
+            self.tw_timer,
+            self.tw_substate,
+            self.timer_function,
+            self.timer_expires,
+        ]
+        .iter()
+        .all(|&o| o != OFFSET_UNKNOWN)
+    }
 }
 
 /// An offset that could not be resolved from the kernel's BTF.
@@ -288,6 +383,10 @@ mod pod {
     unsafe impl aya::Pod for super::SockOffsets {}
     // SAFETY: `u32` fields only, `#[repr(C)]`: every bit pattern is valid.
     unsafe impl aya::Pod for super::TracepointOffsets {}
+    // SAFETY: `u32` fields only, `#[repr(C)]`: every bit pattern is valid.
+    unsafe impl aya::Pod for super::TwOffsets {}
+    // SAFETY: plain `#[repr(C)]` integers and byte arrays, every bit pattern valid.
+    unsafe impl aya::Pod for super::TwTimerEvent {}
 }
 
 #[cfg(test)]
@@ -317,5 +416,7 @@ mod tests {
     fn event_layout_is_stable() {
         assert_eq!(core::mem::size_of::<Event>(), 112);
         assert_eq!(core::mem::align_of::<Event>(), 8);
+        assert_eq!(core::mem::size_of::<TwTimerEvent>(), 80);
+        assert_eq!(core::mem::align_of::<TwTimerEvent>(), 8);
     }
 }

@@ -1,6 +1,7 @@
 //! The life of a timewait socket: the lightweight socket the kernel keeps after a close, in one
-//! of two substates, and how it ends. The eBPF state-change tracepoint does not see it; sock_diag
-//! does, and so do recordings and every output that reports it.
+//! of two substates, and how it ends. The state-change tracepoint does not see it; its timer's
+//! tracepoints do (filtered on the timewait handler), sock_diag does, and so do recordings and
+//! every output that reports it.
 
 use core::fmt;
 
@@ -21,6 +22,17 @@ pub enum TwSubstate {
 }
 
 impl TwSubstate {
+    /// The substate for `tw_substate`, a TCP state number.
+    pub const fn from_kernel(n: u8) -> Option<TwSubstate> {
+        if n == crate::TcpState::TimeWait.kernel_number() {
+            Some(TwSubstate::TimeWait)
+        } else if n == crate::TcpState::FinWait2.kernel_number() {
+            Some(TwSubstate::FinWait2)
+        } else {
+            None
+        }
+    }
+
     pub const fn name(self) -> &'static str {
         match self {
             TwSubstate::TimeWait => "TIME_WAIT",
@@ -50,6 +62,9 @@ pub enum TwFate {
     /// Gone before its timer ran out with no new connection on its 4-tuple: killed by a RST
     /// (RFC 1337's "TIME-WAIT assassination"), or reused by a connection that has already ended.
     Killed,
+    /// Gone with its network namespace, which was removed (seen only through the kernel's
+    /// timer events: sock_diag cannot look into a namespace that is gone).
+    Purged,
 }
 
 impl TwFate {
@@ -58,6 +73,7 @@ impl TwFate {
             TwFate::Expired => "expired",
             TwFate::Reused => "reused",
             TwFate::Killed => "killed",
+            TwFate::Purged => "purged",
         }
     }
 }

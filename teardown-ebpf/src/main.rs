@@ -23,8 +23,8 @@
 use aya_ebpf::{
     cty::c_void,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_skc_to_tcp_sock,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_skc_to_tcp_sock,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -38,7 +38,8 @@ use aya_log_ebpf::{
 use teardown_common::{
     fast, flags, kind, lost,
     tcp::{filter_step, may_be_owner, starts_connection, FilterStep},
-    CommonHead, Event, SockOffsets, TcpState, TracepointOffsets, OFFSET_UNKNOWN,
+    CommonHead, Event, SockOffsets, TcpState, TracepointOffsets, TwOffsets, TwTimerEvent,
+    OFFSET_UNKNOWN,
 };
 
 const AF_INET: u16 = 2;
@@ -94,6 +95,16 @@ static TP_OFFSETS: TracepointOffsets = TracepointOffsets::UNKNOWN;
 #[no_mangle]
 static SKC_STATE_OFFSET: u32 = OFFSET_UNKNOWN;
 
+/// Set by the agent: the address of `tw_timer_handler` (from /proc/kallsyms), the function of
+/// every timewait socket's timer. The timer programs attach only when it is known.
+#[no_mangle]
+static TW_TIMER_HANDLER: u64 = 0;
+
+/// Set by the agent at load time from the kernel's BTF: where the timer sits in a timewait
+/// socket, and its fields.
+#[no_mangle]
+static TW_OFFSETS: TwOffsets = TwOffsets::UNKNOWN;
+
 /// Whether the agent asked for the debug records of the rare paths (`teardown -vv`).
 ///
 /// aya-log's level (`AYA_LOG_LEVEL`) is a global the agent sets at load; the map behind it is
@@ -137,6 +148,9 @@ progs! {
     SendResetBtf = "tcp_send_reset_btf",
     ReceiveResetBtf = "tcp_receive_reset_btf",
     StateTp = "inet_sock_set_state_tp",
+    TwStart = "tw_timer_start",
+    TwExpire = "tw_timer_expire",
+    TwCancel = "tw_timer_cancel",
 }
 
 /// A socket's address as a plain number, for a debug record. The verifier types the socket
@@ -352,15 +366,43 @@ const WAKEUP_BYTES: u64 = 256 * 1024;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
-/// An event's footprint in the ring: the record and its 8-byte header.
-const RECORD_BYTES: u64 = core::mem::size_of::<Event>() as u64 + 8;
+
+/// A record the ring buffer carries: what it counts as when it is not sent, and its socket.
+trait Record: Copy + 'static {
+    /// Its footprint in the ring: the record and its 8-byte header.
+    const BYTES: u64 = core::mem::size_of::<Self>() as u64 + 8;
+    fn slot(&self) -> u32;
+    fn addr(&self) -> u64;
+}
+
+impl Record for Event {
+    #[inline(always)]
+    fn slot(&self) -> u32 {
+        lost::not_judged_slot(self.kind, self.oldstate, self.newstate)
+    }
+    #[inline(always)]
+    fn addr(&self) -> u64 {
+        self.skaddr
+    }
+}
+
+impl Record for TwTimerEvent {
+    #[inline(always)]
+    fn slot(&self) -> u32 {
+        lost::not_judged_slot(self.kind, 0, 0)
+    }
+    #[inline(always)]
+    fn addr(&self) -> u64 {
+        self.twaddr
+    }
+}
 
 /// The bytes waiting in the ring buffer, or None when the agent is behind (more than
 /// `BEHIND_EIGHTHS` of it waiting): the event is then counted by what it was (kind and states,
 /// already filled) rather than sent, before anything else is read for it, and rather than fill
 /// the last of the ring buffer and then drop events unseen.
 #[inline(always)]
-fn room<P: Prog>(ev: &Event) -> Option<u64> {
+fn room<P: Prog, R: Record>(ev: &R) -> Option<u64> {
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA);
     // SAFETY: a valid, aligned static, written only by the loader before the program runs.
     // Volatile so the compiler does not fold the placeholder that the loader rewrites.
@@ -369,32 +411,30 @@ fn room<P: Prog>(ev: &Event) -> Option<u64> {
         return Some(avail);
     }
     count_lost(lost::BEHIND);
-    count(
-        &NOT_JUDGED,
-        lost::not_judged_slot(ev.kind, ev.oldstate, ev.newstate),
-    );
+    count(&NOT_JUDGED, ev.slot());
     rare!(
         "{}: agent behind, event counted, skaddr 0x{:x}",
         P::NAME,
-        number(ev.skaddr)
+        number(ev.addr())
     );
     None
 }
 
 /// Sends the event; `avail` is what [`room`] said was waiting.
 #[inline(always)]
-fn emit<P: Prog>(ev: &Event, avail: u64) {
-    match EVENTS.reserve::<Event>(0) {
+fn emit<P: Prog, R: Record>(ev: &R, avail: u64) {
+    match EVENTS.reserve::<R>(0) {
         Some(mut entry) => {
             // Copied a u64 at a time: a byte-wise copy may read single bytes of a stack slot
             // the compiler spilled a register to, which the verifier refuses.
-            const WORDS: usize = core::mem::size_of::<Event>() / 8;
-            let src = ev as *const Event as *const u64;
+            let words: usize = core::mem::size_of::<R>() / 8;
+            let src = ev as *const R as *const u64;
             let dst = entry.as_mut_ptr() as *mut u64;
-            for i in 0..WORDS {
-                // SAFETY: `src` is a live, 8-aligned `Event` (its alignment is 8) and `dst` the
-                // reserved record of `size_of::<Event>()` bytes, which the ring buffer places on
-                // an 8-byte boundary; `i < WORDS` keeps both inside. The reservation is ours
+            for i in 0..words {
+                // SAFETY: `src` is a live, 8-aligned record (both kinds have alignment 8 and a
+                // size that is a multiple of 8) and `dst` the reserved record of `size_of::<R>()`
+                // bytes, which the ring buffer places on an 8-byte boundary; `i < words` keeps
+                // both inside. The reservation is ours
                 // alone until `submit`.
                 unsafe {
                     core::ptr::write_volatile(dst.add(i), core::ptr::read_volatile(src.add(i)))
@@ -402,7 +442,7 @@ fn emit<P: Prog>(ev: &Event, avail: u64) {
             }
             // Wake once each time the waiting data crosses a multiple of WAKEUP_BYTES, not at
             // every event past it: a wake-up is an interrupt, the dearest thing we could do.
-            let after = avail + RECORD_BYTES;
+            let after = avail + R::BYTES;
             let flags = if after / WAKEUP_BYTES != avail / WAKEUP_BYTES {
                 BPF_RB_FORCE_WAKEUP
             } else {
@@ -415,7 +455,7 @@ fn emit<P: Prog>(ev: &Event, avail: u64) {
             rare!(
                 "{}: EVENTS full, event dropped, skaddr 0x{:x}",
                 P::NAME,
-                number(ev.skaddr)
+                number(ev.addr())
             );
         }
     }
@@ -608,11 +648,11 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
     if !wanted(&ev) {
         return 0;
     }
-    let Some(avail) = room::<StateBtf>(&ev) else {
+    let Some(avail) = room::<StateBtf, _>(&ev) else {
         return 0;
     };
     fill_task_and_sock::<StateBtf>(&mut ev, fields, &offs);
-    emit::<StateBtf>(&ev, avail);
+    emit::<StateBtf, _>(&ev, avail);
     0
 }
 
@@ -656,14 +696,14 @@ fn sock_event<P: Prog>(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
         if !wanted(&ev) {
             return 0;
         }
-        let Some(avail) = room::<P>(&ev) else {
+        let Some(avail) = room::<P, _>(&ev) else {
             return 0;
         };
         // SAFETY: the helper takes no arguments and only reads the clock.
         ev.ts_ns = unsafe { bpf_ktime_get_ns() };
         ev.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
         ev.netns = netns_of::<P>(Fields::Probed(sk), &offs);
-        emit::<P>(&ev, avail);
+        emit::<P, _>(&ev, avail);
         return 0;
     }
     let Some(fields) = Fields::of_btf_sock::<P>(sk, &offs) else {
@@ -684,11 +724,11 @@ fn sock_event<P: Prog>(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
     if !wanted(&ev) {
         return 0;
     }
-    let Some(avail) = room::<P>(&ev) else {
+    let Some(avail) = room::<P, _>(&ev) else {
         return 0;
     };
     fill_task_and_sock::<P>(&mut ev, fields, &offs);
-    emit::<P>(&ev, avail);
+    emit::<P, _>(&ev, avail);
     0
 }
 
@@ -705,6 +745,131 @@ pub fn tcp_send_reset_btf(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "tcp_receive_reset")]
 pub fn tcp_receive_reset_btf(ctx: BtfTracePointContext) -> i32 {
     sock_event::<ReceiveResetBtf>(&ctx, kind::RECV_RESET)
+}
+
+/// The timewait offsets, each field read on its own (see [`offsets`]).
+#[inline(always)]
+fn tw_offsets() -> TwOffsets {
+    let p = &raw const TW_OFFSETS;
+    macro_rules! field {
+        ($f:ident) => {
+            // SAFETY: `p` points to a static, valid, aligned and initialised for the whole
+            // program, and frozen at load.
+            unsafe { core::ptr::read_volatile(&raw const (*p).$f) }
+        };
+    }
+    TwOffsets {
+        tw_timer: field!(tw_timer),
+        tw_substate: field!(tw_substate),
+        timer_function: field!(timer_function),
+        timer_expires: field!(timer_expires),
+        net_refs: field!(net_refs),
+    }
+}
+
+/// The timer tracepoints see every kernel timer, thousands a second on a busy host: only the
+/// timers whose function is `tw_timer_handler` go further, and the test for that is one plain
+/// load (checked by the verifier against `struct timer_list` in BTF) and one comparison.
+#[inline(always)]
+fn tw_timer<P: Prog>(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
+    let timer: *const u8 = ctx.arg(0);
+    if timer.is_null() {
+        return 0;
+    }
+    // SAFETY: valid, aligned statics, written only by the loader before the program runs
+    // (frozen, so the verifier knows their values). Volatile so the compiler does not fold the
+    // placeholders that the loader rewrites.
+    let (handler, function_off) = unsafe {
+        (
+            core::ptr::read_volatile(&TW_TIMER_HANDLER),
+            core::ptr::read_volatile(&raw const TW_OFFSETS.timer_function),
+        )
+    };
+    if function_off == OFFSET_UNKNOWN {
+        return 0;
+    }
+    // SAFETY: `timer` is the tracepoint's BTF-typed `struct timer_list *`, checked non-null; the
+    // verifier checks this load against that type (a bad offset fails the load, never a read of
+    // the wrong field), and the JIT turns a fault into a zero.
+    let function =
+        unsafe { core::ptr::read_volatile(timer.add(function_off as usize) as *const u64) };
+    if function != handler {
+        return 0;
+    }
+    tw_event::<P>(timer, event_kind);
+    0
+}
+
+/// The event of a timewait socket's timer: the socket is the timer's container.
+#[inline(always)]
+fn tw_event<P: Prog>(timer: *const u8, event_kind: u8) {
+    let to = tw_offsets();
+    let offs = offsets();
+    if to.tw_timer == OFFSET_UNKNOWN {
+        return;
+    }
+    // A plain number: the socket is reached by probe reads, and pointer arithmetic backwards
+    // from a BTF-typed pointer is not something the verifier types.
+    let timer = number(timer as u64);
+    let tw = timer.wrapping_sub(u64::from(to.tw_timer)) as *const u8;
+    let sk = Fields::Probed(tw);
+    let mut tuple = Event::ZERO;
+    if !fill_tuple_common::<P>(&mut tuple, sk, &offs) {
+        return;
+    }
+    // SAFETY: a valid, aligned static, written only by the loader before the program runs.
+    if unsafe { core::ptr::read_volatile(&FILTER_ON) } != 0 {
+        // A timewait socket belongs to the connection it continues: its ports decide.
+        // SAFETY: only presence is used; the reference is dropped at once.
+        let port_hit = |p: u16| p != 0 && unsafe { FILTER_PORTS.get(p) }.is_some();
+        if !port_hit(tuple.sport) && !port_hit(tuple.dport) {
+            return;
+        }
+    }
+    let mut ev = TwTimerEvent::ZERO;
+    ev.kind = event_kind;
+    ev.twaddr = tw as u64;
+    let Some(avail) = room::<P, _>(&ev) else {
+        return;
+    };
+    ev.family = tuple.family;
+    ev.sport = tuple.sport;
+    ev.dport = tuple.dport;
+    ev.saddr = tuple.saddr;
+    ev.daddr = tuple.daddr;
+    // SAFETY: a u8 and a u64 accept any bytes; the probed read tolerates any address.
+    ev.substate = unsafe { read_at::<u8>(tw, to.tw_substate) }.unwrap_or(0);
+    // SAFETY: as above.
+    ev.expires = unsafe { read_at::<u64>(timer as *const u8, to.timer_expires) }.unwrap_or(0);
+    // SAFETY: the helpers take no arguments and only read clocks.
+    ev.jiffies = unsafe { bpf_jiffies64() };
+    // SAFETY: as above.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.netns = netns_of::<P>(sk, &offs);
+    // Whether the namespace is being removed (its count at zero): the end that tells a purge
+    // from a RST.
+    if let Some(net) = sk.read::<u64>(offs.skc_net).filter(|&n| n != 0) {
+        // SAFETY: a u32 accepts any bytes; the probed read tolerates any address.
+        if let Some(refs) = unsafe { read_at::<u32>(net as *const u8, to.net_refs) } {
+            ev.net_refs = refs;
+        }
+    }
+    emit::<P, _>(&ev, avail);
+}
+
+#[btf_tracepoint(function = "timer_start")]
+pub fn tw_timer_start(ctx: BtfTracePointContext) -> i32 {
+    tw_timer::<TwStart>(&ctx, kind::TW_START)
+}
+
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn tw_timer_expire(ctx: BtfTracePointContext) -> i32 {
+    tw_timer::<TwExpire>(&ctx, kind::TW_EXPIRE)
+}
+
+#[btf_tracepoint(function = "timer_cancel")]
+pub fn tw_timer_cancel(ctx: BtfTracePointContext) -> i32 {
+    tw_timer::<TwCancel>(&ctx, kind::TW_CANCEL)
 }
 
 /// The classic tracepoint, for kernels without BTF: the record carries the 4-tuple itself, at
@@ -793,11 +958,11 @@ fn read_tracepoint(ctx: &TracePointContext, tp: &TracepointOffsets) -> Option<()
     if !wanted(&ev) {
         return Some(());
     }
-    let Some(avail) = room::<StateTp>(&ev) else {
+    let Some(avail) = room::<StateTp, _>(&ev) else {
         return Some(());
     };
     fill_task_and_sock::<StateTp>(&mut ev, Fields::Probed(sk as *const u8), &offsets());
-    emit::<StateTp>(&ev, avail);
+    emit::<StateTp, _>(&ev, avail);
     Some(())
 }
 

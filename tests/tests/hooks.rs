@@ -54,6 +54,17 @@ fn the_btf_hooks_attach_and_see_resets() {
         usize::from(!caps.every_reset),
         "{caps:?}"
     );
+    // The timewait timer programs: attached, or one note says what is missing and what that
+    // costs.
+    let timer_notes = caps
+        .notes
+        .iter()
+        .filter(|n| n.contains("timer's tracepoints"));
+    assert_eq!(
+        timer_notes.count(),
+        usize::from(!caps.timewait_timers),
+        "{caps:?}"
+    );
 
     let port = aborted_pair();
     let (client, server) = split_ends(tracer.connections(Ipv4Addr::LOCALHOST.into(), port), port);

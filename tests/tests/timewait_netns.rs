@@ -1,6 +1,7 @@
 //! `teardown trace --timewait-netns`: the tracepoints see connections of every network
 //! namespace, and the timewait socket a connection leaves behind in another namespace is
-//! followed too when that namespace is named (sock_diag answers for one namespace at a time).
+//! followed too: by the kernel's timer events in any namespace, or, polling sock_diag alone
+//! (which answers for one namespace at a time), when that namespace is named.
 
 // A failed unwrap in a test is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -56,8 +57,8 @@ fn timewait_sockets_of_a_named_namespace_join_their_connection() {
         return;
     }
     let ns = Netns::new("td-twns").unwrap();
-    // Two ports, so the second connection does not meet the first one's TIME_WAIT.
-    let (followed, unfollowed) = (24_701, 24_702);
+    // A port each, so that no connection meets another one's TIME_WAIT.
+    let (followed, unfollowed, polled_only) = (24_701, 24_702, 24_703);
 
     let (timeline, facts) = trace(&ns, followed, &["--timewait-netns", ns.name()]);
     let ns_inode = {
@@ -74,8 +75,19 @@ fn timewait_sockets_of_a_named_namespace_join_their_connection() {
         "{facts:#?}"
     );
 
-    // Without the option the connection is still traced, but its timewait socket is not seen.
+    // Without the option, the kernel's timer events follow it all the same.
     let (timeline, facts) = trace(&ns, unfollowed, &[]);
+    assert_eq!(timeline["verdict"]["time_wait"], "entered", "{timeline:#}");
+    assert!(
+        facts
+            .iter()
+            .any(|f| f["fact"] == "entered" && f["state"] == "TIME_WAIT"),
+        "{facts:#?}"
+    );
+
+    // Polling sock_diag alone (a kernel without the timer programs), the connection is still
+    // traced, but its timewait socket is not seen without the option.
+    let (timeline, facts) = trace(&ns, polled_only, &["--timewait-source", "sock-diag"]);
     assert_eq!(timeline["verdict"]["time_wait"], "entered", "{timeline:#}");
     assert!(facts.is_empty(), "{facts:#?}");
 }

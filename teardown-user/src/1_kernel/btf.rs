@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use btf_rs::{Btf, Type};
-use teardown_common::{SockOffsets, TcpState, OFFSET_UNKNOWN};
+use teardown_common::{SockOffsets, TcpState, TwOffsets, OFFSET_UNKNOWN};
 
 /// The kernel's own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -30,6 +30,8 @@ pub struct Resolved {
     pub state_numbers: StateNumbers,
     /// Whether `tcp_send_reset` fires for every reset the kernel sends ([`traces_every_reset`]).
     pub every_reset_traced: bool,
+    /// Where a timewait socket's timer and substate are, and the timer's fields.
+    pub tw: TwOffsets,
 }
 
 impl Resolved {
@@ -202,6 +204,21 @@ pub fn traces_every_reset(btf: &Btf) -> bool {
     })
 }
 
+/// The timewait timer programs' offsets; a field not found stays unknown (and those programs
+/// are then not attached).
+pub fn tw_offsets(btf: &Btf) -> TwOffsets {
+    let get = |root: &str, path: &[&str]| offset_of(btf, root, path).unwrap_or(OFFSET_UNKNOWN);
+    TwOffsets {
+        tw_timer: get("inet_timewait_sock", &["tw_timer"]),
+        tw_substate: get("inet_timewait_sock", &["tw_substate"]),
+        timer_function: get("timer_list", &["function"]),
+        timer_expires: get("timer_list", &["expires"]),
+        net_refs: offset_of(btf, "net", &["ns", "__ns_ref"])
+            .or_else(|| offset_of(btf, "net", &["ns", "count"]))
+            .unwrap_or(OFFSET_UNKNOWN),
+    }
+}
+
 /// Resolves every offset the kernel programs use.
 pub fn resolve(path: &Path) -> Result<Resolved, BtfError> {
     let btf = Btf::from_file(path).map_err(|e| BtfError::Read {
@@ -264,6 +281,7 @@ pub fn resolve_from(btf: &Btf) -> Result<Resolved, BtfError> {
         missing,
         state_numbers: tcp_state_numbers(btf),
         every_reset_traced: traces_every_reset(btf),
+        tw: tw_offsets(btf),
     })
 }
 

@@ -18,7 +18,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
-use teardown_common::{fast, lost, SockOffsets, TracepointOffsets, OFFSET_UNKNOWN};
+use teardown_common::{fast, lost, SockOffsets, TracepointOffsets, TwOffsets, OFFSET_UNKNOWN};
 
 pub use preflight::{check_kernel_version, check_privileges};
 pub use stream::EventStream;
@@ -135,6 +135,9 @@ pub struct ProbeConfig {
     /// Load the programs with their debug records on (`-vv`), and read them ([`KernelLog`]).
     /// Off, the rare-path checks behind those records are dead code the verifier removes.
     pub kernel_log: bool,
+    /// Follow timewait sockets through their timer's tracepoints. False leaves them out as a
+    /// kernel that refuses them would (sock_diag polling then follows what it can).
+    pub timewait_timers: bool,
 }
 
 /// Ports the kernel filter holds at most (the size of its map).
@@ -148,6 +151,7 @@ impl Default for ProbeConfig {
             ports: Vec::new(),
             direct_loads: true,
             kernel_log: false,
+            timewait_timers: true,
         }
     }
 }
@@ -168,6 +172,9 @@ pub struct Capabilities {
     pub direct_loads: bool,
     /// Events carry the socket's network namespace.
     pub netns: bool,
+    /// Timewait sockets are followed through their timer's tracepoints, in every namespace,
+    /// as it happens (else only sock_diag polling follows them).
+    pub timewait_timers: bool,
     /// Things the user should know (fallbacks, missing fields), in plain words.
     pub notes: Vec<String>,
 }
@@ -194,13 +201,40 @@ impl KernelLog {
 }
 
 /// The programs' names in the object, for the load report.
-const PROGRAMS: [&str; 5] = [
+const PROGRAMS: [&str; 8] = [
     "inet_sock_set_state_btf",
     "tcp_retransmit_skb_btf",
     "tcp_send_reset_btf",
     "tcp_receive_reset_btf",
     "inet_sock_set_state_tp",
+    "tw_timer_start",
+    "tw_timer_expire",
+    "tw_timer_cancel",
 ];
+
+/// The timewait timer programs and their tracepoints.
+const TW_PROGRAMS: [(&str, &str); 3] = [
+    ("tw_timer_start", "timer_start"),
+    ("tw_timer_expire", "timer_expire_entry"),
+    ("tw_timer_cancel", "timer_cancel"),
+];
+
+/// The function of every timewait socket's timer.
+const TW_HANDLER: &str = "tw_timer_handler";
+
+/// The address of kernel symbol `name` in /proc/kallsyms, None when absent or hidden (a
+/// kptr_restrict that shows zeros).
+pub fn kallsyms_address(kallsyms: &str, name: &str) -> Option<u64> {
+    kallsyms.lines().find_map(|l| {
+        let mut f = l.split_ascii_whitespace();
+        let (addr, _kind, sym) = (f.next()?, f.next()?, f.next()?);
+        // Only the kernel's own symbol, not a module's of the same name ("sym [module]").
+        (sym == name && f.next().is_none())
+            .then(|| u64::from_str_radix(addr, 16).ok())
+            .flatten()
+            .filter(|&a| a != 0)
+    })
+}
 
 impl Probe {
     /// Checks the host, loads and attaches. Errors say what to do.
@@ -285,10 +319,26 @@ impl Probe {
             tracefs::tracepoint_offsets()?
         };
 
+        // The timewait timer programs: what they need, or why they cannot be used.
+        let tw = match (&resolved, use_btf) {
+            _ if !cfg.timewait_timers => Err("left out by --timewait-source sock-diag".to_owned()),
+            (None, _) | (_, false) => Err("they need the BTF programs".to_owned()),
+            (Some(r), true) if !r.tw.complete() => Err(
+                "this kernel's BTF lacks inet_timewait_sock.tw_timer, tw_substate or timer_list \
+                 fields"
+                    .to_owned(),
+            ),
+            (Some(r), true) => std::fs::read_to_string("/proc/kallsyms")
+                .ok()
+                .and_then(|k| kallsyms_address(&k, TW_HANDLER))
+                .map(|a| (r.tw, a))
+                .ok_or_else(|| format!("/proc/kallsyms shows no address for {TW_HANDLER}")),
+        };
         let plan = Plan {
             sock_offsets,
             skc_state,
             tp_offsets,
+            tw: tw.as_ref().ok().copied(),
             kernel_btf: kernel_btf.as_ref(),
             resolved: resolved.is_some(),
             every_reset: resolved.as_ref().is_some_and(|r| r.every_reset_traced),
@@ -308,6 +358,12 @@ impl Probe {
             Err(e) => return Err(e),
         };
         caps.direct_loads = direct;
+        // (A refusal at attach time was said where it happened.)
+        if let Err(why) = tw {
+            caps.notes.push(format!(
+                "{TIMEWAIT_NOT_FROM_KERNEL} ({why}): {TIMEWAIT_COST}"
+            ));
+        }
 
         if !cfg.ports.is_empty() {
             let map = ebpf
@@ -439,8 +495,19 @@ impl LostCounts {
     }
 }
 
+/// The start of the note that says timewait sockets are not followed from the kernel.
+pub const TIMEWAIT_NOT_FROM_KERNEL: &str =
+    "timewait sockets are not followed through their timer's tracepoints";
+/// What that costs.
+const TIMEWAIT_COST: &str = "only sock_diag polling follows them, in the host's namespace and \
+                             those of --timewait-netns, and a timer restart or a short life \
+                             between two polls is missed";
+
 /// What the kernel programs are loaded with, resolved once.
 struct Plan<'a> {
+    /// The timewait timer programs' offsets and `tw_timer_handler`'s address, when they are to
+    /// be attached.
+    tw: Option<(TwOffsets, u64)>,
     sock_offsets: SockOffsets,
     skc_state: u32,
     tp_offsets: TracepointOffsets,
@@ -474,8 +541,11 @@ impl Plan<'_> {
         } else {
             LOG_OFF
         };
+        let (tw_offsets, tw_handler) = self.tw.unwrap_or((TwOffsets::UNKNOWN, 0));
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &log_level, true)
+            .override_global("TW_OFFSETS", &tw_offsets, true)
+            .override_global("TW_TIMER_HANDLER", &tw_handler, true)
             .override_global("SOCK_OFFSETS", &sock_offsets, true)
             .override_global("TP_OFFSETS", &self.tp_offsets, true)
             .override_global("SKC_STATE_OFFSET", &self.skc_state, true)
@@ -521,6 +591,9 @@ impl Plan<'_> {
                 );
             }
             caps.notes.extend(missing);
+            if self.tw.is_some() {
+                caps.timewait_timers = attach_tw_timers(&mut ebpf, kbtf, caps);
+            }
         } else {
             let prog: &mut TracePoint = program(&mut ebpf, "inet_sock_set_state_tp")?;
             prog.load().map_err(|source| KernelError::Program {
@@ -576,6 +649,27 @@ where
     })
 }
 
+/// Attaches the three timewait timer programs, all or none (a life seen in part would be
+/// misread); a refusal is said in the note [`Probe::load`] adds, its detail at debug level.
+fn attach_tw_timers(ebpf: &mut Ebpf, btf: &aya::Btf, caps: &mut Capabilities) -> bool {
+    for (i, (prog, tp)) in TW_PROGRAMS.iter().enumerate() {
+        if let Err(e) = attach_btf(ebpf, prog, tp, btf) {
+            log::debug!("{tp}: {e}");
+            let why = e.verifier_refusal().unwrap_or_else(|| e.to_string());
+            caps.notes.push(format!(
+                "{TIMEWAIT_NOT_FROM_KERNEL} (tp_btf/{tp}: {why}): {TIMEWAIT_COST}"
+            ));
+            for (done, _) in &TW_PROGRAMS[..i] {
+                if let Ok(p) = program::<BtfTracePoint>(ebpf, done) {
+                    let _ = p.unload();
+                }
+            }
+            return false;
+        }
+    }
+    true
+}
+
 fn attach_btf(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -597,7 +691,27 @@ fn attach_btf(
 
 #[cfg(test)]
 mod tests {
-    use super::verifier_reason;
+    use super::{kallsyms_address, verifier_reason};
+
+    #[test]
+    fn kernel_symbols_are_found_by_exact_name() {
+        let kallsyms = "ffffffff82064e00 t inet_twsk_kill\n\
+                        ffffffff82064f30 t tw_timer_handler\n\
+                        ffffffffc0a01000 t tw_timer_handler_x\n\
+                        ffffffffc0a02000 t other_handler\t[some_module]\n";
+        assert_eq!(
+            kallsyms_address(kallsyms, "tw_timer_handler"),
+            Some(0xffff_ffff_8206_4f30)
+        );
+        assert_eq!(kallsyms_address(kallsyms, "tw_timer"), None);
+        // A module's symbol is not the kernel's.
+        assert_eq!(kallsyms_address(kallsyms, "other_handler"), None);
+        // kptr_restrict hides addresses as zeros: as good as absent.
+        assert_eq!(
+            kallsyms_address("0000000000000000 t tw_timer_handler\n", "tw_timer_handler"),
+            None
+        );
+    }
 
     #[test]
     fn the_verifier_reason_is_the_line_before_the_statistics() {

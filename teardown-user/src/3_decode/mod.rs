@@ -15,7 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use teardown_common as raw;
 
-pub use teardown_common::TcpState;
+pub use teardown_common::{TcpState, TwSubstate};
 
 /// What happened to the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +152,9 @@ pub fn not_judged(slots: &[(u32, u64)]) -> std::collections::BTreeMap<String, u6
                 raw::kind::RETRANSMIT => "retransmit".to_owned(),
                 raw::kind::SEND_RESET => "reset_sent".to_owned(),
                 raw::kind::RECV_RESET => "reset_received".to_owned(),
+                raw::kind::TW_START => "timewait_timer_start".to_owned(),
+                raw::kind::TW_EXPIRE => "timewait_timer_expire".to_owned(),
+                raw::kind::TW_CANCEL => "timewait_timer_cancel".to_owned(),
                 k => format!("kind {k}"),
             }
         };
@@ -196,6 +199,101 @@ pub struct Event {
     pub seq: Option<SeqSnapshot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sock: Option<SockSnapshot>,
+}
+
+/// What happened to a timewait socket's timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerOp {
+    /// Armed: the socket entered a substate, or (just after a cancel) its timer was re-armed.
+    Start,
+    /// It ran out: the socket goes.
+    Expire,
+    /// Taken off the timer wheel: to run or be re-armed (an expiry or a start follows at once),
+    /// or for the socket to go early.
+    Cancel,
+}
+
+/// One event of a timewait socket's timer, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwTimer {
+    /// Monotonic kernel time (CLOCK_MONOTONIC), nanoseconds.
+    pub ts_ns: u64,
+    /// Address of the kernel timewait socket.
+    pub tw: u64,
+    pub op: TimerOp,
+    /// Its substate at the event.
+    pub substate: TwSubstate,
+    /// The timer's expiry, and the kernel's clock at the event, in jiffies.
+    pub expires: u64,
+    pub jiffies: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    #[serde(default, skip_serializing_if = "crate::sock_diag::netns::is_unknown")]
+    pub netns: u32,
+    /// Its namespace was being removed (its reference count read zero).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub netns_gone: bool,
+}
+
+/// A ring-buffer record, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Sock(Event),
+    Timer(TwTimer),
+}
+
+impl Decoded {
+    /// Decodes one ring-buffer record of either kind, told apart by its size.
+    pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+        if bytes.len() == std::mem::size_of::<raw::TwTimerEvent>() {
+            // SAFETY: the length was checked and `raw::TwTimerEvent` is plain old data (any bit
+            // pattern is valid); read_unaligned as ring-buffer records are only 8-byte aligned.
+            let r: raw::TwTimerEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+            return TwTimer::from_raw(&r).map(Decoded::Timer);
+        }
+        Event::decode(bytes).map(Decoded::Sock)
+    }
+}
+
+impl TwTimer {
+    pub fn from_raw(r: &raw::TwTimerEvent) -> Result<TwTimer, DecodeError> {
+        let op = match r.kind {
+            raw::kind::TW_START => TimerOp::Start,
+            raw::kind::TW_EXPIRE => TimerOp::Expire,
+            raw::kind::TW_CANCEL => TimerOp::Cancel,
+            k => return Err(DecodeError::Kind(k)),
+        };
+        let substate = TwSubstate::from_kernel(r.substate).ok_or(DecodeError::State(r.substate))?;
+        let (local, remote) = addrs(r.family, &r.saddr, &r.daddr)?;
+        Ok(TwTimer {
+            ts_ns: r.ts_ns,
+            tw: r.twaddr,
+            op,
+            substate,
+            expires: r.expires,
+            jiffies: r.jiffies,
+            local: SocketAddr::new(local, r.sport),
+            remote: SocketAddr::new(remote, r.dport),
+            netns: r.netns,
+            netns_gone: r.net_refs == 0,
+        })
+    }
+}
+
+/// The addresses of a record of `family`.
+fn addrs(family: u16, saddr: &[u8; 16], daddr: &[u8; 16]) -> Result<(IpAddr, IpAddr), DecodeError> {
+    match family {
+        AF_INET => {
+            let ip = |b: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+            Ok((ip(saddr), ip(daddr)))
+        }
+        AF_INET6 => Ok((
+            IpAddr::V6(Ipv6Addr::from(*saddr)),
+            IpAddr::V6(Ipv6Addr::from(*daddr)),
+        )),
+        f => Err(DecodeError::Family(f)),
+    }
 }
 
 /// Why a raw record could not be decoded.
@@ -244,17 +342,7 @@ impl Event {
             },
             k => return Err(DecodeError::Kind(k)),
         };
-        let (local, remote) = match r.family {
-            AF_INET => {
-                let ip = |b: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
-                (ip(&r.saddr), ip(&r.daddr))
-            }
-            AF_INET6 => (
-                IpAddr::V6(Ipv6Addr::from(r.saddr)),
-                IpAddr::V6(Ipv6Addr::from(r.daddr)),
-            ),
-            f => return Err(DecodeError::Family(f)),
-        };
+        let (local, remote) = addrs(r.family, &r.saddr, &r.daddr)?;
         let seq = (r.flags & raw::flags::SEQ_VALID != 0).then_some(SeqSnapshot {
             snd_una: r.snd_una,
             snd_nxt: r.snd_nxt,
@@ -451,6 +539,56 @@ mod tests {
         let mut r = raw_event();
         r.family = 1;
         assert_eq!(Event::decode(&bytes(&r)), Err(DecodeError::Family(1)));
+    }
+
+    #[test]
+    fn decodes_timewait_timer_records_by_their_size() {
+        let mut r = raw::TwTimerEvent::ZERO;
+        r.ts_ns = 7;
+        r.twaddr = 0xffff_8880_0000_1000;
+        r.kind = raw::kind::TW_CANCEL;
+        r.substate = TcpState::FinWait2.kernel_number();
+        r.expires = 4_295_000_000;
+        r.jiffies = 4_294_999_000;
+        r.family = AF_INET6;
+        r.saddr = Ipv6Addr::LOCALHOST.octets();
+        r.daddr = Ipv6Addr::LOCALHOST.octets();
+        r.sport = 40000;
+        r.dport = 80;
+        r.netns = 4026531840;
+        // SAFETY: plain data of a fixed size.
+        let b = unsafe {
+            std::slice::from_raw_parts(
+                (&r as *const raw::TwTimerEvent).cast::<u8>(),
+                std::mem::size_of::<raw::TwTimerEvent>(),
+            )
+        };
+        let Ok(Decoded::Timer(t)) = Decoded::decode(b) else {
+            panic!("not a timer record");
+        };
+        assert_eq!(t.op, TimerOp::Cancel);
+        assert_eq!(t.substate, TwSubstate::FinWait2);
+        assert_eq!(t.local, "[::1]:40000".parse().unwrap());
+        assert_eq!(
+            (t.expires, t.jiffies, t.netns),
+            (r.expires, r.jiffies, r.netns)
+        );
+        let back: TwTimer = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
+        r.substate = TcpState::Established.kernel_number();
+        let b = unsafe {
+            // SAFETY: as above.
+            std::slice::from_raw_parts(
+                (&r as *const raw::TwTimerEvent).cast::<u8>(),
+                std::mem::size_of::<raw::TwTimerEvent>(),
+            )
+        };
+        assert_eq!(Decoded::decode(b), Err(DecodeError::State(1)));
+        // A socket event is still one.
+        assert!(matches!(
+            Decoded::decode(&bytes(&raw_event())),
+            Ok(Decoded::Sock(_))
+        ));
     }
 
     #[test]

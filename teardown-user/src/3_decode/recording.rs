@@ -1,8 +1,10 @@
 //! Recordings: the raw events of a trace, as versioned JSON Lines, for `teardown replay`.
 //!
 //! Line 1 is a header: `{"format":"teardown-recording","version":1,...}`. Every other line is
-//! `{"type":"event",...}` (an [`Event`]) or `{"type":"lost","ts_ns":..,"total":..,"by_cause":..}`
-//! (the kernel's loss counters moved). The format is documented in the README; a reader refuses versions it does
+//! `{"type":"event",...}` (an [`Event`]), `{"type":"tw_timer",...}` (a [`TwTimer`]: an event of
+//! a timewait socket's timer, when the header says `"tw_timers":true`), `{"type":"timewait",...}`
+//! (what sock_diag showed of a timewait socket, otherwise) or
+//! `{"type":"lost","ts_ns":..,"total":..,"by_cause":..}` (the kernel's loss counters moved). The format is documented in the README; a reader refuses versions it does
 //! not know rather than guessing.
 
 use std::{
@@ -13,7 +15,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 pub use super::filter::EventFilter;
-use super::Event;
+use super::{Event, TwTimer};
 use crate::{kernel::LostCounts, sock_diag::watch::TwFact};
 
 pub const FORMAT: &str = "teardown-recording";
@@ -35,6 +37,10 @@ pub struct Header {
     /// made before they did).
     #[serde(default)]
     pub netns: bool,
+    /// Whether timewait sockets were followed from the kernel's timer events (`tw_timer`
+    /// records) rather than sock_diag's facts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tw_timers: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,6 +49,8 @@ pub enum Record {
     Event(Event),
     /// What sock_diag showed of a timewait socket.
     Timewait(TwFact),
+    /// An event of a timewait socket's timer, from the kernel.
+    TwTimer(TwTimer),
     /// The loss counters read `total` at `ts_ns`; they read less at `since_ns`.
     Lost {
         ts_ns: u64,
@@ -82,6 +90,7 @@ impl<W: Write> Writer<W> {
             let keep = match rec {
                 Record::Event(ev) => f.keep(ev),
                 Record::Timewait(t) => f.keep_tuple(&t.local, &t.remote),
+                Record::TwTimer(t) => f.keep_tuple(&t.local, &t.remote),
                 Record::Lost { .. } => true,
             };
             if !keep {
@@ -229,6 +238,7 @@ mod tests {
             hook: "btf".into(),
             seq: true,
             netns: true,
+            tw_timers: false,
         }
     }
 

@@ -23,6 +23,7 @@
 
 pub mod filter;
 pub mod timewait;
+pub mod tw_timers;
 
 pub use filter::Filter;
 

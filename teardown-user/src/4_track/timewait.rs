@@ -23,6 +23,9 @@ pub struct TimewaitNote {
     /// That connection conformed (an output that left it out leaves this out too).
     #[serde(skip)]
     pub of_conforming: bool,
+    /// The fact came from the kernel's timer events, not from sock_diag.
+    #[serde(skip)]
+    pub from_kernel: bool,
     #[serde(flatten)]
     pub fact: TwFact,
 }
@@ -195,13 +198,20 @@ impl Joiner {
         Some(TimewaitNote {
             id,
             of_conforming: conforming,
+            from_kernel: false,
             fact,
         })
     }
 
     fn keep_pending(&mut self, fact: TwFact) {
+        let key = self.key(fact.netns, fact.local, fact.remote);
         if !matches!(fact.what, TwWhat::Entered { .. }) {
-            // Restarts and exits of sockets no reported connection left: not ours to tell.
+            // A restart or an exit of a socket whose entry waits for its connection's report
+            // (the kernel's timer events come as it happens, before the connection settles)
+            // waits with it; those of sockets no reported connection left are not ours to tell.
+            if let Some(waiting) = self.pending.get_mut(&key) {
+                waiting.push(fact);
+            }
             return;
         }
         if self.pending.len() >= PENDING_MAX {
@@ -213,10 +223,7 @@ impl Joiner {
                 return;
             }
         }
-        self.pending
-            .entry(self.key(fact.netns, fact.local, fact.remote))
-            .or_default()
-            .push(fact);
+        self.pending.entry(key).or_default().push(fact);
     }
 }
 
@@ -326,6 +333,35 @@ mod tests {
         );
         assert_eq!(j.on_fact(left.clone()).map(|n| n.id), Some(7));
         assert_eq!(j.on_fact(left), None, "forgotten once it left");
+    }
+
+    #[test]
+    fn an_early_end_waits_with_its_entry_for_the_connection() {
+        let mut j = Joiner::default();
+        let e = fact(
+            1_000,
+            TwWhat::Entered {
+                state: TwSubstate::TimeWait,
+                entered_ms: 1_000,
+            },
+        );
+        let left = fact(
+            1_100,
+            TwWhat::Left {
+                how: TwFate::Killed,
+                entered_ms: 1_000,
+                restarts: 0,
+            },
+        );
+        // An exit of a socket nobody waits for is dropped.
+        assert_eq!(j.on_fact(left.clone()), None);
+        assert!(j.pending.is_empty());
+        assert_eq!(j.on_fact(e.clone()), None);
+        assert_eq!(j.on_fact(left), None);
+        let early = j.follow(4, true, 0, e.local, e.remote, 1_200);
+        assert_eq!(early.len(), 2);
+        assert!(matches!(early[1].fact.what, TwWhat::Left { .. }));
+        assert!(j.following.is_empty(), "it left: no longer followed");
     }
 
     #[test]

@@ -159,8 +159,8 @@ impl Metrics {
         let timewait_facts = Family::<FactLabels, Counter>::default();
         registry.register(
             "timewait_facts",
-            "What sock_diag showed of reported connections' timewait sockets: entered, timer \
-             restarted, expired, reused, killed",
+            "What was learnt of reported connections' timewait sockets: entered, timer \
+             restarted, expired, reused, killed, purged (with their namespace)",
             timewait_facts.clone(),
         );
         let events = Counter::default();
@@ -281,6 +281,7 @@ impl Sink for MetricsSink {
                 TwFate::Expired => "expired",
                 TwFate::Reused => "reused",
                 TwFate::Killed => "killed",
+                TwFate::Purged => "purged",
             },
         };
         let namespace = self.namespaces.of(note.fact.netns);
@@ -409,6 +410,7 @@ mod tests {
         let fact = |what| TimewaitNote {
             id: 1,
             of_conforming: true,
+            from_kernel: false,
             fact: TwFact {
                 netns: 0,
                 local: "127.0.0.1:1".parse().unwrap(),

@@ -39,8 +39,18 @@ pub struct Summary {
     pub incomplete: u64,
     /// Sockets already closing when the trace began (sock_diag).
     pub closing_at_start: u64,
-    /// What sock_diag showed of reported connections' timewait sockets.
+    /// What was learnt of reported connections' timewait sockets.
     pub timewait: TimewaitCounts,
+    /// The timewait facts came from the kernel's timer events (else from sock_diag).
+    #[serde(skip)]
+    pub timewait_from_kernel: bool,
+    /// Timewait sockets not followed because the table of them was full.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timewait_untracked: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Timewait facts joined to reported connections.
@@ -51,6 +61,9 @@ pub struct TimewaitCounts {
     pub expired: u64,
     pub reused: u64,
     pub killed: u64,
+    /// Gone with their network namespace (known from the kernel's timer events only).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub purged: u64,
 }
 
 impl Summary {
@@ -98,11 +111,28 @@ impl Summary {
             );
         }
         let tw = &self.timewait;
-        if tw.entered + tw.restarts + tw.expired + tw.reused + tw.killed > 0 {
+        if tw.entered + tw.restarts + tw.expired + tw.reused + tw.killed + tw.purged > 0 {
+            let purged = if tw.purged > 0 {
+                format!(", {} gone with their namespace", tw.purged)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "  timewait sockets (sock_diag): {} seen, {} timer restarts, {} expired, {} reused, {} killed",
+                "  timewait sockets ({}): {} seen, {} timer restarts, {} expired, {} reused, {} killed{purged}",
+                if self.timewait_from_kernel {
+                    "kernel timers"
+                } else {
+                    "sock_diag"
+                },
                 tw.entered, tw.restarts, tw.expired, tw.reused, tw.killed
+            );
+        }
+        if self.timewait_untracked > 0 {
+            let _ = writeln!(
+                s,
+                "  {} timewait sockets not followed (their table was full)",
+                self.timewait_untracked
             );
         }
         if self.closing_at_start > 0 {

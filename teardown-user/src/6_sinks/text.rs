@@ -173,6 +173,7 @@ impl<W: Write> Sink for TextSink<W> {
                     TwFate::Expired => "expired",
                     TwFate::Reused => "reused by a new connection on the same 4-tuple",
                     TwFate::Killed => "killed early (a RST, or a reuse already over)",
+                    TwFate::Purged => "gone with its network namespace, which was removed",
                 };
                 format!(
                     "left TIME_WAIT: {how}, {:.1} s after entering, {restarts} timer restart(s)",
@@ -182,10 +183,11 @@ impl<W: Write> Sink for TextSink<W> {
         };
         writeln!(
             self.out,
-            "#{} {} -> {}  sock_diag: {what}\n",
+            "#{} {} -> {}  {}: {what}\n",
             n.id,
             endpoint(&f.local),
-            endpoint(&f.remote)
+            endpoint(&f.remote),
+            if n.from_kernel { "timer" } else { "sock_diag" }
         )
     }
 

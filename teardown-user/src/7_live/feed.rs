@@ -37,7 +37,12 @@ impl TracerFeed {
                     }
                 };
                 rt.block_on(async move {
-                    let mut probe = match Probe::load(ProbeConfig::default()) {
+                    // Its view shows no timewait facts: the timer programs would cost for nothing.
+                    let cfg = ProbeConfig {
+                        timewait_timers: false,
+                        ..ProbeConfig::default()
+                    };
+                    let mut probe = match Probe::load(cfg) {
                         Ok(p) => p,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e.to_string()));

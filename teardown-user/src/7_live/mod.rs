@@ -15,12 +15,13 @@ pub use timewait::TimewaitFollow;
 use std::{collections::BTreeMap, io};
 
 use crate::{
-    decode::Event,
+    decode::{Event, TwTimer},
     judge::{self, Conformance},
     kernel::LostCounts,
     sinks::{Report, Sink, Summary},
     sock_diag::TwFate,
     track::timewait::{Closing, Joiner, TimewaitNote, TwFact, TwWhat},
+    track::tw_timers::TwTimers,
     track::{Filter, Finished, Tracker, TrackerConfig, TrackerStats},
 };
 
@@ -43,6 +44,10 @@ pub struct Pipeline {
     error: Option<io::Error>,
     /// Connections the tracker just handed on (kept, so that no event allocates it anew).
     done: Vec<Finished>,
+    /// Timewait sockets followed through their timer's tracepoints, when the kernel has them.
+    tw_timers: Option<TwTimers>,
+    /// Facts [`TwTimers`] just made (kept, as `done`).
+    tw_facts: Vec<TwFact>,
 }
 
 impl Pipeline {
@@ -61,6 +66,37 @@ impl Pipeline {
             joiner: Joiner::default(),
             error: None,
             done: Vec::with_capacity(16),
+            tw_timers: None,
+            tw_facts: Vec::with_capacity(16),
+        }
+    }
+
+    /// Timewait sockets are followed from the kernel's timer events ([`Pipeline::on_tw_timer`]),
+    /// in every namespace: sock_diag's facts are no longer needed (its first poll still seeds the
+    /// sockets already closing).
+    pub fn timewait_from_kernel(&mut self) {
+        self.tw_timers = Some(TwTimers::new(self.wall_offset_ns));
+        self.summary.timewait_from_kernel = true;
+    }
+
+    /// Whether timewait sockets are followed from the kernel's timer events.
+    pub fn follows_timewait_from_kernel(&self) -> bool {
+        self.tw_timers.is_some()
+    }
+
+    /// An event of a timewait socket's timer.
+    pub fn on_tw_timer(&mut self, t: &TwTimer) {
+        let mut facts = std::mem::take(&mut self.tw_facts);
+        if let Some(tw) = self.tw_timers.as_mut() {
+            tw.on_timer(t, &mut |f| facts.push(f));
+        }
+        self.timewait_facts(&mut facts);
+        self.tw_facts = facts;
+    }
+
+    fn timewait_facts(&mut self, facts: &mut Vec<TwFact>) {
+        for fact in facts.drain(..) {
+            self.on_timewait(fact);
         }
     }
 
@@ -71,14 +107,20 @@ impl Pipeline {
     }
 
     /// Only the timewait sockets of these namespaces will be seen (the ones sock_diag polls):
-    /// connections of others are not followed.
+    /// connections of others are not followed. (Not when the kernel's timer events follow
+    /// them: they come from every namespace.)
     pub fn follow_timewait_of(&mut self, netns: Vec<u32>) {
-        self.joiner.only_netns(netns);
+        if self.tw_timers.is_none() {
+            self.joiner.only_netns(netns);
+        }
     }
 
     /// The namespaces whose timewait sockets a reported connection may still wait for (None:
     /// any), as of the wall clock now.
     pub fn timewait_wanted(&self) -> Option<Vec<u32>> {
+        if self.tw_timers.is_some() {
+            return Some(Vec::new());
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -86,6 +128,12 @@ impl Pipeline {
     }
 
     pub fn on_event(&mut self, ev: Event) {
+        if let Some(tw) = self.tw_timers.as_mut() {
+            let mut facts = std::mem::take(&mut self.tw_facts);
+            tw.on_sock(&ev, &mut |f| facts.push(f));
+            self.timewait_facts(&mut facts);
+            self.tw_facts = facts;
+        }
         let mut done = std::mem::take(&mut self.done);
         self.tracker.on_event(ev, &mut |f| done.push(f));
         self.report_all(&mut done);
@@ -102,7 +150,8 @@ impl Pipeline {
 
     /// What sock_diag showed of a timewait socket.
     pub fn on_timewait(&mut self, fact: TwFact) {
-        if let Some(note) = self.joiner.on_fact(fact) {
+        if let Some(mut note) = self.joiner.on_fact(fact) {
+            note.from_kernel = self.tw_timers.is_some();
             self.timewait_note(&note);
         }
     }
@@ -116,6 +165,7 @@ impl Pipeline {
                 TwFate::Expired => tw.expired += 1,
                 TwFate::Reused => tw.reused += 1,
                 TwFate::Killed => tw.killed += 1,
+                TwFate::Purged => tw.purged += 1,
             },
         }
         if self.error.is_some() {
@@ -157,6 +207,12 @@ impl Pipeline {
 
     /// Monotonic time moved on to `now_ns` with no event: hand on settled connections.
     pub fn tick(&mut self, now_ns: u64) {
+        if let Some(tw) = self.tw_timers.as_mut() {
+            let mut facts = std::mem::take(&mut self.tw_facts);
+            tw.flush(now_ns, &mut |f| facts.push(f));
+            self.timewait_facts(&mut facts);
+            self.tw_facts = facts;
+        }
         let mut done = std::mem::take(&mut self.done);
         self.tracker.tick(now_ns, &mut |f| done.push(f));
         self.report_all(&mut done);
@@ -184,6 +240,15 @@ impl Pipeline {
     /// Ends the trace: connections still open are reported, the summary is written, sinks are
     /// flushed. Returns the summary, or the first output error.
     pub fn finish(mut self) -> Result<Summary, io::Error> {
+        // Cancels still held are early ends; facts of connections not reported yet wait for
+        // them in the joiner.
+        if let Some(mut tw) = self.tw_timers.take() {
+            let mut facts = Vec::new();
+            tw.finish(&mut |f| facts.push(f));
+            self.timewait_facts(&mut facts);
+            self.summary.timewait_untracked = tw.overflow;
+            self.tw_timers = Some(tw);
+        }
         let mut done = Vec::new();
         self.tracker.finish(&mut |f| done.push(f));
         self.report_all(&mut done);
@@ -246,10 +311,12 @@ impl Pipeline {
                 f.conn.remote,
                 now_ms.max(0) as u64,
             );
-            // Reported first, then what sock_diag already saw of its timewait socket.
+            // Reported first, then what was already learnt of its timewait socket.
             self.write_report(f, &verdict);
-            for note in &early {
-                self.timewait_note(note);
+            let from_kernel = self.tw_timers.is_some();
+            for mut note in early {
+                note.from_kernel = from_kernel;
+                self.timewait_note(&note);
             }
             return;
         }

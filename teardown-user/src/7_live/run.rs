@@ -18,7 +18,7 @@ use crate::{
     decode::{
         self,
         recording::{self, Record},
-        Event,
+        Decoded,
     },
     kernel::{clock, LostCounts, Probe},
     sinks::{Metrics, Summary},
@@ -26,7 +26,7 @@ use crate::{
 
 /// A batch of decoded records from one wake-up of the reader.
 struct Batch {
-    events: Vec<Event>,
+    events: Vec<Decoded>,
     undecodable: u64,
 }
 
@@ -82,11 +82,11 @@ pub async fn live(
     }
     let (tx, mut rx) = mpsc::channel::<Batch>(256);
     // Handled batches' vectors, back to the reader (at most the batches in flight).
-    let (spare_tx, mut spare_rx) = mpsc::unbounded_channel::<Vec<Event>>();
+    let (spare_tx, mut spare_rx) = mpsc::unbounded_channel::<Vec<Decoded>>();
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let reader = tokio::spawn(async move {
         let decode =
-            |events: &mut Vec<Event>, undecodable: &mut u64, bytes: &[u8]| match Event::decode(
+            |events: &mut Vec<Decoded>, undecodable: &mut u64, bytes: &[u8]| match Decoded::decode(
                 bytes,
             ) {
                 Ok(e) => events.push(e),
@@ -135,12 +135,23 @@ pub async fn live(
             pipeline.on_undecodable();
         }
         let mut events = batch.events;
-        for ev in events.drain(..) {
-            if let Some(r) = recorder.as_mut() {
-                r.write(&Record::Event(ev))
-                    .context("cannot write to the recording")?;
+        for d in events.drain(..) {
+            match d {
+                Decoded::Sock(ev) => {
+                    if let Some(r) = recorder.as_mut() {
+                        r.write(&Record::Event(ev))
+                            .context("cannot write to the recording")?;
+                    }
+                    pipeline.on_event(ev);
+                }
+                Decoded::Timer(t) => {
+                    if let Some(r) = recorder.as_mut() {
+                        r.write(&Record::TwTimer(t))
+                            .context("cannot write to the recording")?;
+                    }
+                    pipeline.on_tw_timer(&t);
+                }
             }
-            pipeline.on_event(ev);
         }
         // The reader may have stopped: then the vector is simply dropped.
         let _ = spare_tx.send(events);
@@ -222,6 +233,12 @@ pub async fn live(
                     pipeline.seed(&closing);
                 }
                 let mut r = Ok(());
+                // The kernel's timer events follow timewait sockets: sock_diag only seeds.
+                let facts = if pipeline.follows_timewait_from_kernel() {
+                    Vec::new()
+                } else {
+                    facts
+                };
                 for fact in facts {
                     if let Some(rec) = recorder.as_mut() {
                         if let Err(e) = rec.write(&Record::Timewait(fact.clone())) {

@@ -48,6 +48,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         reader.header.wall_offset_ns,
     );
     pipeline.match_netns(reader.header.netns);
+    if reader.header.tw_timers {
+        pipeline.timewait_from_kernel();
+    }
     if !reader.header.netns && !args.filters.netns.is_empty() {
         anyhow::bail!(
             "--netns: the events of this recording carry no network namespace (it was made \
@@ -64,6 +67,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         match reader.next_record() {
             Ok(Some(Record::Event(ev))) => pipeline.on_event(ev),
             Ok(Some(Record::Timewait(fact))) => pipeline.on_timewait(fact),
+            Ok(Some(Record::TwTimer(t))) => pipeline.on_tw_timer(&t),
             Ok(Some(Record::Lost {
                 ts_ns,
                 total,

@@ -47,9 +47,17 @@ pub struct TraceArgs {
     /// Poll sock_diag (what `ss` uses) this often to follow the timewait sockets the traced
     /// connections leave behind — when each entered TIME_WAIT, timer restarts (a resent FIN),
     /// how it left — and to note the sockets already closing at start. 0 turns it off. Sees the
-    /// host's own network namespace, and those of --timewait-netns.
+    /// host's own network namespace, and those of --timewait-netns. Where the kernel allows the
+    /// timer programs (see --timewait-source), they follow timewait sockets instead, in every
+    /// namespace, and sock_diag only notes the sockets already closing.
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = super::args::parse_duration)]
     pub timewait_poll: Duration,
+    /// How timewait sockets are followed: `auto` through their timer's tracepoints where the
+    /// kernel allows them (every namespace, as it happens; sock_diag then only notes the
+    /// sockets already closing at start), else by polling sock_diag; `sock-diag` polls only, as
+    /// on a kernel that refuses the timer programs.
+    #[arg(long, value_enum, default_value_t = TimewaitSource::Auto)]
+    pub timewait_source: TimewaitSource,
     /// Also follow the timewait sockets of this network namespace (a name from `ip netns`, or a
     /// path such as /proc/PID/ns/net of a container's process); repeat for several. The
     /// tracepoints see every namespace; sock_diag answers for one at a time.
@@ -132,6 +140,15 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// `--timewait-source`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TimewaitSource {
+    /// The timer's tracepoints when the kernel allows them, else sock_diag.
+    Auto,
+    /// sock_diag polling only.
+    SockDiag,
+}
+
 /// `--hook`, as clap sees [`Hook`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum HookArg {
@@ -189,6 +206,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
                 hook: probe.caps.hook.into(),
                 seq: probe.caps.seq,
                 netns: probe.caps.netns,
+                tw_timers: probe.caps.timewait_timers,
             };
             let filter =
                 recording::EventFilter::new(args.filters.port.clone(), args.filters.addr.clone());
@@ -224,6 +242,9 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     };
     let mut pipeline = Pipeline::new(args.filters.tracker(), filter, sinks, wall_offset_ns);
     pipeline.match_netns(probe.caps.netns);
+    if probe.caps.timewait_timers {
+        pipeline.timewait_from_kernel();
+    }
     if probe.caps.netns {
         // Facts come from the namespaces polled only: connections of any other are not
         // followed (on a container host, that is most of them).
@@ -300,6 +321,7 @@ pub fn load(args: &TraceArgs) -> anyhow::Result<Probe> {
         ring_bytes: args.ring_size << 20,
         ports: ports.clone(),
         kernel_log: args.kernel_log,
+        timewait_timers: args.timewait_source == TimewaitSource::Auto,
         ..ProbeConfig::default()
     };
     let probe = Probe::load(cfg).context("cannot start tracing")?;

@@ -63,7 +63,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 /// The port of `slot` in this process: below `ip_local_port_range` (32768-) so that it never
 /// collides with an ephemeral port, and different between processes running the lab at once.
-fn port_for(slot: u8) -> u16 {
+pub fn port_for(slot: u8) -> u16 {
     let spread = u16::try_from(std::process::id() % 380).unwrap_or(0);
     20000 + spread * 32 + u16::from(slot % 32)
 }
