@@ -56,6 +56,27 @@ fn facts_of(out: &str, lines: &[Value], local: SocketAddr, remote: SocketAddr) -
         .collect()
 }
 
+/// The verdict of the connection from `local` to `remote`, and whether its line came before
+/// every fact joined to it (a connection is reported first, then what its timewait socket did).
+fn verdict_of(lines: &[Value], local: SocketAddr, remote: SocketAddr) -> (Value, bool) {
+    let at = lines
+        .iter()
+        .position(|v| {
+            v["type"] == "connection"
+                && v["local"] == local.to_string()
+                && v["remote"] == remote.to_string()
+        })
+        .unwrap_or_else(|| panic!("no timeline for {local} -> {remote}: {lines:#?}"));
+    let id = &lines[at]["id"];
+    let first_fact = lines
+        .iter()
+        .position(|v| v["type"] == "timewait" && &v["id"] == id);
+    (
+        lines[at]["verdict"].clone(),
+        first_fact.is_none_or(|f| f > at),
+    )
+}
+
 /// The facts, as `entered TIME_WAIT`, `restarted`, `left expired`.
 fn kinds(facts: &[Value]) -> Vec<String> {
     facts
@@ -369,6 +390,13 @@ fn fin_wait2_times_out(slot: u8, family: Family) {
         ["entered FIN_WAIT2", "left expired"],
         "{facts:#?}\n{out}"
     );
+    // Its verdict waited for that fate: step 3 never came, a FIN_WAIT2 timeout.
+    let (verdict, first) = verdict_of(&lines, local, remote);
+    assert!(first, "the connection is reported before its facts: {out}");
+    assert_eq!(verdict["variant"], "fin_wait2_timeout", "{verdict:#}");
+    assert_eq!(verdict["conformance"], "deviates", "{verdict:#}");
+    assert_eq!(verdict["time_wait"], "timed_out", "{verdict:#}");
+    assert_eq!(verdict["findings"][0]["code"], "no_peer_fin", "{verdict:#}");
 }
 
 #[test]
@@ -417,6 +445,16 @@ fn peer_fin_reaches_fin_wait2(slot: u8, family: Family, fin_timeout: Option<&str
         ["entered FIN_WAIT2", "entered TIME_WAIT", "left killed"],
         "{facts:#?}"
     );
+    // Its verdict waited for the peer's FIN: the documented close, TIME_WAIT seen.
+    let (verdict, first) = verdict_of(&lines, local, remote);
+    assert!(first, "the connection is reported before its facts: {out}");
+    assert_eq!(verdict["conformance"], "conforms", "{verdict:#}");
+    assert_eq!(
+        verdict["time_wait"], "fin_wait2_timewait_then_time_wait",
+        "{verdict:#}"
+    );
+    let notes = verdict["notes"].to_string();
+    assert!(!notes.contains("time_wait_not_visible"), "{verdict:#}");
 }
 
 #[test]

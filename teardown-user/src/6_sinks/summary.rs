@@ -47,6 +47,10 @@ pub struct Summary {
     /// Timewait sockets not followed because the table of them was full.
     #[serde(skip_serializing_if = "is_zero")]
     pub timewait_untracked: u64,
+    /// Orphans reported without their FIN_WAIT2 timewait socket's fate: it did not come in
+    /// time, the trace stopped first, or too many were waiting.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timewait_fate_unseen: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -126,6 +130,13 @@ impl Summary {
                     "sock_diag"
                 },
                 tw.entered, tw.restarts, tw.expired, tw.reused, tw.killed
+            );
+        }
+        if self.timewait_fate_unseen > 0 {
+            let _ = writeln!(
+                s,
+                "  {} orphans reported before their FIN_WAIT2 timewait socket told whether the peer's FIN came",
+                self.timewait_fate_unseen
             );
         }
         if self.timewait_untracked > 0 {

@@ -161,7 +161,7 @@ impl<W: Write> Sink for TextSink<W> {
                 previous_entered_ms,
                 entered_ms,
             } => format!(
-                "TIME_WAIT timer restarted (+{} ms): the peer resent its FIN, the final ACK was lost",
+                "TIME_WAIT timer restarted (+{} ms): the peer resent its FIN, so the final ACK (step 4) was presumably lost; TIME_WAIT did its job and answered it",
                 entered_ms.saturating_sub(*previous_entered_ms)
             ),
             TwWhat::Left {
@@ -172,7 +172,9 @@ impl<W: Write> Sink for TextSink<W> {
                 let how = match how {
                     TwFate::Expired => "expired",
                     TwFate::Reused => "reused by a new connection on the same 4-tuple",
-                    TwFate::Killed => "killed early (a RST, or a reuse already over)",
+                    TwFate::Killed => {
+                        "killed early: by a RST (RFC 1337: with net.ipv4.tcp_rfc1337 at 0, the default, a RST ends TIME_WAIT), or a reuse already over"
+                    }
                     TwFate::Purged => "gone with its network namespace, which was removed",
                 };
                 format!(

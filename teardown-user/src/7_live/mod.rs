@@ -12,14 +12,17 @@ pub use feed::TracerFeed;
 pub use run::{live, LiveOptions, Recorder};
 pub use timewait::TimewaitFollow;
 
-use std::{collections::BTreeMap, io};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    io,
+};
 
 use crate::{
     decode::{Event, TwTimer},
-    judge::{self, Conformance},
+    judge::{self, Conformance, JudgeOptions, TimewaitOutcome},
     kernel::LostCounts,
     sinks::{Report, Sink, Summary},
-    sock_diag::TwFate,
+    sock_diag::{TwFate, TwSubstate},
     track::timewait::{Closing, Joiner, TimewaitNote, TwFact, TwWhat},
     track::tw_timers::TwTimers,
     track::{Filter, Finished, Tracker, TrackerConfig, TrackerStats},
@@ -48,6 +51,34 @@ pub struct Pipeline {
     tw_timers: Option<TwTimers>,
     /// Facts [`TwTimers`] just made (kept, as `done`).
     tw_facts: Vec<TwFact>,
+    /// What judging takes besides the events (the slow-close threshold).
+    judge_options: JudgeOptions,
+    /// Orphans whose verdict waits for their FIN_WAIT2 timewait socket's fate.
+    held: Held,
+}
+
+/// An orphan still waiting, in its FIN_WAIT2 timewait socket, for the peer's FIN when it was
+/// closed: its verdict is given when the kernel's timer events tell whether that FIN came
+/// (the socket turned to TIME_WAIT) or not (it expired, or a RST killed it). Bounded in time
+/// by [`HOLD_NS`] and in number by [`HOLD_MAX`].
+struct HeldOrphan {
+    finished: Finished,
+    /// Facts of its timewait socket so far, written after its verdict.
+    notes: Vec<TimewaitNote>,
+    reached: TwSubstate,
+}
+
+/// How long an orphan's verdict waits: the default `tcp_fin_timeout` (60 s), the longest its
+/// FIN_WAIT2 timewait socket lives, plus the time its end takes to reach us.
+const HOLD_NS: u64 = 65_000_000_000;
+/// Orphans held at most; beyond, one is reported at once, without its socket's fate, and counted.
+const HOLD_MAX: usize = 65_536;
+
+#[derive(Default)]
+struct Held {
+    by_id: HashMap<u64, HeldOrphan>,
+    /// (held since, id), oldest first.
+    queue: VecDeque<(u64, u64)>,
 }
 
 impl Pipeline {
@@ -68,7 +99,15 @@ impl Pipeline {
             done: Vec::with_capacity(16),
             tw_timers: None,
             tw_facts: Vec::with_capacity(16),
+            judge_options: JudgeOptions::default(),
+            held: Held::default(),
         }
+    }
+
+    /// A passive closer that spends longer than `ns` in CLOSE_WAIT gets a `slow_close` note
+    /// (0: never).
+    pub fn slow_close_after(&mut self, ns: u64) {
+        self.judge_options.slow_close_ns = ns;
     }
 
     /// Timewait sockets are followed from the kernel's timer events ([`Pipeline::on_tw_timer`]),
@@ -148,11 +187,76 @@ impl Pipeline {
         }
     }
 
-    /// What sock_diag showed of a timewait socket.
+    /// What sock_diag or the kernel's timer events showed of a timewait socket.
     pub fn on_timewait(&mut self, fact: TwFact) {
         if let Some(mut note) = self.joiner.on_fact(fact) {
             note.from_kernel = self.tw_timers.is_some();
+            if self.held.by_id.contains_key(&note.id) {
+                self.held_note(note);
+            } else {
+                self.timewait_note(&note);
+            }
+        }
+    }
+
+    /// A fact of a held orphan's timewait socket: kept, and the verdict given once it tells
+    /// whether the peer's FIN came.
+    fn held_note(&mut self, note: TimewaitNote) {
+        let id = note.id;
+        let Some(h) = self.held.by_id.get_mut(&id) else {
+            return;
+        };
+        let outcome = match note.fact.what {
+            TwWhat::Entered {
+                state: TwSubstate::TimeWait,
+                ..
+            } => Some(TimewaitOutcome {
+                reached: TwSubstate::TimeWait,
+                left: None,
+            }),
+            TwWhat::Left { how, .. } => Some(TimewaitOutcome {
+                reached: h.reached,
+                left: Some(how),
+            }),
+            _ => None,
+        };
+        h.notes.push(note);
+        if let Some(outcome) = outcome {
+            self.release(id, Some(outcome));
+        }
+    }
+
+    /// Gives a held orphan its verdict (with its socket's fate, when known), then its facts.
+    fn release(&mut self, id: u64, outcome: Option<TimewaitOutcome>) {
+        let Some(h) = self.held.by_id.remove(&id) else {
+            return;
+        };
+        let opts = JudgeOptions {
+            timewait: outcome,
+            ..self.judge_options
+        };
+        let verdict = judge::judge_with(&h.finished.conn, h.finished.peer.as_deref(), &opts);
+        self.count(&verdict);
+        self.write_report(&h.finished, &verdict);
+        let conforming = verdict.conformance == Conformance::Conforms;
+        for mut note in h.notes {
+            note.of_conforming = conforming;
             self.timewait_note(&note);
+        }
+    }
+
+    /// Releases the orphans held since before `now_ns - HOLD_NS` (all with `None`), without
+    /// their socket's fate.
+    fn release_due(&mut self, now_ns: Option<u64>) {
+        while let Some(&(since, id)) = self.held.queue.front() {
+            if now_ns.is_some_and(|now| since.saturating_add(HOLD_NS) > now) {
+                break;
+            }
+            self.held.queue.pop_front();
+            if self.held.by_id.contains_key(&id) {
+                self.summary.timewait_fate_unseen += 1;
+                self.release(id, None);
+            }
         }
     }
 
@@ -217,6 +321,7 @@ impl Pipeline {
         self.tracker.tick(now_ns, &mut |f| done.push(f));
         self.report_all(&mut done);
         self.done = done;
+        self.release_due(Some(now_ns));
     }
 
     pub fn set_skipped_lines(&mut self, n: u64) {
@@ -252,6 +357,8 @@ impl Pipeline {
         let mut done = Vec::new();
         self.tracker.finish(&mut |f| done.push(f));
         self.report_all(&mut done);
+        // Orphans still waiting when the trace stops are reported as they stand.
+        self.release_due(None);
         let TrackerStats {
             events,
             connections,
@@ -274,15 +381,11 @@ impl Pipeline {
     /// Reports and empties `done`.
     fn report_all(&mut self, done: &mut Vec<Finished>) {
         for f in done.drain(..) {
-            self.report(&f);
+            self.report(f);
         }
     }
 
-    fn report(&mut self, f: &Finished) {
-        if !self.filter.matches(&f.conn) {
-            return;
-        }
-        let verdict = judge::judge(&f.conn, f.peer.as_deref());
+    fn count(&mut self, verdict: &judge::Verdict) {
         self.summary.connections += 1;
         *self
             .summary
@@ -301,26 +404,59 @@ impl Pipeline {
             Conformance::Deviates => self.summary.deviating += 1,
             Conformance::Incomplete => self.summary.incomplete += 1,
         }
-        if leaves_timewait_socket(&verdict) && f.conn.local.port() != 0 {
-            let now_ms = (f.conn.last_ts() as i128 + self.wall_offset_ns as i128) / 1_000_000;
-            let early = self.joiner.follow(
-                f.conn.id,
-                verdict.conformance == Conformance::Conforms,
-                f.conn.netns,
-                f.conn.local,
-                f.conn.remote,
-                now_ms.max(0) as u64,
+    }
+
+    fn report(&mut self, f: Finished) {
+        if !self.filter.matches(&f.conn) {
+            return;
+        }
+        let verdict = judge::judge_with(&f.conn, f.peer.as_deref(), &self.judge_options);
+        if !leaves_timewait_socket(&verdict) || f.conn.local.port() == 0 {
+            self.count(&verdict);
+            self.write_report(&f, &verdict);
+            return;
+        }
+        let now_ms = (f.conn.last_ts() as i128 + self.wall_offset_ns as i128) / 1_000_000;
+        let early = self.joiner.follow(
+            f.conn.id,
+            verdict.conformance == Conformance::Conforms,
+            f.conn.netns,
+            f.conn.local,
+            f.conn.remote,
+            now_ms.max(0) as u64,
+        );
+        let from_kernel = self.tw_timers.is_some();
+        // An orphan waiting for the peer's FIN: its verdict waits for its timewait socket's
+        // fate, which the kernel's timer events tell as it happens (sock_diag's polls could
+        // not tell a FIN_WAIT2 expiry from a TIME_WAIT one).
+        let waits = from_kernel && verdict.time_wait == Some(judge::TimeWaitPath::FinWait2Timewait);
+        if waits && self.held.by_id.len() < HOLD_MAX {
+            let (id, since) = (f.conn.id, f.conn.last_ts());
+            self.held.by_id.insert(
+                id,
+                HeldOrphan {
+                    finished: f,
+                    notes: Vec::new(),
+                    reached: TwSubstate::FinWait2,
+                },
             );
-            // Reported first, then what was already learnt of its timewait socket.
-            self.write_report(f, &verdict);
-            let from_kernel = self.tw_timers.is_some();
+            self.held.queue.push_back((since, id));
             for mut note in early {
-                note.from_kernel = from_kernel;
-                self.timewait_note(&note);
+                note.from_kernel = true;
+                self.held_note(note);
             }
             return;
         }
-        self.write_report(f, &verdict);
+        if waits {
+            self.summary.timewait_fate_unseen += 1;
+        }
+        self.count(&verdict);
+        // Reported first, then what was already learnt of its timewait socket.
+        self.write_report(&f, &verdict);
+        for mut note in early {
+            note.from_kernel = from_kernel;
+            self.timewait_note(&note);
+        }
     }
 
     fn write_report(&mut self, f: &Finished, verdict: &judge::Verdict) {

@@ -40,6 +40,18 @@ pub struct OutputArgs {
     /// connections are always written in full. [default: compact]
     #[arg(long, value_enum, value_name = "FORM")]
     pub conforming: Option<ConformingForm>,
+    /// A passive closer whose application stayed in CLOSE_WAIT longer than this many seconds
+    /// (after the peer's FIN, before its own close) gets a `slow_close` note naming the
+    /// process: slow to close, a CLOSE_WAIT leak in the making. 0 turns the note off.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = super::args::parse_secs)]
+    pub slow_close: f64,
+}
+
+impl OutputArgs {
+    /// The slow-close threshold in nanoseconds (0: off).
+    pub fn slow_close_ns(&self) -> u64 {
+        super::timewait::secs_to_ms(self.slow_close) * 1_000_000
+    }
 }
 
 /// `--conforming`.

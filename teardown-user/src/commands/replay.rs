@@ -48,6 +48,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         reader.header.wall_offset_ns,
     );
     pipeline.match_netns(reader.header.netns);
+    pipeline.slow_close_after(args.output.slow_close_ns());
     if reader.header.tw_timers {
         pipeline.timewait_from_kernel();
     }

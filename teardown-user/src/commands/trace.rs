@@ -241,6 +241,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         None => None,
     };
     let mut pipeline = Pipeline::new(args.filters.tracker(), filter, sinks, wall_offset_ns);
+    pipeline.slow_close_after(args.output.slow_close_ns());
     pipeline.match_netns(probe.caps.netns);
     if probe.caps.timewait_timers {
         pipeline.timewait_from_kernel();
