@@ -231,6 +231,48 @@ mod tests {
     }
 
     #[test]
+    fn every_namespace_gets_a_row_and_the_panels_sum_them() {
+        use crate::monitor::{HostReport, NamespaceOwner, NamespaceReport};
+        let ns = |netns: u32, own: bool, n_tw: u16| NamespaceReport {
+            owner: NamespaceOwner {
+                netns,
+                own,
+                ip_netns: if own { vec![] } else { vec!["blue".into()] },
+                container: None,
+                processes: usize::from(own),
+            },
+            report: report(1_700_000_000_000, n_tw),
+        };
+        let host = HostReport {
+            namespaces: vec![ns(7, false, 6), ns(1, true, 2)],
+            unobserved: vec![],
+            left_out: 0,
+            totals: Default::default(),
+            level: crate::monitor::Level::Ok,
+        };
+        let mut app = App::new("every network namespace", 10);
+        let (rtx, rrx) = std::sync::mpsc::channel();
+        rtx.send(Feed::Host(Box::new(host))).unwrap();
+        assert!(drain(&mut app, &rrx, None));
+        assert_eq!(app.report.as_ref().unwrap().counts.time_wait, 8);
+        assert_eq!(app.report.as_ref().unwrap().counts.close_wait, 2);
+        let s = screen(&app);
+        assert!(s.contains("Network namespaces"), "{s}");
+        let row = |label: &str| {
+            s.lines()
+                .find(|l| l.contains(label))
+                .unwrap_or_else(|| panic!("no row {label} in\n{s}"))
+                .to_string()
+        };
+        assert!(row("ip netns blue").contains(" 6 "), "{s}");
+        assert!(row("│host").contains(" 2 "), "{s}");
+        assert_eq!(
+            batch::namespaces_suffix(&app),
+            " | namespaces 2, most timewait: ip netns blue (no process left) (6)"
+        );
+    }
+
+    #[test]
     fn teardown_lines_replace_the_tracer_message_and_q_quits() {
         let mut app = App::new("netns blue", 10);
         let (tx, rx) = std::sync::mpsc::channel();

@@ -44,12 +44,14 @@ pub fn draw(f: &mut Frame, app: &App) {
         ])
         .split(f.area());
     draw_header(f, app, rows[0]);
-    let top = split_h(rows[1], 34);
-    draw_counts(f, app, top[0]);
     if app.namespaces.is_empty() {
+        let top = split_h(rows[1], 34);
+        draw_counts(f, app, top[0]);
         draw_chart(f, app, top[1]);
     } else {
-        let right = split_h(top[1], 50);
+        let top = split_h(rows[1], 25);
+        draw_counts(f, app, top[0]);
+        let right = split_h(top[1], 55);
         draw_namespaces(f, app, right[0]);
         draw_chart(f, app, right[1]);
     }
@@ -129,8 +131,8 @@ fn draw_namespaces(f: &mut Frame, app: &App, area: Rect) {
     let t = Table::new(
         rows,
         [
-            Constraint::Min(16),
-            Constraint::Length(9),
+            Constraint::Min(12),
+            Constraint::Length(8),
             Constraint::Length(10),
             Constraint::Length(8),
         ],
