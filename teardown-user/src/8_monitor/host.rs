@@ -9,7 +9,7 @@
 
 use std::collections::btree_map::{BTreeMap, Entry};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
@@ -100,6 +100,8 @@ pub struct HostCollector {
     names: ContainerNames,
     /// The namespace the polling thread returns to.
     home: File,
+    /// The thread left it during this poll.
+    away: bool,
 }
 
 impl HostCollector {
@@ -117,6 +119,7 @@ impl HostCollector {
             collectors: BTreeMap::new(),
             names: ContainerNames::default(),
             home: File::open("/proc/thread-self/ns/net")?,
+            away: false,
         })
     }
 
@@ -127,20 +130,32 @@ impl HostCollector {
     /// Polls every namespace once. The calling thread visits each namespace and is back in its
     /// own when this returns.
     pub fn poll(&mut self) -> HostReport {
-        let scan = list_namespaces(&self.proc_root, self.limits);
+        let mut scan = list_namespaces(&self.proc_root, self.limits);
+        // Its own namespace first, polled where the thread already is: entering any namespace,
+        // even this one, takes CAP_SYS_ADMIN, which a user without it still lacks for the
+        // others only.
+        scan.namespaces.sort_by_key(|ns| !ns.own);
         let mut namespaces = Vec::with_capacity(scan.namespaces.len());
         let mut unobserved = Vec::new();
-        let mut seen = Vec::with_capacity(scan.namespaces.len());
+        let mut seen = std::collections::BTreeSet::new();
+        self.away = false;
         for ns in &scan.namespaces {
-            seen.push(ns.inode);
+            seen.insert(ns.inode);
             let owner = self.owner_of(ns);
-            match self.poll_one(ns) {
+            let polled = if ns.own && !self.away {
+                self.poll_here(ns.inode)
+            } else {
+                self.poll_one(ns)
+            };
+            match polled {
                 Ok(report) => namespaces.push(NamespaceReport { owner, report }),
                 Err(error) => unobserved.push(Unobserved { owner, error }),
             }
         }
-        if let Err(e) = netns::enter_file(&self.home) {
-            crate::say!("warning: could not return to this process's network namespace: {e}");
+        if self.away {
+            if let Err(e) = netns::enter_file(&self.home) {
+                crate::say!("warning: could not return to this process's network namespace: {e}");
+            }
         }
         self.collectors.retain(|inode, _| seen.contains(inode));
 
@@ -183,20 +198,29 @@ impl HostCollector {
     /// Enters `ns` through the first path that works and polls it there.
     fn poll_one(&mut self, ns: &Namespace) -> Result<Report, String> {
         let mut error = String::from("no way to enter it");
-        let entered =
-            ns.entry_paths(&self.proc_root)
-                .iter()
-                .any(|p| match enter_checked(p, ns.inode) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        error = e;
-                        false
-                    }
-                });
+        let mut entered = false;
+        for path in ns.entry_paths(&self.proc_root) {
+            if let Err(e) = netns::enter(&path) {
+                error = e.to_string();
+                continue;
+            }
+            self.away = true;
+            // A pid may have been reused by a process of another namespace since the scan.
+            if current_netns() == Some(ns.inode) {
+                entered = true;
+                break;
+            }
+            error = format!("{} is now another namespace", path.display());
+        }
         if !entered {
             return Err(error);
         }
-        let collector = match self.collectors.entry(ns.inode) {
+        self.poll_here(ns.inode)
+    }
+
+    /// Polls the namespace `inode`, which the calling thread is in.
+    fn poll_here(&mut self, inode: u32) -> Result<Report, String> {
+        let collector = match self.collectors.entry(inode) {
             Entry::Occupied(o) => o.into_mut(),
             Entry::Vacant(v) => v.insert(
                 Collector::new(self.options, self.cfg.clone(), self.owner_limits)
@@ -207,18 +231,10 @@ impl HostCollector {
     }
 }
 
-/// Enters the namespace at `path` and checks that it is the one numbered `inode`: a pid may
-/// have been reused by a process of another namespace since the scan.
-fn enter_checked(path: &Path, inode: u32) -> Result<(), String> {
-    netns::enter(path).map_err(|e| e.to_string())?;
-    let now = std::fs::read_link("/proc/thread-self/ns/net")
-        .ok()
-        .and_then(|t| parse_net_link(&t.to_string_lossy()));
-    if now == Some(inode) {
-        Ok(())
-    } else {
-        Err(format!("{} is now another namespace", path.display()))
-    }
+/// The network namespace the calling thread is in.
+fn current_netns() -> Option<u32> {
+    let t = std::fs::read_link("/proc/thread-self/ns/net").ok()?;
+    parse_net_link(&t.to_string_lossy())
 }
 
 impl HostReport {
