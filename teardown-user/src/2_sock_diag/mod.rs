@@ -24,10 +24,10 @@
 //!
 //! A poll is one netlink dump for both address families, which walks the kernel's TCP hash
 //! table (the host's, unless the namespace was given one of its own; its size sets the floor of
-//! the cost) and returns
-//! only the sockets of the wanted states, so established connections are only read when
-//! [`PollOptions::include_open`] asks for them; a kernel that refuses that request gets two
-//! dumps per family ([`walk_in_use`]).
+//! the cost) and returns only the sockets of the wanted states, so established connections are
+//! only read when [`PollOptions::include_open`] asks for them; a kernel that refuses that
+//! request gets two dumps per family ([`walk_in_use`]). A namespace without any TCP socket is
+//! not dumped.
 
 pub mod containers;
 pub mod follow;

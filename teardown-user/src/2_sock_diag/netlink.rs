@@ -7,13 +7,15 @@
 //! request, the first version of the interface (`struct inet_diag_req`), which inet_diag still
 //! serves and dumps for IPv4 and IPv6 together (it sets the family to AF_UNSPEC), answering with
 //! the same `struct inet_diag_msg` as the current requests. A kernel that refuses it gets the
-//! current requests (`SOCK_DIAG_BY_FAMILY`), two per family, for the rest of the process.
+//! current requests (`SOCK_DIAG_BY_FAMILY`), two per family, for the rest of the process. A
+//! namespace that holds no TCP socket at all, as its `sockstat` counters say, is not dumped.
 //!
 //! Per-family requests are built with `netlink-packet-sock-diag`; responses are framed with
 //! `netlink-packet-core` and decoded with the crate's `InetResponse`, except for one field:
 //! the crate drops `idiag_expires` of timewait sockets (its `Timer::TimeWait` has no duration), so
 //! the remaining time is read from the fixed `struct inet_diag_msg` header directly.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use netlink_packet_core::{
@@ -59,6 +61,14 @@ const MAX_RECV_CALLS: usize = 1_000_000;
 const EINVAL: i32 = 22;
 const ENOENT: i32 = 2;
 const EOPNOTSUPP: i32 = 95;
+
+/// The TCP counters of the calling thread's network namespace: `TCP: inuse N orphan N tw N ...`
+/// (inuse and tw are the namespace's; orphan and alloc are the host's).
+const SOCKSTAT: &str = "/proc/thread-self/net/sockstat";
+/// `TCP6: inuse N`, the namespace's IPv6 TCP sockets (absent from a kernel without IPv6).
+const SOCKSTAT6: &str = "/proc/thread-self/net/sockstat6";
+/// The calling thread's network namespace.
+const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 
 /// What a poll asks the kernel for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +122,9 @@ pub struct Poller {
     options: PollOptions,
     buf: Vec<u8>,
     seq: u32,
+    /// The namespace the socket was bound in, as (device, inode) of its nsfs file: sockstat is
+    /// read only on a thread of that namespace.
+    netns: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Poller {
@@ -136,6 +149,7 @@ impl Poller {
             options,
             buf: vec![0; 64 * 1024],
             seq: 0,
+            netns: thread_netns(),
         })
     }
 
@@ -147,6 +161,12 @@ impl Poller {
     /// Dumps the closing sockets (and open ones, if asked) of IPv4 and IPv6.
     pub fn poll(&mut self) -> Result<Snapshot, DiagError> {
         let taken_at_ms = now_ms();
+        if self.holds_no_tcp_socket() {
+            return Ok(Snapshot {
+                taken_at_ms,
+                ..Snapshot::default()
+            });
+        }
         if WALK.load(Ordering::Relaxed) != WALK_PER_FAMILY {
             if let Some(snap) = self.poll_single_walk(taken_at_ms)? {
                 WALK.store(WALK_SINGLE, Ordering::Relaxed);
@@ -166,11 +186,36 @@ impl Poller {
         self.poll_per_family_at(taken_at_ms)
     }
 
-    /// One poll through the per-family dumps, whatever the kernel accepts: for tests that
-    /// compare both walks.
+    /// One poll through the per-family dumps, whatever the kernel accepts, with no sockstat
+    /// shortcut: for tests that compare both walks.
     #[doc(hidden)]
     pub fn poll_per_family(&mut self) -> Result<Snapshot, DiagError> {
         self.poll_per_family_at(now_ms())
+    }
+
+    /// True when sockstat says the namespace holds no TCP socket: no hashed full IPv4 or IPv6
+    /// socket (`inuse` counts listeners and every socket of the connection table, orphans
+    /// included; a SYN_RECV request socket hangs under a listener), and no timewait socket of
+    /// either family (`tw`). Only on a thread of the poller's namespace, whose figures
+    /// `/proc/thread-self` shows; anything unreadable means "dump".
+    fn holds_no_tcp_socket(&self) -> bool {
+        if self.netns.is_none() || thread_netns() != self.netns {
+            return false;
+        }
+        let Ok(v4) = std::fs::read_to_string(SOCKSTAT) else {
+            return false;
+        };
+        let v6 = if self.options.ipv6 {
+            match std::fs::read_to_string(SOCKSTAT6) {
+                Ok(text) => Some(text),
+                // A kernel without IPv6 has no IPv6 socket.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(_) => return false,
+            }
+        } else {
+            None
+        };
+        no_tcp_socket(&v4, v6.as_deref())
     }
 
     /// The single walk: Some(snapshot), or None when the kernel refuses the request (after
@@ -431,6 +476,36 @@ fn per_family_order(snap: &mut Snapshot) {
     snap.closing
         .sort_by_key(|s| (s.tuple.local.is_ipv6(), s.state != TcpState::CloseWait));
     snap.open.sort_by_key(|s| s.tuple.local.is_ipv6());
+}
+
+/// The calling thread's network namespace: (device, inode) of its nsfs file.
+fn thread_netns() -> Option<(u64, u64)> {
+    let m = std::fs::metadata(THREAD_NETNS).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// Whether sockstat's texts say the namespace holds no TCP socket: `TCP: inuse 0` and `tw 0`
+/// in `sockstat`, and `TCP6: inuse 0` in `sockstat6` when there is one to read (None: no IPv6
+/// in this kernel, or none asked for). A figure that cannot be read counts as not zero.
+fn no_tcp_socket(sockstat: &str, sockstat6: Option<&str>) -> bool {
+    let zero = |text: &str, proto: &str, key: &str| sockstat_field(text, proto, key) == Some(0);
+    zero(sockstat, "TCP", "inuse")
+        && zero(sockstat, "TCP", "tw")
+        && sockstat6.is_none_or(|text| zero(text, "TCP6", "inuse"))
+}
+
+/// The value of `key` on the `PROTO:` line of a sockstat text (`TCP: inuse 3 orphan 0 tw 2 ...`).
+fn sockstat_field(text: &str, proto: &str, key: &str) -> Option<u64> {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(proto)?.strip_prefix(':'))?;
+    let mut words = line.split_whitespace();
+    while let (Some(name), Some(value)) = (words.next(), words.next()) {
+        if name == key {
+            return value.parse().ok();
+        }
+    }
+    None
 }
 
 /// The error a dump ended with, from its NLMSG_DONE: a dump that fails once started (inet_diag
@@ -699,5 +774,45 @@ mod tests {
                 (true, TcpState::LastAck),
             ]
         );
+    }
+
+    const SOCKSTAT_TEXT: &str = "sockets: used 11\n\
+        TCP: inuse 0 orphan 3 tw 0 alloc 9 mem 1\n\
+        UDP: inuse 2 mem 0\n\
+        UDPLITE: inuse 0\n\
+        RAW: inuse 0\n\
+        FRAG: inuse 0 memory 0\n";
+    const SOCKSTAT6_TEXT: &str = "TCP6: inuse 0\nUDP6: inuse 1\nUDPLITE6: inuse 0\n\
+        RAW6: inuse 0\nFRAG6: inuse 0 memory 0\n";
+
+    #[test]
+    fn sockstat_fields_are_read_by_name() {
+        let t = "sockets: used 1\nTCP: inuse 3 orphan 1 tw 250 alloc 7 mem 2 pressure 0\n";
+        assert_eq!(sockstat_field(t, "TCP", "inuse"), Some(3));
+        assert_eq!(sockstat_field(t, "TCP", "tw"), Some(250));
+        assert_eq!(sockstat_field(t, "TCP", "pressure"), Some(0));
+        assert_eq!(sockstat_field(t, "TCP", "nothing"), None);
+        assert_eq!(sockstat_field(t, "UDP", "inuse"), None);
+        // "TCP6:" is not the TCP line, nor "TCP:" the TCP6 one.
+        assert_eq!(sockstat_field("TCP6: inuse 4\n", "TCP", "inuse"), None);
+        assert_eq!(sockstat_field(t, "TCP6", "inuse"), None);
+        assert_eq!(sockstat_field("TCP6: inuse 4\n", "TCP6", "inuse"), Some(4));
+    }
+
+    #[test]
+    fn a_namespace_is_empty_only_when_every_tcp_figure_is_zero() {
+        // Host-wide orphans and allocations do not count.
+        assert!(no_tcp_socket(SOCKSTAT_TEXT, Some(SOCKSTAT6_TEXT)));
+        assert!(no_tcp_socket(SOCKSTAT_TEXT, None));
+        let tw = SOCKSTAT_TEXT.replace("tw 0", "tw 1");
+        assert!(!no_tcp_socket(&tw, Some(SOCKSTAT6_TEXT)));
+        let inuse = SOCKSTAT_TEXT.replace("TCP: inuse 0", "TCP: inuse 1");
+        assert!(!no_tcp_socket(&inuse, Some(SOCKSTAT6_TEXT)));
+        let inuse6 = SOCKSTAT6_TEXT.replace("TCP6: inuse 0", "TCP6: inuse 2");
+        assert!(!no_tcp_socket(SOCKSTAT_TEXT, Some(&inuse6)));
+        // Unreadable figures mean "dump".
+        assert!(!no_tcp_socket("", Some(SOCKSTAT6_TEXT)));
+        assert!(!no_tcp_socket(SOCKSTAT_TEXT, Some("")));
+        assert!(!no_tcp_socket("TCP: inuse x orphan 0 tw 0\n", None));
     }
 }
