@@ -235,11 +235,8 @@ impl Poller {
                 ExtensionFlags::INFO,
             );
             match self.dump(&req, TCPDIAG_GETSOCK, self.options.ipv6, &mut snap) {
-                // inet_diag without tcp_diag answers ENOENT, and a kernel that cannot load
-                // inet_diag itself EOPNOTSUPP: load tcp_diag (it brings inet_diag), once per
-                // process, and ask once more. A kernel without this request says EINVAL.
                 Err(DiagError::Kernel(errno)) if [EINVAL, ENOENT, EOPNOTSUPP].contains(&errno) => {
-                    if errno != EINVAL && !loaded && module::TCP_DIAG_LOADER.load().is_ok() {
+                    if ask_again_after(errno, loaded, &module::TCP_DIAG_LOADER) {
                         loaded = true;
                         continue;
                     }
@@ -423,6 +420,15 @@ impl Poller {
 enum DumpEnd {
     Complete,
     Interrupted,
+}
+
+/// After the kernel refused the single walk with `errno`: true to ask once more, tcp_diag
+/// having been loaded (once per process, by `loader`), false to fall back to the per-family
+/// dumps. inet_diag without tcp_diag answers ENOENT, and a kernel that cannot load inet_diag
+/// itself EOPNOTSUPP (tcp_diag brings it along); a kernel without the request says EINVAL.
+/// `loaded`: the refusal answers the second request.
+fn ask_again_after(errno: i32, loaded: bool, loader: &module::Loader) -> bool {
+    (errno == ENOENT || errno == EOPNOTSUPP) && !loaded && loader.load().is_ok()
 }
 
 /// The states of the second per-family dump: every wanted one but CLOSE_WAIT.
@@ -715,6 +721,30 @@ mod tests {
         want.extend_from_slice(&ne32(0)); // idiag_dbs
         assert_eq!(b.len(), 76);
         assert_eq!(b.to_vec(), want);
+    }
+
+    #[test]
+    fn a_refused_single_walk_loads_tcp_diag_once_or_falls_back() {
+        use std::sync::atomic::AtomicUsize;
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        static LOADS: module::Loader = module::Loader::new(module::TCP_DIAG, |_| {
+            RUNS.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        static FAILS: module::Loader =
+            module::Loader::new(module::TCP_DIAG, |_| Err("not found".into()));
+        static NEVER: module::Loader =
+            module::Loader::new(module::TCP_DIAG, |_| panic!("modprobe run for EINVAL"));
+        // No such request: fall back, no modprobe.
+        assert!(!ask_again_after(EINVAL, false, &NEVER));
+        // tcp_diag (or inet_diag) missing: loaded, then asked once more; refused again, fall back.
+        assert!(ask_again_after(ENOENT, false, &LOADS));
+        assert!(!ask_again_after(ENOENT, true, &LOADS));
+        assert!(ask_again_after(EOPNOTSUPP, false, &LOADS));
+        assert_eq!(RUNS.load(Ordering::SeqCst), 1, "modprobe once per process");
+        // Not loadable: fall back; the per-family dumps say why, as before.
+        assert!(!ask_again_after(ENOENT, false, &FAILS));
+        assert!(!ask_again_after(EOPNOTSUPP, false, &FAILS));
     }
 
     #[test]
