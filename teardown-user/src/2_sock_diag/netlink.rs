@@ -7,8 +7,9 @@
 //! request, the first version of the interface (`struct inet_diag_req`), which inet_diag still
 //! serves and dumps for IPv4 and IPv6 together (it sets the family to AF_UNSPEC), answering with
 //! the same `struct inet_diag_msg` as the current requests. A kernel that refuses it gets the
-//! current requests (`SOCK_DIAG_BY_FAMILY`), two per family, for the rest of the process. A
-//! namespace that holds no TCP socket at all, as its `sockstat` counters say, is not dumped.
+//! current requests (`SOCK_DIAG_BY_FAMILY`), two per family, for the rest of the process. Once
+//! a dump has worked, a namespace that holds no TCP socket at all, as its `sockstat` counters
+//! say, is not dumped.
 //!
 //! Per-family requests are built with `netlink-packet-sock-diag`; responses are framed with
 //! `netlink-packet-core` and decoded with the crate's `InetResponse`, except for one field:
@@ -103,11 +104,11 @@ const WALK_UNKNOWN: u8 = 0;
 const WALK_SINGLE: u8 = 1;
 const WALK_PER_FAMILY: u8 = 2;
 
-/// The walk the kernel answered, decided by the first poll that dumped (the answer is the
+/// The walk the kernel answered, set by the first dump that worked (the answer is the
 /// kernel's, the same in every namespace).
 static WALK: AtomicU8 = AtomicU8::new(WALK_UNKNOWN);
 
-/// The walk this process's polls use, once a poll has found out (None before).
+/// The walk this process's polls use, once a dump has worked (None before).
 pub fn walk_in_use() -> Option<Walk> {
     match WALK.load(Ordering::Relaxed) {
         WALK_SINGLE => Some(Walk::Single),
@@ -161,7 +162,9 @@ impl Poller {
     /// Dumps the closing sockets (and open ones, if asked) of IPv4 and IPv6.
     pub fn poll(&mut self) -> Result<Snapshot, DiagError> {
         let taken_at_ms = now_ms();
-        if self.holds_no_tcp_socket() {
+        // Not before a dump has worked in this process: the first one is what loads tcp_diag
+        // where the kernel does not, or says why it cannot, as in a namespace with sockets.
+        if walk_in_use().is_some() && self.holds_no_tcp_socket() {
             return Ok(Snapshot {
                 taken_at_ms,
                 ..Snapshot::default()
