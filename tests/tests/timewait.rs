@@ -17,7 +17,10 @@ use teardown::commands::timewait::{collect, render_text, OutputFormat, TimewaitA
 use teardown::monitor::figures::{per_local_addr, per_remote, port_pressure, state_counts};
 use teardown::monitor::{Collector, Level, ReportConfig, Reuse, Thresholds};
 use teardown::sock_diag::sysctl::KernelSettings;
-use teardown::sock_diag::{self, FourTuple, PollOptions, Poller, ScanLimits, Snapshot, TwSubstate};
+use teardown::sock_diag::{
+    self, walk_in_use, FourTuple, PollOptions, Poller, ScanLimits, Snapshot, TcpState, TwSubstate,
+    Walk,
+};
 use teardown_integration_tests::{
     gate,
     netns::{veth_pair, Netns},
@@ -163,6 +166,192 @@ fn counts_match_ss_exactly() {
     }
     // CLOSE_WAIT sockets carry inode and uid (root).
     assert!(snap.closing.iter().all(|s| s.inode != 0 && s.uid == 0));
+}
+
+/// The sockets of a snapshot as sets to compare between two polls: timers left out, as they
+/// run between the polls.
+#[allow(clippy::type_complexity)]
+fn identities(
+    snap: &Snapshot,
+) -> (
+    BTreeSet<(FourTuple, TwSubstate, u64)>,
+    BTreeSet<(FourTuple, TcpState, u64, u64)>,
+    BTreeSet<(FourTuple, TcpState, u64)>,
+) {
+    (
+        snap.timewait
+            .iter()
+            .map(|t| (t.tuple, t.substate, t.cookie))
+            .collect(),
+        snap.closing
+            .iter()
+            .map(|s| (s.tuple, s.state, s.cookie, s.inode))
+            .collect(),
+        snap.open
+            .iter()
+            .map(|s| (s.tuple, s.state, s.cookie))
+            .collect(),
+    )
+}
+
+/// IPv4 and IPv6 at once: the single table walk (both families, every state, in one dump) gives
+/// the sockets `ss` shows and those of the per-family dumps; and once only timewait sockets are
+/// left, which sockstat counts in `tw` alone, the namespace is still dumped.
+#[test]
+fn one_walk_lists_ipv4_and_ipv6_as_ss_does() {
+    if !gate::can_run(gate::NETNS) {
+        return;
+    }
+    let ns = Netns::new("td-tw46").unwrap();
+    let (n_tw, n_fw2) = (5, 2);
+    let (listeners, keep, snap, per_family) = ns.run(|| {
+        let l4 = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+        let l6 = TcpListener::bind(("::1", PORT)).unwrap();
+        let mut keep = make_sockets(&l4, n_tw, n_fw2);
+        keep.extend(make_sockets(&l6, n_tw, n_fw2));
+        let mut poller = Poller::new(PollOptions::default()).unwrap();
+        let snap = poll_until(&mut poller, |snap| {
+            snap.count_timewait(TwSubstate::TimeWait) >= 2 * n_tw
+                && snap.count_timewait(TwSubstate::FinWait2) >= 2 * n_fw2
+        });
+        let per_family = poller.poll_per_family().unwrap();
+        ((l4, l6), keep, snap, per_family)
+    });
+    assert_eq!(walk_in_use(), Some(Walk::Single), "this kernel serves it");
+
+    let ss_tw = ns.ss(&["-tan", "state", "time-wait"]).unwrap();
+    let ss_fw2_tw: Vec<String> = ns
+        .ss(&["-tano", "state", "fin-wait-2"])
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.contains("timewait"))
+        .collect();
+    let ss_cw = ns.ss(&["-tan", "state", "close-wait"]).unwrap();
+    let ours = |substate| {
+        tuples(
+            snap.timewait
+                .iter()
+                .filter(|t| t.substate == substate)
+                .map(|t| t.tuple),
+        )
+    };
+    assert_eq!(ours(TwSubstate::TimeWait), ss_tuples(&ss_tw));
+    assert_eq!(ours(TwSubstate::FinWait2), ss_tuples(&ss_fw2_tw));
+    assert_eq!(
+        tuples(snap.closing.iter().map(|s| s.tuple)),
+        ss_tuples(&ss_cw)
+    );
+    let c = state_counts(&snap);
+    assert_eq!(
+        (c.time_wait, c.fin_wait2_timewait, c.close_wait),
+        (2 * n_tw, 2 * n_fw2, 2 * n_fw2)
+    );
+    for (family, v6) in [("IPv4", false), ("IPv6", true)] {
+        let tw = snap
+            .timewait
+            .iter()
+            .filter(|t| t.tuple.local.is_ipv6() == v6);
+        let cw = snap
+            .closing
+            .iter()
+            .filter(|s| s.tuple.local.is_ipv6() == v6);
+        assert_eq!(tw.count(), n_tw + n_fw2, "{family} timewait");
+        assert_eq!(cw.count(), n_fw2, "{family} CLOSE_WAIT");
+    }
+    // CLOSE_WAIT got its TCP_INFO through the one walk.
+    assert!(
+        snap.closing
+            .iter()
+            .all(|s| s.state == TcpState::CloseWait && s.last_ack_recv_ms.is_some()),
+        "{:#?}",
+        snap.closing
+    );
+    // The same sockets as the per-family dumps, in the same order (IPv4 first).
+    assert_eq!(identities(&snap), identities(&per_family));
+    let families = |s: &Snapshot| -> Vec<bool> {
+        s.timewait.iter().map(|t| t.tuple.local.is_ipv6()).collect()
+    };
+    assert_eq!(families(&snap), families(&per_family));
+    assert_eq!(
+        snap.closing.iter().map(|s| s.tuple).collect::<Vec<_>>(),
+        per_family
+            .closing
+            .iter()
+            .map(|s| s.tuple)
+            .collect::<Vec<_>>()
+    );
+
+    // Closing everything else leaves timewait sockets alone: sockstat says inuse 0 for TCP and
+    // TCP6, and tw counts both families; the poll must not take that for an empty namespace.
+    drop(keep);
+    drop(listeners);
+    let (sockstat, sockstat6, left) = ns.run(|| {
+        let mut poller = Poller::new(PollOptions::default()).unwrap();
+        let inuse_zero = || {
+            let t = std::fs::read_to_string("/proc/thread-self/net/sockstat").unwrap();
+            let t6 = std::fs::read_to_string("/proc/thread-self/net/sockstat6").unwrap();
+            (
+                t.contains("TCP: inuse 0 ") && t6.contains("TCP6: inuse 0\n"),
+                t,
+                t6,
+            )
+        };
+        let mut last = poller.poll().unwrap();
+        let _ = wait_until("only timewait sockets to be left", WAIT, || {
+            if inuse_zero().0 && last.closing.is_empty() {
+                return Ok(true);
+            }
+            last = poller.poll().map_err(io::Error::other)?;
+            Ok(false)
+        });
+        let (_, t, t6) = inuse_zero();
+        (t, t6, poller.poll().unwrap())
+    });
+    assert!(sockstat.contains("TCP: inuse 0 "), "{sockstat}");
+    assert!(sockstat6.contains("TCP6: inuse 0\n"), "{sockstat6}");
+    assert!(!sockstat.contains(" tw 0 "), "{sockstat}");
+    assert!(left.closing.is_empty(), "{:#?}", left.closing);
+    let ss_tw = ns.ss(&["-tan", "state", "time-wait"]).unwrap();
+    assert_eq!(ss_tw.len(), 2 * (n_tw + n_fw2), "ss: {ss_tw:#?}");
+    assert_eq!(
+        tuples(left.timewait.iter().map(|t| t.tuple)),
+        ss_tuples(&ss_tw)
+    );
+    assert!(left.timewait.iter().any(|t| t.tuple.local.is_ipv6()));
+}
+
+/// A namespace without any TCP socket gives an empty snapshot, open connections included; and
+/// an empty namespace says nothing of another one: a poller bound in a namespace with sockets
+/// still lists them when it polls from a thread of the empty one.
+#[test]
+fn an_empty_namespace_is_empty_and_speaks_only_for_itself() {
+    if !gate::can_run(gate::NETNS) {
+        return;
+    }
+    let full = Netns::new("td-full").unwrap();
+    let empty = Netns::new("td-empty").unwrap();
+    let n = 3;
+    let (_l, mut poller) = full.run(|| {
+        let l = TcpListener::bind(("127.0.0.1", PORT)).unwrap();
+        make_sockets(&l, n, 0);
+        let mut poller = Poller::new(PollOptions::default()).unwrap();
+        poll_until(&mut poller, |s| s.count_timewait(TwSubstate::TimeWait) >= n);
+        (l, poller)
+    });
+    let (own, borrowed) = empty.run(|| {
+        let own = Poller::new(PollOptions::default()).unwrap().poll().unwrap();
+        (own, poller.poll().unwrap())
+    });
+    assert_eq!(
+        (own.timewait.len(), own.closing.len(), own.open.len()),
+        (0, 0, 0)
+    );
+    assert!(empty.ss(&["-tan"]).unwrap().is_empty());
+    assert_eq!(borrowed.count_timewait(TwSubstate::TimeWait), n);
+    assert_eq!(
+        tuples(borrowed.timewait.iter().map(|t| t.tuple)),
+        ss_tuples(&full.ss(&["-tan", "state", "time-wait"]).unwrap())
+    );
 }
 
 #[test]

@@ -22,9 +22,12 @@
 //! Who owns a namespace is read beside the dumps ([`containers`]): the container behind a
 //! process inside it, from the process's cgroup, named from the container engines' metadata.
 //!
-//! The cost of a poll is one netlink dump per address family, proportional to the number of
-//! sockets the kernel returns; the kernel filters by state, so established connections are only
-//! read when [`PollOptions::include_open`] asks for them.
+//! A poll is one netlink dump for both address families, which walks the kernel's TCP hash
+//! table (the host's, unless the namespace was given one of its own; its size sets the floor of
+//! the cost) and returns only the sockets of the wanted states, so established connections are
+//! only read when [`PollOptions::include_open`] asks for them; a kernel that refuses that
+//! request gets two dumps per family ([`walk_in_use`]). A namespace without any TCP socket is
+//! not dumped.
 
 pub mod containers;
 pub mod follow;
@@ -42,7 +45,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-pub use netlink::{PollOptions, Poller};
+pub use netlink::{walk_in_use, PollOptions, Poller, Walk};
 pub use owners::{find_owners, Owner, OwnerScan, ScanLimits};
 
 /// Errors of the sock_diag poller.

@@ -141,7 +141,8 @@ pub(crate) fn secs_to_ms(s: f64) -> u64 {
 
 /// Runs `teardown timewait`.
 pub fn run(args: TimewaitArgs) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    // Buffered: stdout is line-buffered, and a JSON report has tens of thousands of lines.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let Some(name) = &args.netns else {
         let report = collect_host(&args)?;
         match args.format {
@@ -151,6 +152,7 @@ pub fn run(args: TimewaitArgs) -> anyhow::Result<()> {
             }
             OutputFormat::Text => out.write_all(render_host_text(&report).as_bytes())?,
         }
+        out.flush()?;
         return Ok(());
     };
     let path = netns::path_for(name);
@@ -163,6 +165,7 @@ pub fn run(args: TimewaitArgs) -> anyhow::Result<()> {
         }
         OutputFormat::Text => out.write_all(render_text(&report).as_bytes())?,
     }
+    out.flush()?;
     Ok(())
 }
 
