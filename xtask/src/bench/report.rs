@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use super::{
     namespaces::{NamespacesResult, TIMEWAIT_RUNS, TOP_SECONDS},
-    Config, ConfigSummary, Report, Round, Spread, Target, CONFORMING,
+    timers, Config, ConfigSummary, Report, Round, Spread, Target, TimersResult, CONFORMING,
+    SOCK_DIAG, TIMEWAIT_SOURCE,
 };
 
 /// The targets' bounds.
@@ -20,6 +21,9 @@ const TARGET_NAMESPACES: usize = 200;
 const TARGET_SOCKETS: usize = 100;
 const MAX_TIMEWAIT_CPU_MS: f64 = 200.0;
 const MAX_TOP_PCT: f64 = 10.0;
+/// The timer programs' bounds: per timewait-socket event, and per other timer.
+const MAX_TW_EVENT_NS: f64 = 200.0;
+const MAX_TIMER_NS: f64 = 50.0;
 
 fn summary(r: &Report, c: Config) -> Option<&ConfigSummary> {
     r.summary.iter().find(|s| s.config == c)
@@ -253,7 +257,136 @@ fn churn_targets(r: &Report) -> Vec<Target> {
         }),
         met: h.map(|h| h.bytes_per_connection_anon <= MAX_HOLD_BYTES),
     });
+    t.extend(timer_targets(r.timers.as_ref()));
+    let without: Vec<&Round> = rounds(r, Config::TraceSockDiag).collect();
+    if !without.is_empty() {
+        t.push(loss_with_without(&tr, &without));
+    }
     t
+}
+
+/// The timer programs' two rows: (b) per timewait-socket event, (a) per other timer.
+fn timer_targets(tm: Option<&TimersResult>) -> [Target; 2] {
+    let tw_target = format!("timewait programs <= {MAX_TW_EVENT_NS:.0} ns per timewait event");
+    let timer_target = format!(
+        "timer programs <= {MAX_TIMER_NS:.0} ns per timer (a run on a timer not a timewait \
+         socket's)"
+    );
+    let Some(tm) = tm else {
+        return [tw_target, timer_target].map(|target| Target {
+            target,
+            measured: "not measured (--idle-seconds 0)".into(),
+            met: None,
+        });
+    };
+    if let Some(e) = &tm.idle.error {
+        return [tw_target, timer_target].map(|target| Target {
+            target,
+            measured: format!("the idle phase failed: {e}"),
+            met: Some(false),
+        });
+    }
+    let a = tm
+        .split
+        .as_ref()
+        .and_then(|s| s.ns_per_other_timer)
+        .or_else(|| super::bpfstats::avg_ns(&tm.idle.programs));
+    let per_program = tm
+        .idle
+        .programs
+        .iter()
+        .map(|p| {
+            format!(
+                "{} {}",
+                p.name,
+                super::bpfstats::avg_ns(std::slice::from_ref(p))
+                    .map_or("–".into(), |v| format!("{v:.1} ns"))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let idle_runs: u64 = tm.idle.programs.iter().map(|p| p.run_cnt).sum();
+    let timer = Target {
+        target: timer_target,
+        measured: a.map_or(
+            "n/a: the timer programs did not run in the idle phase".into(),
+            |a| {
+                format!(
+                    "{a:.1} ns per run over {} runs in {:.0} s of the trace idle ({per_program})",
+                    thousands(idle_runs as f64),
+                    tm.idle.seconds
+                )
+            },
+        ),
+        met: a.map(|a| a <= MAX_TIMER_NS),
+    };
+    let b = tm
+        .split
+        .as_ref()
+        .and_then(|s| Some((s.ns_per_tw_event?, s.tw_events)));
+    let tw = Target {
+        target: tw_target,
+        measured: match b {
+            Some((b, e)) => format!(
+                "{b:.0} ns per timewait event over {} events ({} starts, {} cancels, {} \
+                 expiries) in {} default trace rounds, once the other timers' runs are charged \
+                 {:.1} ns each",
+                thousands(e.total() as f64),
+                thousands(e.starts as f64),
+                thousands(e.cancels as f64),
+                thousands(e.expiries as f64),
+                tm.rounds,
+                a.unwrap_or(0.0)
+            ),
+            None if tm.rounds == 0 => {
+                "n/a: no default trace round counted its timewait events".into()
+            }
+            None => "n/a: no timewait event in the rounds, or a timer program without an idle \
+                     figure"
+                .into(),
+        },
+        met: b.map(|(b, _)| b <= MAX_TW_EVENT_NS),
+    };
+    [tw, timer]
+}
+
+/// The trace's loss at the churn with the timer programs and without them (the rounds of
+/// `--timewait-source sock-diag`, run beside them): it must not grow.
+fn loss_with_without(with: &[&Round], without: &[&Round]) -> Target {
+    let ok = |v: &[&Round]| -> Option<Vec<u64>> {
+        v.iter()
+            .map(|x| x.error.is_none().then_some(x.events_lost?))
+            .collect()
+    };
+    let show = |v: &[&Round]| {
+        let lost = v
+            .iter()
+            .map(|x| match (&x.error, x.events_lost) {
+                (None, Some(l)) => thousands(l as f64),
+                _ => "failed".into(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ratios: Vec<f64> = v.iter().filter_map(|x| x.ratio).collect();
+        let ratio = super::spread(ratios).map_or(String::new(), |s| {
+            format!("; ratio to untraced, median {:.3}", s.median)
+        });
+        format!("lost per round {lost}{ratio}")
+    };
+    let (w, wo) = (ok(with), ok(without));
+    Target {
+        target: format!(
+            "the trace's loss at maximum churn does not grow with the timer programs (against \
+             {TIMEWAIT_SOURCE} {SOCK_DIAG}, the same rounds)"
+        ),
+        measured: format!("with: {}; without: {}", show(with), show(without)),
+        met: match (w, wo) {
+            (Some(w), Some(wo)) if !w.is_empty() && !wo.is_empty() => {
+                Some(w.iter().sum::<u64>() <= wo.iter().sum::<u64>())
+            }
+            _ => Some(false),
+        },
+    }
 }
 
 /// The namespaces scenario's two rows: one `timewait` report's CPU, and `top`'s share of a
@@ -649,7 +782,13 @@ fn churn_markdown(s: &mut String, r: &Report) {
     for x in r.runs.iter().filter(|x| {
         matches!(
             x.config,
-            Some(Config::Trace | Config::TraceFull | Config::TraceNone | Config::Peer)
+            Some(
+                Config::Trace
+                    | Config::TraceSockDiag
+                    | Config::TraceFull
+                    | Config::TraceNone
+                    | Config::Peer
+            )
         )
     }) {
         let label = r
@@ -716,6 +855,10 @@ fn churn_markdown(s: &mut String, r: &Report) {
         let _ = writeln!(s);
     }
 
+    if let Some(tm) = &r.timers {
+        timers_markdown(s, r, tm);
+    }
+
     if let Some(k) = &r.soak {
         let label = summary(r, Config::Trace).map_or("teardown trace", |c| c.label.as_str());
         soak_markdown(s, k, label);
@@ -760,6 +903,90 @@ fn churn_markdown(s: &mut String, r: &Report) {
                 );
             }
         }
+        let _ = writeln!(s);
+    }
+}
+
+/// The timer programs' split: the method, then each program's figures.
+fn timers_markdown(s: &mut String, r: &Report, tm: &TimersResult) {
+    let _ = writeln!(
+        s,
+        "Timer programs ({}): they run on every kernel timer and go further only for a \
+         timewait socket's. (a) Their cost on other timers: `teardown trace` with no churn for \
+         {:.0} s before the rounds, where almost every run is such a timer. (b) Their cost per \
+         timewait-socket event: over the {} default trace rounds, their run time minus (a) \
+         (each program's own) times their runs that were other timers, over the timewait \
+         events. Those are the kernel's counts in the churn's namespace, held open until the \
+         span ends so that no socket of it is purged inside: a timer start per timewait \
+         socket made (its `tw` count's growth in sockstat, plus those reused or expired), a \
+         cancel per socket reused by a new connection (`TWRecycled`), an expiry per one that \
+         ran out (`TW`, `TWKilled`). A timer restart (a cancel and a start) is not counted, \
+         nor are other processes' timewait sockets: both are rare in the churn.",
+        timers::PROGRAMS.join(", "),
+        tm.idle.seconds,
+        tm.rounds
+    );
+    let _ = writeln!(s);
+    if let Some(e) = &tm.idle.error {
+        let _ = writeln!(s, "The idle phase failed: {e}");
+        let _ = writeln!(s);
+        return;
+    }
+    let secs: f64 = rounds(r, Config::Trace)
+        .filter(|x| x.error.is_none() && x.timewait_events.is_some())
+        .map(|x| x.connections as f64 / x.per_second.max(1e-9))
+        .sum();
+    let overflow: u64 = rounds(r, Config::Trace)
+        .filter(|x| x.error.is_none())
+        .filter_map(|x| x.timewait_overflow)
+        .sum();
+    let _ = writeln!(
+        s,
+        "| program | idle: runs/s | idle: ns/run (a) | churn: runs/s | churn: ns/run | \
+         timewait events | ns per timewait event |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let ns = |t: f64, n: u64| {
+        if n > 0 {
+            format!("{:.0}", t / n as f64)
+        } else {
+            "–".into()
+        }
+    };
+    for name in timers::PROGRAMS {
+        let idle = tm.idle.programs.iter().find(|p| p.name == name);
+        let churn = tm
+            .split
+            .as_ref()
+            .and_then(|x| x.programs.iter().find(|p| p.name == name));
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            idle.map_or("–".into(), |p| thousands(
+                p.run_cnt as f64 / tm.idle.seconds
+            )),
+            idle.and_then(|p| super::bpfstats::avg_ns(std::slice::from_ref(p)))
+                .map_or("–".into(), |v| format!("{v:.1}")),
+            churn.map_or("–".into(), |p| thousands(p.runs as f64 / secs.max(1e-9))),
+            churn.map_or("–".into(), |p| ns(p.run_time_ns as f64, p.runs)),
+            churn.map_or("–".into(), |p| thousands(p.tw_events as f64)),
+            churn
+                .and_then(|p| Some((p.tw_time_ns?, p.tw_events)))
+                .map_or("–".into(), |(t, n)| ns(t, n)),
+        );
+    }
+    let _ = writeln!(s);
+    if let Some(x) = &tm.split {
+        let _ = writeln!(
+            s,
+            "All three: {} ns per other timer (a), {} ns per timewait event (b), over {} \
+             timewait events; {} closes made no timewait socket, the namespace's table full \
+             (`TCPTimeWaitOverflow`: no timer).",
+            opt(x.ns_per_other_timer, &|v| format!("{v:.1}")),
+            opt(x.ns_per_tw_event, &|v| format!("{v:.0}")),
+            thousands(x.tw_events.total() as f64),
+            thousands(overflow as f64)
+        );
         let _ = writeln!(s);
     }
 }
@@ -962,6 +1189,106 @@ mod tests {
         let t = namespace_targets(None);
         assert_eq!(met(&t), [None, None]);
         assert!(t[1].measured.contains("--namespaces 0"));
+    }
+
+    fn stat(name: &str, t: u64, n: u64) -> super::super::bpfstats::ProgStat {
+        super::super::bpfstats::ProgStat {
+            id: 1,
+            name: name.into(),
+            run_time_ns: t,
+            run_cnt: n,
+        }
+    }
+
+    /// Idle at `a` ns per run; one churn round whose 1000 timewait starts cost `b` ns each.
+    fn timers_at(a: u64, b: u64) -> TimersResult {
+        let idle = super::super::IdleResult {
+            seconds: 10.0,
+            programs: vec![
+                stat(timers::START, a * 500, 500),
+                stat(timers::CANCEL, a * 100, 100),
+            ],
+            error: None,
+        };
+        let churn = [
+            stat(timers::START, 9000 * a + 1000 * b, 10_000),
+            stat(timers::CANCEL, 2000 * a, 2000),
+        ];
+        let ev = timers::TwEvents {
+            starts: 1000,
+            ..timers::TwEvents::default()
+        };
+        TimersResult {
+            split: Some(timers::split(&idle.programs, &churn, ev)),
+            idle,
+            rounds: 1,
+        }
+    }
+
+    #[test]
+    fn timer_rows_judge_each_bound() {
+        let t = timer_targets(Some(&timers_at(20, 150)));
+        assert_eq!(met(&t), [Some(true), Some(true)]);
+        assert!(
+            t[0].measured
+                .starts_with("150 ns per timewait event over 1,000 events"),
+            "{}",
+            t[0].measured
+        );
+        assert!(
+            t[1].measured.starts_with("20.0 ns per run over 600 runs"),
+            "{}",
+            t[1].measured
+        );
+
+        let t = timer_targets(Some(&timers_at(60, 250)));
+        assert_eq!(met(&t), [Some(false), Some(false)]);
+        assert!(t[0].measured.starts_with("250 ns"), "{}", t[0].measured);
+
+        // Only (b) is missing when no round counted its events.
+        let mut tm = timers_at(20, 150);
+        tm.split = None;
+        tm.rounds = 0;
+        let t = timer_targets(Some(&tm));
+        assert_eq!(met(&t), [None, Some(true)]);
+        assert!(
+            t[0].measured.contains("no default trace round"),
+            "{}",
+            t[0].measured
+        );
+
+        tm.idle.error = Some("teardown trace loaded no timer program".into());
+        assert_eq!(met(&timer_targets(Some(&tm))), [Some(false), Some(false)]);
+        assert_eq!(met(&timer_targets(None)), [None, None]);
+    }
+
+    #[test]
+    fn the_loss_row_compares_the_same_rounds_with_and_without_the_timers() {
+        let round = |lost: u64, ratio: f64| Round {
+            events_lost: Some(lost),
+            events_seen: Some(1000),
+            ratio: Some(ratio),
+            ..Round::default()
+        };
+        let (a, b) = (round(0, 0.99), round(0, 0.995));
+        let t = loss_with_without(&[&a, &a], &[&b, &b]);
+        assert_eq!(t.met, Some(true));
+        assert_eq!(
+            t.measured,
+            "with: lost per round 0, 0; ratio to untraced, median 0.990; without: lost per round \
+             0, 0; ratio to untraced, median 0.995"
+        );
+        let worse = round(5, 0.98);
+        assert_eq!(loss_with_without(&[&a, &worse], &[&b, &b]).met, Some(false));
+        // Losing less than without is not growing.
+        assert_eq!(loss_with_without(&[&a], &[&round(7, 0.9)]).met, Some(true));
+        let failed = Round {
+            error: Some("the churn made no connections".into()),
+            ..Round::default()
+        };
+        let t = loss_with_without(&[&a, &failed], &[&b, &b]);
+        assert_eq!(t.met, Some(false));
+        assert!(t.measured.contains("0, failed"), "{}", t.measured);
     }
 
     #[test]
