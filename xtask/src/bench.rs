@@ -1195,6 +1195,18 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
         .get("pid")
         .and_then(|p| p.as_i64())
         .context("the churn generator did not say its pid")?;
+    // The churn's namespace, held open so that its removal (every timewait socket's timer
+    // cancelled) waits for the end of the span, and is over before the next round; with the
+    // timer programs, the trace's timewait events are counted in it.
+    let held = timers::Netns::of(churn_pid);
+    let mut release: Option<timers::Netns> = None;
+    let netns = match cfg {
+        Config::Trace | Config::TraceFull | Config::TraceNone => Some(held),
+        _ => {
+            release = held.ok();
+            None
+        }
+    };
     let tag = format!("{cfg:?}-{r}").to_lowercase();
     let (out, err) = (
         ctx.work.join(format!("{tag}.out")),
@@ -1218,19 +1230,12 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
             Agent::Top { p, out, err }
         }
     };
-    // The trace with the timer programs: its timewait events are counted in the churn's
-    // namespace, held open so that its removal (every socket's timer cancelled) waits for the
-    // end of the span.
-    let netns = match cfg {
-        Config::Trace | Config::TraceFull | Config::TraceNone => Some(timers::Netns::of(churn_pid)),
-        _ => None,
-    };
     thread::sleep(SETTLE);
     let start = match &agent {
         Agent::Trace { p, .. } | Agent::Peer { p, .. } | Agent::Top { p, .. } => Some(mark(p)),
         Agent::None => None,
     };
-    let netns = netns.map(|n| n.and_then(|n| Ok((n.tw_mib()?, n))));
+    let mut netns = netns.map(|n| n.and_then(|n| Ok((n.tw_mib()?, n))));
     churn.go()?;
     let result: ChurnResult =
         serde_json::from_value(churn.next(Duration::from_secs_f64(a.seconds + 60.0))?)
@@ -1257,9 +1262,13 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
         Agent::None => {}
         Agent::Trace { p, out, err } => {
             // Read microseconds before the programs' counters, as at the start.
-            let tw = match &netns {
-                Some(Ok((before, n))) => Some(n.tw_mib().map(|after| (*before, after))),
-                Some(Err(e)) => Some(Err(anyhow::anyhow!("{e:#}"))),
+            let tw = match netns.take() {
+                Some(Ok((before, n))) => {
+                    let r = n.tw_mib().map(|after| (before, after));
+                    release = Some(n);
+                    Some(r)
+                }
+                Some(Err(e)) => Some(Err(e)),
                 None => None,
             };
             let (e, f) = stop_agent(p, &start, true, wall)?;
@@ -1316,8 +1325,17 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
             let _ = std::fs::remove_file(&*out);
         }
     }
+    if let Some(n) = release.or_else(|| netns.and_then(|n| n.ok()).map(|(_, n)| n)) {
+        if let Some(note) = n.release(NETNS_GONE_TIMEOUT) {
+            println!("bench: note: {note}");
+            round.note.get_or_insert(note);
+        }
+    }
     Ok(round)
 }
+
+/// How long a round waits for its churn's namespace to be removed.
+const NETNS_GONE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The memory scenario: `teardown trace` running, then `hold` connections opened and kept.
 fn run_hold(ctx: &Ctx) -> Result<HoldResult> {

@@ -13,7 +13,12 @@
 //!   ended), a cancel per one reused by a new connection (`TWRecycled`), an expiry per one that
 //!   ran out (`TW`, `TWKilled`).
 
-use std::{fs::File, os::fd::AsRawFd as _, thread, time::Duration};
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
@@ -140,6 +145,49 @@ impl Netns {
             .map_err(|_| anyhow::anyhow!("the thread reading a namespace's counters panicked"))?
         })
     }
+}
+
+impl Netns {
+    /// Lets the namespace go, and waits (at most `timeout`) until the kernel has freed most
+    /// of its timewait sockets, so that their timers' cancels do not fall into the next
+    /// round's span. Says so when they were not seen going.
+    pub fn release(self, timeout: Duration) -> Option<String> {
+        let alive = self.tw_mib().map(|m| m.alive).unwrap_or(0);
+        let before = tw_slab_objects();
+        drop(self);
+        let (Some(before), true) = (before, alive > 0) else {
+            return None;
+        };
+        let goal = before.saturating_sub(alive - alive / 10);
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if tw_slab_objects().is_some_and(|n| n <= goal) {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Some(format!(
+            "the churn's namespace, {alive} timewait sockets, was not seen removed within {} s",
+            timeout.as_secs()
+        ))
+    }
+}
+
+/// Timewait sockets of the whole host, IPv4 and IPv6: the objects in use of their slab caches.
+fn tw_slab_objects() -> Option<u64> {
+    slab_objects(&std::fs::read_to_string("/proc/slabinfo").ok()?)
+}
+
+fn slab_objects(slabinfo: &str) -> Option<u64> {
+    let n: Vec<u64> = slabinfo
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            matches!(w.next(), Some("tw_sock_TCP" | "tw_sock_TCPv6"))
+                .then(|| w.next()?.parse().ok())?
+        })
+        .collect();
+    (!n.is_empty()).then(|| n.iter().sum())
 }
 
 /// (a): the trace with no churn.
@@ -293,6 +341,16 @@ mod tests {
             })
         );
         assert_eq!(TwMib::parse("TCP: inuse 3\n", netstat), None);
+    }
+
+    #[test]
+    fn counts_timewait_sockets_in_the_slab() {
+        let t = "slabinfo - version: 2.1\n# name <active_objs> <num_objs>\n\
+                 tw_sock_TCPv6         64     64    256   16    1 : tunables 0 0 0\n\
+                 tw_sock_TCP       131144 131200    256   16    1 : tunables 0 0 0\n\
+                 request_sock_TCP      0      0    304   26    2 : tunables 0 0 0\n";
+        assert_eq!(slab_objects(t), Some(131_208));
+        assert_eq!(slab_objects("request_sock_TCP 0 0 304\n"), None);
     }
 
     #[test]
