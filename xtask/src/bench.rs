@@ -319,6 +319,8 @@ struct Target {
 #[derive(Clone, Debug, Serialize)]
 struct TimersResult {
     idle: IdleResult,
+    /// (a) as the split uses it: under a churn that leaves no timewait socket (None: not run).
+    resets: Option<IdleResult>,
     /// The default trace rounds it covers.
     rounds: usize,
     split: Option<TimerSplit>,
@@ -580,25 +582,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             "bench: teardown trace idle for {} s (the timer programs' cost on other timers)",
             args.idle_seconds
         );
-        let r = timers::run_idle(&ctx, args.idle_seconds);
-        match &r.error {
-            Some(e) => eprintln!("bench: the idle phase failed: {e}"),
-            None => println!(
-                "bench: idle: {}",
-                r.programs
-                    .iter()
-                    .map(|p| format!(
-                        "{} {:.0} runs/s, {}",
-                        p.name,
-                        p.run_cnt as f64 / r.seconds,
-                        bpfstats::avg_ns(std::slice::from_ref(p))
-                            .map_or("–".into(), |v| format!("{v:.1} ns/run"))
-                    ))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        }
-        r
+        let idle = timers::run_idle(&ctx, args.idle_seconds);
+        print_timer_phase("idle", &idle);
+        println!(
+            "bench: teardown trace for {} s under a churn of resets (no timewait socket)",
+            args.idle_seconds
+        );
+        let resets = timers::run_reset_churn(&ctx, args.idle_seconds);
+        print_timer_phase("resets", &resets);
+        (idle, resets)
     });
 
     let mut runs: Vec<Round> = Vec::new();
@@ -681,7 +673,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let mut configs: Vec<Config> = CONFIGS.to_vec();
     configs.insert(2, Config::TraceSockDiag);
     configs.extend(CHOICES.iter().map(|c| c.0));
-    let timers = idle.map(|idle| timers_result(idle, &runs));
+    let timers = idle.map(|(idle, resets)| timers_result(idle, resets, &runs));
     let summary: Vec<ConfigSummary> = configs
         .iter()
         .filter(|&&c| runs.iter().any(|r| r.config == Some(c)))
@@ -709,8 +701,33 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     write_report(report, &out_dir, &work)
 }
 
-/// The timer programs' split over the default trace rounds that counted their timewait events.
-fn timers_result(idle: IdleResult, runs: &[Round]) -> TimersResult {
+fn print_timer_phase(what: &str, r: &IdleResult) {
+    match &r.error {
+        Some(e) => eprintln!("bench: the {what} phase failed: {e}"),
+        None => println!(
+            "bench: {what}: {}{}",
+            r.programs
+                .iter()
+                .map(|p| format!(
+                    "{} {:.0} runs/s, {}",
+                    p.name,
+                    p.run_cnt as f64 / r.seconds,
+                    bpfstats::avg_ns(std::slice::from_ref(p))
+                        .map_or("–".into(), |v| format!("{v:.1} ns/run"))
+                ))
+                .collect::<Vec<_>>()
+                .join("; "),
+            r.tw_events.map_or(String::new(), |e| format!(
+                "; {} timewait events",
+                e.total()
+            ))
+        ),
+    }
+}
+
+/// The timer programs' split over the default trace rounds that counted their timewait
+/// events, with (a) from the churn of resets (the idle phase when that failed).
+fn timers_result(idle: IdleResult, resets: IdleResult, runs: &[Round]) -> TimersResult {
     let mut events = TwEvents::default();
     let mut progs = Vec::new();
     let mut rounds = 0;
@@ -725,10 +742,16 @@ fn timers_result(idle: IdleResult, runs: &[Round]) -> TimersResult {
         events.add(e);
         progs.extend(r.agent.kernel_programs.iter().cloned());
     }
+    let a = if resets.error.is_none() {
+        &resets
+    } else {
+        &idle
+    };
     let split =
-        (idle.error.is_none() && rounds > 0).then(|| timers::split(&idle.programs, &progs, events));
+        (a.error.is_none() && rounds > 0).then(|| timers::split(&a.programs, &progs, events));
     TimersResult {
         idle,
+        resets: Some(resets),
         rounds,
         split,
     }

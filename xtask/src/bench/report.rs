@@ -279,45 +279,69 @@ fn timer_targets(tm: Option<&TimersResult>) -> [Target; 2] {
             met: None,
         });
     };
-    if let Some(e) = &tm.idle.error {
+    // (a) from the churn of resets when it ran through, else from the idle phase.
+    let (phase, what) = match &tm.resets {
+        Some(r) if r.error.is_none() => (r, "a churn of resets (no timewait socket)"),
+        _ => (&tm.idle, "the trace idle"),
+    };
+    if let Some(e) = &phase.error {
         return [tw_target, timer_target].map(|target| Target {
             target,
-            measured: format!("the idle phase failed: {e}"),
+            measured: format!("the phase measuring the other timers failed: {e}"),
             met: Some(false),
         });
     }
+    let per_run = |v: &[super::bpfstats::ProgStat]| -> String {
+        v.iter()
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p.name,
+                    super::bpfstats::avg_ns(std::slice::from_ref(p))
+                        .map_or("–".into(), |v| format!("{v:.1} ns"))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let a = tm
         .split
         .as_ref()
         .and_then(|s| s.ns_per_other_timer)
-        .or_else(|| super::bpfstats::avg_ns(&tm.idle.programs));
-    let per_program = tm
-        .idle
-        .programs
-        .iter()
-        .map(|p| {
+        .or_else(|| super::bpfstats::avg_ns(&phase.programs));
+    let runs: u64 = phase.programs.iter().map(|p| p.run_cnt).sum();
+    let mut m = a.map_or(
+        format!("n/a: the timer programs did not run under {what}"),
+        |a| {
             format!(
-                "{} {}",
-                p.name,
-                super::bpfstats::avg_ns(std::slice::from_ref(p))
-                    .map_or("–".into(), |v| format!("{v:.1} ns"))
+                "{a:.1} ns per run over {} runs in {:.0} s of {what} ({})",
+                thousands(runs as f64),
+                phase.seconds,
+                per_run(&phase.programs)
             )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let idle_runs: u64 = tm.idle.programs.iter().map(|p| p.run_cnt).sum();
+        },
+    );
+    if let Some(e) = tm.resets.as_ref().and_then(|r| r.error.as_ref()) {
+        m += &format!("; the churn of resets failed: {e}");
+    }
+    if !std::ptr::eq(phase, &tm.idle) && tm.idle.error.is_none() {
+        if let Some(i) = super::bpfstats::avg_ns(&tm.idle.programs) {
+            m += &format!(
+                "; idle, {:.0} runs/s, cold: {i:.0} ns per run",
+                tm.idle.programs.iter().map(|p| p.run_cnt).sum::<u64>() as f64
+                    / tm.idle.seconds.max(1e-9)
+            );
+        }
+    }
+    if let Some(e) = phase.tw_events.filter(|e| e.total() > 0) {
+        m += &format!(
+            "; {} timewait events among them",
+            thousands(e.total() as f64)
+        );
+    }
     let timer = Target {
         target: timer_target,
-        measured: a.map_or(
-            "n/a: the timer programs did not run in the idle phase".into(),
-            |a| {
-                format!(
-                    "{a:.1} ns per run over {} runs in {:.0} s of the trace idle ({per_program})",
-                    thousands(idle_runs as f64),
-                    tm.idle.seconds
-                )
-            },
-        ),
+        measured: m,
         met: a.map(|a| a <= MAX_TIMER_NS),
     };
     let b = tm
@@ -341,8 +365,8 @@ fn timer_targets(tm: Option<&TimersResult>) -> [Target; 2] {
             None if tm.rounds == 0 => {
                 "n/a: no default trace round counted its timewait events".into()
             }
-            None => "n/a: no timewait event in the rounds, or a timer program without an idle \
-                     figure"
+            None => "n/a: no timewait event in the rounds, or a timer program without a figure \
+                     for other timers"
                 .into(),
         },
         met: b.map(|(b, _)| b <= MAX_TW_EVENT_NS),
@@ -909,28 +933,42 @@ fn churn_markdown(s: &mut String, r: &Report) {
 
 /// The timer programs' split: the method, then each program's figures.
 fn timers_markdown(s: &mut String, r: &Report, tm: &TimersResult) {
+    let resets_ok = tm.resets.as_ref().is_some_and(|x| x.error.is_none());
     let _ = writeln!(
         s,
         "Timer programs ({}): they run on every kernel timer and go further only for a \
-         timewait socket's. (a) Their cost on other timers: `teardown trace` with no churn for \
-         {:.0} s before the rounds, where almost every run is such a timer. (b) Their cost per \
-         timewait-socket event: over the {} default trace rounds, their run time minus (a) \
-         (each program's own) times their runs that were other timers, over the timewait \
-         events. Those are the kernel's counts in the churn's namespace, held open until the \
-         span ends so that no socket of it is purged inside: a timer start per timewait \
-         socket made (its `tw` count's growth in sockstat, plus those reused or expired), a \
-         cancel per socket reused by a new connection (`TWRecycled`), an expiry per one that \
-         ran out (`TW`, `TWKilled`). A timer restart (a cancel and a start) is not counted, \
-         nor are other processes' timewait sockets: both are rare in the churn.",
+         timewait socket's. (a) Their cost on other timers: `teardown trace` for {:.0} s \
+         under the same churn but with every connection ended by a reset, which leaves no \
+         timewait socket (the namespace's count says none), so every run is another timer, \
+         as hot in the caches as in the rounds{}; also idle for {:.0} s (a few runs a second, \
+         cold: dearer). (b) Their cost per timewait-socket event: over the {} default trace \
+         rounds, their run time minus (a) (each program's own) times their runs that were \
+         other timers, over the timewait events. Those are the kernel's counts in the churn's \
+         namespace, held open until the span ends so that no socket of it is purged inside: a \
+         timer start per timewait socket made (`TW` and `TWKilled`, which the kernel counts as \
+         it first arms the timer), a cancel per socket reused by a new connection \
+         (`TWRecycled`), an expiry per one made and neither reused nor alive at the end (the \
+         `tw` count of sockstat). A timer restart (a cancel and a start) is not counted, nor \
+         are other processes' timewait sockets: both are rare here.",
         timers::PROGRAMS.join(", "),
+        tm.resets.as_ref().map_or(0.0, |x| x.seconds),
+        if resets_ok {
+            ""
+        } else {
+            " (it failed: (a) is the idle figure)"
+        },
         tm.idle.seconds,
         tm.rounds
     );
     let _ = writeln!(s);
-    if let Some(e) = &tm.idle.error {
-        let _ = writeln!(s, "The idle phase failed: {e}");
-        let _ = writeln!(s);
-        return;
+    for (what, x) in [
+        ("idle phase", Some(&tm.idle)),
+        ("churn of resets", tm.resets.as_ref()),
+    ] {
+        if let Some(e) = x.and_then(|x| x.error.as_ref()) {
+            let _ = writeln!(s, "The {what} failed: {e}");
+            let _ = writeln!(s);
+        }
     }
     let secs: f64 = rounds(r, Config::Trace)
         .filter(|x| x.error.is_none() && x.timewait_events.is_some())
@@ -942,10 +980,10 @@ fn timers_markdown(s: &mut String, r: &Report, tm: &TimersResult) {
         .sum();
     let _ = writeln!(
         s,
-        "| program | idle: runs/s | idle: ns/run (a) | churn: runs/s | churn: ns/run | \
-         timewait events | ns per timewait event |"
+        "| program | idle: runs/s | idle: ns/run | resets: runs/s | resets: ns/run (a) | \
+         rounds: runs/s | rounds: ns/run | timewait events | ns per timewait event (b) |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let ns = |t: f64, n: u64| {
         if n > 0 {
             format!("{:.0}", t / n as f64)
@@ -953,20 +991,29 @@ fn timers_markdown(s: &mut String, r: &Report, tm: &TimersResult) {
             "–".into()
         }
     };
+    let phase = |x: Option<&super::IdleResult>, name: &str| -> (String, String) {
+        match x.filter(|x| x.error.is_none()) {
+            Some(x) => match x.programs.iter().find(|p| p.name == name) {
+                Some(p) => (
+                    thousands(p.run_cnt as f64 / x.seconds.max(1e-9)),
+                    super::bpfstats::avg_ns(std::slice::from_ref(p))
+                        .map_or("–".into(), |v| format!("{v:.1}")),
+                ),
+                None => ("–".into(), "–".into()),
+            },
+            None => ("–".into(), "–".into()),
+        }
+    };
     for name in timers::PROGRAMS {
-        let idle = tm.idle.programs.iter().find(|p| p.name == name);
+        let (ir, ins) = phase(Some(&tm.idle), name);
+        let (rr, rns) = phase(tm.resets.as_ref(), name);
         let churn = tm
             .split
             .as_ref()
             .and_then(|x| x.programs.iter().find(|p| p.name == name));
         let _ = writeln!(
             s,
-            "| {name} | {} | {} | {} | {} | {} | {} |",
-            idle.map_or("–".into(), |p| thousands(
-                p.run_cnt as f64 / tm.idle.seconds
-            )),
-            idle.and_then(|p| super::bpfstats::avg_ns(std::slice::from_ref(p)))
-                .map_or("–".into(), |v| format!("{v:.1}")),
+            "| {name} | {ir} | {ins} | {rr} | {rns} | {} | {} | {} | {} |",
             churn.map_or("–".into(), |p| thousands(p.runs as f64 / secs.max(1e-9))),
             churn.map_or("–".into(), |p| ns(p.run_time_ns as f64, p.runs)),
             churn.map_or("–".into(), |p| thousands(p.tw_events as f64)),
@@ -1200,16 +1247,20 @@ mod tests {
         }
     }
 
-    /// Idle at `a` ns per run; one churn round whose 1000 timewait starts cost `b` ns each.
+    /// Other timers at `a` ns per run under the churn of resets (400 ns idle, cold); one churn
+    /// round whose 1000 timewait starts cost `b` ns each.
     fn timers_at(a: u64, b: u64) -> TimersResult {
-        let idle = super::super::IdleResult {
+        let phase = |ns: u64, runs: u64, conns: Option<u64>| super::super::IdleResult {
             seconds: 10.0,
             programs: vec![
-                stat(timers::START, a * 500, 500),
-                stat(timers::CANCEL, a * 100, 100),
+                stat(timers::START, ns * runs, runs),
+                stat(timers::CANCEL, ns * runs / 5, runs / 5),
             ],
+            connections: conns,
+            tw_events: conns.map(|_| timers::TwEvents::default()),
             error: None,
         };
+        let resets = phase(a, 500, Some(50_000));
         let churn = [
             stat(timers::START, 9000 * a + 1000 * b, 10_000),
             stat(timers::CANCEL, 2000 * a, 2000),
@@ -1219,8 +1270,9 @@ mod tests {
             ..timers::TwEvents::default()
         };
         TimersResult {
-            split: Some(timers::split(&idle.programs, &churn, ev)),
-            idle,
+            split: Some(timers::split(&resets.programs, &churn, ev)),
+            idle: phase(400, 200, None),
+            resets: Some(resets),
             rounds: 1,
         }
     }
@@ -1231,12 +1283,19 @@ mod tests {
         assert_eq!(met(&t), [Some(true), Some(true)]);
         assert!(
             t[0].measured
-                .starts_with("150 ns per timewait event over 1,000 events"),
+                .starts_with("150 ns per timewait event over 1,000 events (1,000 starts"),
             "{}",
             t[0].measured
         );
         assert!(
-            t[1].measured.starts_with("20.0 ns per run over 600 runs"),
+            t[1].measured
+                .starts_with("20.0 ns per run over 600 runs in 10 s of a churn of resets"),
+            "{}",
+            t[1].measured
+        );
+        assert!(
+            t[1].measured
+                .contains("idle, 24 runs/s, cold: 400 ns per run"),
             "{}",
             t[1].measured
         );
@@ -1257,6 +1316,19 @@ mod tests {
             t[0].measured
         );
 
+        // The churn of resets failed: (a) falls back to the idle phase, and says so.
+        if let Some(r) = tm.resets.as_mut() {
+            r.error = Some("the churn made no connections".into());
+        }
+        let t = timer_targets(Some(&tm));
+        assert_eq!(t[1].met, Some(false));
+        assert!(
+            t[1].measured
+                .starts_with("400.0 ns per run over 240 runs in 10 s of the trace idle")
+                && t[1].measured.contains("the churn of resets failed"),
+            "{}",
+            t[1].measured
+        );
         tm.idle.error = Some("teardown trace loaded no timer program".into());
         assert_eq!(met(&timer_targets(Some(&tm))), [Some(false), Some(false)]);
         assert_eq!(met(&timer_targets(None)), [None, None]);

@@ -4,14 +4,17 @@
 //!
 //! Their runs are of two kinds the kernel's statistics do not tell apart, so the cost is split
 //! in two measurements:
-//! - (a) ns per timer that is not a timewait socket's: the trace idle, no churn, where almost
-//!   every run is such a timer (the filter's load and comparison, then return);
+//! - (a) ns per timer that is not a timewait socket's: the trace under a churn whose every
+//!   connection ends in a reset, which leaves no timewait socket (counted: none), so every run
+//!   is such a timer (the filter's load and comparison, then return), as hot in the caches as
+//!   in the rounds. The trace idle is measured too: its few runs a second are cold, and dearer;
 //! - (b) ns per timewait-socket event: over the churn rounds, the programs' run time minus (a)
 //!   times their runs that were other timers, over the timewait events. Those are counted by the
 //!   kernel in the churn's own namespace, held open for the span so its sockets are not purged
-//!   in it: a timer start per timewait socket made (its TIME_WAIT count's growth plus those that
-//!   ended), a cancel per one reused by a new connection (`TWRecycled`), an expiry per one that
-//!   ran out (`TW`, `TWKilled`).
+//!   in it: a timer start per timewait socket made (`TW` and `TWKilled`, which the kernel counts
+//!   as it first arms the timer), a cancel per one reused by a new connection (`TWRecycled`),
+//!   an expiry per one made and neither alive at the end (the `tw` count of sockstat) nor
+//!   reused.
 
 use std::{
     fs::File,
@@ -73,8 +76,9 @@ pub struct TwMib {
     pub alive: u64,
     /// Reused by a new connection on their 4-tuple (`TcpExt: TWRecycled`): a cancel each.
     pub recycled: u64,
-    /// Ran out (`TcpExt: TW` and `TWKilled`): an expiry each.
-    pub expired: u64,
+    /// Made (`TcpExt: TW` and `TWKilled`, counted as the timer is first armed, by how long it
+    /// is armed for): a start each.
+    pub made: u64,
     /// Not made, the table full (`TcpExt: TCPTimeWaitOverflow`): no timer at all.
     pub overflow: u64,
 }
@@ -93,18 +97,18 @@ impl TwMib {
         Some(TwMib {
             alive,
             recycled: c("TWRecycled")?,
-            expired: c("TW")? + c("TWKilled")?,
+            made: c("TW")? + c("TWKilled")?,
             overflow: c("TCPTimeWaitOverflow").unwrap_or(0),
         })
     }
 
-    /// The events between two readings: every socket made starts its timer once, and is
-    /// either still alive, reused (cancel) or expired.
+    /// The events between two readings: every socket made starts its timer once; the alive
+    /// count grew by those made less those that went, reused (a cancel) or expired.
     pub fn events_since(&self, before: &TwMib) -> TwEvents {
+        let starts = self.made.saturating_sub(before.made);
         let cancels = self.recycled.saturating_sub(before.recycled);
-        let expiries = self.expired.saturating_sub(before.expired);
         let grown = self.alive as i64 - before.alive as i64;
-        let starts = (grown + cancels as i64 + expiries as i64).max(0) as u64;
+        let expiries = (starts as i64 - grown - cancels as i64).max(0) as u64;
         TwEvents {
             starts,
             cancels,
@@ -190,12 +194,16 @@ fn slab_objects(slabinfo: &str) -> Option<u64> {
     (!n.is_empty()).then(|| n.iter().sum())
 }
 
-/// (a): the trace with no churn.
+/// (a): the trace idle, or under a churn that leaves no timewait socket.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct IdleResult {
     pub seconds: f64,
     /// The timer programs' runs and run time over the span.
     pub programs: Vec<ProgStat>,
+    /// The churn's connections (None: idle).
+    pub connections: Option<u64>,
+    /// Timewait events the churn's namespace counted (none expected).
+    pub tw_events: Option<TwEvents>,
     pub error: Option<String>,
 }
 
@@ -234,6 +242,73 @@ fn idle(ctx: &Ctx, seconds: f64) -> Result<IdleResult> {
     Ok(IdleResult {
         seconds,
         programs,
+        connections: None,
+        tw_events: None,
+        error: None,
+    })
+}
+
+/// Runs `teardown trace` (default settings) under a churn of `seconds` whose connections all
+/// end in a reset (no timewait socket), and reads its timer programs.
+pub fn run_reset_churn(ctx: &Ctx, seconds: f64) -> IdleResult {
+    match reset_churn(ctx, seconds) {
+        Ok(r) => r,
+        Err(e) => IdleResult {
+            seconds,
+            error: Some(format!("{e:#}")),
+            ..IdleResult::default()
+        },
+    }
+}
+
+fn reset_churn(ctx: &Ctx, seconds: f64) -> Result<IdleResult> {
+    let mut churn = procs::Churner::start(
+        &ctx.xtask,
+        &[
+            "--threads".into(),
+            ctx.args.threads.to_string(),
+            "--seconds".into(),
+            seconds.to_string(),
+            "--rst-pct".into(),
+            "100".into(),
+        ],
+    )?;
+    let ready = churn.next(Duration::from_secs(30))?;
+    let pid = ready
+        .get("pid")
+        .and_then(|p| p.as_i64())
+        .context("the churn generator did not say its pid")?;
+    let ns = Netns::of(pid)?;
+    let (out, err) = (ctx.work.join("resets.jsonl"), ctx.work.join("resets.err"));
+    let mut p: Proc = start_trace(ctx, &ctx.args.trace_args, &out, &err)?;
+    thread::sleep(SETTLE);
+    let before = bpfstats::stats_of(p.pid());
+    let mib_before = ns.tw_mib()?;
+    churn.go()?;
+    let result: crate::churn::ChurnResult =
+        serde_json::from_value(churn.next(Duration::from_secs_f64(seconds + 60.0))?)
+            .context("the churn generator's result")?;
+    churn.finish(Duration::from_secs(10))?;
+    let mib_after = ns.tw_mib()?;
+    let after = bpfstats::stats_of(p.pid());
+    p.stop(libc::SIGINT, TRACER_STOP_TIMEOUT)?;
+    let _ = std::fs::remove_file(&out);
+    let _ = ns.release(Duration::from_secs(15));
+    let programs: Vec<ProgStat> = bpfstats::deltas(&before, &after)
+        .into_iter()
+        .filter(|p| is_timer_program(&p.name))
+        .collect();
+    if programs.is_empty() {
+        bail!("teardown trace loaded no timer program");
+    }
+    if result.connections == 0 {
+        bail!("the churn made no connections");
+    }
+    Ok(IdleResult {
+        seconds: result.seconds,
+        programs,
+        connections: Some(result.connections),
+        tw_events: Some(mib_after.events_since(&mib_before)),
         error: None,
     })
 }
@@ -255,7 +330,7 @@ pub struct ProgramSplit {
 /// The split of the timer programs' cost.
 #[derive(Clone, Debug, Serialize)]
 pub struct TimerSplit {
-    /// (a): ns per run of a timer that is not a timewait socket's (the idle phase, the three
+    /// (a): ns per run of a timer that is not a timewait socket's (the phase given, the three
     /// programs together).
     pub ns_per_other_timer: Option<f64>,
     /// (b): ns per timewait-socket event.
@@ -336,7 +411,7 @@ mod tests {
             Some(TwMib {
                 alive: 131_072,
                 recycled: 2500,
-                expired: 20,
+                made: 20,
                 overflow: 298_000
             })
         );
@@ -358,16 +433,16 @@ mod tests {
         let before = TwMib {
             alive: 100,
             recycled: 10,
-            expired: 5,
+            made: 5,
             overflow: 0,
         };
         let after = TwMib {
             alive: 1100,
             recycled: 310,
-            expired: 25,
+            made: 1325,
             overflow: 7,
         };
-        // 1000 more alive, 300 reused and 20 expired: 1320 were made.
+        // 1320 made, 300 reused, 1000 more alive: 20 expired.
         assert_eq!(
             after.events_since(&before),
             TwEvents {
