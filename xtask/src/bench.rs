@@ -460,6 +460,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let stats = bpfstats::StatsGuard::enable()?;
     let machine = machine();
+    let load_at_start = load_average();
     let mut notes = Vec::new();
     let help = trace_help(&teardown)?;
     let conforming_default = help_default(&help, CONFORMING);
@@ -674,6 +675,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     configs.insert(2, Config::TraceSockDiag);
     configs.extend(CHOICES.iter().map(|c| c.0));
     let timers = idle.map(|(idle, resets)| timers_result(idle, resets, &runs));
+    // Other work on the machine makes every figure noisier: say how busy it was.
+    if let (Some(a), Some(b)) = (load_at_start, load_average()) {
+        notes.push(format!(
+            "load average (1 min) {a:.2} at the start, {b:.2} at the end, on {} cores",
+            machine.cores
+        ));
+    }
     let summary: Vec<ConfigSummary> = configs
         .iter()
         .filter(|&&c| runs.iter().any(|r| r.config == Some(c)))
@@ -1448,6 +1456,16 @@ fn summarize(ctx: &Ctx, cfg: Config, runs: &[Round]) -> ConfigSummary {
         bytes_per_connection_end: f(&|r| r.bytes_per_connection_end),
         notes,
     }
+}
+
+/// The 1-minute load average.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn machine() -> Machine {
