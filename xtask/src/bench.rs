@@ -20,6 +20,7 @@ mod namespaces;
 mod procs;
 mod report;
 mod soak;
+mod timers;
 
 use std::{
     fs::File,
@@ -40,6 +41,7 @@ use crate::{
 use bpfstats::ProgStat;
 use procs::{last_lines, wait_for_text, Churner, Exit, Proc};
 use soak::SoakResult;
+use timers::{IdleResult, TimerSplit, TwEvents};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(Clone, Debug, clap::Args)]
@@ -89,6 +91,10 @@ pub struct BenchArgs {
     /// minute).
     #[arg(long)]
     pub only_namespaces: bool,
+    /// Seconds of `teardown trace` with no churn, before the rounds: the timer programs' cost
+    /// on timers that are not a timewait socket's (0: skip it).
+    #[arg(long, default_value_t = 10.0)]
+    pub idle_seconds: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -119,6 +125,8 @@ enum Config {
     TraceFull,
     /// `teardown trace --conforming none`.
     TraceNone,
+    /// `teardown trace --timewait-source sock-diag`: without the timer programs.
+    TraceSockDiag,
 }
 
 /// What every round runs, in this order (the untraced run first: the others' ratio is to it).
@@ -127,6 +135,9 @@ const CONFIGS: [Config; 4] = [Config::Untraced, Config::Trace, Config::Top, Conf
 const CHOICES: [(Config, &str); 2] = [(Config::TraceFull, "full"), (Config::TraceNone, "none")];
 /// The option choosing what JSON Lines writes for a conforming connection.
 const CONFORMING: &str = "--conforming";
+/// The option turning the timer programs off, and its value that does.
+const TIMEWAIT_SOURCE: &str = "--timewait-source";
+const SOCK_DIAG: &str = "sock-diag";
 /// What the tracers print once attached.
 const TRACE_READY: &str = "tracing TCP teardowns";
 const PEER_HEADER: &str = "SKADDR";
@@ -208,6 +219,11 @@ struct Round {
     /// Size of the JSON Lines file.
     output_bytes: Option<u64>,
     bytes_per_connection_end: Option<f64>,
+    /// The trace with the timer programs: the timewait-socket events of the span, counted in
+    /// the churn's namespace (see [`timers`]).
+    timewait_events: Option<TwEvents>,
+    /// Timewait sockets the churn's namespace did not make, its table full (no timer).
+    timewait_overflow: Option<u64>,
     note: Option<String>,
     error: Option<String>,
 }
@@ -298,6 +314,18 @@ struct Target {
     met: Option<bool>,
 }
 
+/// The timer programs: the idle phase, and the split of their cost over the default trace
+/// rounds.
+#[derive(Clone, Debug, Serialize)]
+struct TimersResult {
+    idle: IdleResult,
+    /// (a) as the split uses it: under a churn that leaves no timewait socket (None: not run).
+    resets: Option<IdleResult>,
+    /// The default trace rounds it covers.
+    rounds: usize,
+    split: Option<TimerSplit>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 struct Report {
     date: String,
@@ -318,6 +346,8 @@ struct Report {
     hold: Option<HoldResult>,
     /// `teardown timewait` and `teardown top` over many namespaces (None: not run).
     namespaces: Option<namespaces::NamespacesResult>,
+    /// The timer programs' cost (None: not measured).
+    timers: Option<TimersResult>,
     targets: Vec<Target>,
     runs: Vec<Round>,
 }
@@ -333,6 +363,8 @@ struct Ctx {
     /// The rounds of the other output choices run (the binary has the option, and the
     /// `--trace-arg`s do not set it).
     choices: bool,
+    /// The rounds without the timer programs run (the same conditions).
+    sock_diag: bool,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
@@ -416,6 +448,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             soak: None,
             hold: None,
             namespaces: Some(ns),
+            timers: None,
             targets: Vec::new(),
             runs: Vec::new(),
         };
@@ -427,8 +460,32 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     let stats = bpfstats::StatsGuard::enable()?;
     let machine = machine();
+    let load_at_start = load_average();
     let mut notes = Vec::new();
-    let conforming_default = conforming_default(&teardown)?;
+    let help = trace_help(&teardown)?;
+    let conforming_default = help_default(&help, CONFORMING);
+    let sock_diag = match help_default(&help, TIMEWAIT_SOURCE) {
+        None => {
+            notes.push(format!(
+                "this `teardown trace` has no {TIMEWAIT_SOURCE} option: the rounds without the \
+                 timer programs were skipped"
+            ));
+            false
+        }
+        Some(_)
+            if args
+                .trace_args
+                .iter()
+                .any(|a| a.starts_with(TIMEWAIT_SOURCE)) =>
+        {
+            notes.push(format!(
+                "the --trace-arg's set {TIMEWAIT_SOURCE}: the rounds without the timer programs \
+                 were skipped"
+            ));
+            false
+        }
+        Some(_) => true,
+    };
     let choices = match &conforming_default {
         None => {
             notes.push(format!(
@@ -457,6 +514,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         peer,
         conforming_default: conforming_default.clone(),
         choices,
+        sock_diag,
     };
     let plan = plan(&ctx);
     let per_round = args.seconds + 1.5;
@@ -472,6 +530,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             0.0
         }
         + if args.hold > 0 { 60.0 } else { 0.0 }
+        + if args.idle_seconds > 0.0 {
+            args.idle_seconds + 3.0
+        } else {
+            0.0
+        }
         + namespaces_estimate_s(&args);
     let last = match (args.hold > 0, args.namespaces > 0) {
         (true, true) => format!("the memory scenario, then {}", namespaces_plan(&args)),
@@ -480,10 +543,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         (false, false) => "the report".to_owned(),
     };
     println!(
-        "bench: {} rounds x {} configurations x {} s{}{}, then {last}; about {:.1} min; machine: \
-         Linux {}, {}, {} cores",
+        "bench: {}{} rounds x {} configurations x {} s{}{}, then {last}; about {:.1} min; \
+         machine: Linux {}, {}, {} cores",
+        if args.idle_seconds > 0.0 {
+            format!("{} s of teardown trace idle, then ", args.idle_seconds)
+        } else {
+            String::new()
+        },
         args.rounds,
-        CONFIGS.len(),
+        CONFIGS.len() + usize::from(sock_diag),
         args.seconds,
         if choices {
             ", with one round each of --conforming full and none"
@@ -507,6 +575,24 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         machine.cpu_model,
         machine.cores
     );
+
+    // Before the rounds: no namespace of theirs is being removed (its timewait sockets' timers
+    // cancelled) while the trace is idle.
+    let idle = (args.idle_seconds > 0.0).then(|| {
+        println!(
+            "bench: teardown trace idle for {} s (the timer programs' cost on other timers)",
+            args.idle_seconds
+        );
+        let idle = timers::run_idle(&ctx, args.idle_seconds);
+        print_timer_phase("idle", &idle);
+        println!(
+            "bench: teardown trace for {} s under a churn of resets (no timewait socket)",
+            args.idle_seconds
+        );
+        let resets = timers::run_reset_churn(&ctx, args.idle_seconds);
+        print_timer_phase("resets", &resets);
+        (idle, resets)
+    });
 
     let mut runs: Vec<Round> = Vec::new();
     for &(r, cfg) in &plan {
@@ -586,7 +672,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     });
 
     let mut configs: Vec<Config> = CONFIGS.to_vec();
+    configs.insert(2, Config::TraceSockDiag);
     configs.extend(CHOICES.iter().map(|c| c.0));
+    let timers = idle.map(|(idle, resets)| timers_result(idle, resets, &runs));
+    // Other work on the machine makes every figure noisier: say how busy it was.
+    if let (Some(a), Some(b)) = (load_at_start, load_average()) {
+        notes.push(format!(
+            "load average (1 min) {a:.2} at the start, {b:.2} at the end, on {} cores",
+            machine.cores
+        ));
+    }
     let summary: Vec<ConfigSummary> = configs
         .iter()
         .filter(|&&c| runs.iter().any(|r| r.config == Some(c)))
@@ -607,10 +702,67 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         soak,
         hold,
         namespaces,
+        timers,
         targets: Vec::new(),
         runs,
     };
     write_report(report, &out_dir, &work)
+}
+
+fn print_timer_phase(what: &str, r: &IdleResult) {
+    match &r.error {
+        Some(e) => eprintln!("bench: the {what} phase failed: {e}"),
+        None => println!(
+            "bench: {what}: {}{}",
+            r.programs
+                .iter()
+                .map(|p| format!(
+                    "{} {:.0} runs/s, {}",
+                    p.name,
+                    p.run_cnt as f64 / r.seconds,
+                    bpfstats::avg_ns(std::slice::from_ref(p))
+                        .map_or("–".into(), |v| format!("{v:.1} ns/run"))
+                ))
+                .collect::<Vec<_>>()
+                .join("; "),
+            r.tw_events.map_or(String::new(), |e| format!(
+                "; {} timewait events",
+                e.total()
+            ))
+        ),
+    }
+}
+
+/// The timer programs' split over the default trace rounds that counted their timewait
+/// events, with (a) from the churn of resets (the idle phase when that failed).
+fn timers_result(idle: IdleResult, resets: IdleResult, runs: &[Round]) -> TimersResult {
+    let mut events = TwEvents::default();
+    let mut progs = Vec::new();
+    let mut rounds = 0;
+    for r in runs
+        .iter()
+        .filter(|r| r.config == Some(Config::Trace) && r.error.is_none())
+    {
+        let Some(e) = &r.timewait_events else {
+            continue;
+        };
+        rounds += 1;
+        events.add(e);
+        progs.extend(r.agent.kernel_programs.iter().cloned());
+    }
+    let a = if resets.error.is_none() {
+        &resets
+    } else {
+        &idle
+    };
+    let split =
+        (a.error.is_none() && rounds > 0).then(|| timers::split(&a.programs, &progs, events));
+    TimersResult {
+        idle,
+        resets: Some(resets),
+        rounds,
+        split,
+    }
 }
 
 fn date_now() -> String {
@@ -666,7 +818,15 @@ fn write_report(mut report: Report, out_dir: &Path, work: &Path) -> Result<()> {
 fn plan(ctx: &Ctx) -> Vec<(usize, Config)> {
     let mut v = Vec::new();
     for r in 0..ctx.args.rounds {
-        v.extend(CONFIGS.iter().map(|&c| (r, c)));
+        for &c in &CONFIGS {
+            v.push((r, c));
+            // Beside the default trace, in every round: its loss and ratio with and without
+            // the timer programs are compared round by round, and one round of each would be
+            // noise (a round costs a tenth more of the run).
+            if c == Config::Trace && ctx.sock_diag {
+                v.push((r, Config::TraceSockDiag));
+            }
+        }
         if ctx.choices {
             v.extend(
                 CHOICES
@@ -725,18 +885,14 @@ fn workspace_root() -> Result<PathBuf> {
         .context("cannot find the workspace root")
 }
 
-/// `--conforming`'s default as `teardown trace --help` says it ("" when it names none); None
-/// when the binary has no such option.
-fn conforming_default(teardown: &Path) -> Result<Option<String>> {
+/// `teardown trace --help`: which options this binary has, and their defaults.
+fn trace_help(teardown: &Path) -> Result<String> {
     let out = Command::new(teardown)
         .args(["trace", "--help"])
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("cannot run {} trace --help", teardown.display()))?;
-    Ok(help_default(
-        &String::from_utf8_lossy(&out.stdout),
-        CONFORMING,
-    ))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// In a clap help text: the `[default: X]` of option `opt`, "" when it has none; None when the
@@ -776,6 +932,7 @@ fn trace_extra(ctx: &Ctx, cfg: Config) -> Option<Vec<String>> {
             let (_, choice) = CHOICES.iter().find(|c| c.0 == cfg)?;
             v.extend([CONFORMING.to_owned(), (*choice).to_owned()]);
         }
+        Config::TraceSockDiag => v.extend([TIMEWAIT_SOURCE.to_owned(), SOCK_DIAG.to_owned()]),
         _ => return None,
     }
     Some(v)
@@ -786,7 +943,7 @@ fn label(ctx: &Ctx, cfg: Config) -> String {
         Config::Untraced => "untraced".into(),
         Config::Top => "teardown top --batch --netns CHURN".into(),
         Config::Peer => ctx.peer.label().into(),
-        Config::Trace | Config::TraceFull | Config::TraceNone => {
+        Config::Trace | Config::TraceFull | Config::TraceNone | Config::TraceSockDiag => {
             let mut s = String::from("teardown trace --format jsonl -o FILE");
             for a in trace_extra(ctx, cfg).unwrap_or_default() {
                 s.push(' ');
@@ -1069,6 +1226,18 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
         .get("pid")
         .and_then(|p| p.as_i64())
         .context("the churn generator did not say its pid")?;
+    // The churn's namespace, held open so that its removal (every timewait socket's timer
+    // cancelled) waits for the end of the span, and is over before the next round; with the
+    // timer programs, the trace's timewait events are counted in it.
+    let held = timers::Netns::of(churn_pid);
+    let mut release: Option<timers::Netns> = None;
+    let netns = match cfg {
+        Config::Trace | Config::TraceFull | Config::TraceNone => Some(held),
+        _ => {
+            release = held.ok();
+            None
+        }
+    };
     let tag = format!("{cfg:?}-{r}").to_lowercase();
     let (out, err) = (
         ctx.work.join(format!("{tag}.out")),
@@ -1076,7 +1245,7 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
     );
     let mut agent = match cfg {
         Config::Untraced => Agent::None,
-        Config::Trace | Config::TraceFull | Config::TraceNone => {
+        Config::Trace | Config::TraceFull | Config::TraceNone | Config::TraceSockDiag => {
             let extra = trace_extra(ctx, cfg).unwrap_or_default();
             let p = start_trace(ctx, &extra, &out, &err)?;
             Agent::Trace { p, out, err }
@@ -1097,6 +1266,7 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
         Agent::Trace { p, .. } | Agent::Peer { p, .. } | Agent::Top { p, .. } => Some(mark(p)),
         Agent::None => None,
     };
+    let mut netns = netns.map(|n| n.and_then(|n| Ok((n.tw_mib()?, n))));
     churn.go()?;
     let result: ChurnResult =
         serde_json::from_value(churn.next(Duration::from_secs_f64(a.seconds + 60.0))?)
@@ -1122,9 +1292,29 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
     match &mut agent {
         Agent::None => {}
         Agent::Trace { p, out, err } => {
+            // Read microseconds before the programs' counters, as at the start.
+            let tw = match netns.take() {
+                Some(Ok((before, n))) => {
+                    let r = n.tw_mib().map(|after| (before, after));
+                    release = Some(n);
+                    Some(r)
+                }
+                Some(Err(e)) => Some(Err(e)),
+                None => None,
+            };
             let (e, f) = stop_agent(p, &start, true, wall)?;
             round.agent = f;
             trace_result(&e, out, err, &mut round)?;
+            match tw {
+                Some(Ok((before, after))) => {
+                    round.timewait_events = Some(after.events_since(&before));
+                    round.timewait_overflow = Some(after.overflow.saturating_sub(before.overflow));
+                }
+                Some(Err(e)) => {
+                    round.note = Some(format!("the timewait events were not counted: {e:#}"))
+                }
+                None => {}
+            }
         }
         Agent::Peer { p, out, err } => {
             let (e, f) = stop_agent(p, &start, false, wall)?;
@@ -1166,8 +1356,17 @@ fn run_round(ctx: &Ctx, cfg: Config, r: usize) -> Result<Round> {
             let _ = std::fs::remove_file(&*out);
         }
     }
+    if let Some(n) = release.or_else(|| netns.and_then(|n| n.ok()).map(|(_, n)| n)) {
+        if let Some(note) = n.release(NETNS_GONE_TIMEOUT) {
+            println!("bench: note: {note}");
+            round.note.get_or_insert(note);
+        }
+    }
     Ok(round)
 }
+
+/// How long a round waits for its churn's namespace to be removed.
+const NETNS_GONE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The memory scenario: `teardown trace` running, then `hold` connections opened and kept.
 fn run_hold(ctx: &Ctx) -> Result<HoldResult> {
@@ -1257,6 +1456,16 @@ fn summarize(ctx: &Ctx, cfg: Config, runs: &[Round]) -> ConfigSummary {
         bytes_per_connection_end: f(&|r| r.bytes_per_connection_end),
         notes,
     }
+}
+
+/// The 1-minute load average.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn machine() -> Machine {

@@ -319,7 +319,7 @@ pub fn tcp_counter(pid: i32, name: &str) -> Option<u64> {
 
 /// In /proc/net/snmp's text: the value under `name` in the `group` (a header line of names,
 /// then one of values).
-fn snmp_counter(text: &str, group: &str, name: &str) -> Option<u64> {
+pub fn snmp_counter(text: &str, group: &str, name: &str) -> Option<u64> {
     let mut lines = text.lines().filter(|l| l.starts_with(group));
     let names = lines.next()?;
     let values = lines.next()?;

@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use super::{
     namespaces::{NamespacesResult, TIMEWAIT_RUNS, TOP_SECONDS},
-    Config, ConfigSummary, Report, Round, Spread, Target, CONFORMING,
+    timers, Config, ConfigSummary, Report, Round, Spread, Target, TimersResult, CONFORMING,
+    SOCK_DIAG, TIMEWAIT_SOURCE,
 };
 
 /// The targets' bounds.
@@ -20,6 +21,9 @@ const TARGET_NAMESPACES: usize = 200;
 const TARGET_SOCKETS: usize = 100;
 const MAX_TIMEWAIT_CPU_MS: f64 = 200.0;
 const MAX_TOP_PCT: f64 = 10.0;
+/// The timer programs' bounds: per timewait-socket event, and per other timer.
+const MAX_TW_EVENT_NS: f64 = 200.0;
+const MAX_TIMER_NS: f64 = 50.0;
 
 fn summary(r: &Report, c: Config) -> Option<&ConfigSummary> {
     r.summary.iter().find(|s| s.config == c)
@@ -253,7 +257,160 @@ fn churn_targets(r: &Report) -> Vec<Target> {
         }),
         met: h.map(|h| h.bytes_per_connection_anon <= MAX_HOLD_BYTES),
     });
+    t.extend(timer_targets(r.timers.as_ref()));
+    let without: Vec<&Round> = rounds(r, Config::TraceSockDiag).collect();
+    if !without.is_empty() {
+        t.push(loss_with_without(&tr, &without));
+    }
     t
+}
+
+/// The timer programs' two rows: (b) per timewait-socket event, (a) per other timer.
+fn timer_targets(tm: Option<&TimersResult>) -> [Target; 2] {
+    let tw_target = format!("timewait programs <= {MAX_TW_EVENT_NS:.0} ns per timewait event");
+    let timer_target = format!(
+        "timer programs <= {MAX_TIMER_NS:.0} ns per timer (a run on a timer not a timewait \
+         socket's)"
+    );
+    let Some(tm) = tm else {
+        return [tw_target, timer_target].map(|target| Target {
+            target,
+            measured: "not measured (--idle-seconds 0)".into(),
+            met: None,
+        });
+    };
+    // (a) from the churn of resets when it ran through, else from the idle phase.
+    let (phase, what) = match &tm.resets {
+        Some(r) if r.error.is_none() => (r, "a churn of resets (no timewait socket)"),
+        _ => (&tm.idle, "the trace idle"),
+    };
+    if let Some(e) = &phase.error {
+        return [tw_target, timer_target].map(|target| Target {
+            target,
+            measured: format!("the phase measuring the other timers failed: {e}"),
+            met: Some(false),
+        });
+    }
+    let per_run = |v: &[super::bpfstats::ProgStat]| -> String {
+        v.iter()
+            .map(|p| {
+                format!(
+                    "{} {}",
+                    p.name,
+                    super::bpfstats::avg_ns(std::slice::from_ref(p))
+                        .map_or("–".into(), |v| format!("{v:.1} ns"))
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let a = tm
+        .split
+        .as_ref()
+        .and_then(|s| s.ns_per_other_timer)
+        .or_else(|| super::bpfstats::avg_ns(&phase.programs));
+    let runs: u64 = phase.programs.iter().map(|p| p.run_cnt).sum();
+    let mut m = a.map_or(
+        format!("n/a: the timer programs did not run under {what}"),
+        |a| {
+            format!(
+                "{a:.1} ns per run over {} runs in {:.0} s of {what} ({})",
+                thousands(runs as f64),
+                phase.seconds,
+                per_run(&phase.programs)
+            )
+        },
+    );
+    if let Some(e) = tm.resets.as_ref().and_then(|r| r.error.as_ref()) {
+        m += &format!("; the churn of resets failed: {e}");
+    }
+    if !std::ptr::eq(phase, &tm.idle) && tm.idle.error.is_none() {
+        if let Some(i) = super::bpfstats::avg_ns(&tm.idle.programs) {
+            m += &format!(
+                "; idle, {:.0} runs/s, cold: {i:.0} ns per run",
+                tm.idle.programs.iter().map(|p| p.run_cnt).sum::<u64>() as f64
+                    / tm.idle.seconds.max(1e-9)
+            );
+        }
+    }
+    if let Some(e) = phase.tw_events.filter(|e| e.total() > 0) {
+        m += &format!(
+            "; {} timewait events among them",
+            thousands(e.total() as f64)
+        );
+    }
+    let timer = Target {
+        target: timer_target,
+        measured: m,
+        met: a.map(|a| a <= MAX_TIMER_NS),
+    };
+    let b = tm
+        .split
+        .as_ref()
+        .and_then(|s| Some((s.ns_per_tw_event?, s.tw_events)));
+    let tw = Target {
+        target: tw_target,
+        measured: match b {
+            Some((b, e)) => format!(
+                "{b:.0} ns per timewait event over {} events ({} starts, {} cancels, {} \
+                 expiries) in {} default trace rounds, once the other timers' runs are charged \
+                 {:.1} ns each",
+                thousands(e.total() as f64),
+                thousands(e.starts as f64),
+                thousands(e.cancels as f64),
+                thousands(e.expiries as f64),
+                tm.rounds,
+                a.unwrap_or(0.0)
+            ),
+            None if tm.rounds == 0 => {
+                "n/a: no default trace round counted its timewait events".into()
+            }
+            None => "n/a: no timewait event in the rounds, or a timer program without a figure \
+                     for other timers"
+                .into(),
+        },
+        met: b.map(|(b, _)| b <= MAX_TW_EVENT_NS),
+    };
+    [tw, timer]
+}
+
+/// The trace's loss at the churn with the timer programs and without them (the rounds of
+/// `--timewait-source sock-diag`, run beside them): it must not grow.
+fn loss_with_without(with: &[&Round], without: &[&Round]) -> Target {
+    let ok = |v: &[&Round]| -> Option<Vec<u64>> {
+        v.iter()
+            .map(|x| x.error.is_none().then_some(x.events_lost?))
+            .collect()
+    };
+    let show = |v: &[&Round]| {
+        let lost = v
+            .iter()
+            .map(|x| match (&x.error, x.events_lost) {
+                (None, Some(l)) => thousands(l as f64),
+                _ => "failed".into(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let ratios: Vec<f64> = v.iter().filter_map(|x| x.ratio).collect();
+        let ratio = super::spread(ratios).map_or(String::new(), |s| {
+            format!("; ratio to untraced, median {:.3}", s.median)
+        });
+        format!("lost per round {lost}{ratio}")
+    };
+    let (w, wo) = (ok(with), ok(without));
+    Target {
+        target: format!(
+            "the trace's loss at maximum churn does not grow with the timer programs (against \
+             {TIMEWAIT_SOURCE} {SOCK_DIAG}, the same rounds)"
+        ),
+        measured: format!("with: {}; without: {}", show(with), show(without)),
+        met: match (w, wo) {
+            (Some(w), Some(wo)) if !w.is_empty() && !wo.is_empty() => {
+                Some(w.iter().sum::<u64>() <= wo.iter().sum::<u64>())
+            }
+            _ => Some(false),
+        },
+    }
 }
 
 /// The namespaces scenario's two rows: one `timewait` report's CPU, and `top`'s share of a
@@ -649,7 +806,13 @@ fn churn_markdown(s: &mut String, r: &Report) {
     for x in r.runs.iter().filter(|x| {
         matches!(
             x.config,
-            Some(Config::Trace | Config::TraceFull | Config::TraceNone | Config::Peer)
+            Some(
+                Config::Trace
+                    | Config::TraceSockDiag
+                    | Config::TraceFull
+                    | Config::TraceNone
+                    | Config::Peer
+            )
         )
     }) {
         let label = r
@@ -716,6 +879,10 @@ fn churn_markdown(s: &mut String, r: &Report) {
         let _ = writeln!(s);
     }
 
+    if let Some(tm) = &r.timers {
+        timers_markdown(s, r, tm);
+    }
+
     if let Some(k) = &r.soak {
         let label = summary(r, Config::Trace).map_or("teardown trace", |c| c.label.as_str());
         soak_markdown(s, k, label);
@@ -760,6 +927,113 @@ fn churn_markdown(s: &mut String, r: &Report) {
                 );
             }
         }
+        let _ = writeln!(s);
+    }
+}
+
+/// The timer programs' split: the method, then each program's figures.
+fn timers_markdown(s: &mut String, r: &Report, tm: &TimersResult) {
+    let resets_ok = tm.resets.as_ref().is_some_and(|x| x.error.is_none());
+    let _ = writeln!(
+        s,
+        "Timer programs ({}): they run on every kernel timer and go further only for a \
+         timewait socket's. (a) Their cost on other timers: `teardown trace` for {:.0} s \
+         under the same churn but with every connection ended by a reset, which leaves no \
+         timewait socket (the namespace's count says none), so every run is another timer, \
+         as hot in the caches as in the rounds{}; also idle for {:.0} s (a few runs a second, \
+         cold: dearer). (b) Their cost per timewait-socket event: over the {} default trace \
+         rounds, their run time minus (a) (each program's own) times their runs that were \
+         other timers, over the timewait events. Those are the kernel's counts in the churn's \
+         namespace, held open until the span ends so that no socket of it is purged inside: a \
+         timer start per timewait socket made (`TW` and `TWKilled`, which the kernel counts as \
+         it first arms the timer), a cancel per socket reused by a new connection \
+         (`TWRecycled`), an expiry per one made and neither reused nor alive at the end (the \
+         `tw` count of sockstat). A timer restart (a cancel and a start) is not counted, nor \
+         are other processes' timewait sockets: both are rare here.",
+        timers::PROGRAMS.join(", "),
+        tm.resets.as_ref().map_or(0.0, |x| x.seconds),
+        if resets_ok {
+            ""
+        } else {
+            " (it failed: (a) is the idle figure)"
+        },
+        tm.idle.seconds,
+        tm.rounds
+    );
+    let _ = writeln!(s);
+    for (what, x) in [
+        ("idle phase", Some(&tm.idle)),
+        ("churn of resets", tm.resets.as_ref()),
+    ] {
+        if let Some(e) = x.and_then(|x| x.error.as_ref()) {
+            let _ = writeln!(s, "The {what} failed: {e}");
+            let _ = writeln!(s);
+        }
+    }
+    let secs: f64 = rounds(r, Config::Trace)
+        .filter(|x| x.error.is_none() && x.timewait_events.is_some())
+        .map(|x| x.connections as f64 / x.per_second.max(1e-9))
+        .sum();
+    let overflow: u64 = rounds(r, Config::Trace)
+        .filter(|x| x.error.is_none())
+        .filter_map(|x| x.timewait_overflow)
+        .sum();
+    let _ = writeln!(
+        s,
+        "| program | idle: runs/s | idle: ns/run | resets: runs/s | resets: ns/run (a) | \
+         rounds: runs/s | rounds: ns/run | timewait events | ns per timewait event (b) |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let ns = |t: f64, n: u64| {
+        if n > 0 {
+            format!("{:.0}", t / n as f64)
+        } else {
+            "–".into()
+        }
+    };
+    let phase = |x: Option<&super::IdleResult>, name: &str| -> (String, String) {
+        match x.filter(|x| x.error.is_none()) {
+            Some(x) => match x.programs.iter().find(|p| p.name == name) {
+                Some(p) => (
+                    thousands(p.run_cnt as f64 / x.seconds.max(1e-9)),
+                    super::bpfstats::avg_ns(std::slice::from_ref(p))
+                        .map_or("–".into(), |v| format!("{v:.1}")),
+                ),
+                None => ("–".into(), "–".into()),
+            },
+            None => ("–".into(), "–".into()),
+        }
+    };
+    for name in timers::PROGRAMS {
+        let (ir, ins) = phase(Some(&tm.idle), name);
+        let (rr, rns) = phase(tm.resets.as_ref(), name);
+        let churn = tm
+            .split
+            .as_ref()
+            .and_then(|x| x.programs.iter().find(|p| p.name == name));
+        let _ = writeln!(
+            s,
+            "| {name} | {ir} | {ins} | {rr} | {rns} | {} | {} | {} | {} |",
+            churn.map_or("–".into(), |p| thousands(p.runs as f64 / secs.max(1e-9))),
+            churn.map_or("–".into(), |p| ns(p.run_time_ns as f64, p.runs)),
+            churn.map_or("–".into(), |p| thousands(p.tw_events as f64)),
+            churn
+                .and_then(|p| Some((p.tw_time_ns?, p.tw_events)))
+                .map_or("–".into(), |(t, n)| ns(t, n)),
+        );
+    }
+    let _ = writeln!(s);
+    if let Some(x) = &tm.split {
+        let _ = writeln!(
+            s,
+            "All three: {} ns per other timer (a), {} ns per timewait event (b), over {} \
+             timewait events; {} closes made no timewait socket, the namespace's table full \
+             (`TCPTimeWaitOverflow`: no timer).",
+            opt(x.ns_per_other_timer, &|v| format!("{v:.1}")),
+            opt(x.ns_per_tw_event, &|v| format!("{v:.0}")),
+            thousands(x.tw_events.total() as f64),
+            thousands(overflow as f64)
+        );
         let _ = writeln!(s);
     }
 }
@@ -962,6 +1236,131 @@ mod tests {
         let t = namespace_targets(None);
         assert_eq!(met(&t), [None, None]);
         assert!(t[1].measured.contains("--namespaces 0"));
+    }
+
+    fn stat(name: &str, t: u64, n: u64) -> super::super::bpfstats::ProgStat {
+        super::super::bpfstats::ProgStat {
+            id: 1,
+            name: name.into(),
+            run_time_ns: t,
+            run_cnt: n,
+        }
+    }
+
+    /// Other timers at `a` ns per run under the churn of resets (400 ns idle, cold); one churn
+    /// round whose 1000 timewait starts cost `b` ns each.
+    fn timers_at(a: u64, b: u64) -> TimersResult {
+        let phase = |ns: u64, runs: u64, conns: Option<u64>| super::super::IdleResult {
+            seconds: 10.0,
+            programs: vec![
+                stat(timers::START, ns * runs, runs),
+                stat(timers::CANCEL, ns * runs / 5, runs / 5),
+            ],
+            connections: conns,
+            tw_events: conns.map(|_| timers::TwEvents::default()),
+            error: None,
+        };
+        let resets = phase(a, 500, Some(50_000));
+        let churn = [
+            stat(timers::START, 9000 * a + 1000 * b, 10_000),
+            stat(timers::CANCEL, 2000 * a, 2000),
+        ];
+        let ev = timers::TwEvents {
+            starts: 1000,
+            ..timers::TwEvents::default()
+        };
+        TimersResult {
+            split: Some(timers::split(&resets.programs, &churn, ev)),
+            idle: phase(400, 200, None),
+            resets: Some(resets),
+            rounds: 1,
+        }
+    }
+
+    #[test]
+    fn timer_rows_judge_each_bound() {
+        let t = timer_targets(Some(&timers_at(20, 150)));
+        assert_eq!(met(&t), [Some(true), Some(true)]);
+        assert!(
+            t[0].measured
+                .starts_with("150 ns per timewait event over 1,000 events (1,000 starts"),
+            "{}",
+            t[0].measured
+        );
+        assert!(
+            t[1].measured
+                .starts_with("20.0 ns per run over 600 runs in 10 s of a churn of resets"),
+            "{}",
+            t[1].measured
+        );
+        assert!(
+            t[1].measured
+                .contains("idle, 24 runs/s, cold: 400 ns per run"),
+            "{}",
+            t[1].measured
+        );
+
+        let t = timer_targets(Some(&timers_at(60, 250)));
+        assert_eq!(met(&t), [Some(false), Some(false)]);
+        assert!(t[0].measured.starts_with("250 ns"), "{}", t[0].measured);
+
+        // Only (b) is missing when no round counted its events.
+        let mut tm = timers_at(20, 150);
+        tm.split = None;
+        tm.rounds = 0;
+        let t = timer_targets(Some(&tm));
+        assert_eq!(met(&t), [None, Some(true)]);
+        assert!(
+            t[0].measured.contains("no default trace round"),
+            "{}",
+            t[0].measured
+        );
+
+        // The churn of resets failed: (a) falls back to the idle phase, and says so.
+        if let Some(r) = tm.resets.as_mut() {
+            r.error = Some("the churn made no connections".into());
+        }
+        let t = timer_targets(Some(&tm));
+        assert_eq!(t[1].met, Some(false));
+        assert!(
+            t[1].measured
+                .starts_with("400.0 ns per run over 240 runs in 10 s of the trace idle")
+                && t[1].measured.contains("the churn of resets failed"),
+            "{}",
+            t[1].measured
+        );
+        tm.idle.error = Some("teardown trace loaded no timer program".into());
+        assert_eq!(met(&timer_targets(Some(&tm))), [Some(false), Some(false)]);
+        assert_eq!(met(&timer_targets(None)), [None, None]);
+    }
+
+    #[test]
+    fn the_loss_row_compares_the_same_rounds_with_and_without_the_timers() {
+        let round = |lost: u64, ratio: f64| Round {
+            events_lost: Some(lost),
+            events_seen: Some(1000),
+            ratio: Some(ratio),
+            ..Round::default()
+        };
+        let (a, b) = (round(0, 0.99), round(0, 0.995));
+        let t = loss_with_without(&[&a, &a], &[&b, &b]);
+        assert_eq!(t.met, Some(true));
+        assert_eq!(
+            t.measured,
+            "with: lost per round 0, 0; ratio to untraced, median 0.990; without: lost per round \
+             0, 0; ratio to untraced, median 0.995"
+        );
+        let worse = round(5, 0.98);
+        assert_eq!(loss_with_without(&[&a, &worse], &[&b, &b]).met, Some(false));
+        // Losing less than without is not growing.
+        assert_eq!(loss_with_without(&[&a], &[&round(7, 0.9)]).met, Some(true));
+        let failed = Round {
+            error: Some("the churn made no connections".into()),
+            ..Round::default()
+        };
+        let t = loss_with_without(&[&a, &failed], &[&b, &b]);
+        assert_eq!(t.met, Some(false));
+        assert!(t.measured.contains("0, failed"), "{}", t.measured);
     }
 
     #[test]
