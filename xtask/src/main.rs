@@ -64,7 +64,7 @@ enum Task {
     },
     /// Benchmark: churn untraced, with `teardown trace`, with top's back end and with the peer
     /// tool, interleaved; then a soak under `teardown trace`; writes
-    /// bench-results/latest.{json,md}. Needs root; about 18 minutes by default.
+    /// bench-results/latest.{json,md}. Needs root; about 21 minutes by default.
     Bench {
         #[command(flatten)]
         args: bench::BenchArgs,
