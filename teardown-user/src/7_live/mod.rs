@@ -204,6 +204,8 @@ impl Pipeline {
     fn held_note(&mut self, note: TimewaitNote) {
         let id = note.id;
         let Some(h) = self.held.by_id.get_mut(&id) else {
+            // Released by an earlier fact of the same batch: written after its verdict.
+            self.timewait_note(&note);
             return;
         };
         let outcome = match note.fact.what {
