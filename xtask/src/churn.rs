@@ -185,6 +185,11 @@ fn enter_fresh_netns() -> Result<()> {
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
     }
+    lo_up()
+}
+
+/// Brings `lo` up in the calling thread's network namespace (`ip link set lo up`, as an ioctl).
+pub fn lo_up() -> Result<()> {
     // SAFETY: plain socket(2) call.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {

@@ -410,7 +410,7 @@ fn fill(paths: &[PathBuf], m: usize, deadline: Instant) -> Result<()> {
                     return Err(std::io::Error::last_os_error())
                         .with_context(|| format!("entering {}", p.display()));
                 }
-                lo_up().with_context(|| format!("in {}", p.display()))?;
+                crate::churn::lo_up().with_context(|| format!("in {}", p.display()))?;
                 make_timewait(m, deadline).with_context(|| format!("in {}", p.display()))?;
             }
             Ok(())
@@ -454,36 +454,6 @@ fn make_timewait(m: usize, deadline: Instant) -> Result<()> {
         ensure!(got == 0, "the server end sent data");
         // The client end's FIN: the server end enters TIME_WAIT.
         drop(c);
-    }
-    Ok(())
-}
-
-/// Brings `lo` up in the calling thread's network namespace.
-fn lo_up() -> Result<()> {
-    // SAFETY: plain socket(2) call.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket for the lo ioctl");
-    }
-    // SAFETY: ifreq is plain old data; zeroed is a valid value.
-    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own; fd is open.
-    let rc = unsafe {
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) != 0 {
-            -1
-        } else {
-            ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr)
-        }
-    };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: fd is ours, closed once.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        return Err(err).context("bringing lo up");
     }
     Ok(())
 }
