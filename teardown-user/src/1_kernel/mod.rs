@@ -5,6 +5,7 @@
 //! streams ring-buffer records.
 
 pub mod btf;
+pub mod caps;
 pub mod clock;
 mod preflight;
 mod stream;
@@ -332,7 +333,14 @@ impl Probe {
                 .ok()
                 .and_then(|k| kallsyms_address(&k, TW_HANDLER))
                 .map(|a| (r.tw, a))
-                .ok_or_else(|| format!("/proc/kallsyms shows no address for {TW_HANDLER}")),
+                .ok_or_else(|| {
+                    // Addresses read as zero without CAP_SYSLOG, unless perf_event_paranoid
+                    // is 1 or lower.
+                    let why = caps::lacking_note(caps::Capability::Syslog)
+                        .map(|n| format!(": {n}"))
+                        .unwrap_or_default();
+                    format!("/proc/kallsyms shows no address for {TW_HANDLER}{why}")
+                }),
         };
         let plan = Plan {
             sock_offsets,

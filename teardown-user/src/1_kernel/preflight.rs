@@ -3,13 +3,17 @@
 
 use std::fs;
 
+use super::caps::{self, CapSet, Capability};
+
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error(
-        "tracing needs root, or the capabilities CAP_BPF and CAP_PERFMON (Linux 5.8+). Run it \
-         with sudo, or grant them once: `sudo setcap cap_bpf,cap_perfmon,cap_net_admin+ep $(which teardown)`"
+        "tracing needs {} (Linux 5.8+), and this process lacks {}: {}",
+        caps::list(&caps::TRACING),
+        caps::list(lacking),
+        caps::grant_hint(&caps::TRACING_FULL)
     )]
-    NotPrivileged,
+    NotPrivileged { lacking: Vec<Capability> },
     #[error(
         "this kernel ({release}) is too old: teardown needs Linux 5.8 or newer (BPF ring buffer). \
          `teardown timewait` still works from sock_diag"
@@ -17,25 +21,15 @@ pub enum PreflightError {
     KernelTooOld { release: String },
 }
 
-/// Linux capability numbers (include/uapi/linux/capability.h).
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-fn effective_caps() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
-}
-
-/// Root, or CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN (which covers both on older kernels).
+/// CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN (which covers both, and is what kernels before
+/// 5.8 want).
 pub fn check_privileges() -> Result<(), PreflightError> {
-    let caps = effective_caps().unwrap_or(0);
-    let has = |c: u32| caps & (1u64 << c) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    let held = CapSet::effective();
+    let lacking = held.lacking(&caps::TRACING);
+    if held.has(Capability::SysAdmin) || lacking.is_empty() {
         Ok(())
     } else {
-        Err(PreflightError::NotPrivileged)
+        Err(PreflightError::NotPrivileged { lacking })
     }
 }
 

@@ -5,16 +5,36 @@ use std::{fs, path::Path};
 
 use teardown_common::{TracepointOffsets, OFFSET_UNKNOWN};
 
+use super::caps::{self, Capability};
+
+/// "CAP_X is lacking" when it is (the usual reason for `e`), else `e` itself.
+fn lacking_or(c: Capability, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            caps::lacking_note(c).unwrap_or_else(|| e.to_string())
+        }
+        _ => e.to_string(),
+    }
+}
+
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 const FORMAT: &str = "events/sock/inet_sock_set_state/format";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
     #[error(
-        "tracefs is not mounted at {TRACEFS} and mounting it failed ({0}); mount it with \
-         `mount -t tracefs tracefs {TRACEFS}`"
+        "tracefs is not mounted at {TRACEFS} and mounting it failed ({}); mount it with \
+         `mount -t tracefs tracefs {TRACEFS}`",
+        lacking_or(Capability::SysAdmin, .0)
     )]
     Mount(std::io::Error),
+    #[error(
+        "tracefs at {TRACEFS} cannot be read ({}): the classic tracepoint's layout is read there; \
+         {}, or use --hook btf",
+        lacking_or(Capability::DacReadSearch, .0),
+        caps::grant_hint(&[Capability::Bpf, Capability::Perfmon, Capability::DacReadSearch])
+    )]
+    Unreadable(std::io::Error),
     #[error("cannot read {path}: {source}; this kernel may not have the sock:inet_sock_set_state tracepoint (Linux 4.16 or newer)")]
     Format {
         path: String,
@@ -26,8 +46,13 @@ pub enum TracefsError {
 
 /// Mounts tracefs at its usual place unless it is there already.
 pub fn ensure_mounted() -> Result<(), TracefsError> {
-    if Path::new(TRACEFS).join("events").exists() {
-        return Ok(());
+    match fs::metadata(Path::new(TRACEFS).join("events")) {
+        Ok(_) => return Ok(()),
+        // Mounted, but root's alone (mode 0700 by default).
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(TracefsError::Unreadable(e))
+        }
+        Err(_) => {}
     }
     let src = c"tracefs";
     let target = c"/sys/kernel/tracing";

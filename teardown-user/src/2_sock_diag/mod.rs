@@ -79,8 +79,9 @@ pub enum DiagError {
     #[error("sock_diag: undecodable message: {0}")]
     Decode(String),
     /// The network namespace could not be entered.
+    /// (The path, then why: the error, or the capability lacking for it.)
     #[error("cannot enter network namespace {0}: {1}")]
-    Netns(String, #[source] std::io::Error),
+    Netns(String, String),
     /// The dump was interrupted by concurrent changes too many times in a row.
     #[error("sock_diag dump interrupted {0} times in a row; the socket table changes too fast")]
     Interrupted(u32),

@@ -80,6 +80,10 @@ pub struct NamespaceScan {
     pub namespaces: Vec<Namespace>,
     /// Namespaces beyond [`NamespaceLimits::max_namespaces`], not listed.
     pub left_out: usize,
+    /// Processes whose namespace link could not be read (other users' processes, without
+    /// CAP_SYS_PTRACE): a namespace only they are in is not listed, and counts of processes
+    /// are of the readable ones.
+    pub unreadable: usize,
 }
 
 /// Parses an nsfs link target or mount root, `net:[4026531840]`.
@@ -160,9 +164,15 @@ pub fn list_namespaces(proc_root: &Path, limits: NamespaceLimits) -> NamespaceSc
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
+    let mut unreadable = 0;
     for pid in pids {
-        let Ok(target) = std::fs::read_link(proc_root.join(pid.to_string()).join("ns/net")) else {
-            continue;
+        let target = match std::fs::read_link(proc_root.join(pid.to_string()).join("ns/net")) {
+            Ok(t) => t,
+            Err(e) => {
+                // Gone since the listing is not worth a word; denied is.
+                unreadable += usize::from(e.kind() == std::io::ErrorKind::PermissionDenied);
+                continue;
+            }
         };
         let Some(inode) = parse_net_link(&target.to_string_lossy()) else {
             continue;
@@ -190,6 +200,7 @@ pub fn list_namespaces(proc_root: &Path, limits: NamespaceLimits) -> NamespaceSc
     NamespaceScan {
         left_out: total - namespaces.len(),
         namespaces,
+        unreadable,
     }
 }
 

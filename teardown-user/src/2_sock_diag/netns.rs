@@ -9,6 +9,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::DiagError;
+use crate::kernel::caps::{self, Capability};
 
 /// The path of a namespace named by `ip netns add NAME`, or `name` itself if it is a path
 /// (`/proc/PID/ns/net` works too).
@@ -22,8 +23,19 @@ pub fn path_for(name: &str) -> PathBuf {
 
 /// Moves the calling thread into the network namespace at `path` (needs CAP_SYS_ADMIN).
 pub fn enter(path: &Path) -> Result<(), DiagError> {
-    let f = File::open(path).map_err(|e| DiagError::Netns(path.display().to_string(), e))?;
-    enter_file(&f).map_err(|e| DiagError::Netns(path.display().to_string(), e))
+    let failed = |e: std::io::Error, needed: Capability| {
+        let why = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => caps::lacking_note(needed),
+            _ => None,
+        };
+        DiagError::Netns(
+            path.display().to_string(),
+            why.unwrap_or_else(|| e.to_string()),
+        )
+    };
+    // Opening another user's /proc/PID/ns/net is a ptrace access; setns wants CAP_SYS_ADMIN.
+    let f = File::open(path).map_err(|e| failed(e, Capability::SysPtrace))?;
+    enter_file(&f).map_err(|e| failed(e, Capability::SysAdmin))
 }
 
 /// Moves the calling thread into the network namespace of an open nsfs file, such as one of

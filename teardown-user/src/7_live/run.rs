@@ -20,7 +20,10 @@ use crate::{
         recording::{self, Record},
         Decoded,
     },
-    kernel::{clock, LostCounts, Probe},
+    kernel::{
+        caps::{self, Capability},
+        clock, LostCounts, Probe,
+    },
     sinks::{Metrics, Summary},
 };
 
@@ -74,8 +77,9 @@ pub async fn live(
     // reader and the pipeline share this thread.
     if let Some(nice) = options.nice {
         if let Err(e) = set_thread_nice(nice) {
+            let why = caps::lacking_note(Capability::SysNice).unwrap_or_else(|| e.to_string());
             crate::say!(
-                "note: the agent's priority could not be raised ({e}); on a saturated host it \
+                "note: the agent's priority could not be raised ({why}); on a saturated host it \
                  may fall behind (--nice 0 does not ask)"
             );
         }

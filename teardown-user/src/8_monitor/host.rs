@@ -35,6 +35,9 @@ pub struct NamespaceOwner {
     pub container: Option<Container>,
     /// Processes inside; 0: no process left (kept alive by a mount, or about to go).
     pub processes: usize,
+    /// Other users' processes could not be read: `processes` counts the readable ones.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub processes_hidden: bool,
 }
 
 impl NamespaceOwner {
@@ -51,7 +54,11 @@ impl NamespaceOwner {
             format!("netns {}", self.netns)
         };
         if self.processes == 0 && !self.own {
-            s.push_str(" (no process left)");
+            s.push_str(if self.processes_hidden {
+                " (no readable process)"
+            } else {
+                " (no process left)"
+            });
         }
         s
     }
@@ -82,6 +89,9 @@ pub struct HostReport {
     pub unobserved: Vec<Unobserved>,
     /// Namespaces beyond the scan's limit, not observed.
     pub left_out: usize,
+    /// Processes whose namespace could not be read (CAP_SYS_PTRACE lacking): a namespace only
+    /// they are in is missing from the report.
+    pub unreadable_processes: usize,
     /// The sums over every observed namespace.
     pub totals: StateCounts,
     /// The worst level of any namespace.
@@ -102,6 +112,8 @@ pub struct HostCollector {
     home: File,
     /// The thread left it during this poll.
     away: bool,
+    /// Processes of the latest scan whose namespace could not be read.
+    hidden: usize,
 }
 
 impl HostCollector {
@@ -120,6 +132,7 @@ impl HostCollector {
             names: ContainerNames::default(),
             home: File::open("/proc/thread-self/ns/net")?,
             away: false,
+            hidden: 0,
         })
     }
 
@@ -131,6 +144,7 @@ impl HostCollector {
     /// own when this returns.
     pub fn poll(&mut self) -> HostReport {
         let mut scan = list_namespaces(&self.proc_root, self.limits);
+        self.hidden = scan.unreadable;
         // Its own namespace first, polled where the thread already is: entering any namespace,
         // even this one, takes CAP_SYS_ADMIN, which a user without it still lacks for the
         // others only.
@@ -176,6 +190,7 @@ impl HostCollector {
             namespaces,
             unobserved,
             left_out: scan.left_out,
+            unreadable_processes: scan.unreadable,
             totals,
             level,
         }
@@ -192,6 +207,7 @@ impl HostCollector {
             ip_netns: ns.ip_netns_names().map(str::to_string).collect(),
             container,
             processes: ns.processes,
+            processes_hidden: self.hidden > 0,
         }
     }
 
@@ -293,6 +309,7 @@ mod tests {
             ip_netns: Vec::new(),
             container: None,
             processes,
+            processes_hidden: false,
         }
     }
 
@@ -301,6 +318,11 @@ mod tests {
         assert_eq!(owner(1, true, 80).label(), "host");
         assert_eq!(owner(7, false, 2).label(), "netns 7");
         assert_eq!(owner(7, false, 0).label(), "netns 7 (no process left)");
+        let hidden = NamespaceOwner {
+            processes_hidden: true,
+            ..owner(7, false, 0)
+        };
+        assert_eq!(hidden.label(), "netns 7 (no readable process)");
         let mut o = owner(8, false, 0);
         o.ip_netns.push("blue".into());
         assert_eq!(o.label(), "ip netns blue (no process left)");

@@ -43,6 +43,9 @@ pub struct App {
     /// Every namespace of the latest host-wide poll, most timewait sockets first (empty when
     /// one namespace is observed).
     pub namespaces: Vec<NamespaceRow>,
+    /// Namespaces found but not observed in the latest host-wide poll, and why the first was
+    /// not (a lacking capability, typically).
+    pub unobserved: Option<(usize, String)>,
     pub paused: bool,
     pub should_quit: bool,
     first_ms: Option<u64>,
@@ -61,6 +64,7 @@ impl App {
             error: None,
             source: source.into(),
             namespaces: Vec::new(),
+            unobserved: None,
             paused: false,
             should_quit: false,
             first_ms: None,
@@ -102,6 +106,10 @@ impl App {
                 level: n.report.level,
             })
             .collect();
+        self.unobserved = host
+            .unobserved
+            .first()
+            .map(|u| (host.unobserved.len(), u.error.clone()));
         self.update(merged);
     }
 

@@ -48,8 +48,12 @@ pub fn namespaces_suffix(app: &App) -> String {
     let Some(busiest) = app.namespaces.first() else {
         return String::new();
     };
+    let unobserved = match &app.unobserved {
+        Some((n, why)) => format!(", {n} not observed ({why})"),
+        None => String::new(),
+    };
     format!(
-        " | namespaces {}, most timewait: {} ({})",
+        " | namespaces {}, most timewait: {} ({}){unobserved}",
         app.namespaces.len(),
         busiest.label,
         busiest.counts.timewait_total()

@@ -240,6 +240,7 @@ mod tests {
                 ip_netns: if own { vec![] } else { vec!["blue".into()] },
                 container: None,
                 processes: usize::from(own),
+                processes_hidden: false,
             },
             report: report(1_700_000_000_000, n_tw),
         };
@@ -247,6 +248,7 @@ mod tests {
             namespaces: vec![ns(7, false, 6), ns(1, true, 2)],
             unobserved: vec![],
             left_out: 0,
+            unreadable_processes: 0,
             totals: Default::default(),
             level: crate::monitor::Level::Ok,
         };

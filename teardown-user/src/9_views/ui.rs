@@ -116,6 +116,10 @@ fn draw_counts(f: &mut Frame, app: &App, area: Rect) {
 
 /// One row per network namespace, most timewait sockets first.
 fn draw_namespaces(f: &mut Frame, app: &App, area: Rect) {
+    let title = match &app.unobserved {
+        Some((n, _)) => format!("Network namespaces ({n} not observed)"),
+        None => "Network namespaces".to_owned(),
+    };
     let rows: Vec<Row> = app
         .namespaces
         .iter()
@@ -141,7 +145,7 @@ fn draw_namespaces(f: &mut Frame, app: &App, area: Rect) {
         Row::new(vec!["NAMESPACE", "TIMEWAIT", "CLOSE_WAIT", "LEVEL"])
             .style(Style::default().add_modifier(Modifier::BOLD)),
     )
-    .block(block("Network namespaces"));
+    .block(block(&title));
     f.render_widget(t, area);
 }
 

@@ -55,8 +55,9 @@ Ages of sockets that existed before the first poll are lower bounds, shown as `>
 --interval the report polls twice and measures the entry rate and how timewait sockets left \
 (expired, reused by a new connection, killed early) instead of estimating from timers.
 
-Needs root (or CAP_NET_ADMIN for all sockets, and ptrace rights to read other processes' \
-descriptors). Works without the eBPF tracer.",
+Works without the eBPF tracer and without privileges for this process's own namespace. \
+CAP_SYS_PTRACE reads other users' processes (their namespaces, and which process holds a \
+socket); CAP_SYS_ADMIN enters the other namespaces.",
     after_help = "Examples:
   teardown timewait                         # every namespace, one poll
   teardown timewait --interval 5            # two polls 5 s apart: measured rates and exits
@@ -181,7 +182,7 @@ fn poll_options(args: &TimewaitArgs) -> PollOptions {
 pub fn collect(args: &TimewaitArgs) -> anyhow::Result<Report> {
     let owners = (!args.no_owners).then(ScanLimits::default);
     let mut c = Collector::new(poll_options(args), args.report_config(), owners)
-        .context("sock_diag is not available (root or CAP_NET_ADMIN needed?)")?;
+        .context("sock_diag is not available")?;
     let (mut report, _) = c.poll()?;
     if args.interval > 0.0 {
         std::thread::sleep(Duration::from_millis(secs_to_ms(args.interval)));
@@ -203,8 +204,7 @@ pub fn collect_host(args: &TimewaitArgs) -> anyhow::Result<HostReport> {
     }
     if let Some(u) = report.unobserved.iter().find(|u| u.owner.own) {
         anyhow::bail!(
-            "sock_diag is not available in this process's network namespace: {} (root or \
-             CAP_NET_ADMIN needed; CAP_SYS_ADMIN to enter the others)",
+            "sock_diag is not available in this process's network namespace: {}",
             u.error
         );
     }
@@ -276,6 +276,19 @@ fn write_host_report(o: &mut String, r: &HostReport) -> std::fmt::Result {
     }
     if r.left_out > 0 {
         writeln!(o, "({} more namespaces not observed: too many)", r.left_out)?;
+    }
+    if r.unreadable_processes > 0 {
+        writeln!(
+            o,
+            "({} could not be read: {}; a namespace only those are in is missing, and PROCS \
+             counts the readable ones)",
+            match r.unreadable_processes {
+                1 => "1 process".to_owned(),
+                n => format!("{n} processes"),
+            },
+            crate::kernel::caps::lacking_note(crate::kernel::caps::Capability::SysPtrace)
+                .unwrap_or_else(|| "permission denied".to_owned())
+        )?;
     }
     let busy: Vec<_> = r
         .namespaces

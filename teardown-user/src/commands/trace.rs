@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use super::output::{FilterArgs, OutputArgs};
 use crate::{
     decode::recording,
+    kernel::caps::{self, CapSet, Capability},
     kernel::clock,
     kernel::{Hook, Probe, ProbeConfig},
     live::{live, LiveOptions, Pipeline, TimewaitFollow},
@@ -221,7 +222,19 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         .filter(|&n| n != 0);
     // Connections of other namespaces are named after their container.
     let containers = match home_netns.map(|_| ContainerDirectory::start()) {
-        Some(Ok(d)) => Some(d),
+        Some(Ok(d)) => {
+            // Other users' processes show their namespace to CAP_SYS_PTRACE, and the engines'
+            // records (root's alone) open to CAP_DAC_READ_SEARCH.
+            let lacking =
+                CapSet::effective().lacking(&[Capability::SysPtrace, Capability::DacReadSearch]);
+            if !lacking.is_empty() {
+                crate::say!(
+                    "note: containers may be left unnamed: {} lacking",
+                    caps::list(&lacking)
+                );
+            }
+            Some(d)
+        }
         Some(Err(e)) => {
             crate::say!("note: containers are not named: {e}");
             None
