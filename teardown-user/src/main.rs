@@ -13,7 +13,8 @@ use teardown::commands::{replay, timewait, top, trace};
 /// variant of the close it was (four-way, three-segment, simultaneous, half-close, reset,
 /// timeout...), and what departed from the documented sequence and why.
 ///
-/// Tracing needs root (or CAP_BPF and CAP_PERFMON). `replay` needs neither.
+/// Tracing needs root, or CAP_BPF and CAP_PERFMON (the README's "Privileges" lists what each
+/// command needs and what each further capability adds); `replay` needs no privilege.
 #[derive(Parser, Debug)]
 #[command(name = "teardown", version, propagate_version = true, after_help = EXAMPLES)]
 struct Cli {
@@ -48,7 +49,8 @@ const EXAMPLES: &str = "Examples:
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Trace connections as they close and judge each teardown (live; needs root).
+    /// Trace connections as they close and judge each teardown (live; root, or CAP_BPF and
+    /// CAP_PERFMON).
     Trace(trace::TraceArgs),
     /// Trace like `trace`, and also write the raw events to a file for `replay`.
     Record(trace::RecordArgs),

@@ -57,6 +57,13 @@ pub const CONTAINERS: Need = Need {
     tools: &["ip", "ss", "podman", "runc", "busybox", "nsenter"],
 };
 
+/// Commands run as an unprivileged user with chosen capabilities: the kernel programs, network
+/// namespaces, `setpriv` and `unshare` (util-linux).
+pub const PRIVILEGE: Need = Need {
+    btf: true,
+    tools: &["ip", "ss", "setpriv", "unshare"],
+};
+
 /// Why this host cannot give `need`, if it cannot: the first missing piece.
 pub fn missing(need: Need) -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.

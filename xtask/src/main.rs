@@ -137,6 +137,12 @@ fn test(host_only: bool, args: Vec<String>) -> Result<()> {
             "the container tests run busybox httpd in podman",
         )?;
     }
+    // The privilege tests run each command as an unprivileged user with chosen capabilities.
+    setup::ensure_tool(
+        "setpriv",
+        "util-linux",
+        "the privilege tests run commands with exactly their capabilities",
+    )?;
     let kernel_ready = setup::is_root() && std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
     if kernel_ready {
         println!("xtask: root and kernel BTF present: the kernel tests will run");

@@ -311,10 +311,22 @@ fn is_static(path: &Path) -> bool {
         })
 }
 
-/// Test binaries the guests do not run: they need a container engine (podman, its storage, runc,
-/// conmon), which the initramfs does not carry. Containers do not depend on the kernel's
-/// version beyond network namespaces, which every guest test uses.
-const HOST_ONLY: &[&str] = &["containers"];
+/// Test binaries the guests do not run, and why: what they need is not in the initramfs, and
+/// what they test does not depend on the kernel's version beyond what every guest test covers.
+const HOST_ONLY: &[(&str, &str)] = &[
+    (
+        "containers",
+        "a container engine (podman, its storage, runc, conmon)",
+    ),
+    (
+        "privilege",
+        "util-linux's setpriv and an unprivileged user's view of /proc",
+    ),
+    (
+        "bounded_memory",
+        "hundreds of thousands of sockets and minutes of load, too much for an emulated guest",
+    ),
+];
 
 /// The kernel test binaries (the integration tests), built by cargo; name -> path.
 fn test_binaries(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
@@ -355,9 +367,9 @@ fn test_binaries(root: &Path) -> Result<BTreeMap<String, PathBuf>> {
     if tests.is_empty() {
         bail!("cargo built no kernel test binaries");
     }
-    for name in HOST_ONLY {
+    for (name, why) in HOST_ONLY {
         if tests.remove(*name).is_some() {
-            println!("matrix: {name} runs on the host only (the guests carry no container engine)");
+            println!("matrix: {name} runs on the host only (it needs {why})");
         }
     }
     Ok(tests)

@@ -8,7 +8,8 @@ use super::caps::{self, CapSet, Capability};
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error(
-        "tracing needs {} (Linux 5.8+), and this process lacks {}: {}",
+        "tracing needs {} (Linux 5.8+; or CAP_SYS_ADMIN, which covers both), and this process \
+         lacks {}: {}",
         caps::list(&caps::TRACING),
         caps::list(lacking),
         caps::grant_hint(&caps::TRACING_FULL)

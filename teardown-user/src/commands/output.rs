@@ -179,7 +179,7 @@ impl OutputArgs {
         }
         let out: Box<dyn io::Write + Send> = match &self.output {
             Some(path) => Box::new(
-                File::create(path)
+                create_output_file(path)
                     .with_context(|| format!("cannot create the output file {}", path.display()))?,
             ),
             None => Box::new(io::stdout()),
@@ -200,6 +200,25 @@ impl OutputArgs {
             ),
         })
     }
+}
+
+/// Creates (or truncates) a file the agent writes its output or a recording to: readable by
+/// others as the umask allows, writable by nobody else whatever the umask (a trace names every
+/// process on the host, and a tampered recording would be replayed as the truth).
+pub fn create_output_file(path: &std::path::Path) -> io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(path)?;
+    // An existing file keeps its mode through open(): take write access from others there too.
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o022 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & !0o022))?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! a [`Pipeline`] that the live loop ([`crate::live::live`]) drives until Ctrl-C, SIGTERM or
 //! `--duration`.
 
-use std::{fs::File, io::BufWriter, path::PathBuf, sync::Arc, time::Duration};
+use std::{io::BufWriter, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
@@ -198,7 +198,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     let wall_offset_ns = clock::wall_offset_ns();
     let recorder = match &record {
         Some(path) => {
-            let file = File::create(path)
+            let file = super::output::create_output_file(path)
                 .with_context(|| format!("cannot create the recording {}", path.display()))?;
             let header = recording::Header {
                 format: recording::FORMAT.into(),
@@ -229,8 +229,9 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
                 CapSet::effective().lacking(&[Capability::SysPtrace, Capability::DacReadSearch]);
             if !lacking.is_empty() {
                 crate::say!(
-                    "note: containers may be left unnamed: {} lacking",
-                    caps::list(&lacking)
+                    "note: containers may be left unnamed: {} {} lacking",
+                    caps::list(&lacking),
+                    if lacking.len() == 1 { "is" } else { "are" }
                 );
             }
             Some(d)

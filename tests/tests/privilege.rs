@@ -1,0 +1,531 @@
+//! Least privilege: each command runs as an unprivileged user (`nobody`) holding exactly the
+//! capabilities the README lists for it, as ambient capabilities, and works; with any one of
+//! them dropped it says which one it lacks. And no file it writes is world-writable, whatever
+//! the umask.
+//!
+//! The user is given its capabilities by `setpriv` (util-linux): inheritable, ambient and the
+//! bounding set all hold exactly the set, so nothing else can be gained on exec.
+
+// A failed unwrap in a test is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use teardown_integration_tests::{
+    cli::{self, Running},
+    gate, loopback,
+    netns::Netns,
+};
+
+/// The unprivileged user the commands run as.
+const NOBODY: &str = "65534";
+
+/// What tracing uses: loading and attaching (required), the timewait timers' address in
+/// /proc/kallsyms and a raised priority (each left out with a note when lacking), and the
+/// containers' names (other users' /proc entries, the engines' root-only records).
+const TRACE: &[&str] = &[
+    "bpf",
+    "perfmon",
+    "syslog",
+    "sys_nice",
+    "sys_ptrace",
+    "dac_read_search",
+];
+/// What the monitor uses: other users' processes (their namespaces) and entering namespaces.
+const TIMEWAIT: &[&str] = &["sys_ptrace", "sys_admin"];
+
+/// What `top` uses: CAP_SYS_ADMIN enters the other namespaces, and also grants what CAP_BPF
+/// and CAP_PERFMON would for its tracer; the rest as for [`TRACE`] and [`TIMEWAIT`].
+const TOP: &[&str] = &[
+    "sys_admin",
+    "sys_ptrace",
+    "syslog",
+    "sys_nice",
+    "dac_read_search",
+];
+
+/// A directory every user can read, with a copy of the binary in it: the one cargo built may
+/// sit under a directory `nobody` cannot enter.
+fn shared_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("teardown-privilege-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("teardown");
+        std::fs::copy(cli::teardown_bin().unwrap(), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    })
+}
+
+/// A directory of the shared one that `nobody` owns, for the files the commands write.
+fn nobody_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = shared_dir().join("out");
+        std::fs::create_dir_all(&dir).unwrap();
+        let uid: u32 = NOBODY.parse().unwrap();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
+        dir
+    })
+}
+
+/// `teardown ARGS` as `nobody` with exactly `caps` (names as `setpriv` takes them, without
+/// `cap_`), in the shared directory, under umask 000 (so a file created without an explicit
+/// mode would come out world-writable).
+fn as_nobody(caps: &[&str], args: &[&str]) -> Command {
+    let set: String = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let dir = shared_dir();
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={NOBODY}"),
+        &format!("--regid={NOBODY}"),
+        "--clear-groups",
+        &format!("--inh-caps={set}"),
+        &format!("--ambient-caps={set}"),
+        &format!("--bounding-set={set}"),
+    ])
+    .arg(dir.join("teardown"))
+    .args(args)
+    .current_dir(dir)
+    .env("HOME", dir);
+    // SAFETY: umask is async-signal-safe and only changes the child's file creation mask.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+fn without<'a>(set: &[&'a str], dropped: &str) -> Vec<&'a str> {
+    set.iter().copied().filter(|c| *c != dropped).collect()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// "CAP_SYS_NICE" for "sys_nice".
+fn cap_name(c: &str) -> String {
+    format!("CAP_{}", c.to_uppercase())
+}
+
+/// Whether kernel addresses in /proc/kallsyms need CAP_SYSLOG here, and whether they can be
+/// read at all (kptr_restrict 2 hides them from everyone).
+fn kallsyms_needs_syslog() -> (bool, bool) {
+    let read = |p: &str| -> i64 {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(2)
+    };
+    let kptr = read("/proc/sys/kernel/kptr_restrict");
+    let paranoid = read("/proc/sys/kernel/perf_event_paranoid");
+    let readable = kptr < 2;
+    (readable && (kptr == 1 || paranoid > 1), readable)
+}
+
+/// Runs `teardown trace --format jsonl --port P --duration 4s -o FILE` as `nobody` with `caps`;
+/// once it says it is tracing, one connection closes on P. Returns the run's output and the
+/// JSON Lines written to FILE (None when the trace did not start).
+fn trace_as_nobody(caps: &[&str], tag: &str) -> (Output, Option<String>) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = nobody_dir().join(format!("trace-{tag}.jsonl"));
+    let _ = std::fs::remove_file(&out);
+    let mut child = Running::new(
+        as_nobody(
+            caps,
+            &[
+                "trace",
+                "--format",
+                "jsonl",
+                "--port",
+                &port.to_string(),
+                "--duration",
+                "4s",
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut started = false;
+    let mut err = Vec::new();
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let tracing = line.starts_with("tracing");
+        err.push(line);
+        if tracing {
+            started = true;
+            break;
+        }
+    }
+    if started {
+        loopback::close_one_on(port, false).unwrap();
+    }
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    err.extend(rx.try_iter());
+    let output = Output {
+        status,
+        stdout: Vec::new(),
+        stderr: err.join("\n").into_bytes(),
+    };
+    let written = started.then(|| std::fs::read_to_string(&out).unwrap());
+    if started {
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o002,
+            0,
+            "{} is world-writable (mode {mode:o})",
+            out.display()
+        );
+        std::fs::remove_file(&out).unwrap();
+    }
+    (output, written)
+}
+
+#[test]
+fn trace_works_with_exactly_its_capabilities() {
+    if !gate::can_run(gate::PRIVILEGE) {
+        return;
+    }
+    let (out, written) = trace_as_nobody(TRACE, "all");
+    let (_, err) = text(&out);
+    assert!(out.status.success(), "{err}");
+    let written = written.expect("the trace started");
+    let (_, kallsyms_readable) = kallsyms_needs_syslog();
+    assert!(
+        !err.contains("lacking"),
+        "a capability reported lacking: {err}"
+    );
+    if kallsyms_readable {
+        assert!(!err.contains("kallsyms"), "{err}");
+    }
+    assert!(!err.contains("priority could not be raised"), "{err}");
+    // The connection was traced and judged: both ends, as for root.
+    let conns = written
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "connection" && v.get("verdict").is_some())
+        .count();
+    assert!(conns >= 2, "{written}\n{err}");
+}
+
+#[test]
+fn trace_without_each_capability_names_it() {
+    if !gate::can_run(gate::PRIVILEGE) {
+        return;
+    }
+    let (syslog_needed, _) = kallsyms_needs_syslog();
+    for dropped in TRACE {
+        let (out, written) = trace_as_nobody(&without(TRACE, dropped), dropped);
+        let (_, err) = text(&out);
+        let name = cap_name(dropped);
+        match *dropped {
+            // Required: the trace does not start, and the one lacking is named alone.
+            "bpf" | "perfmon" => {
+                assert!(!out.status.success(), "{dropped}: {err}");
+                assert!(written.is_none(), "{dropped}: {err}");
+                assert!(
+                    err.contains(&format!("this process lacks {name}:")),
+                    "{dropped}: {err}"
+                );
+                assert_eq!(
+                    err.matches("error:").count(),
+                    1,
+                    "{dropped}: said once: {err}"
+                );
+            }
+            // Optional: the trace runs, and a note says what is left out and why.
+            _ => {
+                assert!(out.status.success(), "{dropped}: {err}");
+                assert!(written.is_some(), "{dropped}: {err}");
+                if *dropped == "syslog" && !syslog_needed {
+                    continue;
+                }
+                let note = err
+                    .lines()
+                    .find(|l| l.contains(&name))
+                    .unwrap_or_else(|| panic!("{dropped}: no note names {name}: {err}"));
+                assert!(note.starts_with("note: "), "{note}");
+                assert!(note.contains("lacking"), "{note}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_classic_tracepoint_needs_tracefs_readable() {
+    if !gate::can_run(gate::PRIVILEGE) {
+        return;
+    }
+    let mode = std::fs::metadata("/sys/kernel/tracing")
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
+    let caps = ["bpf", "perfmon", "dac_read_search"];
+    let run = |caps: &[&str]| {
+        as_nobody(caps, &["trace", "--hook", "tracepoint", "--duration", "1s"])
+            .output()
+            .unwrap()
+    };
+    let with = run(&caps);
+    assert!(with.status.success(), "{:?}", text(&with));
+    let lacking = run(&caps[..2]);
+    if mode & 0o005 == 0o005 {
+        // tracefs readable by everyone here: the capability is not needed.
+        assert!(lacking.status.success(), "{:?}", text(&lacking));
+        return;
+    }
+    let (_, err) = text(&lacking);
+    assert!(!lacking.status.success(), "{err}");
+    assert!(err.contains("CAP_DAC_READ_SEARCH is lacking"), "{err}");
+    assert_eq!(
+        err.matches("CAP_DAC_READ_SEARCH is lacking").count(),
+        1,
+        "{err}"
+    );
+}
+
+/// A network namespace that only a process refers to (no mount under /run/netns): finding it
+/// takes reading that root process's /proc entry. It holds one TIME_WAIT socket.
+struct HiddenNamespace {
+    holder: std::process::Child,
+    inode: u64,
+}
+
+impl HiddenNamespace {
+    fn new() -> HiddenNamespace {
+        let mut holder = Command::new("unshare")
+            .args(["--net", "sleep", "120"])
+            .spawn()
+            .unwrap();
+        let path = PathBuf::from(format!("/proc/{}/ns/net", holder.id()));
+        let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+        let entered = teardown_integration_tests::wait::wait_until(
+            "unshare to enter its namespace",
+            Duration::from_secs(10),
+            || Ok(std::fs::read_link(&path).is_ok_and(|t| t != own)),
+        );
+        if let Err(e) = entered {
+            let _ = holder.kill();
+            panic!("{e}");
+        }
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        teardown::sock_diag::netns::run_in(&path, || {
+            let up = Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .unwrap();
+            assert!(up.success());
+            // The client closes first: its end stays in TIME_WAIT for a minute.
+            loopback::close_one_on(0, false).unwrap();
+        })
+        .unwrap();
+        HiddenNamespace { holder, inode }
+    }
+}
+
+impl Drop for HiddenNamespace {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// The namespace `inode` in `timewait --format json`'s report: (observed, its entry).
+fn namespace_in(report: &serde_json::Value, inode: u64) -> Option<(bool, serde_json::Value)> {
+    let find = |key: &str| {
+        report[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["netns"].as_u64() == Some(inode))
+            .cloned()
+    };
+    find("namespaces")
+        .map(|n| (true, n))
+        .or_else(|| find("unobserved").map(|n| (false, n)))
+}
+
+#[test]
+fn timewait_sees_every_namespace_with_exactly_its_capabilities() {
+    if !gate::can_run(gate::PRIVILEGE) {
+        return;
+    }
+    let hidden = HiddenNamespace::new();
+    let mounted = Netns::new("priv").unwrap();
+    let json = |caps: &[&str]| -> (serde_json::Value, String) {
+        let out = as_nobody(caps, &["timewait", "--format", "json"])
+            .output()
+            .unwrap();
+        let (stdout, err) = text(&out);
+        assert!(out.status.success(), "{err}");
+        (serde_json::from_str(&stdout).unwrap(), stdout)
+    };
+
+    let (report, raw) = json(TIMEWAIT);
+    let (observed, ns) = namespace_in(&report, hidden.inode).unwrap_or_else(|| panic!("{raw}"));
+    assert!(observed, "{ns}");
+    assert!(
+        ns["report"]["counts"]["time_wait"].as_u64() >= Some(1),
+        "{ns}"
+    );
+    assert!(ns["processes"].as_u64() >= Some(1), "{ns}");
+    let inode = u64::from(mounted.inode());
+    assert!(
+        namespace_in(&report, inode).is_some_and(|(o, _)| o),
+        "{raw}"
+    );
+
+    // Without CAP_SYS_ADMIN: found, not entered, and the text says why.
+    let caps = without(TIMEWAIT, "sys_admin");
+    let (report, raw) = json(&caps);
+    let (observed, ns) = namespace_in(&report, hidden.inode).unwrap_or_else(|| panic!("{raw}"));
+    assert!(!observed, "{ns}");
+    assert!(
+        ns["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("CAP_SYS_ADMIN is lacking"),
+        "{ns}"
+    );
+    let out = as_nobody(&caps, &["timewait"]).output().unwrap();
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(&hidden.inode.to_string())
+                && l.contains("not observed")
+                && l.contains("CAP_SYS_ADMIN is lacking")),
+        "{stdout}"
+    );
+
+    // Without CAP_SYS_PTRACE: the namespace only a root process is in cannot be found, and
+    // the report says so.
+    let caps = without(TIMEWAIT, "sys_ptrace");
+    let (report, raw) = json(&caps);
+    assert!(namespace_in(&report, hidden.inode).is_none(), "{raw}");
+    assert!(report["unreadable_processes"].as_u64() >= Some(1), "{raw}");
+    assert!(
+        namespace_in(&report, inode).is_some_and(|(o, _)| o),
+        "{raw}"
+    );
+    let out = as_nobody(&caps, &["timewait"]).output().unwrap();
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("CAP_SYS_PTRACE is lacking"), "{stdout}");
+}
+
+#[test]
+fn top_names_what_it_lacks() {
+    if !gate::can_run(gate::PRIVILEGE) {
+        return;
+    }
+    let _mounted = Netns::new("privtop").unwrap();
+    let batch = |caps: &[&str]| {
+        let out = as_nobody(caps, &["top", "--batch", "--duration", "1500ms"])
+            .output()
+            .unwrap();
+        let (stdout, err) = text(&out);
+        assert!(out.status.success(), "{err}");
+        stdout
+    };
+    let full = batch(TOP);
+    assert!(!full.contains("not attached"), "{full}");
+    assert!(!full.contains("not observed"), "{full}");
+    assert!(!full.contains("lacking"), "{full}");
+
+    // CAP_SYS_ADMIN is what both halves need: the tracer cannot load (nor do CAP_BPF and
+    // CAP_PERFMON stand in for it) and the other namespaces are not entered.
+    let no_admin = batch(&without(TOP, "sys_admin"));
+    assert!(no_admin.contains("not attached"), "{no_admin}");
+    assert!(
+        no_admin.contains("lacks CAP_BPF and CAP_PERFMON"),
+        "{no_admin}"
+    );
+    assert!(no_admin.contains("not observed"), "{no_admin}");
+    assert!(no_admin.contains("CAP_SYS_ADMIN is lacking"), "{no_admin}");
+}
+
+#[test]
+fn replay_needs_no_capability_and_writes_no_world_writable_file() {
+    if !gate::can_run(gate::PRIVILEGE) {
+        return;
+    }
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../teardown-user/tests/fixtures/four_way_close.events.jsonl");
+    let input = shared_dir().join("replay-input.jsonl");
+    std::fs::copy(&fixture, &input).unwrap();
+    std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = nobody_dir().join("replay-output.jsonl");
+    let _ = std::fs::remove_file(&output);
+    let out = as_nobody(
+        &[],
+        &[
+            "replay",
+            input.to_str().unwrap(),
+            "--format",
+            "jsonl",
+            "-o",
+            output.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let written = std::fs::read_to_string(&output).unwrap();
+    assert!(written.lines().count() >= 2, "{written}");
+    let mode = std::fs::metadata(&output).unwrap().permissions().mode();
+    assert_eq!(mode & 0o002, 0, "world-writable: {mode:o}");
+}
+
+#[test]
+fn a_recording_is_not_world_writable() {
+    if !gate::can_run(gate::PRIVILEGE) {
+        return;
+    }
+    let file = nobody_dir().join("rec.jsonl");
+    let _ = std::fs::remove_file(&file);
+    let out = as_nobody(
+        &["bpf", "perfmon"],
+        &["record", file.to_str().unwrap(), "--duration", "1s"],
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o002, 0, "world-writable: {mode:o}");
+    assert!(std::fs::read_to_string(&file).unwrap().starts_with('{'));
+}
