@@ -7,4 +7,5 @@ pub mod lab;
 pub mod loopback;
 pub mod netns;
 pub mod tracer;
+pub mod unprivileged;
 pub mod wait;

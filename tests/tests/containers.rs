@@ -224,3 +224,68 @@ fn timewait_names_each_container_and_counts_its_sockets_as_ss_does() {
     .unwrap();
     assert_eq!(one["counts"]["time_wait"], ss_web.len(), "{one:#}");
 }
+
+/// As an unprivileged user, `timewait` names a container with exactly its capabilities: other
+/// users' /proc entries show the container's namespace (CAP_SYS_PTRACE), entering it takes
+/// CAP_SYS_ADMIN, and the engine's record of its name is root's alone (CAP_DAC_READ_SEARCH).
+#[test]
+fn an_unprivileged_timewait_names_containers_with_exactly_its_capabilities() {
+    use teardown_integration_tests::unprivileged::{as_nobody, without, TIMEWAIT};
+    if !can_run(CONTAINERS) || !can_run(teardown_integration_tests::gate::PRIVILEGE) {
+        return;
+    }
+    let image = Image::build().expect("building the busybox image");
+    let web = Container::httpd(&image, "teardown-nobody").expect("starting a container");
+    let inode = web.netns_inode().unwrap();
+    let report = |caps: &[&str]| -> serde_json::Value {
+        let out = as_nobody(caps, &["timewait", "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let find = |r: &serde_json::Value, key: &str| {
+        r[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["netns"] == inode)
+            .cloned()
+    };
+
+    let all = report(TIMEWAIT);
+    let n = find(&all, "namespaces").unwrap_or_else(|| panic!("{all:#}"));
+    assert_eq!(n["container"]["name"], web.name.as_str(), "{n:#}");
+    assert_eq!(n["container"]["id"], web.id.as_str(), "{n:#}");
+
+    // Without CAP_DAC_READ_SEARCH: the container is known from its cgroup, not by name.
+    let r = report(&without(TIMEWAIT, "dac_read_search"));
+    let n = find(&r, "namespaces").unwrap_or_else(|| panic!("{r:#}"));
+    assert_eq!(n["container"]["id"], web.id.as_str(), "{n:#}");
+    assert!(n["container"].get("name").is_none(), "{n:#}");
+
+    // Without CAP_SYS_ADMIN: found and named, not entered.
+    let r = report(&without(TIMEWAIT, "sys_admin"));
+    let n = find(&r, "unobserved").unwrap_or_else(|| panic!("{r:#}"));
+    assert_eq!(n["container"]["name"], web.name.as_str(), "{n:#}");
+    assert!(
+        n["error"]
+            .as_str()
+            .unwrap()
+            .ends_with("CAP_SYS_ADMIN is lacking"),
+        "{n:#}"
+    );
+
+    // Without CAP_SYS_PTRACE: only root's process refers to the namespace (`--network none`
+    // makes no mount), so it is not found, and the report counts what it could not read.
+    let r = report(&without(TIMEWAIT, "sys_ptrace"));
+    assert!(
+        find(&r, "namespaces").is_none() && find(&r, "unobserved").is_none(),
+        "{r:#}"
+    );
+    assert!(r["unreadable_processes"].as_u64() >= Some(1), "{r:#}");
+}

@@ -2,9 +2,6 @@
 //! capabilities the README lists for it, as ambient capabilities, and works; with any one of
 //! them dropped it says which one it lacks. And no file it writes is world-writable, whatever
 //! the umask.
-//!
-//! The user is given its capabilities by `setpriv` (util-linux): inheritable, ambient and the
-//! bounding set all hold exactly the set, so nothing else can be gained on exec.
 
 // A failed unwrap in a test is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,108 +9,18 @@
 use std::{
     io::{BufRead, BufReader},
     net::TcpListener,
-    os::unix::{fs::PermissionsExt, process::CommandExt},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use teardown_integration_tests::{
-    cli::{self, Running},
+    cli::Running,
     gate, loopback,
     netns::Netns,
+    unprivileged::{as_nobody, nobody_dir, shared_dir, without, TIMEWAIT, TOP, TRACE},
 };
-
-/// The unprivileged user the commands run as.
-const NOBODY: &str = "65534";
-
-/// What tracing uses: loading and attaching (required), the timewait timers' address in
-/// /proc/kallsyms and a raised priority (each left out with a note when lacking), and the
-/// containers' names (other users' /proc entries, the engines' root-only records).
-const TRACE: &[&str] = &[
-    "bpf",
-    "perfmon",
-    "syslog",
-    "sys_nice",
-    "sys_ptrace",
-    "dac_read_search",
-];
-/// What the monitor uses: other users' processes (their namespaces) and entering namespaces.
-const TIMEWAIT: &[&str] = &["sys_ptrace", "sys_admin"];
-
-/// What `top` uses: CAP_SYS_ADMIN enters the other namespaces, and also grants what CAP_BPF
-/// and CAP_PERFMON would for its tracer; the rest as for [`TRACE`] and [`TIMEWAIT`].
-const TOP: &[&str] = &[
-    "sys_admin",
-    "sys_ptrace",
-    "syslog",
-    "sys_nice",
-    "dac_read_search",
-];
-
-/// A directory every user can read, with a copy of the binary in it: the one cargo built may
-/// sit under a directory `nobody` cannot enter.
-fn shared_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("teardown-privilege-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let bin = dir.join("teardown");
-        std::fs::copy(cli::teardown_bin().unwrap(), &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        dir
-    })
-}
-
-/// A directory of the shared one that `nobody` owns, for the files the commands write.
-fn nobody_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = shared_dir().join("out");
-        std::fs::create_dir_all(&dir).unwrap();
-        let uid: u32 = NOBODY.parse().unwrap();
-        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).unwrap();
-        dir
-    })
-}
-
-/// `teardown ARGS` as `nobody` with exactly `caps` (names as `setpriv` takes them, without
-/// `cap_`), in the shared directory, under umask 000 (so a file created without an explicit
-/// mode would come out world-writable).
-fn as_nobody(caps: &[&str], args: &[&str]) -> Command {
-    let set: String = std::iter::once("-all".to_owned())
-        .chain(caps.iter().map(|c| format!("+{c}")))
-        .collect::<Vec<_>>()
-        .join(",");
-    let dir = shared_dir();
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        &format!("--reuid={NOBODY}"),
-        &format!("--regid={NOBODY}"),
-        "--clear-groups",
-        &format!("--inh-caps={set}"),
-        &format!("--ambient-caps={set}"),
-        &format!("--bounding-set={set}"),
-    ])
-    .arg(dir.join("teardown"))
-    .args(args)
-    .current_dir(dir)
-    .env("HOME", dir);
-    // SAFETY: umask is async-signal-safe and only changes the child's file creation mask.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::umask(0);
-            Ok(())
-        });
-    }
-    cmd
-}
-
-fn without<'a>(set: &[&'a str], dropped: &str) -> Vec<&'a str> {
-    set.iter().copied().filter(|c| *c != dropped).collect()
-}
 
 fn text(o: &Output) -> (String, String) {
     (

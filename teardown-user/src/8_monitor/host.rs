@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::collect::Collector;
 use super::figures::{Level, StateCounts};
 use super::report::{Report, ReportConfig};
+use crate::kernel::caps::Capability;
 use crate::sock_diag::containers::{container_of_pid, Container, ContainerNames};
 use crate::sock_diag::namespaces::{list_namespaces, parse_net_link, Namespace, NamespaceLimits};
 use crate::sock_diag::{netns, PollOptions, ScanLimits};
@@ -144,7 +145,13 @@ impl HostCollector {
     /// own when this returns.
     pub fn poll(&mut self) -> HostReport {
         let mut scan = list_namespaces(&self.proc_root, self.limits);
-        self.hidden = scan.unreadable;
+        // Holding CAP_SYS_PTRACE, a process still unreadable is an odd one (of another user
+        // namespace, say): not a reason to doubt that a namespace has none left.
+        self.hidden = if Capability::SysPtrace.held() {
+            0
+        } else {
+            scan.unreadable
+        };
         // Its own namespace first, polled where the thread already is: entering any namespace,
         // even this one, takes CAP_SYS_ADMIN, which a user without it still lacks for the
         // others only.
