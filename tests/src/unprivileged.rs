@@ -8,7 +8,7 @@ use std::{
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::Command,
-    sync::OnceLock,
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 use crate::cli;
@@ -46,71 +46,94 @@ pub const TOP: &[&str] = &[
     "dac_read_search",
 ];
 
-/// A directory every user can read, with a copy of the binary in it: the one cargo built may
-/// sit under a directory `nobody` cannot enter.
-pub fn shared_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("teardown-privilege-{}", std::process::id()));
+/// A directory every user can read, with a copy of the binary in it (the one cargo built may
+/// sit under a directory `nobody` cannot enter) and one that `nobody` owns for the files the
+/// commands write; removed when dropped.
+pub struct Nobody {
+    dir: PathBuf,
+}
+
+impl Nobody {
+    pub fn new() -> Nobody {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("teardown-nobody-{}-{n}", std::process::id()));
         must(
             "creating the shared directory",
             std::fs::create_dir_all(&dir),
         );
+        let nobody = Nobody { dir };
         let open = std::fs::Permissions::from_mode(0o755);
-        must("opening it", std::fs::set_permissions(&dir, open.clone()));
-        let bin = dir.join("teardown");
+        must(
+            "opening it",
+            std::fs::set_permissions(&nobody.dir, open.clone()),
+        );
+        let bin = nobody.dir.join("teardown");
         let built = must("the teardown binary", cli::teardown_bin());
         must("copying the binary", std::fs::copy(built, &bin));
         must("opening the binary", std::fs::set_permissions(&bin, open));
-        dir
-    })
-}
-
-/// A directory of the shared one that `nobody` owns, for the files the commands write.
-pub fn nobody_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = shared_dir().join("out");
-        must("creating nobody's directory", std::fs::create_dir_all(&dir));
+        let out = nobody.out();
+        must("creating nobody's directory", std::fs::create_dir_all(&out));
         let uid: u32 = must("nobody's uid", NOBODY.parse());
         must(
             "giving it to nobody",
-            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)),
+            std::os::unix::fs::chown(&out, Some(uid), Some(uid)),
         );
-        dir
-    })
+        nobody
+    }
+
+    /// Readable by every user, writable by root.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Owned by `nobody`.
+    pub fn out(&self) -> PathBuf {
+        self.dir.join("out")
+    }
+
+    /// `teardown ARGS` as `nobody` with exactly `caps` (names as `setpriv` takes them, without
+    /// `cap_`), in [`Nobody::dir`], under umask 000 (so a file created without an explicit mode
+    /// would come out world-writable).
+    pub fn run(&self, caps: &[&str], args: &[&str]) -> Command {
+        let set: String = std::iter::once("-all".to_owned())
+            .chain(caps.iter().map(|c| format!("+{c}")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            &format!("--inh-caps={set}"),
+            &format!("--ambient-caps={set}"),
+            &format!("--bounding-set={set}"),
+        ])
+        .arg(self.dir.join("teardown"))
+        .args(args)
+        .current_dir(&self.dir)
+        .env("HOME", &self.dir);
+        // SAFETY: umask is async-signal-safe and only changes the child's file creation mask.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+        cmd
+    }
 }
 
-/// `teardown ARGS` as `nobody` with exactly `caps` (names as `setpriv` takes them, without
-/// `cap_`), in the shared directory, under umask 000 (so a file created without an explicit
-/// mode would come out world-writable).
-pub fn as_nobody(caps: &[&str], args: &[&str]) -> Command {
-    let set: String = std::iter::once("-all".to_owned())
-        .chain(caps.iter().map(|c| format!("+{c}")))
-        .collect::<Vec<_>>()
-        .join(",");
-    let dir = shared_dir();
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        &format!("--reuid={NOBODY}"),
-        &format!("--regid={NOBODY}"),
-        "--clear-groups",
-        &format!("--inh-caps={set}"),
-        &format!("--ambient-caps={set}"),
-        &format!("--bounding-set={set}"),
-    ])
-    .arg(dir.join("teardown"))
-    .args(args)
-    .current_dir(dir)
-    .env("HOME", dir);
-    // SAFETY: umask is async-signal-safe and only changes the child's file creation mask.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::umask(0);
-            Ok(())
-        });
+impl Default for Nobody {
+    fn default() -> Self {
+        Self::new()
     }
-    cmd
+}
+
+impl Drop for Nobody {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 pub fn without<'a>(set: &[&'a str], dropped: &str) -> Vec<&'a str> {

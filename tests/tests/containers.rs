@@ -230,15 +230,17 @@ fn timewait_names_each_container_and_counts_its_sockets_as_ss_does() {
 /// CAP_SYS_ADMIN, and the engine's record of its name is root's alone (CAP_DAC_READ_SEARCH).
 #[test]
 fn an_unprivileged_timewait_names_containers_with_exactly_its_capabilities() {
-    use teardown_integration_tests::unprivileged::{as_nobody, without, TIMEWAIT};
+    use teardown_integration_tests::unprivileged::{without, Nobody, TIMEWAIT};
     if !can_run(CONTAINERS) || !can_run(teardown_integration_tests::gate::PRIVILEGE) {
         return;
     }
+    let nobody = Nobody::new();
     let image = Image::build().expect("building the busybox image");
     let web = Container::httpd(&image, "teardown-nobody").expect("starting a container");
     let inode = web.netns_inode().unwrap();
     let report = |caps: &[&str]| -> serde_json::Value {
-        let out = as_nobody(caps, &["timewait", "--format", "json"])
+        let out = nobody
+            .run(caps, &["timewait", "--format", "json"])
             .output()
             .unwrap();
         assert!(

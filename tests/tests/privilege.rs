@@ -19,7 +19,7 @@ use teardown_integration_tests::{
     cli::Running,
     gate, loopback,
     netns::Netns,
-    unprivileged::{as_nobody, nobody_dir, shared_dir, without, TIMEWAIT, TOP, TRACE},
+    unprivileged::{without, Nobody, TIMEWAIT, TOP, TRACE},
 };
 
 fn text(o: &Output) -> (String, String) {
@@ -52,33 +52,34 @@ fn kallsyms_needs_syslog() -> (bool, bool) {
 /// Runs `teardown trace --format jsonl --port P --duration 4s -o FILE` as `nobody` with `caps`;
 /// once it says it is tracing, one connection closes on P. Returns the run's output and the
 /// JSON Lines written to FILE (None when the trace did not start).
-fn trace_as_nobody(caps: &[&str], tag: &str) -> (Output, Option<String>) {
+fn trace_as_nobody(nobody: &Nobody, caps: &[&str], tag: &str) -> (Output, Option<String>) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let out = nobody_dir().join(format!("trace-{tag}.jsonl"));
+    let out = nobody.out().join(format!("trace-{tag}.jsonl"));
     let _ = std::fs::remove_file(&out);
     let mut child = Running::new(
-        as_nobody(
-            caps,
-            &[
-                "trace",
-                "--format",
-                "jsonl",
-                "--port",
-                &port.to_string(),
-                "--duration",
-                "4s",
-                "-o",
-                out.to_str().unwrap(),
-            ],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap(),
+        nobody
+            .run(
+                caps,
+                &[
+                    "trace",
+                    "--format",
+                    "jsonl",
+                    "--port",
+                    &port.to_string(),
+                    "--duration",
+                    "4s",
+                    "-o",
+                    out.to_str().unwrap(),
+                ],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
@@ -128,7 +129,8 @@ fn trace_works_with_exactly_its_capabilities() {
     if !gate::can_run(gate::PRIVILEGE) {
         return;
     }
-    let (out, written) = trace_as_nobody(TRACE, "all");
+    let nobody = Nobody::new();
+    let (out, written) = trace_as_nobody(&nobody, TRACE, "all");
     let (_, err) = text(&out);
     assert!(out.status.success(), "{err}");
     let written = written.expect("the trace started");
@@ -155,9 +157,10 @@ fn trace_without_each_capability_names_it() {
     if !gate::can_run(gate::PRIVILEGE) {
         return;
     }
+    let nobody = Nobody::new();
     let (syslog_needed, _) = kallsyms_needs_syslog();
     for dropped in TRACE {
-        let (out, written) = trace_as_nobody(&without(TRACE, dropped), dropped);
+        let (out, written) = trace_as_nobody(&nobody, &without(TRACE, dropped), dropped);
         let (_, err) = text(&out);
         let name = cap_name(dropped);
         match *dropped {
@@ -198,12 +201,14 @@ fn the_classic_tracepoint_needs_tracefs_readable() {
     if !gate::can_run(gate::PRIVILEGE) {
         return;
     }
+    let nobody = Nobody::new();
     let mode = std::fs::metadata("/sys/kernel/tracing")
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0);
     let caps = ["bpf", "perfmon", "dac_read_search"];
     let run = |caps: &[&str]| {
-        as_nobody(caps, &["trace", "--hook", "tracepoint", "--duration", "1s"])
+        nobody
+            .run(caps, &["trace", "--hook", "tracepoint", "--duration", "1s"])
             .output()
             .unwrap()
     };
@@ -292,10 +297,12 @@ fn timewait_sees_every_namespace_with_exactly_its_capabilities() {
     if !gate::can_run(gate::PRIVILEGE) {
         return;
     }
+    let nobody = Nobody::new();
     let hidden = HiddenNamespace::new();
     let mounted = Netns::new("priv").unwrap();
     let json = |caps: &[&str]| -> (serde_json::Value, String) {
-        let out = as_nobody(caps, &["timewait", "--format", "json"])
+        let out = nobody
+            .run(caps, &["timewait", "--format", "json"])
             .output()
             .unwrap();
         let (stdout, err) = text(&out);
@@ -329,7 +336,7 @@ fn timewait_sees_every_namespace_with_exactly_its_capabilities() {
             .ends_with("CAP_SYS_ADMIN is lacking"),
         "{ns}"
     );
-    let out = as_nobody(&caps, &["timewait"]).output().unwrap();
+    let out = nobody.run(&caps, &["timewait"]).output().unwrap();
     let (stdout, _) = text(&out);
     assert!(
         stdout
@@ -350,7 +357,7 @@ fn timewait_sees_every_namespace_with_exactly_its_capabilities() {
         namespace_in(&report, inode).is_some_and(|(o, _)| o),
         "{raw}"
     );
-    let out = as_nobody(&caps, &["timewait"]).output().unwrap();
+    let out = nobody.run(&caps, &["timewait"]).output().unwrap();
     let (stdout, _) = text(&out);
     assert!(stdout.contains("CAP_SYS_PTRACE is lacking"), "{stdout}");
 }
@@ -360,9 +367,11 @@ fn top_names_what_it_lacks() {
     if !gate::can_run(gate::PRIVILEGE) {
         return;
     }
+    let nobody = Nobody::new();
     let _mounted = Netns::new("privtop").unwrap();
     let batch = |caps: &[&str]| {
-        let out = as_nobody(caps, &["top", "--batch", "--duration", "1500ms"])
+        let out = nobody
+            .run(caps, &["top", "--batch", "--duration", "1500ms"])
             .output()
             .unwrap();
         let (stdout, err) = text(&out);
@@ -391,26 +400,28 @@ fn replay_needs_no_capability_and_writes_no_world_writable_file() {
     if !gate::can_run(gate::PRIVILEGE) {
         return;
     }
+    let nobody = Nobody::new();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../teardown-user/tests/fixtures/four_way_close.events.jsonl");
-    let input = shared_dir().join("replay-input.jsonl");
+    let input = nobody.dir().join("replay-input.jsonl");
     std::fs::copy(&fixture, &input).unwrap();
     std::fs::set_permissions(&input, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let output = nobody_dir().join("replay-output.jsonl");
+    let output = nobody.out().join("replay-output.jsonl");
     let _ = std::fs::remove_file(&output);
-    let out = as_nobody(
-        &[],
-        &[
-            "replay",
-            input.to_str().unwrap(),
-            "--format",
-            "jsonl",
-            "-o",
-            output.to_str().unwrap(),
-        ],
-    )
-    .output()
-    .unwrap();
+    let out = nobody
+        .run(
+            &[],
+            &[
+                "replay",
+                input.to_str().unwrap(),
+                "--format",
+                "jsonl",
+                "-o",
+                output.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{:?}", text(&out));
     let written = std::fs::read_to_string(&output).unwrap();
     assert!(written.lines().count() >= 2, "{written}");
@@ -423,14 +434,16 @@ fn a_recording_is_not_world_writable() {
     if !gate::can_run(gate::PRIVILEGE) {
         return;
     }
-    let file = nobody_dir().join("rec.jsonl");
+    let nobody = Nobody::new();
+    let file = nobody.out().join("rec.jsonl");
     let _ = std::fs::remove_file(&file);
-    let out = as_nobody(
-        &["bpf", "perfmon"],
-        &["record", file.to_str().unwrap(), "--duration", "1s"],
-    )
-    .output()
-    .unwrap();
+    let out = nobody
+        .run(
+            &["bpf", "perfmon"],
+            &["record", file.to_str().unwrap(), "--duration", "1s"],
+        )
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{:?}", text(&out));
     let mode = std::fs::metadata(&file).unwrap().permissions().mode();
     assert_eq!(mode & 0o002, 0, "world-writable: {mode:o}");
