@@ -15,10 +15,11 @@ pub enum TracefsError {
          `mount -t tracefs tracefs {TRACEFS}`"
     )]
     Mount(std::io::Error),
-    #[error("cannot read {path}: {source}; this kernel may not have the sock:inet_sock_set_state tracepoint (Linux 4.16 or newer)")]
+    #[error("cannot read {path}: {error}; this kernel may not have the sock:inet_sock_set_state tracepoint (Linux 4.16 or newer)")]
     Format {
         path: String,
-        source: std::io::Error,
+        // Not named `source`: that would make it the source too, said twice by "{:#}".
+        error: std::io::Error,
     },
     #[error("the tracepoint format at {path} lacks the field `{field}`")]
     Field { path: String, field: &'static str },
@@ -50,9 +51,9 @@ pub fn ensure_mounted() -> Result<(), TracefsError> {
 /// Reads the offsets of the fields the classic program uses.
 pub fn tracepoint_offsets() -> Result<TracepointOffsets, TracefsError> {
     let path = Path::new(TRACEFS).join(FORMAT);
-    let text = fs::read_to_string(&path).map_err(|source| TracefsError::Format {
+    let text = fs::read_to_string(&path).map_err(|error| TracefsError::Format {
         path: path.display().to_string(),
-        source,
+        error,
     })?;
     parse_format(&text).map_err(|field| TracefsError::Field {
         path: path.display().to_string(),

@@ -53,7 +53,7 @@ pub use owners::{find_owners, Owner, OwnerScan, ScanLimits};
 pub enum DiagError {
     /// The netlink socket could not be opened, bound, or used.
     #[error("sock_diag netlink socket: {0}")]
-    Socket(#[source] std::io::Error),
+    Socket(std::io::Error),
     /// The kernel answered the dump with an error code.
     #[error("sock_diag dump refused by the kernel: errno {0}")]
     Kernel(i32),
@@ -80,7 +80,7 @@ pub enum DiagError {
     Decode(String),
     /// The network namespace could not be entered.
     #[error("cannot enter network namespace {0}: {1}")]
-    Netns(String, #[source] std::io::Error),
+    Netns(String, std::io::Error),
     /// The dump was interrupted by concurrent changes too many times in a row.
     #[error("sock_diag dump interrupted {0} times in a row; the socket table changes too fast")]
     Interrupted(u32),

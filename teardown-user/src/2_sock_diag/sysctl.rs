@@ -12,7 +12,7 @@ use serde::Serialize;
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("cannot read {0}: {1}")]
-    Read(String, #[source] std::io::Error),
+    Read(String, std::io::Error),
     #[error("unexpected value of {0}: {1:?}")]
     Parse(String, String),
 }
