@@ -50,3 +50,28 @@ fn metrics_on_a_port_in_use_say_the_cause_once_and_what_to_do() {
     assert!(line.contains("choose another --metrics port"), "{line}");
     drop(taken);
 }
+
+/// `record` given a directory: its cause once, and what it needs.
+#[test]
+fn a_recording_path_that_is_a_directory_is_said_once_with_what_to_give() {
+    if !gate::can_run(gate::KERNEL) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("teardown-record-dir-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(cli::teardown_bin().unwrap())
+        .arg("record")
+        .arg(&dir)
+        .args(["--duration", "5s"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let cause = std::io::Error::from_raw_os_error(libc::EISDIR).to_string();
+    assert_eq!(err.matches(&cause).count(), 1, "{err}");
+    let line = err.lines().find(|l| l.starts_with("error: ")).unwrap();
+    assert!(line.contains(&dir.display().to_string()), "{line}");
+    assert!(line.contains("give record the path of a file"), "{line}");
+}
