@@ -245,6 +245,21 @@ fn json_error(e: &serde_json::Error) -> String {
     }
 }
 
+#[cfg(test)]
+impl<T: AsRef<[u8]>> Reader<io::Cursor<T>> {
+    /// The bytes of the input read so far.
+    pub(crate) fn input_position(&self) -> u64 {
+        self.input.position()
+    }
+}
+
+#[cfg(test)]
+impl<R: BufRead> Reader<R> {
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
 fn trim(b: &[u8]) -> &[u8] {
     let end = b
         .iter()
