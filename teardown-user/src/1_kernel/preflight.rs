@@ -1,7 +1,7 @@
 //! Checks made before loading, so that a missing privilege or an old kernel gets a sentence that
 //! says what to do instead of an errno from deep inside the loader.
 
-use std::fs;
+use super::files;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
@@ -23,7 +23,7 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 fn effective_caps() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let status = files::read_to_string("/proc/self/status", files::SMALL).ok()?;
     let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
     u64::from_str_radix(hex.trim(), 16).ok()
 }
@@ -48,7 +48,8 @@ fn major_minor(release: &str) -> Option<(u32, u32)> {
 }
 
 pub fn check_kernel_version() -> Result<(), PreflightError> {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release =
+        files::read_to_string("/proc/sys/kernel/osrelease", files::WORD).unwrap_or_default();
     let release = release.trim().to_owned();
     match major_minor(&release) {
         Some(v) if v < (5, 8) => Err(PreflightError::KernelTooOld { release }),

@@ -1,9 +1,11 @@
 //! tracefs, for the classic tracepoint: mounted when it is not, and the tracepoint's record
 //! layout read from its `format` file rather than assumed.
 
-use std::{fs, path::Path};
+use std::path::Path;
 
 use teardown_common::{TracepointOffsets, OFFSET_UNKNOWN};
+
+use super::files;
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 const FORMAT: &str = "events/sock/inet_sock_set_state/format";
@@ -51,10 +53,11 @@ pub fn ensure_mounted() -> Result<(), TracefsError> {
 /// Reads the offsets of the fields the classic program uses.
 pub fn tracepoint_offsets() -> Result<TracepointOffsets, TracefsError> {
     let path = Path::new(TRACEFS).join(FORMAT);
-    let text = fs::read_to_string(&path).map_err(|error| TracefsError::Format {
-        path: path.display().to_string(),
-        error,
-    })?;
+    let text =
+        files::read_to_string(&path, files::SMALL).map_err(|error| TracefsError::Format {
+            path: path.display().to_string(),
+            error,
+        })?;
     parse_format(&text).map_err(|field| TracefsError::Field {
         path: path.display().to_string(),
         field,
