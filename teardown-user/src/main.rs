@@ -118,7 +118,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            teardown::say!("error: {e:#}");
+            teardown::say!("error: {}", teardown::commands::error::text(&e));
             ExitCode::FAILURE
         }
     }

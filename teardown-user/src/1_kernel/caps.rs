@@ -95,7 +95,7 @@ impl CapSet {
     /// This thread's effective set. Unreadable (no /proc): assumed empty, so that a message
     /// names what may be lacking rather than nothing.
     pub fn effective() -> CapSet {
-        std::fs::read_to_string("/proc/thread-self/status")
+        super::files::read_to_string("/proc/thread-self/status", super::files::SMALL)
             .ok()
             .and_then(|s| CapSet::from_status(&s))
             .unwrap_or(CapSet(0))

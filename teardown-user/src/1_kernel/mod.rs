@@ -7,6 +7,7 @@
 pub mod btf;
 pub mod caps;
 pub mod clock;
+pub mod files;
 mod preflight;
 mod stream;
 pub mod tracefs;
@@ -329,7 +330,7 @@ impl Probe {
                  fields"
                     .to_owned(),
             ),
-            (Some(r), true) => std::fs::read_to_string("/proc/kallsyms")
+            (Some(r), true) => files::read_to_string("/proc/kallsyms", files::TABLE)
                 .ok()
                 .and_then(|k| kallsyms_address(&k, TW_HANDLER))
                 .map(|a| (r.tw, a))

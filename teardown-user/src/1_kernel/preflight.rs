@@ -1,7 +1,7 @@
 //! Checks made before loading, so that a missing privilege or an old kernel gets a sentence that
 //! says what to do instead of an errno from deep inside the loader.
 
-use std::fs;
+use super::files;
 
 use super::caps::{self, CapSet, Capability};
 
@@ -43,7 +43,8 @@ fn major_minor(release: &str) -> Option<(u32, u32)> {
 }
 
 pub fn check_kernel_version() -> Result<(), PreflightError> {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release =
+        files::read_to_string("/proc/sys/kernel/osrelease", files::WORD).unwrap_or_default();
     let release = release.trim().to_owned();
     match major_minor(&release) {
         Some(v) if v < (5, 8) => Err(PreflightError::KernelTooOld { release }),

@@ -1,7 +1,7 @@
 //! tracefs, for the classic tracepoint: mounted when it is not, and the tracepoint's record
 //! layout read from its `format` file rather than assumed.
 
-use std::{fs, path::Path};
+use std::path::Path;
 
 use teardown_common::{TracepointOffsets, OFFSET_UNKNOWN};
 
@@ -16,6 +16,7 @@ fn lacking_or(c: Capability, e: &std::io::Error) -> String {
         _ => e.to_string(),
     }
 }
+use super::files;
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 const FORMAT: &str = "events/sock/inet_sock_set_state/format";
@@ -35,10 +36,11 @@ pub enum TracefsError {
         caps::grant_hint(&[Capability::Bpf, Capability::Perfmon, Capability::DacReadSearch])
     )]
     Unreadable(std::io::Error),
-    #[error("cannot read {path}: {source}; this kernel may not have the sock:inet_sock_set_state tracepoint (Linux 4.16 or newer)")]
+    #[error("cannot read {path}: {error}; this kernel may not have the sock:inet_sock_set_state tracepoint (Linux 4.16 or newer)")]
     Format {
         path: String,
-        source: std::io::Error,
+        // Not named `source`: that would make it the source too, said twice by "{:#}".
+        error: std::io::Error,
     },
     #[error("the tracepoint format at {path} lacks the field `{field}`")]
     Field { path: String, field: &'static str },
@@ -46,7 +48,7 @@ pub enum TracefsError {
 
 /// Mounts tracefs at its usual place unless it is there already.
 pub fn ensure_mounted() -> Result<(), TracefsError> {
-    match fs::metadata(Path::new(TRACEFS).join("events")) {
+    match std::fs::metadata(Path::new(TRACEFS).join("events")) {
         Ok(_) => return Ok(()),
         // Mounted, but root's alone (mode 0700 by default).
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -75,10 +77,11 @@ pub fn ensure_mounted() -> Result<(), TracefsError> {
 /// Reads the offsets of the fields the classic program uses.
 pub fn tracepoint_offsets() -> Result<TracepointOffsets, TracefsError> {
     let path = Path::new(TRACEFS).join(FORMAT);
-    let text = fs::read_to_string(&path).map_err(|source| TracefsError::Format {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text =
+        files::read_to_string(&path, files::SMALL).map_err(|error| TracefsError::Format {
+            path: path.display().to_string(),
+            error,
+        })?;
     parse_format(&text).map_err(|field| TracefsError::Field {
         path: path.display().to_string(),
         field,

@@ -53,7 +53,7 @@ pub use owners::{find_owners, Owner, OwnerScan, ScanLimits};
 pub enum DiagError {
     /// The netlink socket could not be opened, bound, or used.
     #[error("sock_diag netlink socket: {0}")]
-    Socket(#[source] std::io::Error),
+    Socket(std::io::Error),
     /// The kernel answered the dump with an error code.
     #[error("sock_diag dump refused by the kernel: errno {0}")]
     Kernel(i32),

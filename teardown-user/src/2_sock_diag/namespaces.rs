@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use crate::kernel::files;
+
 use super::containers::{container_of_pid, Container, ContainerNames};
 
 /// Bounds on one scan of `/proc`.
@@ -184,7 +186,8 @@ pub fn list_namespaces(proc_root: &Path, limits: NamespaceLimits) -> NamespaceSc
         }
     }
 
-    let mountinfo = std::fs::read_to_string(proc_root.join("self/mountinfo")).unwrap_or_default();
+    let mountinfo =
+        files::read_to_string(proc_root.join("self/mountinfo"), files::TABLE).unwrap_or_default();
     for (inode, point) in nsfs_mounts(&mountinfo) {
         let ns = by_inode.entry(inode).or_insert_with(|| fresh(inode));
         if !ns.mounts.contains(&point) {

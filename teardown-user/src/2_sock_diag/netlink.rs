@@ -30,6 +30,8 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
 
+use crate::kernel::files;
+
 use super::{
     module, now_ms, DiagError, FourTuple, FullSocket, OpenSocket, Snapshot, TcpState,
     TimewaitSocket, TwSubstate,
@@ -205,11 +207,11 @@ impl Poller {
         if self.netns.is_none() || thread_netns() != self.netns {
             return false;
         }
-        let Ok(v4) = std::fs::read_to_string(SOCKSTAT) else {
+        let Ok(v4) = files::read_to_string(SOCKSTAT, files::SMALL) else {
             return false;
         };
         let v6 = if self.options.ipv6 {
-            match std::fs::read_to_string(SOCKSTAT6) {
+            match files::read_to_string(SOCKSTAT6, files::SMALL) {
                 Ok(text) => Some(text),
                 // A kernel without IPv6 has no IPv6 socket.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

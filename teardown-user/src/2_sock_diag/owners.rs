@@ -10,6 +10,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::kernel::files;
+
 /// A process holding a socket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Owner {
@@ -103,7 +105,7 @@ pub fn find_owners_in(proc_root: &Path, inodes: &HashSet<u64>, limits: ScanLimit
             };
             let comm = comm
                 .get_or_insert_with(|| {
-                    std::fs::read_to_string(pid_dir.join("comm"))
+                    files::read_to_string(pid_dir.join("comm"), files::WORD)
                         .map(|s| s.trim_end().to_string())
                         .unwrap_or_default()
                 })

@@ -8,11 +8,13 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::kernel::files;
+
 /// A setting that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("cannot read {0}: {1}")]
-    Read(String, #[source] std::io::Error),
+    Read(String, std::io::Error),
     #[error("unexpected value of {0}: {1:?}")]
     Parse(String, String),
 }
@@ -66,7 +68,8 @@ impl KernelSettings {
     pub fn read_from(ipv4_sysctl_dir: &Path, netstat: &Path) -> Result<Self, SettingsError> {
         let read = |name: &str| -> Result<String, SettingsError> {
             let p = ipv4_sysctl_dir.join(name);
-            std::fs::read_to_string(&p).map_err(|e| SettingsError::Read(p.display().to_string(), e))
+            files::read_to_string(&p, files::SMALL)
+                .map_err(|e| SettingsError::Read(p.display().to_string(), e))
         };
         let num = |name: &str| -> Result<u64, SettingsError> {
             let s = read(name)?;
@@ -78,7 +81,7 @@ impl KernelSettings {
         let port_range = parse_port_range(&range_text).ok_or_else(|| {
             SettingsError::Parse("ip_local_port_range".into(), range_text.clone())
         })?;
-        let tw_overflow = std::fs::read_to_string(netstat)
+        let tw_overflow = files::read_to_string(netstat, files::SMALL)
             .ok()
             .and_then(|t| parse_netstat(&t).get("TcpExt.TCPTimeWaitOverflow").copied());
         Ok(Self {

@@ -4,6 +4,8 @@
 //!
 //! Decoding allocates nothing: an [`Event`] is `Copy`, so the hot path moves plain values.
 
+#[cfg(test)]
+mod corpus;
 pub mod filter;
 pub mod recording;
 

@@ -9,7 +9,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{self, BufRead, Write},
+    io::{self, BufRead, Read as _, Write},
 };
 
 use serde::{Deserialize, Serialize};
@@ -106,19 +106,40 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// What is wrong with a recording, and where.
+/// What is wrong with a recording, and where. Each says its cause once (no error here has a
+/// `source()`: the text is complete as it is).
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// A line that is not a record: the caller may go on reading after it.
     #[error("line {line}: {what}")]
     Line { line: u64, what: String },
+    /// A line longer than [`MAX_LINE`]: reading stopped there, as finding the next line could
+    /// mean reading without end (a file of zeros has no newline).
+    #[error(
+        "line {line} is longer than {MAX_LINE} bytes (a recording's lines are about 500): this \
+         is not a recording teardown wrote, or it is damaged"
+    )]
+    TooLong { line: u64 },
     #[error("the file is empty: a recording begins with a header line")]
     Empty,
-    #[error("line 1: not a teardown recording ({0})")]
+    #[error(
+        "line 1: not a teardown recording ({0}); replay reads the files `teardown record FILE` \
+         writes"
+    )]
     NotARecording(String),
-    #[error("line 1: recording format version {found}; this teardown reads version {VERSION}")]
+    #[error(
+        "line 1: recording format version {found}; this teardown reads version {VERSION} (replay \
+         it with the teardown that recorded it)"
+    )]
     Version { found: u32 },
-    #[error("reading the recording failed: {0}")]
-    Io(#[from] io::Error),
+    #[error("cannot read it: {0}")]
+    Io(io::Error),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
 }
 
 pub struct Reader<R: BufRead> {
@@ -126,23 +147,36 @@ pub struct Reader<R: BufRead> {
     line_no: u64,
     buf: Vec<u8>,
     pub header: Header,
+    /// A line was too long: nothing after it is read.
+    finished: bool,
 }
 
 impl<R: BufRead> Reader<R> {
     /// Reads and checks the header.
     pub fn new(mut input: R) -> Result<Self, ReadError> {
         let mut buf = Vec::new();
-        let n = read_line_bounded(&mut input, &mut buf)?;
-        if n == 0 {
+        if read_line_bounded(&mut input, &mut buf)? == 0 {
             return Err(ReadError::Empty);
         }
         if buf.len() > MAX_LINE {
-            return Err(ReadError::NotARecording(
-                "the first line is too long".into(),
-            ));
+            return Err(ReadError::NotARecording(format!(
+                "its first line is longer than {MAX_LINE} bytes"
+            )));
         }
-        let header: Header = serde_json::from_slice(trim(&buf))
-            .map_err(|e| ReadError::NotARecording(e.to_string()))?;
+        let header: Header = serde_json::from_slice(trim(&buf)).map_err(|e| {
+            // The output of `trace --format jsonl` is JSON Lines too: say so rather than name a
+            // missing field.
+            let typed = serde_json::from_slice::<serde_json::Value>(trim(&buf))
+                .ok()
+                .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned));
+            ReadError::NotARecording(match typed {
+                Some(t) => format!(
+                    "it begins with a {t:?} line and no header: the output of `teardown trace \
+                     --format jsonl`?"
+                ),
+                None => json_error(&e),
+            })
+        })?;
         if header.format != FORMAT {
             return Err(ReadError::NotARecording(format!(
                 "format is {:?}, expected {FORMAT:?}",
@@ -159,25 +193,28 @@ impl<R: BufRead> Reader<R> {
             line_no: 1,
             buf,
             header,
+            finished: false,
         })
     }
 
     /// The next record; `Ok(None)` at the end. A bad line is an error naming it; the caller may
-    /// go on reading after it.
+    /// go on reading after a [`ReadError::Line`]. After a [`ReadError::TooLong`] the reader
+    /// reads no more: what follows it is `Ok(None)`.
     pub fn next_record(&mut self) -> Result<Option<Record>, ReadError> {
         loop {
+            if self.finished {
+                return Ok(None);
+            }
             self.buf.clear();
-            let n = read_line_bounded(&mut self.input, &mut self.buf)?;
-            if n == 0 {
+            if read_line_bounded(&mut self.input, &mut self.buf)? == 0 {
                 return Ok(None);
             }
             self.line_no += 1;
             let line = self.line_no;
             if self.buf.len() > MAX_LINE {
-                return Err(ReadError::Line {
-                    line,
-                    what: format!("line longer than {MAX_LINE} bytes"),
-                });
+                self.finished = true;
+                self.buf = Vec::new();
+                return Err(ReadError::TooLong { line });
             }
             let text = trim(&self.buf);
             if text.is_empty() {
@@ -187,9 +224,39 @@ impl<R: BufRead> Reader<R> {
                 .map(Some)
                 .map_err(|e| ReadError::Line {
                     line,
-                    what: e.to_string(),
+                    what: json_error(&e),
                 });
         }
+    }
+
+    /// The number of the line read last (1 is the header).
+    pub fn line(&self) -> u64 {
+        self.line_no
+    }
+}
+
+/// serde_json's message without its "at line 1": the slice it parsed is one line of the file,
+/// whose number the caller gives.
+fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rsplit_once(" at line ") {
+        Some((what, _)) if e.column() > 0 => format!("{what} (column {})", e.column()),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+impl<T: AsRef<[u8]>> Reader<io::Cursor<T>> {
+    /// The bytes of the input read so far.
+    pub(crate) fn input_position(&self) -> u64 {
+        self.input.position()
+    }
+}
+
+#[cfg(test)]
+impl<R: BufRead> Reader<R> {
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 }
 
@@ -201,28 +268,12 @@ fn trim(b: &[u8]) -> &[u8] {
     &b[..end]
 }
 
-/// Reads one line, keeping at most MAX_LINE + 1 bytes of it (the rest is consumed and dropped),
-/// so that a huge line cannot exhaust memory. Returns the bytes consumed.
+/// Reads one line, newline included, but never more than MAX_LINE + 1 bytes of it: a longer
+/// line is left unfinished (`buf` then holds more than MAX_LINE bytes), however long it goes on.
+/// Returns the bytes read, 0 at the end of the input.
 fn read_line_bounded<R: BufRead>(input: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
-    let mut total = 0;
-    loop {
-        let avail = input.fill_buf()?;
-        if avail.is_empty() {
-            return Ok(total);
-        }
-        let (chunk, done) = match avail.iter().position(|&c| c == b'\n') {
-            Some(p) => (&avail[..=p], true),
-            None => (avail, false),
-        };
-        let room = (MAX_LINE + 1).saturating_sub(buf.len());
-        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        let used = chunk.len();
-        input.consume(used);
-        total += used;
-        if done {
-            return Ok(total);
-        }
-    }
+    const LIMIT: u64 = MAX_LINE as u64 + 1;
+    input.take(LIMIT).read_until(b'\n', buf)
 }
 
 #[cfg(test)]
@@ -327,15 +378,76 @@ mod tests {
     }
 
     #[test]
-    fn a_huge_line_is_an_error_not_an_allocation() {
+    fn a_huge_line_is_an_error_after_at_most_the_limit_read() {
         let mut out = Vec::new();
         Writer::new(&mut out, &header()).unwrap();
-        out.extend(std::iter::repeat_n(b'x', MAX_LINE * 4));
+        let header_len = out.len();
+        // A line that never ends, as in /dev/zero, then more lines.
+        out.extend(std::iter::repeat_n(b'x', MAX_LINE * 16));
+        out.push(b'\n');
+        Writer {
+            out: &mut out,
+            filter: None,
+        }
+        .write(&Record::Event(sample()))
+        .unwrap();
+        let mut r = Reader::new(io::Cursor::new(&out)).unwrap();
+        let err = r.next_record().unwrap_err();
+        assert!(matches!(err, ReadError::TooLong { line: 2 }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("line 2 is longer than 65536 bytes"),
+            "{text}"
+        );
+        let read = usize::try_from(r.input.position()).unwrap() - header_len;
+        assert_eq!(read, MAX_LINE + 1, "bytes read of the long line");
+        assert!(r.buf.capacity() <= MAX_LINE * 2);
+        // Nothing after it is read: where the next line begins is unknown.
+        assert_eq!(r.next_record().unwrap(), None);
+        assert_eq!(
+            usize::try_from(r.input.position()).unwrap() - header_len,
+            read
+        );
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_limit_is_read() {
+        let mut out = Vec::new();
+        Writer::new(&mut out, &header()).unwrap();
+        let ev = serde_json::to_string(&Record::Event(sample())).unwrap();
+        // Padded with spaces to MAX_LINE bytes, newline included.
+        out.extend_from_slice(ev.as_bytes());
+        out.extend(std::iter::repeat_n(b' ', MAX_LINE - ev.len() - 1));
+        out.push(b'\n');
+        out.extend_from_slice(ev.as_bytes());
+        out.extend(std::iter::repeat_n(b' ', MAX_LINE - ev.len()));
         out.push(b'\n');
         let mut r = Reader::new(&out[..]).unwrap();
-        let err = r.next_record().unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("longer"), "{err}");
-        assert!(r.buf.capacity() < MAX_LINE * 2);
-        assert_eq!(r.next_record().unwrap(), None);
+        assert_eq!(r.next_record().unwrap(), Some(Record::Event(sample())));
+        assert!(matches!(
+            r.next_record(),
+            Err(ReadError::TooLong { line: 3 })
+        ));
+    }
+
+    #[test]
+    fn a_header_without_end_or_of_another_kind_says_what_it_is() {
+        let zeros = vec![0u8; MAX_LINE * 8];
+        let mut input = &zeros[..];
+        let err = Reader::new(&mut input).err().unwrap().to_string();
+        assert!(err.contains("first line is longer than 65536"), "{err}");
+        assert_eq!(input.len(), zeros.len() - (MAX_LINE + 1), "bytes read");
+        let trace = b"{\"type\":\"connection\",\"id\":1}\n";
+        let err = Reader::new(&trace[..]).err().unwrap().to_string();
+        assert!(err.contains("teardown trace --format jsonl"), "{err}");
+        let err = Reader::new(&b"{\"format\":\n"[..])
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "line 1: not a teardown recording (EOF while parsing a value (column 10)); replay \
+             reads the files `teardown record FILE` writes"
+        );
     }
 }

@@ -299,15 +299,31 @@ impl Sink for MetricsSink {
     }
 }
 
-/// Errors of the metrics endpoint.
+/// Errors of the metrics endpoint: the cause, said once (it is not also a `source()`), and what
+/// to do about it.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot serve metrics on {addr}: {source} (is the address in use, or not one of this host's?)"
-)]
+#[error("cannot serve metrics on {addr}: {cause}; {}", advice(cause.as_ref()))]
 pub struct ServeError {
     addr: SocketAddr,
-    #[source]
-    source: Box<dyn std::error::Error + Send + Sync>,
+    cause: Box<dyn std::error::Error + Send + Sync>,
+}
+
+fn advice(cause: &(dyn std::error::Error + 'static)) -> &'static str {
+    match cause
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind)
+    {
+        Some(std::io::ErrorKind::AddrInUse) => {
+            "another program listens there: choose another --metrics port"
+        }
+        Some(std::io::ErrorKind::AddrNotAvailable) => {
+            "that is not an address of this host: choose another --metrics address"
+        }
+        Some(std::io::ErrorKind::PermissionDenied) => {
+            "ports below 1024 need CAP_NET_BIND_SERVICE: choose another --metrics port"
+        }
+        _ => "choose another --metrics address",
+    }
 }
 
 /// The metrics endpoint, until dropped.
@@ -329,7 +345,7 @@ impl Drop for Server {
 
 /// Serves `GET /metrics` at `addr` from a thread of its own.
 pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Server, ServeError> {
-    let server = tiny_http::Server::http(addr).map_err(|source| ServeError { addr, source })?;
+    let server = tiny_http::Server::http(addr).map_err(|cause| ServeError { addr, cause })?;
     let bound = server.server_addr().to_ip().unwrap_or(addr);
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = Arc::clone(&stop);
@@ -370,7 +386,7 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<Server, ServeErr
         })
         .map_err(|e| ServeError {
             addr,
-            source: Box::new(e),
+            cause: Box::new(e),
         })?;
     Ok(Server {
         stop,
@@ -399,6 +415,24 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(r).unwrap(), r.code());
         }
+    }
+
+    #[test]
+    fn a_port_in_use_is_said_once_with_what_to_do() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let Err(e) = serve(addr, Arc::new(Metrics::new())) else {
+            panic!("served on a port in use");
+        };
+        // As the binary says it: every cause of the chain.
+        let text = format!("{:#}", anyhow::Error::new(e));
+        let cause = std::io::Error::from_raw_os_error(libc::EADDRINUSE).to_string();
+        assert_eq!(text.matches(&cause).count(), 1, "{text}");
+        assert!(
+            text.starts_with(&format!("cannot serve metrics on {addr}: ")),
+            "{text}"
+        );
+        assert!(text.ends_with("choose another --metrics port"), "{text}");
     }
 
     #[test]

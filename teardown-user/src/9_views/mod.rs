@@ -39,7 +39,14 @@ pub enum Feed {
 #[derive(Debug, thiserror::Error)]
 pub enum TuiError {
     #[error("terminal: {0}")]
-    Terminal(#[from] std::io::Error),
+    Terminal(std::io::Error),
+}
+
+// Not `#[from]`: that would make the error its source too, and "{:#}" say it twice.
+impl From<std::io::Error> for TuiError {
+    fn from(e: std::io::Error) -> Self {
+        TuiError::Terminal(e)
+    }
 }
 
 /// How long the loop waits for a key before looking at the channels again.

@@ -178,10 +178,13 @@ impl OutputArgs {
             );
         }
         let out: Box<dyn io::Write + Send> = match &self.output {
-            Some(path) => Box::new(
-                create_output_file(path)
-                    .with_context(|| format!("cannot create the output file {}", path.display()))?,
-            ),
+            Some(path) => Box::new(create_output_file(path).with_context(|| {
+                format!(
+                    "cannot create the output file {} (give -o the path of a file in a \
+                     directory you can write)",
+                    path.display()
+                )
+            })?),
             None => Box::new(io::stdout()),
         };
         let out = BufWriter::with_capacity(64 * 1024, out);

@@ -29,16 +29,28 @@ pub struct ReplayArgs {
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
-    let input: Box<dyn io::Read> = if args.file.as_os_str() == "-" {
+    let stdin = args.file.as_os_str() == "-";
+    let name = if stdin {
+        "standard input".to_owned()
+    } else {
+        args.file.display().to_string()
+    };
+    let input: Box<dyn io::Read> = if stdin {
         Box::new(io::stdin())
     } else {
+        if args.file.is_dir() {
+            anyhow::bail!(
+                "{name} is a directory: replay reads a recording, a file `teardown record FILE` \
+                 writes"
+            );
+        }
         Box::new(
-            File::open(&args.file)
-                .with_context(|| format!("cannot open the recording {}", args.file.display()))?,
+            File::open(&args.file).with_context(|| format!("cannot open the recording {name}"))?,
         )
     };
+    // Each error of the reader says its cause and where; this says which file, once.
     let mut reader = Reader::new(BufReader::new(input))
-        .with_context(|| format!("{} cannot be replayed", args.file.display()))?;
+        .map_err(|e| anyhow::anyhow!("{name} cannot be replayed: {e}"))?;
     // Replayed elsewhere, no namespace is "ours": only a live trace marks foreign ones.
     let sink = args.output.sink(None, None)?;
     let mut pipeline = Pipeline::new(
@@ -85,12 +97,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
                 log::debug!("skipped: {e}");
                 skipped += 1;
             }
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "{} cannot be replayed (--skip-bad-lines skips such lines)",
-                    args.file.display()
-                )))
-            }
+            Err(e @ ReadError::Line { .. }) => anyhow::bail!(
+                "{name} cannot be replayed: {e} (--skip-bad-lines skips such lines and counts \
+                 them)"
+            ),
+            Err(e) => anyhow::bail!("{name} cannot be replayed: {e}"),
         }
         if pipeline.failed() {
             break;

@@ -158,7 +158,7 @@ pub fn run(args: TimewaitArgs) -> anyhow::Result<()> {
     };
     let path = netns::path_for(name);
     let report = netns::run_in(&path, || collect(&args))
-        .with_context(|| format!("network namespace {name}"))??;
+        .with_context(|| format!("--netns {name}: see `ip netns list`, or give a path"))??;
     match args.format {
         OutputFormat::Json => {
             serde_json::to_writer_pretty(&mut out, &report)?;

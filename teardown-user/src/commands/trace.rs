@@ -198,8 +198,13 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     let wall_offset_ns = clock::wall_offset_ns();
     let recorder = match &record {
         Some(path) => {
-            let file = super::output::create_output_file(path)
-                .with_context(|| format!("cannot create the recording {}", path.display()))?;
+            let file = super::output::create_output_file(path).with_context(|| {
+                format!(
+                    "cannot create the recording {} (give record the path of a file in a \
+                     directory you can write)",
+                    path.display()
+                )
+            })?;
             let header = recording::Header {
                 format: recording::FORMAT.into(),
                 version: recording::VERSION,
