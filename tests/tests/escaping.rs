@@ -28,10 +28,8 @@ fn name_this_thread(name: &[u8]) -> Vec<u8> {
     assert_eq!(unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) }, 0);
     let mut got = [0u8; 16];
     // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included, into the buffer.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_GET_NAME, got.as_mut_ptr()) },
-        0
-    );
+    let rc = unsafe { libc::prctl(libc::PR_GET_NAME, got.as_mut_ptr()) };
+    assert_eq!(rc, 0);
     let end = got.iter().position(|&b| b == 0).unwrap_or(got.len());
     got[..end].to_vec()
 }

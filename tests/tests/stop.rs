@@ -310,7 +310,7 @@ fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: a valid array of two fds for pipe2(2) to fill.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: both fds were just made by pipe(2) and are owned here.
+    // SAFETY: both fds were just made by pipe2(2) and are owned here.
     unsafe {
         (
             std::os::fd::OwnedFd::from_raw_fd(fds[0]),

@@ -43,11 +43,9 @@ fn open_pty() -> (OwnedFd, OwnedFd) {
     };
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
     for fd in [master, slave] {
-        // SAFETY: fd was just opened by openpty.
-        assert_eq!(
-            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) },
-            0
-        );
+        // SAFETY: fd was just opened by openpty; F_SETFD only sets its flags.
+        let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        assert_eq!(rc, 0);
     }
     // SAFETY: both fds were just opened by openpty and are owned here.
     unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
