@@ -116,7 +116,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            teardown::say!("error: {e:#}");
+            // An error may quote a path or a file's contents: shown escaped.
+            teardown::say!("error: {}", teardown::escape::text(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

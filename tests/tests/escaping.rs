@@ -131,3 +131,101 @@ fn a_hostile_process_name_is_shown_escaped() {
         "a record split in two:\n{out}"
     );
 }
+
+/// A child process (forked, so that its own /proc/PID/comm carries the name) that names itself
+/// and then only waits, holding the descriptors it inherited; killed when dropped.
+struct NamedChild(libc::pid_t);
+
+impl NamedChild {
+    fn spawn(name: &[u8]) -> NamedChild {
+        let mut c = name.to_vec();
+        c.push(0);
+        // SAFETY: the child calls only prctl and pause, both async-signal-safe, as a child of a
+        // multi-threaded process must; it never returns into Rust code.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: in the child; see above.
+            unsafe {
+                libc::prctl(libc::PR_SET_NAME, c.as_ptr());
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        NamedChild(pid)
+    }
+}
+
+impl Drop for NamedChild {
+    fn drop(&mut self) {
+        // SAFETY: kill and waitpid on the child forked above, with a valid status pointer.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            let mut status = 0;
+            libc::waitpid(self.0, &mut status, 0);
+        }
+    }
+}
+
+/// `timewait`'s text report names the owners of leaking CLOSE_WAIT sockets from /proc: a
+/// process with a hostile name is shown escaped there too.
+#[test]
+fn a_hostile_owner_name_is_shown_escaped_by_timewait() {
+    if !gate::can_run(gate::KERNEL) {
+        return;
+    }
+    let ns = Netns::new("td-esc-tw").unwrap();
+    // A socket left in CLOSE_WAIT (the client closed, the server did not), held by the child.
+    let (server, child) = ns.run(|| {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        // Closed before the fork: the child inherits the server's end only.
+        drop(client);
+        drop(listener);
+        let child = NamedChild::spawn(NAME);
+        (server, child)
+    });
+    // Once the child has named itself (the kernel keeps the whole name: 15 bytes).
+    let comm = format!("/proc/{}/comm", child.0);
+    teardown_integration_tests::wait::wait_until(
+        "the child named",
+        Duration::from_secs(10),
+        || {
+            let name = std::fs::read(&comm)?;
+            Ok(name.strip_suffix(b"\n").unwrap_or(&name) == NAME)
+        },
+    )
+    .unwrap();
+    let mut out = String::new();
+    teardown_integration_tests::wait::wait_until(
+        "the leak reported with its owners",
+        Duration::from_secs(10),
+        || {
+            let run = std::process::Command::new(cli::teardown_bin()?)
+                .args([
+                    "timewait",
+                    "--netns",
+                    ns.name(),
+                    "--close-wait-threshold",
+                    "0",
+                ])
+                .output()?;
+            assert!(run.status.success(), "{run:?}");
+            out = String::from_utf8(run.stdout).unwrap();
+            Ok(out.contains(&format!("{}/", child.0)))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}:\n{out}"));
+    drop(server);
+    assert_inert("timewait", &out);
+    assert!(
+        out.contains(&format!("{}/{SHOWN} (fd ", child.0)),
+        "no escaped owner name:\n{out}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("\"x")),
+        "a line split in two:\n{out}"
+    );
+}

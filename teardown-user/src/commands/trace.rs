@@ -232,7 +232,10 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     let containers = match home_netns.map(|_| ContainerDirectory::start()) {
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => {
-            crate::say!("note: containers are not named: {e}");
+            crate::say!(
+                "note: containers are not named: {}",
+                crate::escape::text(&e.to_string())
+            );
             None
         }
         None => None,
