@@ -11,7 +11,8 @@
 //! (ESC is `\x1b`, BEL `\x07`, DEL `\x7f`), and other characters that are not printable (C1
 //! controls, bidirectional overrides, zero-width and other format characters, unassigned code
 //! points) as `\u{NNNN}`. Printable characters, Unicode included, and quotes are kept as they
-//! are: the text outputs do not quote names.
+//! are: the text outputs do not quote names. (Bytes that are not UTF-8 reach here already
+//! replaced by U+FFFD, which is printable.)
 
 use std::{borrow::Cow, fmt::Write as _};
 
@@ -23,22 +24,6 @@ pub fn text(s: &str) -> Cow<'_, str> {
     }
     let mut out = String::with_capacity(s.len() + 8);
     push(&mut out, s);
-    Cow::Owned(out)
-}
-
-/// Bytes that may not be UTF-8 (a raw `comm`, a path): as [`text`], and each byte that is not
-/// part of valid UTF-8 as `\xNN`.
-pub fn bytes(b: &[u8]) -> Cow<'_, str> {
-    if let Ok(s) = std::str::from_utf8(b) {
-        return text(s);
-    }
-    let mut out = String::with_capacity(b.len() + 8);
-    for chunk in b.utf8_chunks() {
-        push(&mut out, chunk.valid());
-        for byte in chunk.invalid() {
-            let _ = write!(out, "\\x{byte:02x}");
-        }
-    }
     Cow::Owned(out)
 }
 
@@ -118,12 +103,5 @@ mod tests {
         assert_eq!(text("\\x1b"), "\\\\x1b");
         assert_ne!(text("\\x1b"), text("\u{1b}"));
         assert_eq!(text("\\"), "\\\\");
-    }
-
-    #[test]
-    fn bytes_that_are_not_utf8_are_shown_in_hex() {
-        assert_eq!(bytes(b"ok"), "ok");
-        assert_eq!(bytes(b"a\xffb\x1b\xc3"), "a\\xffb\\x1b\\xc3");
-        assert_eq!(bytes("é\n".as_bytes()), "é\\n");
     }
 }

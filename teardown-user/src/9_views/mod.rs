@@ -418,6 +418,21 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_are_drawn_escaped() {
+        let mut app = App::new("host", 10);
+        app.update(report(1_700_000_000_000, 1));
+        // A line that reached the view unescaped, and an error quoting a file's contents.
+        app.push_teardown("10.0.0.1:1 -> 10.0.0.9:2 evil\u{1b}]0;PWN\u{7}(1)".into());
+        app.poll_failed("bad line \"\u{1b}[2J\"".into());
+        let s = screen(&app);
+        assert!(s.contains("evil\\x1b]0;PWN\\x07(1)"), "{s}");
+        assert!(s.contains("bad line \"\\x1b[2J\""), "{s}");
+        // An already escaped line is shown as it is, not escaped twice.
+        app.push_teardown("a -> b name\\x1b".into());
+        assert!(screen(&app).contains("name\\x1b "));
+    }
+
+    #[test]
     fn poll_errors_show_in_the_status_line() {
         let mut app = App::new("host", 10);
         app.poll_failed("sock_diag: permission denied".into());

@@ -380,6 +380,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reopen_sends_what_follows_to_a_new_file_at_the_path() {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("teardown-reopen-unit-{}", std::process::id()));
+        let rotated = path.with_extension("1");
+        let (mut out, reopen) = OutputFile::new(File::create(&path).unwrap(), &path);
+        writeln!(out, "one").unwrap();
+        std::fs::rename(&path, &rotated).unwrap();
+        // Still buffered: flushed into the renamed file by the reopen.
+        reopen.reopen().unwrap();
+        writeln!(out, "two").unwrap();
+        out.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        // A file already at the path is appended to, not truncated.
+        reopen.reopen().unwrap();
+        writeln!(out, "three").unwrap();
+        out.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\nthree\n");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&rotated).unwrap();
+    }
+
+    #[test]
+    fn a_closed_pipe_is_told_from_other_errors() {
+        let epipe = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe))
+            .context("writing to stdout");
+        assert!(is_closed_pipe(&epipe));
+        let json = serde_json::Error::io(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(is_closed_pipe(&anyhow::Error::new(json)));
+        assert!(!is_closed_pipe(&anyhow::Error::new(io::Error::from(
+            io::ErrorKind::PermissionDenied
+        ))));
+    }
+
+    #[test]
     fn namespaces_are_files_of_nsfs_or_inode_numbers() {
         use std::os::unix::fs::MetadataExt as _;
         let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
