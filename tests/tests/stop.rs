@@ -221,8 +221,13 @@ fn stops_cleanly_before_load(signal: libc::c_int) {
     })
     .unwrap();
     cli::signal(pid, signal).unwrap();
+    let before: Vec<String> = said.try_iter().collect();
+    assert!(
+        !before.iter().any(|l| l.starts_with("tracing")),
+        "the programs were loaded before the signal: {before:?}"
+    );
     let status = exit_within(&mut child, "a signal before load");
-    let said: Vec<String> = said.try_iter().collect();
+    let said: Vec<String> = before.into_iter().chain(said.iter()).collect();
     assert!(status.success(), "exit status {status:?}: {said:?}");
     let (text, lines) = take_jsonl(&out);
     assert_eq!(lines.last().unwrap()["type"], "summary", "{text}");
