@@ -32,6 +32,8 @@ macro_rules! say {
     }};
 }
 
+pub mod escape;
+
 #[path = "1_kernel/mod.rs"]
 pub mod kernel;
 

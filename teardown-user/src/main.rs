@@ -118,7 +118,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            teardown::say!("error: {}", teardown::commands::error::text(&e));
+            // An error may quote a path or a file's contents: shown escaped.
+            teardown::say!(
+                "error: {}",
+                teardown::escape::text(&teardown::commands::error::text(&e))
+            );
             ExitCode::FAILURE
         }
     }

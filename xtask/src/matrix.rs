@@ -323,6 +323,10 @@ const HOST_ONLY: &[(&str, &str)] = &[
         "util-linux's setpriv and an unprivileged user's view of /proc",
     ),
     (
+        "top_terminal",
+        "a pseudo-terminal (devpts), which the guests do not mount",
+    ),
+    (
         "bounded_memory",
         "hundreds of thousands of sockets and minutes of load, too much for an emulated guest",
     ),

@@ -211,7 +211,8 @@ impl Ctx<'_, '_, '_> {
     /// The application itself made this transition (same task as the socket's owner).
     fn by_owner(&self, ev: &Event) -> Option<String> {
         let p = self.conn.process?;
-        (p.pid == ev.pid).then(|| format!(" by {} ({})", p.comm, p.pid))
+        (p.pid == ev.pid)
+            .then(|| format!(" by {} ({})", crate::escape::text(&p.comm.as_str()), p.pid))
     }
 }
 

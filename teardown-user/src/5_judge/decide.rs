@@ -94,7 +94,7 @@ fn slow_close_note(conn: &Connection, us: &Trace<'_>, threshold_ns: u64, j: &mut
         .process
         .as_ref()
         .map_or("the application".to_owned(), |p| {
-            format!("{} ({})", p.comm, p.pid)
+            format!("{} ({})", crate::escape::text(&p.comm.as_str()), p.pid)
         });
     j.note(
         Some(Step::ThirdWave),

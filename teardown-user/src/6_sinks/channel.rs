@@ -23,7 +23,7 @@ impl Sink for DeviationLines {
         let c = r.conn;
         let who = c
             .process
-            .map(|t| format!(" {}({})", t.comm, t.pid))
+            .map(|t| format!(" {}({})", crate::escape::text(&t.comm.as_str()), t.pid))
             .unwrap_or_default();
         let first = r
             .verdict

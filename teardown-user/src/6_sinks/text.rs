@@ -3,6 +3,7 @@
 use std::io::{self, Write};
 
 use super::{endpoint, utc_time, Report, Sink, Summary};
+use crate::escape;
 use crate::sock_diag::namespaces::ContainerDirectory;
 use crate::{
     decode::{EventKind, SockSnapshot},
@@ -71,7 +72,7 @@ impl<W: Write> Sink for TextSink<W> {
             RecordEnd::Evicted => "evicted from a full table",
         };
         let process = match c.process {
-            Some(t) => format!("pid {} ({})", t.pid, t.comm),
+            Some(t) => format!("pid {} ({})", t.pid, escape::text(&t.comm.as_str())),
             None => "pid ?".to_owned(),
         };
         let peer = r
@@ -81,7 +82,11 @@ impl<W: Write> Sink for TextSink<W> {
         let netns = match self.home_netns {
             Some(home) if c.netns != 0 && c.netns != home => {
                 match self.containers.as_ref().and_then(|d| d.get(c.netns)) {
-                    Some(container) => format!("  netns {} ({container})", c.netns),
+                    Some(container) => format!(
+                        "  netns {} ({})",
+                        c.netns,
+                        escape::text(&container.to_string())
+                    ),
                     None => format!("  netns {}", c.netns),
                 }
             }

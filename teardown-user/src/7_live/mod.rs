@@ -371,11 +371,17 @@ impl Pipeline {
         self.summary.connections_seen = connections;
         self.summary.evicted = evicted;
         self.summary.unattached = unattached;
-        if let Some(e) = self.error.take() {
+        // An output whose reader went away (a closed pipe, EPIPE) ends the trace as a stop
+        // would: the summary is still returned, for the caller to say elsewhere.
+        let closed = |e: &io::Error| e.kind() == io::ErrorKind::BrokenPipe;
+        if let Some(e) = self.error.take().filter(|e| !closed(e)) {
             return Err(e);
         }
         for s in &mut self.sinks {
-            s.finish(&self.summary)?;
+            match s.finish(&self.summary) {
+                Err(e) if !closed(&e) => return Err(e),
+                _ => {}
+            }
         }
         Ok(self.summary)
     }

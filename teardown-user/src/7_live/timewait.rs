@@ -87,18 +87,24 @@ fn poll_timewait(
 ) {
     let where_ = netns
         .as_ref()
-        .map(|p| format!(" in {}", p.display()))
+        .map(|p| format!(" in {}", crate::escape::text(&p.to_string_lossy())))
         .unwrap_or_default();
     if let Some(path) = &netns {
         if let Err(e) = crate::sock_diag::netns::enter(path) {
-            crate::say!("note: timewait sockets{where_} are not followed: {e}");
+            crate::say!(
+                "note: timewait sockets{where_} are not followed: {}",
+                crate::escape::text(&e.to_string())
+            );
             return;
         }
     }
     let mut watcher = match crate::sock_diag::watch::TwWatcher::new() {
         Ok(w) => w,
         Err(e) => {
-            crate::say!("note: timewait sockets{where_} are not followed: {e}");
+            crate::say!(
+                "note: timewait sockets{where_} are not followed: {}",
+                crate::escape::text(&e.to_string())
+            );
             return;
         }
     };
@@ -121,7 +127,10 @@ fn poll_timewait(
                 }
             }
             Err(e) => {
-                crate::say!("note: timewait sockets{where_} are no longer followed: {e}");
+                crate::say!(
+                    "note: timewait sockets{where_} are no longer followed: {}",
+                    crate::escape::text(&e.to_string())
+                );
                 return;
             }
         }

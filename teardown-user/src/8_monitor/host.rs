@@ -45,10 +45,11 @@ impl NamespaceOwner {
     /// What an operator calls it: `host`, the container, `ip netns blue`, or its inode, with
     /// "no process left" where that is so.
     pub fn label(&self) -> String {
+        // Container and `ip netns` names are anyone's choice: shown escaped.
         let mut s = if let Some(c) = &self.container {
-            c.to_string()
+            crate::escape::text(&c.to_string()).into_owned()
         } else if let Some(n) = self.ip_netns.first() {
-            format!("ip netns {n}")
+            format!("ip netns {}", crate::escape::text(n))
         } else if self.own {
             "host".to_string()
         } else {

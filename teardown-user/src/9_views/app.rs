@@ -115,13 +115,14 @@ impl App {
 
     /// Records a failed poll.
     pub fn poll_failed(&mut self, error: String) {
-        self.error = Some(error);
+        // It may quote a path or a file's contents.
+        self.error = Some(crate::escape::text(&error).into_owned());
     }
 
     /// Says whether the eBPF tracer is connected, and if not, why.
     pub fn set_tracer(&mut self, attached: bool, note: Option<String>) {
         self.tracer_attached = attached;
-        self.tracer_note = note;
+        self.tracer_note = note.map(|n| crate::escape::text(&n).into_owned());
     }
 
     /// A line describing one deviating teardown, from the eBPF tracer. Receiving one also marks
@@ -131,7 +132,7 @@ impl App {
         if self.teardowns.len() >= TEARDOWNS_KEPT {
             self.teardowns.pop_front();
         }
-        self.teardowns.push_back(line);
+        self.teardowns.push_back(safe_line(&line).into_owned());
     }
 
     /// Handles a key: `q` / Esc / Ctrl-C quit, `p` or space pauses, `c` clears the teardowns.
@@ -142,5 +143,16 @@ impl App {
             ('c', false) => self.teardowns.clear(),
             _ => {}
         }
+    }
+}
+
+/// A teardown line as the tracer composed it, its names already escaped; a line that still
+/// holds a control character (a feed that did not escape) is escaped whole before it is shown.
+/// ratatui would drop such characters silently, hiding what was there.
+pub fn safe_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.contains(char::is_control) {
+        crate::escape::text(line)
+    } else {
+        std::borrow::Cow::Borrowed(line)
     }
 }

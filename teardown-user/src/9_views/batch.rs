@@ -112,7 +112,7 @@ pub fn run(
             }
             Ok(Feed::Error(e)) => {
                 if let Some(e) = failures.failed(e) {
-                    crate::say!("teardown top: poll failed: {e}");
+                    crate::say!("teardown top: poll failed: {}", crate::escape::text(e));
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -124,7 +124,7 @@ pub fn run(
         if let Some(rx) = teardowns {
             loop {
                 match rx.try_recv() {
-                    Ok(line) => writeln!(out, "teardown {line}")?,
+                    Ok(line) => writeln!(out, "teardown {}", super::app::safe_line(&line))?,
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         if app.tracer_attached {

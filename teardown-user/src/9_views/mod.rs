@@ -91,7 +91,8 @@ pub fn drain(
 }
 
 /// Runs the view until `q`, `stop` (a signal), or `until`. The terminal is restored when this
-/// returns, and by a panic hook if anything panics meanwhile.
+/// returns, and by a panic hook if anything panics meanwhile: raw mode off, the alternate
+/// screen left, the cursor shown, before the panic's message is printed.
 pub fn run(
     app: &mut App,
     reports: Receiver<Feed>,
@@ -99,17 +100,65 @@ pub fn run(
     stop: &AtomicBool,
     until: Option<Instant>,
 ) -> Result<(), TuiError> {
-    let mut terminal = ratatui::try_init()?;
-    let result = event_loop(
-        &mut terminal,
-        app,
-        &reports,
-        teardowns.as_ref(),
-        stop,
-        until,
+    set_panic_hook();
+    VIEW_OPEN.store(true, Ordering::SeqCst);
+    let result = open_terminal().and_then(|mut terminal| {
+        event_loop(
+            &mut terminal,
+            app,
+            &reports,
+            teardowns.as_ref(),
+            stop,
+            until,
+        )
+    });
+    let restored = restore_terminal();
+    result.and(restored.map_err(Into::into))
+}
+
+/// Set while the view owns the terminal: the panic hook restores it only then.
+static VIEW_OPEN: AtomicBool = AtomicBool::new(false);
+
+/// Set to any value, the view panics after its first frame. For tests only: they check that the
+/// terminal is restored after a panic.
+pub const PANIC_FOR_TESTS: &str = "TEARDOWN_TEST_VIEW_PANIC";
+
+fn open_terminal() -> Result<ratatui::DefaultTerminal, TuiError> {
+    use ratatui::crossterm::{execute, terminal};
+    terminal::enable_raw_mode()?;
+    execute!(std::io::stdout(), terminal::EnterAlternateScreen)?;
+    Ok(ratatui::Terminal::new(
+        ratatui::backend::CrosstermBackend::new(std::io::stdout()),
+    )?)
+}
+
+/// Gives the terminal back as it was: raw mode off, the main screen, the cursor shown. Every
+/// step is tried even if one fails; the first error is returned.
+fn restore_terminal() -> std::io::Result<()> {
+    use ratatui::crossterm::{cursor, execute, terminal};
+    if !VIEW_OPEN.swap(false, Ordering::SeqCst) {
+        return Ok(());
+    }
+    let raw = terminal::disable_raw_mode();
+    let screen = execute!(
+        std::io::stdout(),
+        terminal::LeaveAlternateScreen,
+        cursor::Show
     );
-    ratatui::restore();
-    result
+    raw.and(screen)
+}
+
+/// Restores the terminal before the panic's message is printed (on the alternate screen it
+/// would be erased at once, and a shell left in raw mode without a cursor is unusable).
+fn set_panic_hook() {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = restore_terminal();
+            previous(info);
+        }));
+    });
 }
 
 fn event_loop(
@@ -128,6 +177,9 @@ fn event_loop(
             app.poll_failed("the sock_diag collector stopped".into());
         }
         terminal.draw(|f| ui::draw(f, app))?;
+        if std::env::var_os(PANIC_FOR_TESTS).is_some() {
+            panic!("{PANIC_FOR_TESTS} is set: the view panics, as asked");
+        }
         if event::poll(TICK)? {
             if let Event::Key(k) = event::read()? {
                 if k.kind != KeyEventKind::Release {
@@ -372,6 +424,21 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "# deviating teardowns not shown: eBPF tracer not attached: not root\n"
         );
+    }
+
+    #[test]
+    fn control_characters_are_drawn_escaped() {
+        let mut app = App::new("host", 10);
+        app.update(report(1_700_000_000_000, 1));
+        // A line that reached the view unescaped, and an error quoting a file's contents.
+        app.push_teardown("10.0.0.1:1 -> 10.0.0.9:2 evil\u{1b}]0;PWN\u{7}(1)".into());
+        app.poll_failed("bad line \"\u{1b}[2J\"".into());
+        let s = screen(&app);
+        assert!(s.contains("evil\\x1b]0;PWN\\x07(1)"), "{s}");
+        assert!(s.contains("bad line \"\\x1b[2J\""), "{s}");
+        // An already escaped line is shown as it is, not escaped twice.
+        app.push_teardown("a -> b name\\x1b".into());
+        assert!(screen(&app).contains("name\\x1b "));
     }
 
     #[test]

@@ -290,7 +290,7 @@ fn draw_leaks(f: &mut Frame, app: &App, area: Rect) {
             let owner = l
                 .owners
                 .first()
-                .map(|o| format!("{}/{}", o.pid, o.comm))
+                .map(|o| format!("{}/{}", o.pid, crate::escape::text(&o.comm)))
                 .unwrap_or_else(|| "?".into());
             lines.push(Line::from(vec![
                 Span::styled("CLOSE_WAIT ", Style::default().fg(Color::Red)),

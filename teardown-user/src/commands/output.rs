@@ -1,10 +1,14 @@
 //! Options shared by `trace`, `record` and `replay`: output format and destination, filters.
 
 use std::{
-    fs::File,
-    io::{self, BufWriter},
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, Write},
     net::IpAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use anyhow::Context as _;
@@ -171,24 +175,36 @@ impl OutputArgs {
         home_netns: Option<u32>,
         containers: Option<ContainerDirectory>,
     ) -> anyhow::Result<Box<dyn Sink + Send>> {
+        Ok(self.reopenable_sink(home_netns, containers)?.0)
+    }
+
+    /// [`Self::sink`], and with `-o FILE`, what reopens that file (on SIGHUP, after a rotation).
+    pub fn reopenable_sink(
+        &self,
+        home_netns: Option<u32>,
+        containers: Option<ContainerDirectory>,
+    ) -> anyhow::Result<(Box<dyn Sink + Send>, Option<Reopen>)> {
         if self.format == Format::Text && self.conforming.is_some() {
             anyhow::bail!(
                 "--conforming chooses what JSON Lines writes; add --format jsonl (the text \
                  format always shows every connection)"
             );
         }
-        let out: Box<dyn io::Write + Send> = match &self.output {
-            Some(path) => Box::new(create_output_file(path).with_context(|| {
-                format!(
-                    "cannot create the output file {} (give -o the path of a file in a \
-                     directory you can write)",
-                    path.display()
-                )
-            })?),
-            None => Box::new(io::stdout()),
+        let (out, reopen): (Box<dyn io::Write + Send>, _) = match &self.output {
+            Some(path) => {
+                let file = create_output_file(path).with_context(|| {
+                    format!(
+                        "cannot create the output file {} (give -o the path of a file in a \
+                         directory you can write)",
+                        path.display()
+                    )
+                })?;
+                let (out, reopen) = OutputFile::new(file, path);
+                (Box::new(out), Some(reopen))
+            }
+            None => (Box::new(BufWriter::with_capacity(OUT_BUFFER, Stdout)), None),
         };
-        let out = BufWriter::with_capacity(64 * 1024, out);
-        Ok(match self.format {
+        let sink: Box<dyn Sink + Send> = match self.format {
             Format::Text => Box::new(
                 TextSink::new(out, self.raw)
                     .with_home_netns(home_netns)
@@ -201,25 +217,194 @@ impl OutputArgs {
                 )
                 .with_containers(containers),
             ),
-        })
+        };
+        Ok((sink, reopen))
     }
 }
 
-/// Creates (or truncates) a file the agent writes its output or a recording to: readable by
-/// others as the umask allows, writable by nobody else whatever the umask (a trace names every
-/// process on the host, and a tampered recording would be replayed as the truth).
+/// What the output is buffered by: a JSON line or a text block is written whole.
+const OUT_BUFFER: usize = 64 * 1024;
+
+/// Set once a write to standard output failed with EPIPE (its reader went away, as `head`
+/// does) or [`watch_stdout`] saw it closed: the command then ends cleanly.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether standard output was found closed (see [`STDOUT_CLOSED`]).
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// Whether `e` comes from writing to a pipe whose reader went away (Rust ignores SIGPIPE, so
+/// the write fails with EPIPE instead of killing the process).
+pub fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>().map(io::Error::kind) == Some(io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == Some(io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Standard output, noting EPIPE in [`STDOUT_CLOSED`].
+struct Stdout;
+
+impl Stdout {
+    fn noted<T>(r: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &r {
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Self::noted(io::stdout().write(buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Self::noted(io::stdout().flush())
+    }
+}
+
+/// Whether standard output is a pipe or a socket whose reader has gone: poll(2) reports
+/// POLLERR (a pipe without reader) or POLLHUP (a socket shut down) without any write. A
+/// terminal or a file is never taken for closed here.
+pub fn stdout_hung_up() -> bool {
+    use std::os::fd::AsRawFd as _;
+    let fd = io::stdout().as_raw_fd();
+    // SAFETY: `stat` is plain data, for which all zeroes is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is this process's stdout; `st` is a struct of the type fstat writes.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return false;
+    }
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFIFO && kind != libc::S_IFSOCK {
+        return false;
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, and a timeout of 0: poll only reports, never waits.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    let closed = n == 1 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0;
+    if closed {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    }
+    closed
+}
+
+/// Resolves once standard output is found closed, by a failed write or by [`stdout_hung_up`]
+/// (looked at four times a second: a quiet host writes nothing that would fail).
+pub async fn watch_stdout() {
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        every.tick().await;
+        if stdout_closed() || stdout_hung_up() {
+            return;
+        }
+    }
+}
+
+/// The `-o` file: buffered, and reopened at its path on request (see [`Reopen`]).
+struct OutputFile(Arc<Mutex<OpenFile>>);
+
+struct OpenFile {
+    out: BufWriter<File>,
+    path: PathBuf,
+}
+
+/// Reopens the `-o` file at its path: after logrotate renamed it, what follows goes to a new
+/// file of that name; what was written before, flushed first, stays in the renamed one. Called
+/// between two records, never within one.
+pub struct Reopen(Arc<Mutex<OpenFile>>);
+
+impl OutputFile {
+    fn new(file: File, path: &Path) -> (OutputFile, Reopen) {
+        let open = Arc::new(Mutex::new(OpenFile {
+            out: BufWriter::with_capacity(OUT_BUFFER, file),
+            path: path.to_owned(),
+        }));
+        (OutputFile(Arc::clone(&open)), Reopen(open))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut BufWriter<File>) -> io::Result<T>) -> io::Result<T> {
+        // A panic while it was held leaves a buffer that is still whole bytes: go on with it.
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut open.out)
+    }
+}
+
+impl Write for OutputFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.with(|o| o.write(buf))
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.with(|o| o.write_all(buf))
+    }
+    fn write_fmt(&mut self, args: std::fmt::Arguments<'_>) -> io::Result<()> {
+        self.with(|o| o.write_fmt(args))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.with(|o| o.flush())
+    }
+}
+
+impl Reopen {
+    /// The path reopened.
+    pub fn path(&self) -> PathBuf {
+        self.lock().path.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenFile> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Flushes the file as it is, then opens the path anew (created if it is gone, appended to
+    /// if something is there already: nothing is truncated). On an error the old file stays
+    /// in use.
+    pub fn reopen(&self) -> io::Result<()> {
+        let mut open = self.lock();
+        open.out.flush()?;
+        let file = open_output_file(&open.path, Mode::Append)?;
+        open.out = BufWriter::with_capacity(OUT_BUFFER, file);
+        Ok(())
+    }
+}
+
+/// Whether an output file that exists is emptied or appended to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Truncate,
+    Append,
+}
+
+/// Creates (or truncates) a file the agent writes its output or a recording to.
 pub fn create_output_file(path: &std::path::Path) -> io::Result<File> {
+    open_output_file(path, Mode::Truncate)
+}
+
+/// Opens an output file readable by others as the umask allows, and writable by no one else
+/// whatever the umask: a trace names every process on the host, and a tampered recording would
+/// be replayed as the truth.
+fn open_output_file(path: &std::path::Path, mode: Mode) -> io::Result<File> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(path)?;
-    // An existing file keeps its mode through open(): take write access from others there too.
-    let mode = file.metadata()?.permissions().mode();
-    if mode & 0o022 != 0 {
-        file.set_permissions(std::fs::Permissions::from_mode(mode & !0o022))?;
+    let mut options = OpenOptions::new();
+    options.create(true).mode(0o644);
+    match mode {
+        Mode::Truncate => options.write(true).truncate(true),
+        Mode::Append => options.append(true),
+    };
+    let file = options.open(path)?;
+    // An existing file keeps its mode through open(): take write access from others there too,
+    // where we may (a file of another user's keeps the mode its owner chose).
+    let bits = file.metadata()?.permissions().mode();
+    if bits & 0o022 != 0 {
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(bits & !0o022));
     }
     Ok(file)
 }
@@ -228,6 +413,41 @@ pub fn create_output_file(path: &std::path::Path) -> io::Result<File> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reopen_sends_what_follows_to_a_new_file_at_the_path() {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("teardown-reopen-unit-{}", std::process::id()));
+        let rotated = path.with_extension("1");
+        let (mut out, reopen) = OutputFile::new(File::create(&path).unwrap(), &path);
+        writeln!(out, "one").unwrap();
+        std::fs::rename(&path, &rotated).unwrap();
+        // Still buffered: flushed into the renamed file by the reopen.
+        reopen.reopen().unwrap();
+        writeln!(out, "two").unwrap();
+        out.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        // A file already at the path is appended to, not truncated.
+        reopen.reopen().unwrap();
+        writeln!(out, "three").unwrap();
+        out.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\nthree\n");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::remove_file(&rotated).unwrap();
+    }
+
+    #[test]
+    fn a_closed_pipe_is_told_from_other_errors() {
+        let epipe = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe))
+            .context("writing to stdout");
+        assert!(is_closed_pipe(&epipe));
+        let json = serde_json::Error::io(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(is_closed_pipe(&anyhow::Error::new(json)));
+        assert!(!is_closed_pipe(&anyhow::Error::new(io::Error::from(
+            io::ErrorKind::PermissionDenied
+        ))));
+    }
 
     #[test]
     fn namespaces_are_files_of_nsfs_or_inode_numbers() {

@@ -111,7 +111,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
         pipeline.set_skipped_lines(skipped);
     }
     let summary = pipeline.finish().context("cannot write the output")?;
-    if args.output.output.is_some() || args.output.format != super::output::Format::Text {
+    // A closed stdout (EPIPE) stopped the replay early, cleanly: the summary goes to stderr.
+    if args.output.output.is_some()
+        || args.output.format != super::output::Format::Text
+        || super::output::stdout_closed()
+    {
         crate::say!("{}", summary.to_text());
     }
     Ok(summary)

@@ -140,8 +140,15 @@ pub(crate) fn secs_to_ms(s: f64) -> u64 {
     }
 }
 
-/// Runs `teardown timewait`.
+/// Runs `teardown timewait`. Standard output closed early (`| head`) is no error.
 pub fn run(args: TimewaitArgs) -> anyhow::Result<()> {
+    match report(args) {
+        Err(e) if super::output::is_closed_pipe(&e) => Ok(()),
+        r => r,
+    }
+}
+
+fn report(args: TimewaitArgs) -> anyhow::Result<()> {
     // Buffered: stdout is line-buffered, and a JSON report has tens of thousands of lines.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let Some(name) = &args.netns else {
@@ -271,7 +278,7 @@ fn write_host_report(o: &mut String, r: &HostReport) -> std::fmt::Result {
             "{:<11} {:<34} not observed: {}",
             u.owner.netns,
             u.owner.label(),
-            u.error
+            crate::escape::text(&u.error)
         )?;
     }
     if r.left_out > 0 {
@@ -468,7 +475,7 @@ fn write_report(o: &mut String, r: &Report) -> std::fmt::Result {
             } else {
                 l.owners
                     .iter()
-                    .map(|w| format!("{}/{} (fd {})", w.pid, w.comm, w.fd))
+                    .map(|w| format!("{}/{} (fd {})", w.pid, crate::escape::text(&w.comm), w.fd))
                     .collect::<Vec<_>>()
                     .join(", ")
             };

@@ -191,6 +191,14 @@ pub fn run_with(
             until,
             &mut std::io::stdout().lock(),
         )
+        .or_else(|e| {
+            // Its reader went away (`top --batch | head`): done, as `top -b` would be.
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
         .context("writing to stdout")
     } else {
         views::run(&mut app, rx, teardowns, signalled, until).map_err(Into::into)

@@ -1,6 +1,6 @@
 //! `teardown trace` and `teardown record`: the arguments, turned into a loaded probe, sinks and
 //! a [`Pipeline`] that the live loop ([`crate::live::live`]) drives until Ctrl-C, SIGTERM or
-//! `--duration`.
+//! `--duration`, or until its standard output is closed.
 
 use std::{io::BufWriter, path::PathBuf, sync::Arc, time::Duration};
 
@@ -30,7 +30,14 @@ use crate::{
 --pid choose what is reported. Events the kernel could not deliver are counted by cause and
 reported in the summary. When the agent falls behind, the kernel counts the events by what they
 were (ESTABLISHED>CLOSE_WAIT, ...) rather than fill the ring buffer, and the agent says so at
-once: raise --ring-size if a burst does it, or write less (--conforming none).")]
+once: raise --ring-size if a burst does it, or write less (--conforming none).
+
+Stopping: Ctrl-C (SIGINT), SIGTERM, --duration, or standard output closed (its reader went away,
+as `teardown trace | head` does): each ends the trace the same way, the programs detached, the
+output flushed, the summary written (to stderr when stdout is gone), with exit status 0: the trace
+ended as asked, not in failure. SIGHUP reopens the -o file (after logrotate renamed it, the next
+records go to a new file at that path; the recording of `record` is not reopened); without -o it
+is ignored.")]
 pub struct TraceArgs {
     #[command(flatten)]
     pub output: OutputArgs,
@@ -186,6 +193,8 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     // ends the trace cleanly, with its output flushed.
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    // Watched always: its default would end the trace on a hang-up.
+    let mut sighup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let timewait = args.timewait_follow()?;
     let filter = args.filters.filter()?;
     let mut probe = load(&args)?;
@@ -242,12 +251,18 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
             Some(d)
         }
         Some(Err(e)) => {
-            crate::say!("note: containers are not named: {e}");
+            crate::say!(
+                "note: containers are not named: {}",
+                crate::escape::text(&e.to_string())
+            );
             None
         }
         None => None,
     };
-    let mut sinks = vec![args.output.sink(home_netns, containers.clone())?];
+    let (sink, reopen) = args
+        .output
+        .reopenable_sink(home_netns, containers.clone())?;
+    let mut sinks = vec![sink];
     let metrics = match args.metrics {
         Some(addr) => {
             let m = Arc::new(Metrics::new());
@@ -278,7 +293,24 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         pipeline.follow_timewait_of(polled);
     }
     let duration = args.duration;
+    let to_stdout = args.output.output.is_none();
+    // Polled by the live loop between two steps only, so a reopen falls between two records.
     let stop = async move {
+        let hangups = async {
+            while sighup.recv().await.is_some() {
+                match &reopen {
+                    Some(r) => match r.reopen() {
+                        Ok(()) => log::info!("SIGHUP: reopened {}", r.path().display()),
+                        Err(e) => crate::say!(
+                            "note: SIGHUP: cannot reopen {} ({e}); writing on to the file as it was",
+                            crate::escape::text(&r.path().to_string_lossy())
+                        ),
+                    },
+                    None => log::debug!("SIGHUP ignored: no -o file to reopen"),
+                }
+            }
+            std::future::pending::<()>().await;
+        };
         tokio::select! {
             _ = sigint.recv() => {}
             _ = sigterm.recv() => {}
@@ -288,6 +320,14 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
                     None => std::future::pending().await,
                 }
             } => {}
+            _ = async {
+                if to_stdout {
+                    super::output::watch_stdout().await
+                } else {
+                    std::future::pending().await
+                }
+            } => {}
+            _ = hangups => {}
         }
     };
     crate::say!(
@@ -320,7 +360,11 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
     .await?;
     // The endpoint closes with the trace.
     drop(metrics);
-    if args.output.output.is_some() || args.output.format != super::output::Format::Text {
+    let closed = to_stdout && super::output::stdout_closed();
+    if closed {
+        crate::say!("standard output was closed (its reader went away): the trace stopped");
+    }
+    if closed || args.output.output.is_some() || args.output.format != super::output::Format::Text {
         // The summary went to the output; say it on the terminal too.
         crate::say!("{}", summary.to_text());
     }
