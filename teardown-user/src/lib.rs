@@ -19,6 +19,9 @@
 //! commands     the command line: clap arguments turned into calls of the stages above
 //! ```
 //!
+//! Beside the stages, `escape` makes untrusted text (names a process or a user chose) safe to
+//! print; every stage that prints may use it.
+//!
 //! The vocabulary every stage shares (TCP states, event kinds, timewait substates and fates,
 //! the predicates the kernel programs use too) lives in `teardown-common`.
 
