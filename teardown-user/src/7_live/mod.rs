@@ -366,11 +366,19 @@ impl Pipeline {
             connections,
             evicted,
             unattached,
+            settle_cut,
+            seeds_dropped,
+            peer_wait_evicted,
         } = self.tracker.stats();
         self.summary.events = events;
         self.summary.connections_seen = connections;
         self.summary.evicted = evicted;
         self.summary.unattached = unattached;
+        let b = &mut self.summary.bounds;
+        b.settle_cut = settle_cut;
+        b.seeds_dropped = seeds_dropped;
+        b.peer_wait_evicted = peer_wait_evicted;
+        self.summary.timewait_untracked += self.joiner.dropped;
         if let Some(e) = self.error.take() {
             return Err(e);
         }
@@ -409,6 +417,7 @@ impl Pipeline {
     }
 
     fn report(&mut self, f: Finished) {
+        self.summary.bounds.events_unstored += f.conn.unstored;
         if !self.filter.matches(&f.conn) {
             return;
         }
