@@ -1177,3 +1177,23 @@ fn a_passive_closer_slow_to_close_gets_a_note_naming_its_process() {
     let a = conn(active_close(V, U + 1));
     assert!(!note_codes(&judge_with(&a, None, &opts(1))).contains(&"slow_close"));
 }
+
+/// Events a connection could not store (it had taken all its runs) leave its verdict
+/// incomplete, and the transitions they held are not taken for a deviation.
+#[test]
+fn events_not_stored_make_a_verdict_incomplete() {
+    let mut events = active_close(V, U + 1);
+    // The middle of the close not stored: a transition seems to be missing.
+    events.remove(3);
+    let mut c = conn(events.clone());
+    let v = judge(&c, None);
+    assert_eq!(v.conformance, Conformance::Deviates, "{v:#?}");
+    c.unstored = 1;
+    let v = judge(&c, None);
+    assert_eq!(v.conformance, Conformance::Incomplete, "{v:#?}");
+    let incomplete = v.incomplete.unwrap_or_default();
+    assert!(
+        incomplete.contains("1 of its events were not stored"),
+        "{incomplete}"
+    );
+}
