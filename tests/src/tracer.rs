@@ -42,7 +42,7 @@ impl Traced {
             .conn
             .events
             .iter()
-            .map(|e| match e.kind {
+            .map(|e| match e.ev.kind {
                 State { old, new } => format!("{old}->{new}"),
                 Retransmit { state } => format!("retransmit@{state}"),
                 ResetSent { state } => format!("rst_sent@{state}"),
