@@ -1417,7 +1417,8 @@ mod tests {
         let open_entry = 2 * (size_of::<u64>() + size_of::<Connection>() + 1);
         let tuple_entry = 2 * (size_of::<TupleKey>() + size_of::<Slot>() + 1);
         let worst = record - size_of::<Connection>() + open_entry + tuple_entry;
-        assert!(worst <= 6 * 1024, "{worst} bytes");
+        // The README's figure: 5,596 bytes on 64-bit Linux.
+        assert!(worst <= 5_600, "{worst} bytes");
         // A connection end held open after its handshake (two events, the usual case of a
         // table full of open connections) stays within 1 KiB.
         let held = 2 * size_of::<Run>() + open_entry + tuple_entry;
