@@ -127,16 +127,14 @@ fn retransmission_runs(record: &serde_json::Value) -> Vec<u64> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|e| (e["kind"] == "retransmit").then(|| e["count"].as_u64().unwrap_or(1)));
+        .filter(|e| e["kind"] == "retransmit")
+        .map(|e| e["count"].as_u64().unwrap_or(1));
     let compact = record["steps"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|s| {
-            s[1].as_str()?
-                .starts_with("retransmit@")
-                .then(|| s[8].as_u64().unwrap_or(1))
-        });
+        .filter(|s| s[1].as_str().is_some_and(|w| w.starts_with("retransmit@")))
+        .map(|s| s[8].as_u64().unwrap_or(1));
     full.chain(compact).collect()
 }
 
