@@ -85,21 +85,26 @@ fn start(args: &[&str]) -> (Running, mpsc::Receiver<String>) {
     }
 }
 
+/// The two tests one at a time: each measures an agent's memory and time, and the second
+/// loads the machine fully.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Stops the agent with SIGINT, as Ctrl-C does; returns what it wrote on stderr from then on.
 fn stop(mut child: Running, lines: &mpsc::Receiver<String>) -> String {
     cli::signal(child.id(), libc::SIGINT).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let signalled = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             assert!(status.success(), "the agent ended with {status}");
             break;
         }
         assert!(
-            Instant::now() < deadline,
-            "the agent did not end within 60 s of SIGINT"
+            signalled.elapsed() < Duration::from_secs(90),
+            "the agent did not end within 90 s of SIGINT"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    println!("the agent ended {:?} after SIGINT", signalled.elapsed());
     let mut rest = Vec::new();
     while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
         rest.push(line);
@@ -146,6 +151,7 @@ fn a_connection_that_retransmits_thousands_of_times_stays_small() {
     if !gate::can_run(gate::LAB) {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let ns = Netns::new("tdmem").unwrap();
     // Segments of an Ethernet's size, one per packet (no segmentation offload): many in
     // flight, so that losses are recovered (and retransmitted) by the hundred per second, not
@@ -346,6 +352,7 @@ fn connections_held_open_stay_within_the_stated_bound() {
     if !gate::can_run(gate::KERNEL) {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let limit = raise_fd_limit(1_100_000);
     let ns = Netns::new("tdheld").unwrap();
     ns.set_sysctl("net.ipv4.ip_local_port_range", "1024 65000")
