@@ -35,7 +35,8 @@ pub struct Traced {
 }
 
 impl Traced {
-    /// The states, as `OLD->NEW` strings, and non-state events as `retransmit@STATE` and so on.
+    /// The states, as `OLD->NEW` strings, and non-state events as `retransmit@STATE` and so on:
+    /// one per stored run (repeats past the first three of a kind in a state are one run).
     pub fn steps(&self) -> Vec<String> {
         use teardown::decode::EventKind::*;
         self.finished

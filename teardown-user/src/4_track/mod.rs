@@ -17,6 +17,10 @@
 //! tuples are compared, and keyed, with IPv4-mapped addresses as their IPv4 form
 //! ([`teardown_common::addr`]), so that a dual-stack server's end meets its IPv4 client's.
 //!
+//! A connection's memory is bounded whatever its life: repeats of one kind in one state (a lossy
+//! path's retransmissions) are folded into a [`Run`] past the first few, at most [`MAX_STEPS`]
+//! runs are stored, and every table is bounded with its evictions counted ([`TrackerStats`]).
+//!
 //! A closed connection *settles* for a short while before it is handed on: a RST sent by
 //! `close()` is traced just after the `-> CLOSE`, and the peer's socket usually closes a moment
 //! later, so that both ends can be judged together.
