@@ -35,14 +35,15 @@ pub struct Traced {
 }
 
 impl Traced {
-    /// The states, as `OLD->NEW` strings, and non-state events as `retransmit@STATE` and so on.
+    /// The states, as `OLD->NEW` strings, and non-state events as `retransmit@STATE` and so on:
+    /// one per stored run (repeats past the first three of a kind in a state are one run).
     pub fn steps(&self) -> Vec<String> {
         use teardown::decode::EventKind::*;
         self.finished
             .conn
             .events
             .iter()
-            .map(|e| match e.kind {
+            .map(|e| match e.ev.kind {
                 State { old, new } => format!("{old}->{new}"),
                 Retransmit { state } => format!("retransmit@{state}"),
                 ResetSent { state } => format!("rst_sent@{state}"),

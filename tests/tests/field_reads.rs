@@ -30,6 +30,7 @@ fn seq_at(t: &Traced, new: TcpState) -> SeqSnapshot {
         .conn
         .events
         .iter()
+        .map(|r| &r.ev)
         .filter(|e| matches!(e.kind, EventKind::State { new: n, .. } if n == new));
     let e = at
         .next()
@@ -80,7 +81,12 @@ fn client_sends_and_closes_first(ip: IpAddr, direct_loads: bool) {
     };
     for t in [&client_t, &server_t] {
         assert_eq!(t.finished.conn.netns, own_netns);
-        assert!(t.finished.conn.events.iter().all(|e| e.netns == own_netns));
+        assert!(t
+            .finished
+            .conn
+            .events
+            .iter()
+            .all(|e| e.ev.netns == own_netns));
     }
 
     let c_est = seq_at(&client_t, TcpState::Established);

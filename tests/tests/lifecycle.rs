@@ -138,11 +138,11 @@ fn half_close_with_data(ip: IpAddr) {
     assert_eq!(s.steps(), steps(SERVER_OPEN, &PASSIVE_CLOSE));
     // W = V + 4: the server's FIN comes after the 4 bytes it sent while half-closed.
     let sev = &s.finished.conn.events;
-    let v = sev[2].seq.unwrap().snd_nxt;
-    let w = sev[3].seq.unwrap().write_seq;
+    let v = sev[2].ev.seq.unwrap().snd_nxt;
+    let w = sev[3].ev.seq.unwrap().write_seq;
     assert_eq!(w.wrapping_sub(v), 4);
     // The client's socket saw the FIN (SOCK_DONE) before it closed: it entered TIME_WAIT.
-    let last = c.finished.conn.events.last().unwrap();
+    let last = c.finished.conn.events.last().unwrap().ev;
     assert!(last.sock.unwrap().done());
     assert_eq!(last.seq.unwrap().rcv_nxt, w.wrapping_add(1));
     verdict(
@@ -188,7 +188,7 @@ fn connection_refused(ip: IpAddr) {
             "SYN_SENT->CLOSE"
         ]
     );
-    let last = c.finished.conn.events.last().unwrap();
+    let last = c.finished.conn.events.last().unwrap().ev;
     assert_eq!(last.sock.unwrap().err, libc::ECONNREFUSED);
     verdict(
         c,
@@ -214,7 +214,7 @@ fn abort_with_linger_zero(ip: IpAddr) {
     let (c, s) = split_ends(tracer.connections(ip, port), port);
     assert_eq!(c.steps(), steps(CLIENT_OPEN, &RESET_SENT));
     assert_eq!(s.steps(), steps(SERVER_OPEN, &RESET_RECEIVED));
-    let last = s.finished.conn.events.last().unwrap();
+    let last = s.finished.conn.events.last().unwrap().ev;
     assert_eq!(last.sock.unwrap().err, libc::ECONNRESET);
     verdict(
         &c,
@@ -258,7 +258,7 @@ fn data_after_peer_closed(ip: IpAddr) {
     );
     assert_eq!(client_steps, steps(CLIENT_OPEN, &ACTIVE_CLOSE));
     assert_eq!(s.steps(), steps(SERVER_OPEN, &RESET_IN_CLOSE_WAIT));
-    let last = s.finished.conn.events.last().unwrap();
+    let last = s.finished.conn.events.last().unwrap().ev;
     assert_eq!(last.sock.unwrap().err, libc::EPIPE);
     // Reset by the full socket: our RST ended it. Reset by its timewait socket: the full
     // socket had closed normally, and what is missing is the peer's FIN (step 3).

@@ -84,9 +84,9 @@ fn u_v_and_the_byte_counts_of_ss_agree() {
             .events
             .iter()
             .find(|e| {
-                matches!(e.kind, EventKind::State { old: o, new: n } if o.name() == old && n.name() == new)
+                matches!(e.ev.kind, EventKind::State { old: o, new: n } if o.name() == old && n.name() == new)
             })
-            .and_then(|e| e.seq)
+            .and_then(|e| e.ev.seq)
             .unwrap_or_else(|| panic!("no {old} -> {new} with sequence numbers"))
     };
     let established = seq_at("SYN_RECV", "ESTABLISHED");

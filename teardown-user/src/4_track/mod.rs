@@ -17,6 +17,10 @@
 //! tuples are compared, and keyed, with IPv4-mapped addresses as their IPv4 form
 //! ([`teardown_common::addr`]), so that a dual-stack server's end meets its IPv4 client's.
 //!
+//! A connection's memory is bounded whatever its life: repeats of one kind in one state (a lossy
+//! path's retransmissions) are folded into a [`Run`] past the first few, at most [`MAX_STEPS`]
+//! runs are stored, and every table is bounded with its evictions counted ([`TrackerStats`]).
+//!
 //! A closed connection *settles* for a short while before it is handed on: a RST sent by
 //! `close()` is traced just after the `-> CLOSE`, and the peer's socket usually closes a moment
 //! later, so that both ends can be judged together.
@@ -60,7 +64,47 @@ pub enum RecordEnd {
     Evicted,
 }
 
-/// One connection's events, in order.
+/// Events of the same kind in the same state (retransmissions, RSTs) stored one by one before the
+/// next are folded into a run: a lossy path's thousands of retransmissions then cost one.
+pub const VERBATIM_REPEATS: usize = 3;
+/// Runs stored per connection at most: beyond, the last one is overwritten by each newer event
+/// (the close stays known) and the events it stood for are counted in [`Connection::unstored`].
+pub const MAX_STEPS: usize = 32;
+
+/// One stored event, or a run of events of one kind in one state folded into one (a state change
+/// is always a run of one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The event; for a run, the latest of it (its time, sequence fields and flags).
+    pub ev: Event,
+    /// Events folded in besides `ev` (0: a single event).
+    pub repeats: u64,
+    /// When the run began (`ev.ts_ns` for a single event).
+    pub first_ts: u64,
+}
+
+impl Run {
+    /// How many events this step stands for.
+    pub fn count(&self) -> u64 {
+        self.repeats.saturating_add(1)
+    }
+
+    pub fn folded(&self) -> bool {
+        self.repeats > 0
+    }
+}
+
+impl From<Event> for Run {
+    fn from(ev: Event) -> Run {
+        Run {
+            ev,
+            repeats: 0,
+            first_ts: ev.ts_ns,
+        }
+    }
+}
+
+/// One connection's events, in order (repeats folded, at most [`MAX_STEPS`] runs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connection {
     /// Order of first appearance in this trace, from 1.
@@ -75,7 +119,9 @@ pub struct Connection {
     /// Inode number of its network namespace, from its first event (0: unknown). Fixed for its
     /// life: it is part of the keys the tracker files it under.
     pub netns: u32,
-    pub events: Vec<Event>,
+    pub events: Vec<Run>,
+    /// Events not stored: all [`MAX_STEPS`] runs were taken.
+    pub unstored: u64,
     /// The connection's beginning was seen (it was not first seen mid-life).
     pub seen_from_start: bool,
     /// Events may have been lost while it was open (the kernel's loss counter moved).
@@ -95,6 +141,7 @@ impl Connection {
             process: None,
             netns: ev.netns,
             events: Vec::with_capacity(2),
+            unstored: 0,
             seen_from_start: ev.starts_connection(),
             events_maybe_lost: false,
             state_at_start: None,
@@ -114,25 +161,68 @@ impl Connection {
         if self.process.is_none() {
             self.process = ev.task();
         }
+        self.store(ev);
+    }
+
+    /// Stores `ev`: folded into the run of its kind in its state once [`VERBATIM_REPEATS`] of
+    /// them are stored one by one and a run follows them, else as a run of its own while there
+    /// is room.
+    fn store(&mut self, ev: Event) {
+        if !matches!(ev.kind, EventKind::State { .. }) {
+            // The same kind in the same state since the last state change.
+            let mut same = 0;
+            let mut latest = None;
+            for (i, s) in self.events.iter().enumerate().rev() {
+                if matches!(s.ev.kind, EventKind::State { .. }) {
+                    break;
+                }
+                if s.ev.kind == ev.kind {
+                    same += 1;
+                    latest.get_or_insert(i);
+                }
+            }
+            // The first few one by one, the next begins the run that takes the rest.
+            if let Some(i) = latest.filter(|_| same > VERBATIM_REPEATS) {
+                let run = &mut self.events[i];
+                run.repeats = run.repeats.saturating_add(1);
+                run.ev = ev;
+                return;
+            }
+        }
+        if self.events.len() >= MAX_STEPS {
+            if let Some(last) = self.events.last_mut() {
+                self.unstored = self.unstored.saturating_add(last.count());
+                *last = Run::from(ev);
+            }
+            return;
+        }
         if self.events.len() == 2 && self.events.capacity() == 2 {
             // A connection that goes on past its handshake usually closes in five or six
             // events: one reallocation to that size, rather than two doubling past it.
             self.events.reserve_exact(4);
         }
-        self.events.push(ev);
+        self.events.push(Run::from(ev));
+    }
+
+    /// Events it saw: those stored, folded, and left unstored.
+    pub fn event_count(&self) -> u64 {
+        self.events
+            .iter()
+            .map(Run::count)
+            .fold(self.unstored, u64::saturating_add)
     }
 
     /// A listening socket rather than a connection.
     pub fn is_listener(&self) -> bool {
         self.events.iter().any(|e| {
-            matches!(e.kind, EventKind::State { old, new } if old == TcpState::Listen && new == TcpState::Close
+            matches!(e.ev.kind, EventKind::State { old, new } if old == TcpState::Listen && new == TcpState::Close
                 || new == TcpState::Listen)
         })
     }
 
     /// The state after the last state change (retransmits and resets do not change it).
     fn last_transition_state(&self) -> Option<TcpState> {
-        self.events.iter().rev().find_map(|e| match e.kind {
+        self.events.iter().rev().find_map(|e| match e.ev.kind {
             EventKind::State { new, .. } => Some(new),
             _ => None,
         })
@@ -140,15 +230,21 @@ impl Connection {
 
     /// State the connection was last seen in.
     pub fn last_state(&self) -> Option<TcpState> {
-        self.events.last().map(|e| e.kind.state_after())
+        self.events.last().map(|e| e.ev.kind.state_after())
     }
 
     pub fn first_ts(&self) -> u64 {
-        self.events.first().map_or(0, |e| e.ts_ns)
+        self.events.first().map_or(0, |e| e.first_ts)
     }
 
+    /// Time of its latest event: the last step's, or a run's that went on after it.
     pub fn last_ts(&self) -> u64 {
-        self.events.last().map_or(0, |e| e.ts_ns)
+        let last = self.events.last().map_or(0, |e| e.ev.ts_ns);
+        self.events
+            .iter()
+            .filter(|e| e.folded())
+            .map(|e| e.ev.ts_ns)
+            .fold(last, u64::max)
     }
 
     /// The tuple as seen from the other end.
@@ -236,12 +332,22 @@ pub struct TrackerStats {
     pub evicted: u64,
     /// Events of timewait sockets that matched no traced connection.
     pub unattached: u64,
+    /// Closed connections handed on before their settle time, the table of settling ones
+    /// being full (their peer or a trailing RST may then be missed).
+    pub settle_cut: u64,
+    /// Sockets already closing at start (sock_diag) not remembered: that table was full.
+    pub seeds_dropped: u64,
+    /// Closed ends dropped from the table of those waiting for a peer still open: that peer
+    /// is judged alone.
+    pub peer_wait_evicted: u64,
 }
 
 /// Tracker settings.
 #[derive(Clone, Copy, Debug)]
 pub struct TrackerConfig {
-    /// Open connections kept at most; beyond that the oldest is evicted (and counted).
+    /// Open connections kept at most; beyond that the least recently active are evicted (and
+    /// counted). Closed connections settling, and sockets already closing at start, are
+    /// bounded by it too.
     pub max_open: usize,
     /// How long a closed connection waits for trailing events and its peer, in nanoseconds.
     pub settle_ns: u64,
@@ -399,6 +505,8 @@ impl Tracker {
     pub fn seed(&mut self, netns: u32, local: SocketAddr, remote: SocketAddr, state: TcpState) {
         if self.seeds.len() < self.cfg.max_open {
             self.seeds.insert(tuple_key(netns, local, remote), state);
+        } else {
+            self.stats.seeds_dropped += 1;
         }
     }
 
@@ -486,6 +594,9 @@ impl Tracker {
         }
         if ev.kind.state_after() == TcpState::Close {
             self.unfiled.remove(&ev.sk);
+            if self.open.contains_key(&ev.sk) && self.settling.len() >= self.cfg.max_open {
+                self.cut_settling(out);
+            }
             if let Some(mut c) = self.open.remove(&ev.sk) {
                 c.end = RecordEnd::Closed;
                 // An orphan that became a FIN_WAIT2 timewait socket while its peer, on this host,
@@ -609,7 +720,7 @@ impl Tracker {
             None => None,
         };
         match attached {
-            Some(c) => c.events.push(ev),
+            Some(c) => c.store(ev),
             None => self.stats.unattached += 1,
         }
     }
@@ -636,6 +747,22 @@ impl Tracker {
         }
         self.unindex(&c, Slot::Settling(id));
         Some(c)
+    }
+
+    /// The table of settling connections is full: the one closed first is handed on now.
+    fn cut_settling(&mut self, out: &mut impl FnMut(Finished)) {
+        while let Some((_, id)) = self
+            .settle_queue
+            .pop_front()
+            .or_else(|| self.orphan_queue.pop_front())
+        {
+            // Entries of connections handed on with their peer are gone already.
+            if let Some(c) = self.take_settling(id) {
+                self.stats.settle_cut += 1;
+                self.emit(c, out);
+                return;
+            }
+        }
     }
 
     fn flush_settled(&mut self, now_ns: u64, out: &mut impl FnMut(Finished)) {
@@ -666,6 +793,7 @@ impl Tracker {
     fn await_peer(&mut self, conn: Arc<Connection>) {
         let now = conn.last_ts();
         if self.awaiting_peer.len() >= AWAITING_PEER_MAX {
+            let before = self.awaiting_peer.len();
             // Amortized: one pass frees at least a quarter of the table.
             let horizon = now.saturating_sub(AWAITING_PEER_NS);
             self.awaiting_peer.retain(|_, (ts, _)| *ts >= horizon);
@@ -675,6 +803,7 @@ impl Tracker {
                 let (_, &mut oldest_kept, _) = ts.select_nth_unstable(cut);
                 self.awaiting_peer.retain(|_, (t, _)| *t >= oldest_kept);
             }
+            self.stats.peer_wait_evicted += (before - self.awaiting_peer.len()) as u64;
         }
         self.awaiting_peer.insert(conn.key(), (now, conn));
     }
@@ -1200,6 +1329,143 @@ mod tests {
         assert!(out.is_empty(), "handed on before the settle time");
         t.tick(2 + 200_000_000, &mut |f| out.push(f));
         assert_eq!(out.len(), 1);
+    }
+
+    /// `n` retransmissions of `sk` in `state`, from time `t`, 1 ms apart.
+    fn retransmits(sk: u64, state: TcpState, t: u64, n: u64) -> Vec<Event> {
+        (0..n)
+            .map(|i| {
+                let mut e = ev(t + i * 1_000_000, sk, state, state, C, S);
+                e.kind = EventKind::Retransmit { state };
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn repeats_in_a_state_are_folded_into_one_run_past_the_first_few() {
+        let mut events = vec![
+            ev(1, 0xa, Close, SynSent, C, S),
+            ev(2, 0xa, SynSent, Established, C, S),
+        ];
+        let t = 10_000_000;
+        events.extend(retransmits(0xa, Established, t, 5000));
+        let mut rst = ev(9_000_000_000, 0xa, Established, Established, C, S);
+        rst.kind = EventKind::ResetReceived { state: Established };
+        events.push(rst);
+        // A retransmission after the RST, in the same state: still the same run.
+        events.extend(retransmits(0xa, Established, 9_100_000_000, 1));
+        events.push(ev(9_200_000_000, 0xa, Established, Close, Z, S));
+        let out = run(&events);
+        let c = &out[0].conn;
+        let counts: Vec<u64> = c.events.iter().map(Run::count).collect();
+        // Two transitions, three retransmissions one by one, the run of the rest, the RST,
+        // the close.
+        assert_eq!(counts, [1, 1, 1, 1, 1, 4998, 1, 1], "{c:#?}");
+        let folded = &c.events[5];
+        assert_eq!(
+            folded.first_ts,
+            t + 3_000_000,
+            "the run begins at the fourth"
+        );
+        assert_eq!(folded.ev.ts_ns, 9_100_000_000, "and ends at the last");
+        assert_eq!(c.event_count(), events.len() as u64);
+        assert_eq!(c.last_ts(), 9_200_000_000);
+        assert_eq!(c.unstored, 0);
+        // Another state, another run.
+        let mut events = vec![
+            ev(1, 0xb, Close, SynSent, C, S),
+            ev(2, 0xb, SynSent, Established, C, S),
+        ];
+        events.extend(retransmits(0xb, Established, 10, 10));
+        events.push(ev(20_000_000, 0xb, Established, FinWait1, C, S));
+        events.extend(retransmits(0xb, FinWait1, 30_000_000, 10));
+        let out = run(&events);
+        let counts: Vec<u64> = out[0].conn.events.iter().map(Run::count).collect();
+        assert_eq!(counts, [1, 1, 1, 1, 1, 7, 1, 1, 1, 1, 7]);
+    }
+
+    #[test]
+    fn a_connection_stores_a_bounded_number_of_runs_and_counts_the_rest() {
+        // Transitions that never repeat a (kind, state) run: each is a step of its own.
+        let mut events = vec![
+            ev(1, 0xa, Close, SynSent, C, S),
+            ev(2, 0xa, SynSent, Established, C, S),
+        ];
+        for i in 0..200u64 {
+            let (old, new) = if i % 2 == 0 {
+                (Established, CloseWait)
+            } else {
+                (CloseWait, Established)
+            };
+            events.push(ev(10 + i, 0xa, old, new, C, S));
+        }
+        events.push(ev(1_000, 0xa, Established, Close, Z, S));
+        let out = run(&events);
+        let c = &out[0].conn;
+        assert_eq!(c.events.len(), MAX_STEPS);
+        assert_eq!(c.event_count(), events.len() as u64);
+        assert_eq!(c.unstored, (events.len() - MAX_STEPS) as u64);
+        assert_eq!(c.end, RecordEnd::Closed, "the close is still seen");
+        assert_eq!(c.last_state(), Some(Close));
+    }
+
+    /// The memory a tracked connection end costs at most, whatever its events: its record with
+    /// every run taken, and its entries in the tables (open, by 4-tuple) with a hash table's
+    /// worst load (a table just grown is half empty). The README states this bound.
+    #[test]
+    fn memory_per_connection_is_bounded_by_a_constant() {
+        use std::mem::size_of;
+        let record = size_of::<Connection>() + MAX_STEPS * size_of::<Run>();
+        // Each table entry: key, value and one control byte; at worst twice that per entry.
+        let open_entry = 2 * (size_of::<u64>() + size_of::<Connection>() + 1);
+        let tuple_entry = 2 * (size_of::<TupleKey>() + size_of::<Slot>() + 1);
+        let worst = record - size_of::<Connection>() + open_entry + tuple_entry;
+        // The README's figure: 5,596 bytes on 64-bit Linux.
+        assert!(worst <= 5_600, "{worst} bytes");
+        // A connection end held open after its handshake (two events, the usual case of a
+        // table full of open connections) stays within 1 KiB.
+        let held = 2 * size_of::<Run>() + open_entry + tuple_entry;
+        assert!(held <= 1024, "{held} bytes");
+        // However long it lives: thousands of retransmissions leave it at a few runs.
+        let mut events = vec![
+            ev(1, 0xa, Close, SynSent, C, S),
+            ev(2, 0xa, SynSent, Established, C, S),
+        ];
+        events.extend(retransmits(0xa, Established, 10, 100_000));
+        let out = run(&events);
+        assert_eq!(out[0].conn.events.len(), 2 + VERBATIM_REPEATS + 1);
+        assert!(out[0].conn.events.capacity() <= MAX_STEPS);
+    }
+
+    #[test]
+    fn other_tables_are_bounded_and_their_evictions_counted() {
+        let mut t = Tracker::new(TrackerConfig {
+            max_open: 4,
+            ..Default::default()
+        });
+        for i in 0..6u16 {
+            let l: SocketAddr = format!("127.0.0.1:{}", 41000 + i).parse().unwrap();
+            t.seed(0, l, S.parse().unwrap(), CloseWait);
+        }
+        assert_eq!(t.stats().seeds_dropped, 2);
+        // Six connections close within their settle time: the settling table holds four.
+        let mut out = Vec::new();
+        for i in 0..6u64 {
+            let l = format!("127.0.0.1:{}", 40000 + i);
+            t.on_event(ev(10 * i + 1, 0x10 + i, Close, SynSent, &l, S), &mut |f| {
+                out.push(f)
+            });
+            t.on_event(ev(10 * i + 2, 0x10 + i, SynSent, Close, &l, S), &mut |f| {
+                out.push(f)
+            });
+        }
+        assert_eq!(t.stats().settle_cut, 2);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].conn.sk, 0x10, "the one closed first goes first");
+        assert_eq!(t.settling.len(), 4);
+        t.finish(&mut |f| out.push(f));
+        assert_eq!(out.len(), 6);
     }
 
     #[test]

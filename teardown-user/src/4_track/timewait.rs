@@ -74,7 +74,7 @@ pub struct Joiner {
     polled: Option<Vec<u32>>,
     /// With `by_netns`: per namespace, when a connection of it was last followed.
     last_follow_ms: rustc_hash::FxHashMap<u32, u64>,
-    /// Facts dropped because the pending table was full.
+    /// Timewait sockets not followed, or their facts dropped, because a table was full.
     pub dropped: u64,
 }
 
@@ -176,6 +176,8 @@ impl Joiner {
                 }
                 if self.following.len() < FOLLOW_MAX {
                     self.following.insert(key, entry);
+                } else {
+                    self.dropped += 1;
                 }
             }
         }

@@ -284,7 +284,7 @@ impl Cause {
                         .us
                         .resets_sent
                         .iter()
-                        .any(|e| e.kind.state_after() == TcpState::FinWait2)
+                        .any(|e| e.ev.kind.state_after() == TcpState::FinWait2)
             }
             Cause::OurRstByTheApplication => f.by == Some(ResetBy::Us) && !dead && f.err == 0,
             Cause::OurRstAfterClose => f.by == Some(ResetBy::Us) && (f.err == ECONNRESET || dead),
@@ -502,13 +502,7 @@ fn timed_out_why(f: &Facts<'_>, _: &Rst<'_>) -> String {
 
 /// " after N retransmissions" in the state the socket left.
 fn tries(f: &Facts<'_>) -> String {
-    let n =
-        f.cx.us
-            .retransmits
-            .iter()
-            .filter(|r| r.kind.state_after() == f.from)
-            .count();
-    match n {
+    match f.cx.us.retransmits_in(f.from) {
         0 => String::new(),
         1 => " after 1 retransmission".to_owned(),
         n => format!(" after {n} retransmissions"),
@@ -663,7 +657,7 @@ fn conclude(row: &Ending, f: &Facts<'_>, j: &mut Judgement) -> End {
             .us
             .retransmits
             .iter()
-            .any(|r| HANDSHAKE.contains(&r.kind.state_after()))
+            .any(|r| HANDSHAKE.contains(&r.ev.kind.state_after()))
     {
         e.why.push_str(" after SYN retransmissions");
     }
@@ -848,7 +842,7 @@ fn orphan_fate(
 /// Whether we had sent data the peer had not acknowledged when its RST arrived (None: the
 /// sequence fields were not read).
 fn wrote_unacked(t: &Trace<'_>) -> Option<bool> {
-    let seq = t.resets_received.last()?.seq?;
+    let seq = t.resets_received.last()?.ev.seq?;
     Some(seq.snd_nxt != seq.snd_una)
 }
 

@@ -40,12 +40,12 @@ impl JudgeOptions {
 /// Notes on retransmissions, grouped by state.
 fn retransmit_notes(us: &Trace<'_>, j: &mut Judgement) {
     use TcpState::*;
-    let mut by_state: Vec<(TcpState, usize)> = Vec::new();
+    let mut by_state: Vec<(TcpState, u64)> = Vec::new();
     for r in &us.retransmits {
-        let s = r.kind.state_after();
+        let s = r.ev.kind.state_after();
         match by_state.iter_mut().find(|(st, _)| *st == s) {
-            Some((_, n)) => *n += 1,
-            None => by_state.push((s, 1)),
+            Some((_, n)) => *n = n.saturating_add(r.count()),
+            None => by_state.push((s, r.count())),
         }
     }
     for (s, n) in by_state {
@@ -120,8 +120,9 @@ pub fn judge_with(conn: &Connection, peer: Option<&Connection>, opts: &JudgeOpti
         peer: peer_ref.map(|(_, t)| t),
     });
     let mut j = Judgement::default();
-    let gaps_expected =
-        conn.events_maybe_lost || matches!(conn.end, RecordEnd::Superseded | RecordEnd::Evicted);
+    let gaps_expected = conn.events_maybe_lost
+        || conn.unstored > 0
+        || matches!(conn.end, RecordEnd::Superseded | RecordEnd::Evicted);
 
     // Transitions.
     for ev in &us.illegal {
@@ -189,7 +190,7 @@ pub fn judge_with(conn: &Connection, peer: Option<&Connection>, opts: &JudgeOpti
                     );
                 }
             }
-            let no_seq = !conn.events.is_empty() && conn.events.iter().all(|e| e.seq.is_none());
+            let no_seq = !conn.events.is_empty() && conn.events.iter().all(|e| e.ev.seq.is_none());
             if no_seq {
                 j.note(
                     None,
@@ -241,6 +242,13 @@ pub fn judge_with(conn: &Connection, peer: Option<&Connection>, opts: &JudgeOpti
     }
     if conn.events_maybe_lost {
         unknown.push("events may have been lost while it was open".to_owned());
+    }
+    if conn.unstored > 0 {
+        unknown.push(format!(
+            "{} of its events were not stored (at most {} steps are kept per connection)",
+            conn.unstored,
+            crate::track::MAX_STEPS
+        ));
     }
     match conn.end {
         RecordEnd::Superseded => {

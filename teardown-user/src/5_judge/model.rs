@@ -43,6 +43,7 @@
 use serde::Serialize;
 
 use crate::decode::{Event, EventKind, TcpState};
+use crate::track::Run;
 
 /// The four documented steps ("waves") of the close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -351,29 +352,32 @@ pub struct Trace<'a> {
     pub illegal: Vec<&'a Event>,
     /// Transitions whose `old` is not the state the socket was in: (state it was in, event).
     pub gaps: Vec<(TcpState, &'a Event)>,
-    pub retransmits: Vec<&'a Event>,
+    /// Retransmissions and RSTs: steps, each a single event or a run of them ([`Run::count`]).
+    pub retransmits: Vec<&'a Run>,
     /// RSTs sent by this socket.
-    pub resets_sent: Vec<&'a Event>,
+    pub resets_sent: Vec<&'a Run>,
     /// RSTs sent by this connection's timewait socket (after the full socket's close).
-    pub timewait_resets: Vec<&'a Event>,
-    pub resets_received: Vec<&'a Event>,
+    pub timewait_resets: Vec<&'a Run>,
+    pub resets_received: Vec<&'a Run>,
     /// The last `-> CLOSE` transition.
     pub close: Option<&'a Event>,
     pub established: bool,
 }
 
 impl<'a> Trace<'a> {
-    /// Folds events, in order.
-    pub fn of(events: &'a [Event]) -> Trace<'a> {
+    /// Folds a connection's steps, in order.
+    pub fn of(events: &'a [Run]) -> Trace<'a> {
         let mut t = Trace::default();
-        for ev in events {
-            t.apply(ev);
+        for step in events {
+            t.apply(step);
         }
         t
     }
 
-    /// THE transition function: one event into the judgement state.
-    pub fn apply(&mut self, ev: &'a Event) {
+    /// THE transition function: one step (an event, or a run of one kind in one state) into
+    /// the judgement state.
+    pub fn apply(&mut self, step: &'a Run) {
+        let ev = &step.ev;
         match ev.kind {
             EventKind::State { old, new } => {
                 match self.state {
@@ -400,10 +404,10 @@ impl<'a> Trace<'a> {
                 self.state = Some(new);
                 self.entered_at = Some(ev.ts_ns);
             }
-            EventKind::Retransmit { .. } => self.retransmits.push(ev),
-            EventKind::ResetSent { state: TimeWait } => self.timewait_resets.push(ev),
-            EventKind::ResetSent { .. } => self.resets_sent.push(ev),
-            EventKind::ResetReceived { .. } => self.resets_received.push(ev),
+            EventKind::Retransmit { .. } => self.retransmits.push(step),
+            EventKind::ResetSent { state: TimeWait } => self.timewait_resets.push(step),
+            EventKind::ResetSent { .. } => self.resets_sent.push(step),
+            EventKind::ResetReceived { .. } => self.resets_received.push(step),
         }
     }
 
@@ -449,6 +453,15 @@ impl<'a> Trace<'a> {
             EventKind::State { old, .. } => Some(old),
             _ => None,
         }
+    }
+
+    /// Retransmissions counted in `state`, runs included.
+    pub fn retransmits_in(&self, state: TcpState) -> u64 {
+        self.retransmits
+            .iter()
+            .filter(|r| r.ev.kind.state_after() == state)
+            .map(|r| r.count())
+            .sum()
     }
 
     /// Time spent in `state`, when a full stay was seen.

@@ -64,10 +64,14 @@ struct Process<'a> {
     comm: &'a str,
 }
 
-/// One event of a timeline: `{"t_us":..,"kind":"state","old":..,"new":..,"seq":{..},"sock":{..}}`.
+/// One event of a timeline: `{"t_us":..,"kind":"state","old":..,"new":..,"seq":{..},"sock":{..}}`;
+/// a run of repeats adds `"count":N,"last_t_us":..` (`t_us` is then the run's first, `seq` and
+/// `sock` its last event's).
 struct Step {
     /// Microseconds since the connection's first event.
     t_us: f64,
+    /// A run's event count and last time, when it is one.
+    run: Option<(u64, f64)>,
     kind: EventKind,
     seq: Option<SeqSnapshot>,
     sock: Option<SockSnapshot>,
@@ -83,8 +87,11 @@ impl Serialize for Step {
         } else {
             2
         };
-        let fields =
-            1 + kind_fields + usize::from(self.seq.is_some()) + usize::from(self.sock.is_some());
+        let fields = 1
+            + kind_fields
+            + 2 * usize::from(self.run.is_some())
+            + usize::from(self.seq.is_some())
+            + usize::from(self.sock.is_some());
         let mut st = s.serialize_struct("Step", fields)?;
         st.serialize_field("t_us", &self.t_us)?;
         match self.kind {
@@ -105,6 +112,10 @@ impl Serialize for Step {
                 st.serialize_field("kind", "reset_received")?;
                 st.serialize_field("state", &state)?;
             }
+        }
+        if let Some((count, last_t_us)) = self.run {
+            st.serialize_field("count", &count)?;
+            st.serialize_field("last_t_us", &last_t_us)?;
         }
         if let Some(seq) = &self.seq {
             st.serialize_field("seq", seq)?;
@@ -140,6 +151,9 @@ struct Timeline<'a> {
     last_state: Option<TcpState>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peer: Option<u64>,
+    /// Events not stored (the connection's runs were all taken).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unstored_events: Option<u64>,
     events: Steps<'a>,
     verdict: &'a Verdict,
 }
@@ -169,17 +183,19 @@ impl Serialize for Endpoint<'_> {
 }
 
 struct Steps<'a> {
-    events: &'a [crate::decode::Event],
+    events: &'a [crate::track::Run],
     t0: u64,
 }
 
 impl Serialize for Steps<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.events.iter().map(|e| Step {
-            t_us: e.ts_ns.saturating_sub(self.t0) as f64 / 1e3,
-            kind: e.kind,
-            seq: e.seq,
-            sock: e.sock,
+        let us = |ts: u64| ts.saturating_sub(self.t0) as f64 / 1e3;
+        s.collect_seq(self.events.iter().map(|r| Step {
+            t_us: us(r.first_ts),
+            run: r.folded().then(|| (r.count(), us(r.ev.ts_ns))),
+            kind: r.ev.kind,
+            seq: r.ev.seq,
+            sock: r.ev.sock,
         }))
     }
 }
@@ -225,6 +241,7 @@ impl<W: Write> Sink for JsonlSink<W> {
             state_at_start: c.state_at_start,
             last_state: c.last_state(),
             peer: r.peer_id,
+            unstored_events: (c.unstored > 0).then_some(c.unstored),
             events: Steps {
                 events: &c.events,
                 t0,
@@ -280,8 +297,9 @@ mod compact {
     use std::{io::Write as _, net::SocketAddr};
 
     use super::Report;
-    use crate::decode::{Event, EventKind};
+    use crate::decode::EventKind;
     use crate::sock_diag::containers::Container;
+    use crate::track::Run;
 
     fn raw(b: &mut Vec<u8>, s: &str) {
         b.extend_from_slice(s.as_bytes());
@@ -325,9 +343,12 @@ mod compact {
         b.push(b'"');
     }
 
-    fn step(b: &mut Vec<u8>, e: &Event, t0: u64) {
+    /// `[t_ns, what, una, nxt, rcv, wseq, flags, err]`, and `count, last_t_ns` for a run of
+    /// repeats (`t_ns` its first event's, the fields its last's).
+    fn step(b: &mut Vec<u8>, r: &Run, t0: u64) {
+        let e = &r.ev;
         b.push(b'[');
-        num(b, e.ts_ns.saturating_sub(t0));
+        num(b, r.first_ts.saturating_sub(t0));
         raw(b, ",\"");
         match e.kind {
             EventKind::State { old, new } => {
@@ -366,6 +387,12 @@ mod compact {
                 num(b, s.err);
             }
             None => raw(b, ",null,null"),
+        }
+        if r.folded() {
+            b.push(b',');
+            num(b, r.count());
+            b.push(b',');
+            num(b, e.ts_ns.saturating_sub(t0));
         }
         b.push(b']');
     }
@@ -466,6 +493,102 @@ mod tests {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// A connection of the tracker whose FIN was retransmitted 50 times: 3 one by one, then
+    /// one run of 47.
+    fn retransmitting() -> crate::track::Connection {
+        use crate::decode::{testing::ev, EventKind};
+        use crate::track::{Tracker, TrackerConfig};
+        use TcpState::*;
+        let (c, s, z) = ("127.0.0.1:40000", "127.0.0.1:80", "0.0.0.0:0");
+        let mut events = vec![
+            ev(1_000, 0xa, Close, SynSent, c, s),
+            ev(2_000, 0xa, SynSent, Established, c, s),
+            ev(3_000, 0xa, Established, FinWait1, c, s),
+        ];
+        for i in 0..50 {
+            let mut r = ev(10_000 + i * 1_000, 0xa, FinWait1, FinWait1, c, s);
+            r.kind = EventKind::Retransmit { state: FinWait1 };
+            events.push(r);
+        }
+        events.push(ev(100_000, 0xa, FinWait1, FinWait2, c, s));
+        events.push(ev(200_000, 0xa, FinWait2, TimeWait, c, s));
+        events.push(ev(300_000, 0xa, TimeWait, Close, z, s));
+        let mut t = Tracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        for e in events {
+            t.on_event(e, &mut |f| out.push(f));
+        }
+        t.finish(&mut |f| out.push(f));
+        (*out.remove(0).conn).clone()
+    }
+
+    #[test]
+    fn a_run_of_repeats_is_written_compactly_in_every_form() {
+        let conn = retransmitting();
+        let full = line(&conn, Conforming::Full);
+        let events = full["events"].as_array().unwrap();
+        assert_eq!(events.len(), 3 + 3 + 1 + 3, "{full}");
+        assert!(events[3].get("count").is_none(), "one by one: as before");
+        let run = &events[6];
+        assert_eq!(run["kind"], "retransmit");
+        assert_eq!(run["count"], 47);
+        assert_eq!(run["t_us"], 12.0, "the fourth retransmission");
+        assert_eq!(run["last_t_us"], 58.0, "the last");
+        assert!(full.get("unstored_events").is_none());
+        let notes = full["verdict"]["notes"].to_string();
+        assert!(
+            notes.contains("retransmitted 50 times from FIN_WAIT1"),
+            "{notes}"
+        );
+        // The compact form (a FIN retransmitted is not a deviation): the run's count and
+        // last time after the usual eight fields.
+        assert_eq!(full["verdict"]["conformance"], "conforms", "{full}");
+        let compact = line(&conn, Conforming::Compact);
+        let steps = compact["steps"].as_array().unwrap();
+        assert_eq!(steps[3].as_array().unwrap().len(), 8);
+        assert_eq!(
+            steps[6],
+            serde_json::json!([
+                12_000,
+                "retransmit@FIN_WAIT1",
+                null,
+                null,
+                null,
+                null,
+                null,
+                null,
+                47,
+                58_000
+            ])
+        );
+        // And in text: one line for the run.
+        let verdict = crate::judge::judge(&conn, None);
+        let mut out = Vec::new();
+        super::super::TextSink::new(&mut out, false)
+            .connection(&Report {
+                conn: &conn,
+                peer_id: None,
+                verdict: &verdict,
+                wall_offset_ns: 0,
+            })
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("retransmit in FIN_WAIT1").count(), 4, "{text}");
+        assert!(
+            text.contains("+0.012 ms  retransmit in FIN_WAIT1 x47 to +0.058 ms"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn events_over_the_cap_are_counted_in_the_record() {
+        let mut conn = retransmitting();
+        conn.unstored = 12;
+        let full = line(&conn, Conforming::Compact);
+        assert_eq!(full["unstored_events"], 12, "{full}");
+        assert_ne!(full["verdict"]["conformance"], "conforms");
+    }
+
     /// The compact line writes by hand what the full one writes through serde: on the fields
     /// the fixtures never have (a namespace, a state at start, no owner, IPv6, unread fields, a
     /// name that needs escaping), each value is the full form's, and no key is added or lost.
@@ -512,7 +635,8 @@ mod tests {
             remote: "[2001:db8::2]:0".parse().unwrap(),
             process: None,
             netns: 4_026_532_000,
-            events,
+            events: events.into_iter().map(crate::track::Run::from).collect(),
+            unstored: 0,
             seen_from_start: true,
             events_maybe_lost: false,
             // Only a connection first seen mid-life has one (and it is then incomplete); here
@@ -521,7 +645,7 @@ mod tests {
             end: crate::track::RecordEnd::Closed,
         };
         let mut with_owner = conn.clone();
-        with_owner.process = with_owner.events[1].task();
+        with_owner.process = with_owner.events[1].ev.task();
         // Nothing at all for `none`.
         let verdict = crate::judge::judge(&conn, None);
         let mut sink = JsonlSink::new(Vec::new(), Conforming::Omitted);
@@ -611,6 +735,7 @@ mod tests {
             ] {
                 let step = Step {
                     t_us: 1.5,
+                    run: None,
                     kind,
                     seq,
                     sock,
@@ -628,6 +753,7 @@ mod tests {
             }
             let step = Step {
                 t_us: 1.5,
+                run: None,
                 kind,
                 seq: Some(seq),
                 sock: None,

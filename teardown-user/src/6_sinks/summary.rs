@@ -27,6 +27,9 @@ pub struct Summary {
     pub undecodable: u64,
     /// Connections dropped from a full table.
     pub evicted: u64,
+    /// The other bounded tables' evictions, and events over the per-connection cap.
+    #[serde(flatten)]
+    pub bounds: Bounds,
     /// Events of timewait sockets matching no traced connection.
     pub unattached: u64,
     /// Replay: bad lines skipped.
@@ -55,6 +58,31 @@ pub struct Summary {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// What the bounds on memory cost, past the open-connection table's `evicted` (each present in
+/// JSON Lines when not 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Bounds {
+    /// Events of connections that had taken all their stored runs (each connection's
+    /// `unstored_events`, summed over all tracked, reported or not).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub events_unstored: u64,
+    /// Closed connections handed on before their settle time: that table was full.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub settle_cut: u64,
+    /// Sockets already closing at start that were not remembered: that table was full.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub seeds_dropped: u64,
+    /// Closed ends dropped while waiting for a peer still open: that table was full.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub peer_wait_evicted: u64,
+}
+
+impl Bounds {
+    fn any(&self) -> bool {
+        *self != Bounds::default()
+    }
 }
 
 /// Timewait facts joined to reported connections.
@@ -112,6 +140,14 @@ impl Summary {
                 s,
                 "  also: {} undecodable records, {} connections evicted from a full table, {} unattached timewait events",
                 self.undecodable, self.evicted, self.unattached
+            );
+        }
+        let b = &self.bounds;
+        if b.any() {
+            let _ = writeln!(
+                s,
+                "  bounds: {} events not stored (connections at their cap), {} closed connections handed on early (settling table full), {} sockets closing at start not remembered, {} closed ends dropped while their peer was open",
+                b.events_unstored, b.settle_cut, b.seeds_dropped, b.peer_wait_evicted
             );
         }
         let tw = &self.timewait;

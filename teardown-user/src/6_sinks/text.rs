@@ -111,14 +111,20 @@ impl<W: Write> Sink for TextSink<W> {
             )?;
         }
         let t0 = c.first_ts();
-        for e in &c.events {
-            let ms = e.ts_ns.saturating_sub(t0) as f64 / 1e6;
-            let what = match e.kind {
+        for r in &c.events {
+            let e = &r.ev;
+            let ms = r.first_ts.saturating_sub(t0) as f64 / 1e6;
+            let mut what = match e.kind {
                 EventKind::State { old, new } => format!("{old:<11} -> {new}"),
                 EventKind::Retransmit { state } => format!("retransmit in {state}"),
                 EventKind::ResetSent { state } => format!("RST sent in {state}"),
                 EventKind::ResetReceived { state } => format!("RST received in {state}"),
             };
+            if r.folded() {
+                // A run: how many, until when (the fields shown are its last event's).
+                let last = e.ts_ns.saturating_sub(t0) as f64 / 1e6;
+                what.push_str(&format!(" x{} to {last:+.3} ms", r.count()));
+            }
             let mut extra = String::new();
             if let Some(s) = e.seq.filter(|_| self.raw) {
                 extra.push_str(&format!(
@@ -138,6 +144,14 @@ impl<W: Write> Sink for TextSink<W> {
             } else {
                 writeln!(self.out, "    {ms:>+10.3} ms  {what:<30}{extra}")?;
             }
+        }
+        if c.unstored > 0 {
+            writeln!(
+                self.out,
+                "    ... {} more events not stored (at most {} steps kept per connection)",
+                c.unstored,
+                crate::track::MAX_STEPS
+            )?;
         }
         self.buf.clear();
         // Writing to a String cannot fail.
@@ -236,7 +250,8 @@ mod netns_tests {
             remote: ev.remote,
             process: ev.task(),
             netns,
-            events: vec![ev],
+            events: vec![ev.into()],
+            unstored: 0,
             seen_from_start: true,
             events_maybe_lost: false,
             state_at_start: None,

@@ -366,11 +366,19 @@ impl Pipeline {
             connections,
             evicted,
             unattached,
+            settle_cut,
+            seeds_dropped,
+            peer_wait_evicted,
         } = self.tracker.stats();
         self.summary.events = events;
         self.summary.connections_seen = connections;
         self.summary.evicted = evicted;
         self.summary.unattached = unattached;
+        let b = &mut self.summary.bounds;
+        b.settle_cut = settle_cut;
+        b.seeds_dropped = seeds_dropped;
+        b.peer_wait_evicted = peer_wait_evicted;
+        self.summary.timewait_untracked += self.joiner.dropped;
         // An output whose reader went away (a closed pipe, EPIPE) ends the trace as a stop
         // would: the summary is still returned, for the caller to say elsewhere.
         let closed = |e: &io::Error| e.kind() == io::ErrorKind::BrokenPipe;
@@ -415,6 +423,7 @@ impl Pipeline {
     }
 
     fn report(&mut self, f: Finished) {
+        self.summary.bounds.events_unstored += f.conn.unstored;
         if !self.filter.matches(&f.conn) {
             return;
         }

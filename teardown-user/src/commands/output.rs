@@ -103,7 +103,10 @@ pub struct FilterArgs {
     /// Report listening sockets too (hidden by default).
     #[arg(long)]
     pub listeners: bool,
-    /// Most connections tracked at once; beyond it the oldest is evicted (and counted).
+    /// Most open connection ends tracked at once (about 1 KiB each). Past it the least
+    /// recently active sixteenth is reported at once as `evicted` (judged incomplete: its close
+    /// is not seen) and counted in the summary; closed ends waiting to be judged are bounded by
+    /// it too.
     #[arg(long, value_name = "N", default_value_t = TrackerConfig::default().max_open)]
     pub max_connections: usize,
 }

@@ -124,16 +124,16 @@ pub fn show(traced: &[Traced]) {
         println!("#{} {} -> {}", c.id, c.local, c.remote);
         let t0 = c.first_ts();
         for (e, step) in c.events.iter().zip(t.steps()) {
-            let seq = e.seq.map_or(String::new(), |s| {
+            let seq = e.ev.seq.map_or(String::new(), |s| {
                 format!(
                     "snd_una={} snd_nxt={} rcv_nxt={} write_seq={}",
                     s.snd_una, s.snd_nxt, s.rcv_nxt, s.write_seq
                 )
             });
-            let fl = e.sock.as_ref().map_or(String::new(), flags);
+            let fl = e.ev.sock.as_ref().map_or(String::new(), flags);
             println!(
                 "  {:>10.3}ms  {step:<24} {seq} {fl}",
-                e.ts_ns.saturating_sub(t0) as f64 / 1e6
+                e.first_ts.saturating_sub(t0) as f64 / 1e6
             );
         }
         println!("  verdict: {}", t.verdict.headline());
@@ -150,7 +150,7 @@ fn event<'a>(t: &'a Traced, step: &str) -> &'a Event {
         .iter()
         .position(|s| s == step)
         .unwrap_or_else(|| panic!("no {step} in {:?}", t.steps()));
-    &t.finished.conn.events[i]
+    &t.finished.conn.events[i].ev
 }
 
 fn seq(t: &Traced, step: &str) -> SeqSnapshot {
