@@ -291,6 +291,7 @@ pub const TRANSITIONS: &[Rule] = &[
     rule(FinWait1,    Close,       M::TimeWaitEntry,    Cl, Some(S::ThirdWave)),
     rule(FinWait2,    TimeWait,    M::TimeWaitEntry,    Cl, Some(S::ThirdWave)),
     rule(FinWait2,    Close,       M::TimeWaitEntry,    Cl, Some(S::ThirdWave)),
+    rule(FinWait1,    FinWait1,    M::Orphaned,         Cl, None), // closed after shutdown (fact 9)
     rule(FinWait2,    FinWait2,    M::Orphaned,         Cl, None), // closed after shutdown (fact 9)
     // Wave 4: the final ACK arrives; the active closer waits 2MSL.
     rule(LastAck,     Close,       M::FinalAck,         Cl, Some(S::FourthWave)),

@@ -426,6 +426,20 @@ fn cases() -> Vec<Case> {
             X::OrphanedFinWait2,
         ),
         case(
+            "shutdown, then close in FIN_WAIT1 before the FIN is ACKed (fact 9)",
+            then(
+                client_open(),
+                [
+                        sq(10 * MS, Established, FinWait1, [U, U, V, U], NO_FLAGS, 0),
+                        sq(12 * MS, FinWait1, FinWait1, [U, U + 1, V, U + 1], DEAD, 0),
+                        sq(15 * MS, FinWait1, FinWait2, [U + 1, U + 1, V, U + 1], DEAD, 0),
+                        sq(15 * MS + 1_000, FinWait2, Close, [U + 1, U + 1, V, U + 1], DEAD, 0),
+                ],
+            ),
+            R::ActiveCloser,
+            X::OrphanedFinWait2,
+        ),
+        case(
             "three-segment, not orphaned (timing)",
             then(
                 client_open(),
