@@ -78,13 +78,7 @@ impl Said {
 /// runs `work` with its pid once it traces, waits until `cause`'s scraped count is at least
 /// `at_least` and has stood still for a second (the port table is counted at most once a
 /// second), then stops it with SIGTERM.
-fn trace(
-    port: u16,
-    args: &[&str],
-    cause: &str,
-    at_least: u64,
-    work: impl FnOnce(u32),
-) -> Said {
+fn trace(port: u16, args: &[&str], cause: &str, at_least: u64, work: impl FnOnce(u32)) -> Said {
     let path = |what: &str| -> PathBuf {
         std::env::temp_dir().join(format!(
             "teardown-lost-{}-{cause}.{what}",
@@ -111,7 +105,10 @@ fn trace(
     .unwrap_or_else(|e| panic!("{e}: {}", read()));
     let addr = read()
         .lines()
-        .find_map(|l| l.strip_prefix("metrics at http://")?.strip_suffix("/metrics"))
+        .find_map(|l| {
+            l.strip_prefix("metrics at http://")?
+                .strip_suffix("/metrics")
+        })
         .map(str::to_owned)
         .unwrap_or_else(|| panic!("no metrics address in {}", read()));
     work(child.id());
@@ -191,7 +188,13 @@ fn a_full_ring_buffer_is_counted_as_such() {
     );
     let (text, json, scraped) = said.counts("ring_full", "ring buffer full");
     assert!(json > Some(1000), "{:#}\n{}", said.json, said.text);
-    assert_eq!((text, scraped), (json, json), "{}\n{}", said.text, said.scrape);
+    assert_eq!(
+        (text, scraped),
+        (json, json),
+        "{}\n{}",
+        said.text,
+        said.scrape
+    );
     assert!(
         said.text.contains("ring buffer full: raise --ring-size"),
         "{}",
@@ -235,7 +238,13 @@ fn sockets_evicted_from_the_port_table_are_counted() {
         said.json,
         said.text
     );
-    assert_eq!((text, scraped), (json, json), "{}\n{}", said.text, said.scrape);
+    assert_eq!(
+        (text, scraped),
+        (json, json),
+        "{}\n{}",
+        said.text,
+        said.scrape
+    );
     assert!(said.text.contains("raise --port-table"), "{}", said.text);
 }
 
@@ -288,6 +297,12 @@ fn undecodable_records_are_counted() {
     );
     let (text, json, scraped) = said.counts("undecodable", "undecodable record");
     assert_eq!(json, Some(10), "{:#}\n{}", said.json, said.text);
-    assert_eq!((text, scraped), (json, json), "{}\n{}", said.text, said.scrape);
+    assert_eq!(
+        (text, scraped),
+        (json, json),
+        "{}\n{}",
+        said.text,
+        said.scrape
+    );
     assert!(said.text.contains("undecodable records: "), "{}", said.text);
 }
