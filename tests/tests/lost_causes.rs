@@ -53,6 +53,9 @@ fn in_text(summary: &str, names: &str) -> Option<u64> {
     })
 }
 
+/// How long a count must stand still to be taken as final.
+const SETTLED: Duration = Duration::from_secs(3);
+
 /// What one trace said of its losses.
 struct Said {
     /// The summary teardown wrote on stderr.
@@ -76,8 +79,9 @@ impl Said {
 
 /// Runs `teardown trace --port PORT ARGS` (JSON Lines to a file, metrics on a free port),
 /// runs `work` with its pid once it traces, waits until `cause`'s scraped count is at least
-/// `at_least` and has stood still for a second (the port table is counted at most once a
-/// second), then stops it with SIGTERM.
+/// `at_least` and has stood still for three seconds (the agent counts the port table at most
+/// once a second, on its quarter-second tick, and only after it changed), then stops it with
+/// SIGTERM.
 fn trace(port: u16, args: &[&str], cause: &str, at_least: u64, work: impl FnOnce(u32)) -> Said {
     let path = |what: &str| -> PathBuf {
         std::env::temp_dir().join(format!(
@@ -116,7 +120,7 @@ fn trace(port: u16, args: &[&str], cause: &str, at_least: u64, work: impl FnOnce
     let mut last = (scraped(&text, cause), Instant::now());
     let settled = wait_until(
         &format!("{cause} to reach {at_least} and settle"),
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || {
             std::thread::sleep(Duration::from_millis(100));
             text = scrape(&addr);
@@ -124,7 +128,7 @@ fn trace(port: u16, args: &[&str], cause: &str, at_least: u64, work: impl FnOnce
             if now != last.0 {
                 last = (now, Instant::now());
             }
-            Ok(now >= Some(at_least) && last.1.elapsed() >= Duration::from_secs(1))
+            Ok(now >= Some(at_least) && last.1.elapsed() >= SETTLED)
         },
     );
     cli::signal(child.id(), libc::SIGTERM).unwrap();

@@ -195,7 +195,8 @@ impl Metrics {
         let lost_events = Counter::default();
         registry.register(
             "kernel_lost_events",
-            "Events the kernel could not deliver (ring buffer full)",
+            "Events the kernel did not deliver, every cause (teardown_lost_events_total tells \
+             them apart)",
             lost_events.clone(),
         );
         let lost_by_cause = Family::<CauseLabels, Counter>::default();
@@ -512,6 +513,35 @@ mod tests {
             "teardown_open_connections 1\n",
             "teardown_timewait_facts_total{fact=\"entered\",namespace=\"unknown\"} 1\n",
             "teardown_timewait_facts_total{fact=\"reused\",namespace=\"unknown\"} 1\n",
+        ] {
+            assert!(text.contains(want), "no {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn losses_are_counted_by_cause_from_the_start() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for cause in CAUSES {
+            let want = format!("teardown_lost_events_total{{cause=\"{cause}\"}} 0\n");
+            assert!(text.contains(&want), "no {want:?} in\n{text}");
+        }
+        let lost = LostReport {
+            port_table_evicted: 3,
+            undecodable: 2,
+            recursion: 1,
+            recursion_by_program: [("tw_timer_start", 1)].into(),
+            ..LostReport::default()
+        };
+        metrics.set_lost(&lost);
+        // Counters never go back.
+        metrics.set_lost(&LostReport::default());
+        let text = metrics.encode();
+        for want in [
+            "teardown_lost_events_total{cause=\"port_table_evicted\"} 3\n",
+            "teardown_lost_events_total{cause=\"undecodable\"} 2\n",
+            "teardown_lost_events_total{cause=\"ring_full\"} 0\n",
+            "teardown_recursion_misses_total{program=\"tw_timer_start\"} 1\n",
         ] {
             assert!(text.contains(want), "no {want:?} in\n{text}");
         }
