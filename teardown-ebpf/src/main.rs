@@ -487,7 +487,7 @@ const EEXIST: i64 = 17;
 /// and the keys they remove (only removals that succeed). Nothing else adds or removes keys
 /// (the agent only reads the table): the keys present are always those added, less those
 /// removed, less those evicted, so the agent that counts the keys present knows the evictions
-/// exactly.
+/// exactly (but for the nested increment [`count`] describes, a window of two instructions).
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys by reference are read in place (in `ev` on the stack); by value, each \
