@@ -37,17 +37,28 @@ pub mod kind {
 }
 
 /// Why the kernel programs did not deliver an event: the indices of their per-CPU `LOST`
-/// counters.
+/// counters, and the two counters of the matched-socket table from which its evictions follow.
 pub mod lost {
     /// The ring buffer had no room for it.
     pub const RING_FULL: u32 = 0;
-    /// A classic tracepoint record whose fields could not be read.
+    /// A field the event needs could not be read (or read as something no TCP socket holds),
+    /// on any path: the state or family of a socket, the fields of a classic tracepoint record,
+    /// the tuple of a timewait socket. Counted whether or not the event would have passed the
+    /// `--port` filter, which needs those fields to decide.
     pub const UNREADABLE: u32 = 1;
     /// The agent was behind (the ring buffer more than [`BEHIND_EIGHTHS`] eighths full): the
     /// event was counted in `NOT_JUDGED` by what it was, instead of being sent.
     pub const BEHIND: u32 = 2;
-    /// How many causes there are.
-    pub const CAUSES: u32 = 3;
+    /// A matched socket that the `MATCHED` table refused (an insert that failed other than
+    /// for the key being there already): its later events with a zero port will not pass.
+    pub const PORT_TABLE_REFUSED: u32 = 3;
+    /// Keys added to the `MATCHED` table (inserts made with `BPF_NOEXIST` that succeeded).
+    /// Not a cause: with [`MATCHED_REMOVED`] and the keys present, it gives the evictions.
+    pub const MATCHED_ADDED: u32 = 4;
+    /// Keys removed from the `MATCHED` table by the programs (removals that succeeded).
+    pub const MATCHED_REMOVED: u32 = 5;
+    /// How many counters `LOST` has.
+    pub const COUNTERS: u32 = 6;
     /// Past this many eighths of the ring buffer waiting to be read, events are summarised:
     /// the room left takes what is already on its way, and the counts tell what was missed.
     pub const BEHIND_EIGHTHS: u64 = 7;

@@ -4,10 +4,14 @@
 //! and reset, that passes the agent's port filter becomes one [`Event`] in the `EVENTS` ring
 //! buffer. The socket's sequence fields and flags are read at that moment, at offsets the agent
 //! resolved from the running kernel's BTF. Events not delivered are counted per CPU in `LOST`
-//! by cause: the ring buffer full, a classic tracepoint record that cannot be read, or the
-//! agent behind. The last is a choice, not an accident: once the ring buffer is nearly full the
-//! programs stop sending and count each event by what it was (`NOT_JUDGED`), so that an agent
-//! that cannot keep up still learns what it missed.
+//! by cause: the ring buffer full, a field that cannot be read (on every path that skips an
+//! event for it), the agent behind, or a matched socket the port table refused; the table's
+//! evictions follow from the keys it added and removed, counted there too, and the keys the
+//! agent finds in it. The agent behind is a choice, not an accident: once the ring buffer is
+//! nearly full the programs stop sending and count each event by what it was (`NOT_JUDGED`), so
+//! that an agent that cannot keep up still learns what it missed. (Runs of a program that the
+//! kernel skipped, one of ours being already running on that CPU, the kernel counts itself: the
+//! agent reads them from each program's info.)
 //!
 //! The rare paths, where a program drops an event or leaves part of it empty for a reason the
 //! agent cannot see (a field it could not read, a family it does not know, a socket that is not
@@ -56,9 +60,10 @@ const TCP_NEW_SYN_RECV: u8 = TcpState::NewSynRecv.kernel_number();
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
-/// Events not delivered, per CPU, by cause (indices in teardown-common's `lost`).
+/// Events not delivered, per CPU, by cause, and the port table's additions and removals
+/// (indices in teardown-common's `lost`).
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::CAUSES, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNTERS, 0);
 
 /// Events counted instead of sent while the agent was behind, per CPU, by what they were
 /// (`lost::not_judged_slot`): what the agent could not judge, it can still count.
@@ -75,7 +80,8 @@ static RING_BYTES: u64 = 16 << 20;
 static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 
 /// Socket addresses whose local or remote port matched the filter during the socket's current
-/// life: their last transitions, when the local port is already zero, still pass.
+/// life: their last transitions, when the local port is already zero, still pass. The agent
+/// sets its size (`--port-table`); what it evicts is counted by difference (see [`wanted`]).
 #[map]
 static MATCHED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
 
@@ -230,9 +236,13 @@ enum Fields {
 }
 
 impl Fields {
-    /// The socket's fields for a tp_btf program, or None when it is not a full TCP socket.
+    /// The socket's fields for a tp_btf program, None when it is not a full TCP socket, or
+    /// [`Unreadable`] when its protocol cannot be read.
     #[inline(always)]
-    fn of_btf_sock<P: Prog>(sk: *const u8, offs: &SockOffsets) -> Option<Fields> {
+    fn of_btf_sock<P: Prog>(
+        sk: *const u8,
+        offs: &SockOffsets,
+    ) -> Result<Option<Fields>, Unreadable> {
         if offs.fast & fast::DIRECT_LOADS != 0 {
             // Checks that it is a full TCP socket and types the pointer as one for the
             // verifier.
@@ -240,18 +250,20 @@ impl Fields {
             // the caller; the helper only inspects it and returns null for anything that is not
             // a full TCP socket.
             let tp = unsafe { bpf_skc_to_tcp_sock(sk as *mut c_void) };
-            return (!tp.is_null()).then_some(Fields::Direct(tp as *const u8));
+            return Ok((!tp.is_null()).then_some(Fields::Direct(tp as *const u8)));
         }
         // SAFETY: a u16 accepts any bytes; the probed read tolerates any address.
-        let protocol = unsafe { read_at::<u16>(sk, offs.sk_protocol) };
-        if protocol.is_none() && debug_on() && offs.sk_protocol != OFFSET_UNKNOWN {
-            rare!(
-                "{}: sk_protocol unreadable, skaddr 0x{:x}",
-                P::NAME,
-                number(sk as u64)
-            );
-        }
-        (protocol == Some(IPPROTO_TCP)).then_some(Fields::Probed(sk))
+        let Some(protocol) = (unsafe { read_at::<u16>(sk, offs.sk_protocol) }) else {
+            if offs.sk_protocol != OFFSET_UNKNOWN {
+                rare!(
+                    "{}: sk_protocol unreadable, skaddr 0x{:x}",
+                    P::NAME,
+                    number(sk as u64)
+                );
+            }
+            return Err(Unreadable);
+        };
+        Ok((protocol == IPPROTO_TCP).then_some(Fields::Probed(sk)))
     }
 
     /// The socket's address, as a number for a debug record.
@@ -347,9 +359,11 @@ fn netns_of<P: Prog>(sk: Fields, offs: &SockOffsets) -> u32 {
 fn count(map: &PerCpuArray<u64>, index: u32) {
     if let Some(n) = map.get_ptr_mut(index) {
         // SAFETY: the lookup succeeded, so `n` points to this CPU's u64 slot at `index`, valid
-        // and aligned for the program's run; no other CPU touches it. (A program of ours
-        // interrupting this one on the same CPU could make one increment go missing, never an
-        // invalid access.)
+        // and aligned for the program's run; no other CPU touches it. (A program of ours that
+        // interrupts this one on the same CPU between the load and the store of this one
+        // slot, a window of two instructions, would make one increment go missing, never an
+        // invalid access: an atomic add needs compare-and-swap support the BPF target of
+        // stable Rust does not offer.)
         unsafe { *n += 1 };
     }
 }
@@ -461,7 +475,19 @@ fn emit<P: Prog, R: Record>(ev: &R, avail: u64) {
     }
 }
 
+/// `bpf_map_update_elem`'s flag: add the key only if it is absent.
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i64 = 17;
+
 /// Whether the user's filter lets this event through. Call with the tuple and states filled.
+///
+/// The `MATCHED` table is an LRU: when full, adding a key evicts another, unseen by us. So the
+/// programs count the keys they add (only an insert with `BPF_NOEXIST` that succeeds, so a key
+/// already there, even one added by another CPU at the same moment, is never counted twice)
+/// and the keys they remove (only removals that succeed). Nothing else adds or removes keys
+/// (the agent only reads the table): the keys present are always those added, less those
+/// removed, less those evicted, so the agent that counts the keys present knows the evictions
+/// exactly (but for the nested increment [`count`] describes, a window of two instructions).
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "map keys by reference are read in place (in `ev` on the stack); by value, each \
@@ -482,12 +508,23 @@ fn wanted(ev: &Event) -> bool {
     // The same rule as the agent's filter of recordings: a socket stays matched for its life.
     match filter_step(hit, starts) {
         FilterStep::Match => {
-            let _ = MATCHED.insert(&ev.skaddr, &1, 0);
+            // SAFETY: only presence is used and the reference dropped. The lookup also marks
+            // the key as recently used, as an update would.
+            if unsafe { MATCHED.get(&ev.skaddr) }.is_none() {
+                match MATCHED.insert(&ev.skaddr, &1, BPF_NOEXIST) {
+                    Ok(()) => count(&LOST, lost::MATCHED_ADDED),
+                    // Added by another CPU meanwhile: present, and counted there.
+                    Err(e) if i64::from(e) == -EEXIST => {}
+                    Err(_) => count_lost(lost::PORT_TABLE_REFUSED),
+                }
+            }
             true
         }
         FilterStep::Forget => {
             // A new life of this socket address, not ours: forget the old one's match.
-            let _ = MATCHED.remove(&ev.skaddr);
+            if MATCHED.remove(&ev.skaddr).is_ok() {
+                count(&LOST, lost::MATCHED_REMOVED);
+            }
             false
         }
         // SAFETY: as for `FILTER_PORTS` above, only presence is used and the reference dropped.
@@ -559,9 +596,19 @@ fn fill_task_and_sock<P: Prog>(ev: &mut Event, sk: Fields, offs: &SockOffsets) {
 }
 
 /// The 4-tuple from `struct sock_common`, which full, request and timewait sockets share.
-/// Returns false when the family cannot be read or is neither IPv4 nor IPv6.
+/// Returns false when the family cannot be read or is neither IPv4 nor IPv6 (these programs see
+/// only TCP sockets, so the read went wrong): the event is skipped, and counted as unreadable.
 #[inline(always)]
 fn fill_tuple_common<P: Prog>(ev: &mut Event, sk: Fields, offs: &SockOffsets) -> bool {
+    let read = read_tuple_common::<P>(ev, sk, offs);
+    if !read {
+        count_lost(lost::UNREADABLE);
+    }
+    read
+}
+
+#[inline(always)]
+fn read_tuple_common<P: Prog>(ev: &mut Event, sk: Fields, offs: &SockOffsets) -> bool {
     if sk.probed() && offs.fast & fast::COMMON_HEAD != 0 {
         // One read for addresses, ports and family (layout verified by the agent in BTF).
         let Some(h) = sk.read::<CommonHead>(offs.skc_daddr) else {
@@ -634,8 +681,14 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let offs = offsets();
-    let Some(fields) = Fields::of_btf_sock::<StateBtf>(sk, &offs) else {
-        return 0;
+    let fields = match Fields::of_btf_sock::<StateBtf>(sk, &offs) {
+        Ok(Some(f)) => f,
+        // Not TCP (SCTP, say, changes state through the same tracepoint): not ours.
+        Ok(None) => return 0,
+        Err(Unreadable) => {
+            count_lost(lost::UNREADABLE);
+            return 0;
+        }
     };
     let mut ev = Event::ZERO;
     if !fill_tuple_common::<StateBtf>(&mut ev, fields, &offs) {
@@ -674,13 +727,12 @@ fn sock_event<P: Prog>(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
     // one, so nothing past sock_common may be read: skip the event.
     // SAFETY: a u8 accepts any byte; the probed read tolerates any address.
     let Some(state) = (unsafe { read_at::<u8>(sk, state_off) }) else {
-        if state_off != OFFSET_UNKNOWN {
-            rare!(
-                "{}: skc_state unreadable, skaddr 0x{:x}",
-                P::NAME,
-                number(sk as u64)
-            );
-        }
+        count_lost(lost::UNREADABLE);
+        rare!(
+            "{}: skc_state unreadable, skaddr 0x{:x}",
+            P::NAME,
+            number(sk as u64)
+        );
         return 0;
     };
     ev.kind = event_kind;
@@ -706,9 +758,11 @@ fn sock_event<P: Prog>(ctx: &BtfTracePointContext, event_kind: u8) -> i32 {
         emit::<P, _>(&ev, avail);
         return 0;
     }
-    let Some(fields) = Fields::of_btf_sock::<P>(sk, &offs) else {
+    let Ok(Some(fields)) = Fields::of_btf_sock::<P>(sk, &offs) else {
         // These tracepoints see TCP sockets only, and this state is not a timewait or request
-        // socket's: the state, or the socket, is not what it should be.
+        // socket's: the state, or the socket, is not what it should be (or its protocol could
+        // not be read). Skipped for a field misread: counted so.
+        count_lost(lost::UNREADABLE);
         rare!(
             "{}: skc_state {} but not a full TCP socket, skaddr 0x{:x}",
             P::NAME,

@@ -138,7 +138,7 @@ impl Tracer {
                     .await;
                 }
                 stream.drain_now(&mut push);
-                let lost = probe.lost().map_err(|e| e.to_string())?.total();
+                let lost = probe.lost(true).map_err(|e| e.to_string())?.total();
                 Ok((events, lost))
             })
         });

@@ -12,10 +12,15 @@ mod preflight;
 mod stream;
 pub mod tracefs;
 
-use std::path::Path;
+use std::{
+    cell::Cell,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+    time::Instant,
+};
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
@@ -140,10 +145,38 @@ pub struct ProbeConfig {
     /// Follow timewait sockets through their timer's tracepoints. False leaves them out as a
     /// kernel that refuses them would (sock_diag polling then follows what it can).
     pub timewait_timers: bool,
+    /// Sockets the kernel filter remembers as matched (with [`ProbeConfig::ports`]): past
+    /// this many, the least recently used is evicted and its last events (those with a zero
+    /// local port) no longer pass; each eviction is counted.
+    pub port_table: u32,
+    /// Faults to inject, for the tests of the loss counters only (see [`Fault`]).
+    pub faults: Vec<Fault>,
+}
+
+/// A fault the loader injects into the kernel programs' settings, so that a test can produce
+/// on a real kernel each loss the programs count, which a healthy host does not produce on
+/// demand. Not for use otherwise: the trace then misses events on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The programs are told the offset of `skc_state` is unknown: every retransmission and
+    /// reset then fails to read the socket's state, as a fault would, and is counted as
+    /// unreadable. (A real offset past the end of the socket is no sure fault: within 4 GiB of
+    /// a slab object, memory is usually mapped, and the read returns another object's bytes.)
+    Unreadable,
+    /// The programs read the state of retransmissions and resets at the offset of the local
+    /// port: the low byte of a port, often no TCP state number (0 once the socket let its port
+    /// go), reaches the agent, whose decoder refuses the record.
+    Undecodable,
+    /// The programs are told the ring buffer is far larger than it is, so they never see the
+    /// agent behind: once the ring buffer is full, reservations fail.
+    RingFull,
 }
 
 /// Ports the kernel filter holds at most (the size of its map).
 pub const MAX_FILTER_PORTS: usize = 64;
+
+/// The matched-socket table's size by default ([`ProbeConfig::port_table`]).
+pub const DEFAULT_PORT_TABLE: u32 = 65_536;
 
 impl Default for ProbeConfig {
     fn default() -> Self {
@@ -154,6 +187,8 @@ impl Default for ProbeConfig {
             direct_loads: true,
             kernel_log: false,
             timewait_timers: true,
+            port_table: DEFAULT_PORT_TABLE,
+            faults: Vec::new(),
         }
     }
 }
@@ -186,8 +221,22 @@ pub struct Probe {
     ebpf: Ebpf,
     lost: PerCpuArray<MapData, u64>,
     not_judged: PerCpuArray<MapData, u64>,
+    matched: BpfHashMap<MapData, u64, u8>,
+    port_table: u32,
+    /// The matched-socket table's evictions, as last counted.
+    evictions: Cell<Evictions>,
     kernel_log: Option<KernelLog>,
     pub caps: Capabilities,
+}
+
+/// What the last count of the matched-socket table found.
+#[derive(Clone, Copy, Debug)]
+struct Evictions {
+    /// The programs' counts of keys added and removed when the table was counted.
+    added: u64,
+    removed: u64,
+    evicted: u64,
+    at: Option<Instant>,
 }
 
 /// The kernel programs' debug records (aya-log's ring buffer), attached only when
@@ -404,6 +453,13 @@ impl Probe {
                 name: "NOT_JUDGED",
                 source,
             })?;
+        let matched_map = ebpf
+            .take_map("MATCHED")
+            .ok_or(KernelError::Missing("MATCHED"))?;
+        let matched = BpfHashMap::try_from(matched_map).map_err(|source| KernelError::Map {
+            name: "MATCHED",
+            source,
+        })?;
         report_programs(&ebpf, cfg.kernel_log);
         let kernel_log = if cfg.kernel_log {
             let logger = EbpfLogger::init(&mut ebpf).map_err(KernelError::Log)?;
@@ -416,6 +472,14 @@ impl Probe {
             ebpf,
             lost,
             not_judged,
+            matched,
+            port_table: cfg.port_table,
+            evictions: Cell::new(Evictions {
+                added: 0,
+                removed: 0,
+                evicted: 0,
+                at: None,
+            }),
             kernel_log,
             caps,
         })
@@ -441,19 +505,89 @@ impl Probe {
     }
 
     /// Events the kernel programs did not deliver, by cause, summed over CPUs, since load.
-    pub fn lost(&self) -> Result<LostCounts, KernelError> {
-        let cause = |i: u32| -> Result<u64, KernelError> {
-            let per_cpu = self.lost.get(&i, 0).map_err(|source| KernelError::Map {
-                name: "LOST",
-                source,
-            })?;
-            Ok(per_cpu.iter().sum())
-        };
+    ///
+    /// The matched-socket table is counted again only when the programs added or removed keys
+    /// since its last count, at most once a second (a count is a system call per key), and
+    /// whenever `final_read` asks; its evictions are exact as of that count.
+    pub fn lost(&self, final_read: bool) -> Result<LostCounts, KernelError> {
+        let counter = |i: u32| self.counter(i);
+        let recursion = self.recursion_misses().iter().map(|(_, n)| n).sum();
         Ok(LostCounts {
-            ring_full: cause(lost::RING_FULL)?,
-            unreadable: cause(lost::UNREADABLE)?,
-            behind: cause(lost::BEHIND)?,
+            ring_full: counter(lost::RING_FULL)?,
+            unreadable: counter(lost::UNREADABLE)?,
+            behind: counter(lost::BEHIND)?,
+            port_table_evicted: counter(lost::PORT_TABLE_REFUSED)?
+                + self.port_table_evicted(final_read)?,
+            recursion,
         })
+    }
+
+    fn counter(&self, i: u32) -> Result<u64, KernelError> {
+        let per_cpu = self.lost.get(&i, 0).map_err(|source| KernelError::Map {
+            name: "LOST",
+            source,
+        })?;
+        Ok(per_cpu.iter().sum())
+    }
+
+    /// The keys the LRU table of matched sockets evicted: nothing but the programs adds or
+    /// removes keys, and they count each key they add and each they remove, so the keys
+    /// missing from the table are the evicted ones. The count of keys is only exact while no
+    /// key comes or goes: the counters are read before and after it, and a count they do not
+    /// agree around is tried again (three times), else the last exact figure stands.
+    fn port_table_evicted(&self, final_read: bool) -> Result<u64, KernelError> {
+        let last = self.evictions.get();
+        let moved = |a: u64, r: u64| a != last.added || r != last.removed;
+        let (added, removed) = (
+            self.counter(lost::MATCHED_ADDED)?,
+            self.counter(lost::MATCHED_REMOVED)?,
+        );
+        let due = last.at.is_none_or(|t| t.elapsed().as_secs() >= 1);
+        if !moved(added, removed) || !(due || final_read) {
+            return Ok(last.evicted);
+        }
+        let (mut a, mut r) = (added, removed);
+        for _ in 0..3 {
+            // Bounded: a key removed while the walk stands on it restarts the walk.
+            let present = self
+                .matched
+                .keys()
+                .take(2 * self.port_table as usize + 1)
+                .take_while(Result::is_ok)
+                .count() as u64;
+            let (a2, r2) = (
+                self.counter(lost::MATCHED_ADDED)?,
+                self.counter(lost::MATCHED_REMOVED)?,
+            );
+            if (a2, r2) == (a, r) {
+                let evicted = a
+                    .saturating_sub(r)
+                    .saturating_sub(present)
+                    .max(last.evicted);
+                self.evictions.set(Evictions {
+                    added: a,
+                    removed: r,
+                    evicted,
+                    at: Some(Instant::now()),
+                });
+                return Ok(evicted);
+            }
+            (a, r) = (a2, r2);
+        }
+        Ok(last.evicted)
+    }
+
+    /// Runs of each program that the kernel skipped because a program of ours was already
+    /// running on that CPU (`recursion_misses` of its info, Linux 5.12 and later; 0 before),
+    /// for the programs loaded.
+    pub fn recursion_misses(&self) -> Vec<(&'static str, u64)> {
+        PROGRAMS
+            .iter()
+            .filter_map(|&name| {
+                let fd = self.ebpf.program(name)?.fd().ok()?;
+                Some((name, recursion_misses(fd.as_fd().as_raw_fd())?))
+            })
+            .collect()
     }
 
     /// The events counted instead of sent while the agent was behind, as (slot, count) for
@@ -478,20 +612,60 @@ impl Probe {
     }
 }
 
-/// Events the kernel programs did not deliver, by cause (see `teardown_common::lost`).
+/// `recursion_misses` of a program's `struct bpf_prog_info` (include/uapi/linux/bpf.h), read
+/// with `BPF_OBJ_GET_INFO_BY_FD`: None when the kernel's info is too short to have it.
+fn recursion_misses(prog_fd: std::os::fd::RawFd) -> Option<u64> {
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    // The field's offset in the structure (after run_time_ns and run_cnt), stable as uapi.
+    const RECURSION_MISSES: usize = 208;
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // Larger than any kernel's structure yet: the kernel fills what it has and says how much.
+    let mut info = [0u64; 64];
+    let mut attr = InfoAttr {
+        bpf_fd: u32::try_from(prog_fd).ok()?,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: `attr` is the syscall's `info` variant of `union bpf_attr`, its size passed;
+    // `info` points to `info_len` writable bytes that outlive the call, and the rest of them
+    // are zero as the kernel requires of bytes beyond its structure.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    (rc == 0 && attr.info_len as usize >= RECURSION_MISSES + 8).then(|| info[RECURSION_MISSES / 8])
+}
+
+/// Events the kernel programs did not deliver, by cause (see `teardown_common::lost`). The
+/// causes added after the first three read 0 from a recording made before them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LostCounts {
     /// The ring buffer had no room.
     pub ring_full: u64,
-    /// Classic tracepoint records whose fields could not be read.
+    /// Events skipped for a field that could not be read (any hook).
     pub unreadable: u64,
     /// Counted by kind instead of sent, the agent being behind.
     pub behind: u64,
+    /// Sockets the matched-socket table of `--port` evicted (or refused): those still open
+    /// lose their last events, which have a zero local port. One each, whatever they lost.
+    pub port_table_evicted: u64,
+    /// Runs of our programs the kernel skipped, one being already running on that CPU.
+    pub recursion: u64,
 }
 
 impl LostCounts {
     pub fn total(&self) -> u64 {
-        self.ring_full + self.unreadable + self.behind
+        self.ring_full + self.unreadable + self.behind + self.port_table_evicted + self.recursion
     }
 
     /// Each count the larger of the two (counters only grow; a replay may repeat a report).
@@ -500,6 +674,8 @@ impl LostCounts {
             ring_full: self.ring_full.max(o.ring_full),
             unreadable: self.unreadable.max(o.unreadable),
             behind: self.behind.max(o.behind),
+            port_table_evicted: self.port_table_evicted.max(o.port_table_evicted),
+            recursion: self.recursion.max(o.recursion),
         }
     }
 }
@@ -551,16 +727,31 @@ impl Plan<'_> {
             LOG_OFF
         };
         let (tw_offsets, tw_handler) = self.tw.unwrap_or((TwOffsets::UNKNOWN, 0));
+        let fault = |f: Fault| cfg.faults.contains(&f);
+        let skc_state = if fault(Fault::Unreadable) {
+            OFFSET_UNKNOWN
+        } else if fault(Fault::Undecodable) {
+            self.sock_offsets.skc_num
+        } else {
+            self.skc_state
+        };
+        // Past any real ring buffer: the programs never think the agent behind.
+        let ring_bytes = if fault(Fault::RingFull) {
+            u64::MAX / 2
+        } else {
+            u64::from(cfg.ring_bytes)
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &log_level, true)
             .override_global("TW_OFFSETS", &tw_offsets, true)
             .override_global("TW_TIMER_HANDLER", &tw_handler, true)
             .override_global("SOCK_OFFSETS", &sock_offsets, true)
             .override_global("TP_OFFSETS", &self.tp_offsets, true)
-            .override_global("SKC_STATE_OFFSET", &self.skc_state, true)
+            .override_global("SKC_STATE_OFFSET", &skc_state, true)
             .override_global("FILTER_ON", &u8::from(!cfg.ports.is_empty()), true)
-            .override_global("RING_BYTES", &u64::from(cfg.ring_bytes), true)
+            .override_global("RING_BYTES", &ring_bytes, true)
             .map_max_entries("EVENTS", cfg.ring_bytes)
+            .map_max_entries("MATCHED", cfg.port_table)
             .load(EBPF_OBJECT)?;
 
         if let Some(kbtf) = self.kernel_btf {
@@ -700,7 +891,24 @@ fn attach_btf(
 
 #[cfg(test)]
 mod tests {
-    use super::{kallsyms_address, verifier_reason};
+    use super::{kallsyms_address, verifier_reason, LostCounts};
+
+    #[test]
+    fn loss_counts_of_older_recordings_read_the_newer_causes_as_zero() {
+        let old: LostCounts =
+            serde_json::from_str(r#"{"ring_full":1,"unreadable":2,"behind":3}"#).unwrap();
+        assert_eq!(
+            old,
+            LostCounts {
+                ring_full: 1,
+                unreadable: 2,
+                behind: 3,
+                port_table_evicted: 0,
+                recursion: 0,
+            }
+        );
+        assert_eq!(old.total(), 6);
+    }
 
     #[test]
     fn kernel_symbols_are_found_by_exact_name() {

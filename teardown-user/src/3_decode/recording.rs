@@ -317,6 +317,8 @@ mod tests {
                 ring_full: 1,
                 unreadable: 0,
                 behind: 2,
+                port_table_evicted: 1,
+                ..LostCounts::default()
             }),
             not_judged: [("ESTABLISHED>CLOSE_WAIT".to_owned(), 2)].into(),
         };

@@ -278,12 +278,15 @@ impl<W: Write> Sink for JsonlSink<W> {
             r#type: &'static str,
             #[serde(flatten)]
             summary: &'a Summary,
+            /// Every loss by cause, the agent's undecodable records included.
+            lost: super::summary::LostReport,
         }
         serde_json::to_writer(
             &mut self.out,
             &Line {
                 r#type: "summary",
                 summary: s,
+                lost: s.lost(),
             },
         )?;
         self.out.write_all(b"\n")?;

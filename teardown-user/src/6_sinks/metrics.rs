@@ -2,7 +2,8 @@
 //!
 //! [`MetricsSink`] counts each reported connection (by role, variant and conformance), each
 //! finding, the time spent in each closing state, and the timewait facts; the trace loop adds
-//! the kernel's event and loss totals with [`Metrics::set_totals`]. [`serve`] answers
+//! the kernel's event and loss totals with [`Metrics::set_totals`], and the losses by cause with
+//! [`Metrics::set_lost`]. [`serve`] answers
 //! `GET /metrics` in the OpenMetrics text format from a thread of its own: the network is never
 //! on the event path, which at most waits the moment a scrape holds the metrics' read locks.
 
@@ -28,7 +29,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{Report, Sink, Summary};
+use super::{LostReport, Report, Sink, Summary};
 use crate::{
     judge::Conformance,
     sock_diag::namespaces::ContainerDirectory,
@@ -53,6 +54,26 @@ struct FindingLabels {
 struct StateLabels {
     state: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProgramLabels {
+    program: &'static str,
+}
+
+/// The `cause` label of each loss, as the JSON Lines summary's `lost` object names it.
+const CAUSES: [&str; 6] = [
+    "ring_full",
+    "behind",
+    "unreadable",
+    "port_table_evicted",
+    "undecodable",
+    "recursion",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FactLabels {
@@ -125,6 +146,8 @@ pub struct Metrics {
     timewait_facts: Family<FactLabels, Counter>,
     events: Counter,
     lost_events: Counter,
+    lost_by_cause: Family<CauseLabels, Counter>,
+    recursion_misses: Family<ProgramLabels, Counter>,
     open_connections: Gauge,
 }
 
@@ -172,8 +195,30 @@ impl Metrics {
         let lost_events = Counter::default();
         registry.register(
             "kernel_lost_events",
-            "Events the kernel could not deliver (ring buffer full)",
+            "Events the kernel did not deliver, every cause (teardown_lost_events_total tells \
+             them apart)",
             lost_events.clone(),
+        );
+        let lost_by_cause = Family::<CauseLabels, Counter>::default();
+        registry.register(
+            "lost_events",
+            "Events not delivered or not understood, by cause: ring_full (raise --ring-size), \
+             behind (counted by kind while the agent was behind), unreadable (a field the \
+             kernel could not read), port_table_evicted (sockets the --port table evicted: \
+             raise --port-table), undecodable (records the agent refused), recursion (runs of \
+             our programs the kernel skipped)",
+            lost_by_cause.clone(),
+        );
+        // Every cause from the start, at 0: a scraper sees the series before a loss.
+        for cause in CAUSES {
+            let _ = lost_by_cause.get_or_create(&CauseLabels { cause });
+        }
+        let recursion_misses = Family::<ProgramLabels, Counter>::default();
+        registry.register(
+            "recursion_misses",
+            "Runs of each kernel program that the kernel skipped, one of ours being already \
+             running on that CPU",
+            recursion_misses.clone(),
         );
         let open_connections = Gauge::default();
         registry.register(
@@ -189,19 +234,41 @@ impl Metrics {
             timewait_facts,
             events,
             lost_events,
+            lost_by_cause,
+            recursion_misses,
             open_connections,
+        }
+    }
+
+    /// The losses by cause, as the trace knows them. Counters only move forward.
+    pub fn set_lost(&self, lost: &LostReport) {
+        let values = [
+            lost.ring_full,
+            lost.behind,
+            lost.unreadable,
+            lost.port_table_evicted,
+            lost.undecodable,
+            lost.recursion,
+        ];
+        for (cause, total) in CAUSES.into_iter().zip(values) {
+            forward(
+                &self.lost_by_cause.get_or_create(&CauseLabels { cause }),
+                total,
+            );
+        }
+        for (&program, &total) in &lost.recursion_by_program {
+            forward(
+                &self
+                    .recursion_misses
+                    .get_or_create(&ProgramLabels { program }),
+                total,
+            );
         }
     }
 
     /// The kernel's running totals and the tracker's open connections, as the trace loop
     /// knows them. Counters only move forward.
     pub fn set_totals(&self, events: u64, lost_events: u64, open_connections: u64) {
-        let forward = |c: &Counter, total: u64| {
-            let now = c.get();
-            if total > now {
-                c.inc_by(total - now);
-            }
-        };
         forward(&self.events, events);
         forward(&self.lost_events, lost_events);
         self.open_connections
@@ -214,6 +281,14 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut s, &self.registry);
         s
+    }
+}
+
+/// Moves a counter up to `total`, never down.
+fn forward(c: &Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
     }
 }
 
@@ -295,6 +370,7 @@ impl Sink for MetricsSink {
     fn finish(&mut self, summary: &Summary) -> io::Result<()> {
         self.metrics
             .set_totals(summary.events, summary.lost_events, 0);
+        self.metrics.set_lost(&summary.lost());
         Ok(())
     }
 }
@@ -471,6 +547,35 @@ mod tests {
             "teardown_open_connections 1\n",
             "teardown_timewait_facts_total{fact=\"entered\",namespace=\"unknown\"} 1\n",
             "teardown_timewait_facts_total{fact=\"reused\",namespace=\"unknown\"} 1\n",
+        ] {
+            assert!(text.contains(want), "no {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn losses_are_counted_by_cause_from_the_start() {
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for cause in CAUSES {
+            let want = format!("teardown_lost_events_total{{cause=\"{cause}\"}} 0\n");
+            assert!(text.contains(&want), "no {want:?} in\n{text}");
+        }
+        let lost = LostReport {
+            port_table_evicted: 3,
+            undecodable: 2,
+            recursion: 1,
+            recursion_by_program: [("tw_timer_start", 1)].into(),
+            ..LostReport::default()
+        };
+        metrics.set_lost(&lost);
+        // Counters never go back.
+        metrics.set_lost(&LostReport::default());
+        let text = metrics.encode();
+        for want in [
+            "teardown_lost_events_total{cause=\"port_table_evicted\"} 3\n",
+            "teardown_lost_events_total{cause=\"undecodable\"} 2\n",
+            "teardown_lost_events_total{cause=\"ring_full\"} 0\n",
+            "teardown_recursion_misses_total{program=\"tw_timer_start\"} 1\n",
         ] {
             assert!(text.contains(want), "no {want:?} in\n{text}");
         }

@@ -13,7 +13,7 @@ use std::{io, net::SocketAddr};
 pub use channel::DeviationLines;
 pub use jsonl::{Conforming, JsonlSink};
 pub use metrics::{Metrics, MetricsSink};
-pub use summary::{Summary, TimewaitCounts};
+pub use summary::{LostReport, Summary, TimewaitCounts};
 pub use text::TextSink;
 
 use crate::{judge::Verdict, track::timewait::TimewaitNote, track::Connection};

@@ -25,6 +25,9 @@ pub struct Summary {
     pub not_judged: BTreeMap<String, u64>,
     /// Records that could not be decoded.
     pub undecodable: u64,
+    /// `lost_by_cause.recursion` by program, when a live trace read them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub recursion_by_program: BTreeMap<&'static str, u64>,
     /// Connections dropped from a full table.
     pub evicted: u64,
     /// The other bounded tables' evictions, and events over the per-connection cap.
@@ -85,6 +88,26 @@ impl Bounds {
     }
 }
 
+/// Every event not delivered or not understood, by cause: the kernel's counts and the
+/// agent's undecodable records (the `lost` object of the JSON Lines summary).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LostReport {
+    /// All of them: the kernel's `lost_events` and the undecodable records.
+    pub total: u64,
+    pub ring_full: u64,
+    pub behind: u64,
+    pub unreadable: u64,
+    pub port_table_evicted: u64,
+    pub undecodable: u64,
+    pub recursion: u64,
+    /// `recursion` by program.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub recursion_by_program: BTreeMap<&'static str, u64>,
+    /// A recording made before causes were told apart: its losses not told apart.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub untold: u64,
+}
+
 /// Timewait facts joined to reported connections.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct TimewaitCounts {
@@ -99,6 +122,22 @@ pub struct TimewaitCounts {
 }
 
 impl Summary {
+    /// The losses by cause.
+    pub fn lost(&self) -> LostReport {
+        let l = &self.lost_by_cause;
+        LostReport {
+            total: self.lost_events.max(l.total()) + self.undecodable,
+            ring_full: l.ring_full,
+            behind: l.behind,
+            unreadable: l.unreadable,
+            port_table_evicted: l.port_table_evicted,
+            undecodable: self.undecodable,
+            recursion: l.recursion,
+            recursion_by_program: self.recursion_by_program.clone(),
+            untold: self.lost_events.saturating_sub(l.total()),
+        }
+    }
+
     pub fn to_text(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(
@@ -107,7 +146,7 @@ impl Summary {
             self.connections,
             self.connections_seen,
             self.events,
-            self.lost_events,
+            self.lost().total,
             self.lost_causes()
         );
         if !self.not_judged.is_empty() {
@@ -195,41 +234,71 @@ impl Summary {
         s.trim_end().to_owned()
     }
 
-    /// ` (N ring buffer full, ...: what to do)`, or nothing when none were lost.
+    /// ` (N ring buffer full: what to do; ...)`, each cause with what to do about it, or
+    /// nothing when none were lost.
     fn lost_causes(&self) -> String {
-        let l = &self.lost_by_cause;
+        let l = self.lost();
+        let plural = |n: u64, one: &str, many: &str| {
+            if n == 1 {
+                format!("1 {one}")
+            } else {
+                format!("{n} {many}")
+            }
+        };
         let mut parts = Vec::new();
-        let mut advice = Vec::new();
         if l.ring_full > 0 {
-            parts.push(format!("{} ring buffer full", l.ring_full));
+            parts.push(format!(
+                "{} ring buffer full: raise --ring-size",
+                l.ring_full
+            ));
         }
         if l.behind > 0 {
-            parts.push(format!("{} counted while the agent was behind", l.behind));
-        }
-        if l.ring_full + l.behind > 0 {
-            advice.push("raise --ring-size or narrow the filters");
+            parts.push(format!(
+                "{} counted while the agent was behind: raise --ring-size or narrow the filters",
+                l.behind
+            ));
         }
         if l.unreadable > 0 {
-            parts.push(format!("{} unreadable tracepoint records", l.unreadable));
-            advice.push("see -vv for the fields");
+            parts.push(format!(
+                "{} with a field unreadable: -vv names the fields",
+                l.unreadable
+            ));
+        }
+        if l.port_table_evicted > 0 {
+            parts.push(format!(
+                "{}, of sockets whose last events then go missing: raise --port-table",
+                plural(
+                    l.port_table_evicted,
+                    "eviction from the --port table",
+                    "evictions from the --port table"
+                )
+            ));
+        }
+        if l.undecodable > 0 {
+            parts.push(format!(
+                "{}: -vv says why",
+                plural(l.undecodable, "undecodable record", "undecodable records")
+            ));
+        }
+        if l.recursion > 0 {
+            parts.push(format!(
+                "{} skipped by the kernel, one of ours already running on that CPU: nothing to \
+                 set, report it if frequent",
+                plural(l.recursion, "program run", "program runs")
+            ));
         }
         // A recording made before causes were told apart: a full ring buffer or unreadable
         // records.
-        let untold = self.lost_events.saturating_sub(l.total());
-        if untold > 0 {
+        if l.untold > 0 {
             parts.push(format!(
-                "{untold} ring buffer full or unreadable, not told apart in this recording"
+                "{} ring buffer full or unreadable, not told apart in this recording",
+                l.untold
             ));
         }
         if parts.is_empty() {
             return String::new();
         }
-        let advice = if advice.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", advice.join("; "))
-        };
-        format!(" ({}{advice})", parts.join(", "))
+        format!(" ({})", parts.join("; "))
     }
 }
 
@@ -248,6 +317,7 @@ mod tests {
             ring_full: 1,
             unreadable: 2,
             behind: 4,
+            ..LostCounts::default()
         };
         s.not_judged = [
             ("retransmit".to_owned(), 1),
@@ -258,8 +328,9 @@ mod tests {
         assert!(
             text.starts_with(
                 "summary: 0 connections reported (0 seen), 0 events, 7 lost events (1 ring buffer \
-                 full, 4 counted while the agent was behind, 2 unreadable tracepoint records: \
-                 raise --ring-size or narrow the filters; see -vv for the fields)\n"
+                 full: raise --ring-size; 4 counted while the agent was behind: raise \
+                 --ring-size or narrow the filters; 2 with a field unreadable: -vv names the \
+                 fields)\n"
             ),
             "{text}"
         );
@@ -275,6 +346,39 @@ mod tests {
             ),
             "{}",
             old.to_text()
+        );
+        // Every other cause, each with what to do.
+        let all = Summary {
+            lost_events: 6,
+            lost_by_cause: LostCounts {
+                ring_full: 1,
+                port_table_evicted: 2,
+                recursion: 3,
+                ..LostCounts::default()
+            },
+            undecodable: 1,
+            ..Summary::default()
+        };
+        assert!(
+            all.to_text().starts_with(
+                "summary: 0 connections reported (0 seen), 0 events, 7 lost events (1 ring buffer \
+                 full: raise --ring-size; 2 evictions from the --port table, of sockets whose \
+                 last events then go missing: raise --port-table; 1 undecodable record: -vv \
+                 says why; 3 program runs skipped by the kernel, one of ours already running on \
+                 that CPU: nothing to set, report it if frequent)\n"
+            ),
+            "{}",
+            all.to_text()
+        );
+        let lost = all.lost();
+        assert_eq!(
+            (
+                lost.total,
+                lost.port_table_evicted,
+                lost.undecodable,
+                lost.untold
+            ),
+            (7, 2, 1, 0)
         );
         // Most counted first.
         assert!(

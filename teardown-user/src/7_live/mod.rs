@@ -311,6 +311,23 @@ impl Pipeline {
         self.tracker.on_lost(total, from_ns, to_ns);
     }
 
+    /// The kernel's counts of program runs it skipped, by program, since load.
+    pub fn on_recursion_misses(&mut self, by_program: &[(&'static str, u64)]) {
+        for &(program, n) in by_program.iter().filter(|(_, n)| *n > 0) {
+            let have = self
+                .summary
+                .recursion_by_program
+                .entry(program)
+                .or_default();
+            *have = (*have).max(n);
+        }
+    }
+
+    /// Every loss so far, by cause.
+    pub fn lost(&self) -> crate::sinks::LostReport {
+        self.summary.lost()
+    }
+
     /// Monotonic time moved on to `now_ns` with no event: hand on settled connections.
     pub fn tick(&mut self, now_ns: u64) {
         if let Some(tw) = self.tw_timers.as_mut() {

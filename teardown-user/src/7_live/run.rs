@@ -168,8 +168,11 @@ pub async fn live(
      -> anyhow::Result<()> {
         let now = clock::monotonic_ns();
         let lost = probe
-            .lost()
+            .lost(last)
             .context("cannot read the lost-event counters")?;
+        if lost.recursion != last_lost.recursion {
+            pipeline.on_recursion_misses(&probe.recursion_misses());
+        }
         // The kernel counts an event in LOST, then in NOT_JUDGED: a read between the two
         // is one short, so the last check reads both again.
         let recount = last && lost.behind > 0;
@@ -221,6 +224,7 @@ pub async fn live(
                 if let Some(m) = &metrics {
                     let p = pipeline.progress();
                     m.set_totals(p.events, p.lost_events, p.open_connections);
+                    m.set_lost(&pipeline.lost());
                 }
                 pipeline.tick(clock::monotonic_ns().saturating_sub(TICK_LAG_NS));
                 tw_wanted.set(pipeline.timewait_wanted());
@@ -340,8 +344,14 @@ fn say_first_loss(before: LostCounts, now: LostCounts) {
     }
     if before.unreadable == 0 && now.unreadable > 0 {
         crate::say!(
-            "note: some tracepoint records could not be read and were dropped (counted in the \
-             summary); -vv names the fields"
+            "note: some events were dropped for a field the kernel could not read (counted in \
+             the summary); -vv names the fields"
+        );
+    }
+    if before.port_table_evicted == 0 && now.port_table_evicted > 0 {
+        crate::say!(
+            "note: the --port table of matched sockets is full: sockets are evicted and lose \
+             their last events (counted in the summary); raise --port-table"
         );
     }
 }

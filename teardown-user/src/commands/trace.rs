@@ -52,6 +52,16 @@ pub struct TraceArgs {
     /// Ring buffer size in MiB (a power of two). Raise it if events are lost in bursts.
     #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = parse_ring_mib)]
     pub ring_size: u32,
+    /// Sockets the kernel's --port filter remembers as matched (their last events, once the
+    /// local port is zero, pass thanks to it). Past this many the oldest are evicted, and the
+    /// summary counts them; raise it if it does.
+    #[arg(long, value_name = "N", default_value_t = crate::kernel::DEFAULT_PORT_TABLE,
+          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub port_table: u32,
+    /// Test only: a fault injected into the kernel programs' settings, so that the tests can
+    /// produce each counted loss on a real kernel. Hidden: a trace with one misses events.
+    #[arg(long, value_enum, hide = true)]
+    pub inject_fault: Vec<FaultArg>,
     /// Poll sock_diag (what `ss` uses) this often to follow the timewait sockets the traced
     /// connections leave behind — when each entered TIME_WAIT, timer restarts (a resent FIN),
     /// how it left — and to note the sockets already closing at start. 0 turns it off. Sees the
@@ -146,6 +156,24 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
         return Err("the ring buffer size must be a power of two between 1 and 1024 MiB".into());
     }
     Ok(n)
+}
+
+/// `--inject-fault` (tests only; see `kernel::Fault`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FaultArg {
+    Unreadable,
+    Undecodable,
+    RingFull,
+}
+
+impl From<FaultArg> for crate::kernel::Fault {
+    fn from(f: FaultArg) -> Self {
+        match f {
+            FaultArg::Unreadable => crate::kernel::Fault::Unreadable,
+            FaultArg::Undecodable => crate::kernel::Fault::Undecodable,
+            FaultArg::RingFull => crate::kernel::Fault::RingFull,
+        }
+    }
 }
 
 /// `--timewait-source`.
@@ -384,6 +412,8 @@ pub fn load(args: &TraceArgs) -> anyhow::Result<Probe> {
         hook: args.hook.into(),
         ring_bytes: args.ring_size << 20,
         ports: ports.clone(),
+        port_table: args.port_table,
+        faults: args.inject_fault.iter().map(|&f| f.into()).collect(),
         kernel_log: args.kernel_log,
         timewait_timers: args.timewait_source == TimewaitSource::Auto,
         ..ProbeConfig::default()
