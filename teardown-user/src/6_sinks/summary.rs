@@ -82,12 +82,6 @@ pub struct Bounds {
     pub peer_wait_evicted: u64,
 }
 
-impl Bounds {
-    fn any(&self) -> bool {
-        *self != Bounds::default()
-    }
-}
-
 /// Every event not delivered or not understood, by cause: the kernel's counts and the
 /// agent's undecodable records (the `lost` object of the JSON Lines summary).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -174,19 +168,39 @@ impl Summary {
                 let _ = writeln!(s, "    {v:>8}  {k}");
             }
         }
-        if self.undecodable + self.evicted + self.unattached > 0 {
-            let _ = writeln!(
-                s,
-                "  also: {} undecodable records, {} connections evicted from a full table, {} unattached timewait events",
-                self.undecodable, self.evicted, self.unattached
-            );
-        }
+        // What the bounds on memory cost (undecodable records are among the lost, above).
         let b = &self.bounds;
-        if b.any() {
+        let bounds: Vec<String> = [
+            (
+                self.evicted,
+                "connections evicted from a full table (raise --max-connections)",
+            ),
+            (
+                b.events_unstored,
+                "events not stored (connections at their cap of stored steps)",
+            ),
+            (
+                b.settle_cut,
+                "closed connections handed on early (settling table full)",
+            ),
+            (b.seeds_dropped, "sockets closing at start not remembered"),
+            (
+                b.peer_wait_evicted,
+                "closed ends dropped while their peer was open",
+            ),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        if !bounds.is_empty() {
+            let _ = writeln!(s, "  bounds: {}", bounds.join(", "));
+        }
+        if self.unattached > 0 {
             let _ = writeln!(
                 s,
-                "  bounds: {} events not stored (connections at their cap), {} closed connections handed on early (settling table full), {} sockets closing at start not remembered, {} closed ends dropped while their peer was open",
-                b.events_unstored, b.settle_cut, b.seeds_dropped, b.peer_wait_evicted
+                "  also: {} timewait events matching no traced connection",
+                self.unattached
             );
         }
         let tw = &self.timewait;
