@@ -21,35 +21,55 @@ pub const IMAGE: &str = "localhost/teardown-test-busybox:1";
 /// The port httpd listens on inside the container.
 pub const HTTP_PORT: u16 = 8080;
 
-/// The test image; removed (with what is left of its containers) when dropped.
+/// The test image; removed (with what is left of its containers) when its last holder drops it.
+///
+/// Tests of one binary run in parallel and share the image: building it twice at once would
+/// race on the rootfs, and one test's removal would kill the other's containers.
 #[derive(Debug)]
 pub struct Image;
 
+/// How many [`Image`] values are alive in this process.
+static HOLDERS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
 impl Image {
-    /// Imports a rootfs of busybox, `sh` and `httpd`, and an index page.
+    /// Imports a rootfs of busybox, `sh` and `httpd`, and an index page, unless this process
+    /// already holds it.
     pub fn build() -> io::Result<Image> {
-        let dir = std::env::temp_dir().join(format!("teardown-rootfs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("bin"))?;
-        std::fs::create_dir_all(dir.join("www"))?;
-        std::fs::copy("/bin/busybox", dir.join("bin/busybox"))?;
-        for applet in ["sh", "httpd"] {
-            std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
+        let mut holders = HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        if *holders == 0 {
+            import_image()?;
         }
-        std::fs::write(dir.join("www/index.html"), "hello\n")?;
-        let tar = format!(
-            "tar -C {} -c . | podman import - {IMAGE}",
-            shell_quote(&dir)
-        );
-        let built = run_cmd(Command::new("sh").args(["-c", &tar]));
-        let _ = std::fs::remove_dir_all(&dir);
-        built.map(|_| Image)
+        *holders += 1;
+        Ok(Image)
     }
+}
+
+fn import_image() -> io::Result<()> {
+    let dir = std::env::temp_dir().join(format!("teardown-rootfs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("bin"))?;
+    std::fs::create_dir_all(dir.join("www"))?;
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))?;
+    for applet in ["sh", "httpd"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
+    }
+    std::fs::write(dir.join("www/index.html"), "hello\n")?;
+    let tar = format!(
+        "tar -C {} -c . | podman import - {IMAGE}",
+        shell_quote(&dir)
+    );
+    let built = run_cmd(Command::new("sh").args(["-c", &tar]));
+    let _ = std::fs::remove_dir_all(&dir);
+    built.map(|_| ())
 }
 
 impl Drop for Image {
     fn drop(&mut self) {
-        let _ = Command::new("podman").args(["rmi", "-f", IMAGE]).output();
+        let mut holders = HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        *holders -= 1;
+        if *holders == 0 {
+            let _ = Command::new("podman").args(["rmi", "-f", IMAGE]).output();
+        }
     }
 }
 

@@ -460,9 +460,11 @@ fn connections_held_open_stay_within_the_stated_bound() {
         before.1,
         held_rss.1
     );
-    // All of it: also the ring buffer's pages (64 MiB) as the events went through them.
+    // All of it: also the ring buffer's pages as the events went through them. Its 64 MiB of
+    // data are mapped twice in a row (so that a record crossing the end reads on), and each
+    // mapping counts in VmRSS: 128 MiB once an agent behind has filled it.
     assert!(
-        held_rss.0 <= before.0 + tracked + allowance + 64 * 1024,
+        held_rss.0 <= before.0 + tracked + allowance + 2 * 64 * 1024,
         "VmRSS {} -> {} KiB for {tracked} tracked ends",
         before.0,
         held_rss.0

@@ -35,19 +35,30 @@ fn scrape(addr: &str) -> String {
     out
 }
 
-/// `teardown_lost_events_total{cause="CAUSE"}` in a scrape.
+/// `teardown_lost_events_total{cause="CAUSE"}` in a scrape; the port table's evictions, which
+/// are not lost events themselves, as `teardown_port_table_evictions_total`.
 fn scraped(text: &str, cause: &str) -> Option<u64> {
-    let series = format!("teardown_lost_events_total{{cause=\"{cause}\"}} ");
+    let series = if cause == "port_table_evicted" {
+        "teardown_port_table_evictions_total ".to_owned()
+    } else {
+        format!("teardown_lost_events_total{{cause=\"{cause}\"}} ")
+    };
     text.lines()
         .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
 }
 
-/// The count the summary text gives a cause: the part of its lost-events list that names it,
-/// `N what: what to do`.
+/// The count the summary text gives a cause: the part that names it, `N what: what to do`, of
+/// its lost-events list or of the line of what may have cost events.
 fn in_text(summary: &str, names: &str) -> Option<u64> {
     let line = summary.lines().find(|l| l.starts_with("summary:"))?;
-    let causes = line.split_once(" lost events (")?.1.strip_suffix(')')?;
-    causes.split("; ").find_map(|part| {
+    let lost = line
+        .split_once(" lost events (")
+        .and_then(|(_, causes)| causes.strip_suffix(')'));
+    let at_risk = summary
+        .lines()
+        .find_map(|l| l.strip_prefix("  may have cost events: "));
+    let parts = lost.into_iter().chain(at_risk).flat_map(|p| p.split("; "));
+    parts.into_iter().find_map(|part| {
         let (n, what) = part.split_once(' ')?;
         what.contains(names).then(|| n.parse().ok()).flatten()
     })

@@ -66,11 +66,10 @@ struct ProgramLabels {
 }
 
 /// The `cause` label of each loss, as the JSON Lines summary's `lost` object names it.
-const CAUSES: [&str; 6] = [
+const CAUSES: [&str; 5] = [
     "ring_full",
     "behind",
     "unreadable",
-    "port_table_evicted",
     "undecodable",
     "recursion",
 ];
@@ -147,6 +146,7 @@ pub struct Metrics {
     events: Counter,
     lost_events: Counter,
     lost_by_cause: Family<CauseLabels, Counter>,
+    port_table_evictions: Counter,
     recursion_misses: Family<ProgramLabels, Counter>,
     open_connections: Gauge,
 }
@@ -204,15 +204,21 @@ impl Metrics {
             "lost_events",
             "Events not delivered or not understood, by cause: ring_full (raise --ring-size), \
              behind (counted by kind while the agent was behind), unreadable (a field the \
-             kernel could not read), port_table_evicted (sockets the --port table evicted: \
-             raise --port-table), undecodable (records the agent refused), recursion (runs of \
-             our programs the kernel skipped)",
+             kernel could not read), undecodable (records the agent refused), recursion (runs \
+             of the event programs the kernel skipped)",
             lost_by_cause.clone(),
         );
         // Every cause from the start, at 0: a scraper sees the series before a loss.
         for cause in CAUSES {
             let _ = lost_by_cause.get_or_create(&CauseLabels { cause });
         }
+        let port_table_evictions = Counter::default();
+        registry.register(
+            "port_table_evictions",
+            "Sockets the --port table evicted or refused: one still open loses its last events \
+             (raise --port-table); most have closed and lose nothing",
+            port_table_evictions.clone(),
+        );
         let recursion_misses = Family::<ProgramLabels, Counter>::default();
         registry.register(
             "recursion_misses",
@@ -235,6 +241,7 @@ impl Metrics {
             events,
             lost_events,
             lost_by_cause,
+            port_table_evictions,
             recursion_misses,
             open_connections,
         }
@@ -246,7 +253,6 @@ impl Metrics {
             lost.ring_full,
             lost.behind,
             lost.unreadable,
-            lost.port_table_evicted,
             lost.undecodable,
             lost.recursion,
         ];
@@ -256,6 +262,7 @@ impl Metrics {
                 total,
             );
         }
+        forward(&self.port_table_evictions, lost.port_table_evicted);
         for (&program, &total) in &lost.recursion_by_program {
             forward(
                 &self
@@ -572,7 +579,7 @@ mod tests {
         metrics.set_lost(&LostReport::default());
         let text = metrics.encode();
         for want in [
-            "teardown_lost_events_total{cause=\"port_table_evicted\"} 3\n",
+            "teardown_port_table_evictions_total 3\n",
             "teardown_lost_events_total{cause=\"undecodable\"} 2\n",
             "teardown_lost_events_total{cause=\"ring_full\"} 0\n",
             "teardown_recursion_misses_total{program=\"tw_timer_start\"} 1\n",

@@ -86,7 +86,8 @@ pub struct Bounds {
 /// agent's undecodable records (the `lost` object of the JSON Lines summary).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct LostReport {
-    /// All of them: the kernel's `lost_events` and the undecodable records.
+    /// The events lost: the kernel's `lost_events` and the undecodable records (not the two
+    /// counts of what may have cost events, `port_table_evicted` and `timer_recursion`).
     pub total: u64,
     pub ring_full: u64,
     pub behind: u64,
@@ -94,6 +95,7 @@ pub struct LostReport {
     pub port_table_evicted: u64,
     pub undecodable: u64,
     pub recursion: u64,
+    pub timer_recursion: u64,
     /// `recursion` by program.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub recursion_by_program: BTreeMap<&'static str, u64>,
@@ -127,6 +129,7 @@ impl Summary {
             port_table_evicted: l.port_table_evicted,
             undecodable: self.undecodable,
             recursion: l.recursion,
+            timer_recursion: l.timer_recursion,
             recursion_by_program: self.recursion_by_program.clone(),
             untold: self.lost_events.saturating_sub(l.total()),
         }
@@ -143,6 +146,10 @@ impl Summary {
             self.lost().total,
             self.lost_causes()
         );
+        let at_risk = self.at_risk();
+        if !at_risk.is_empty() {
+            let _ = writeln!(s, "  may have cost events: {}", at_risk.join("; "));
+        }
         if !self.not_judged.is_empty() {
             let mut by_count: Vec<(&String, &u64)> = self.not_judged.iter().collect();
             by_count.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
@@ -248,6 +255,39 @@ impl Summary {
         s.trim_end().to_owned()
     }
 
+    /// What may have cost events without being lost events itself, each with what to do:
+    /// sockets the `--port` table evicted (those still open lose their last events; most have
+    /// closed) and skipped runs of the timer programs (which see every timer of the kernel).
+    fn at_risk(&self) -> Vec<String> {
+        let l = &self.lost_by_cause;
+        let mut parts = Vec::new();
+        if l.port_table_evicted > 0 {
+            parts.push(format!(
+                "{} {} from the --port table (a socket evicted while still open loses its last \
+                 events): raise --port-table",
+                l.port_table_evicted,
+                if l.port_table_evicted == 1 {
+                    "socket evicted"
+                } else {
+                    "sockets evicted"
+                }
+            ));
+        }
+        if l.timer_recursion > 0 {
+            parts.push(format!(
+                "{} {} of the timer programs skipped by the kernel, one of ours already running \
+                 on that CPU (a timewait socket's fact may be missing)",
+                l.timer_recursion,
+                if l.timer_recursion == 1 {
+                    "run"
+                } else {
+                    "runs"
+                }
+            ));
+        }
+        parts
+    }
+
     /// ` (N ring buffer full: what to do; ...)`, each cause with what to do about it, or
     /// nothing when none were lost.
     fn lost_causes(&self) -> String {
@@ -276,16 +316,6 @@ impl Summary {
             parts.push(format!(
                 "{} with a field unreadable: -vv names the fields",
                 l.unreadable
-            ));
-        }
-        if l.port_table_evicted > 0 {
-            parts.push(format!(
-                "{}, of sockets whose last events then go missing: raise --port-table",
-                plural(
-                    l.port_table_evicted,
-                    "eviction from the --port table",
-                    "evictions from the --port table"
-                )
             ));
         }
         if l.undecodable > 0 {
@@ -361,13 +391,15 @@ mod tests {
             "{}",
             old.to_text()
         );
-        // Every other cause, each with what to do.
+        // Every other cause, each with what to do; what may have cost events on a line of its
+        // own, apart from the events lost.
         let all = Summary {
-            lost_events: 6,
+            lost_events: 4,
             lost_by_cause: LostCounts {
                 ring_full: 1,
                 port_table_evicted: 2,
                 recursion: 3,
+                timer_recursion: 5,
                 ..LostCounts::default()
             },
             undecodable: 1,
@@ -375,11 +407,13 @@ mod tests {
         };
         assert!(
             all.to_text().starts_with(
-                "summary: 0 connections reported (0 seen), 0 events, 7 lost events (1 ring buffer \
-                 full: raise --ring-size; 2 evictions from the --port table, of sockets whose \
-                 last events then go missing: raise --port-table; 1 undecodable record: -vv \
-                 says why; 3 program runs skipped by the kernel, one of ours already running on \
-                 that CPU: nothing to set, report it if frequent)\n"
+                "summary: 0 connections reported (0 seen), 0 events, 5 lost events (1 ring buffer \
+                 full: raise --ring-size; 1 undecodable record: -vv says why; 3 program runs \
+                 skipped by the kernel, one of ours already running on that CPU: nothing to set, \
+                 report it if frequent)\n  may have cost events: 2 sockets evicted from the \
+                 --port table (a socket evicted while still open loses its last events): raise \
+                 --port-table; 5 runs of the timer programs skipped by the kernel, one of ours \
+                 already running on that CPU (a timewait socket's fact may be missing)\n"
             ),
             "{}",
             all.to_text()
@@ -389,10 +423,11 @@ mod tests {
             (
                 lost.total,
                 lost.port_table_evicted,
+                lost.timer_recursion,
                 lost.undecodable,
                 lost.untold
             ),
-            (7, 2, 1, 0)
+            (5, 2, 5, 1, 0)
         );
         // Most counted first.
         assert!(

@@ -391,25 +391,20 @@ pub fn create_output_file(path: &std::path::Path) -> io::Result<File> {
     open_output_file(path, Mode::Truncate)
 }
 
-/// Opens an output file readable by others as the umask allows, and writable by no one else
-/// whatever the umask: a trace names every process on the host, and a tampered recording would
-/// be replayed as the truth.
+/// Opens an output file; one it creates is readable by others as the umask allows and writable
+/// by no one else whatever the umask: a trace names every process on the host, and a tampered
+/// recording would be replayed as the truth.
 fn open_output_file(path: &std::path::Path, mode: Mode) -> io::Result<File> {
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
     let mut options = OpenOptions::new();
     options.create(true).mode(0o644);
     match mode {
         Mode::Truncate => options.write(true).truncate(true),
         Mode::Append => options.append(true),
     };
-    let file = options.open(path)?;
-    // An existing file keeps its mode through open(): take write access from others there too,
-    // where we may (a file of another user's keeps the mode its owner chose).
-    let bits = file.metadata()?.permissions().mode();
-    if bits & 0o022 != 0 {
-        let _ = file.set_permissions(std::fs::Permissions::from_mode(bits & !0o022));
-    }
-    Ok(file)
+    // The mode applies to a file this creates; an existing path (a file its owner made, or
+    // /dev/null, a fifo, a terminal) keeps its own: changing it is not ours to do.
+    options.open(path)
 }
 
 #[cfg(test)]
@@ -438,6 +433,23 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\nthree\n");
         std::fs::remove_file(&path).unwrap();
         std::fs::remove_file(&rotated).unwrap();
+    }
+
+    #[test]
+    fn an_existing_file_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = std::env::temp_dir().join(format!("teardown-mode-unit-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        create_output_file(&path).unwrap();
+        // 0644 less this process's umask: never writable by others.
+        let created = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(created & 0o022, 0, "{created:o}");
+        // A mode its owner chose (as /dev/null's 0666) is not ours to change.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        create_output_file(&path).unwrap();
+        let kept = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(kept & 0o777, 0o666);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
