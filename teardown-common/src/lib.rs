@@ -78,6 +78,15 @@ pub mod lost {
     }
 }
 
+/// The sizes of the `--port` filter's maps, which the kernel programs declare and the agent
+/// checks the user's ports against and sets at load time.
+pub mod filter {
+    /// Ports the `FILTER_PORTS` map holds at most.
+    pub const MAX_PORTS: u32 = 64;
+    /// The `MATCHED` table's size unless the user sets one (`--port-table`).
+    pub const DEFAULT_PORT_TABLE: u32 = 65_536;
+}
+
 /// Bits of [`Event::flags`].
 pub mod flags {
     /// The sequence fields (`snd_una`, `snd_nxt`, `rcv_nxt`, `write_seq`) were read.

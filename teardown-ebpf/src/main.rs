@@ -40,7 +40,7 @@ use aya_log_ebpf::{
     macro_support::{level_enabled, Level},
 };
 use teardown_common::{
-    fast, flags, kind, lost,
+    fast, filter, flags, kind, lost,
     tcp::{filter_step, may_be_owner, starts_connection, FilterStep},
     CommonHead, Event, SockOffsets, TcpState, TracepointOffsets, TwOffsets, TwTimerEvent,
     OFFSET_UNKNOWN,
@@ -77,13 +77,13 @@ static RING_BYTES: u64 = 16 << 20;
 /// The user's `--port` filter, set by the agent (used only when `FILTER_ON` is 1): filtering
 /// here spares the ring buffer and the agent every other connection of a busy host.
 #[map]
-static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+static FILTER_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(filter::MAX_PORTS, 0);
 
 /// Socket addresses whose local or remote port matched the filter during the socket's current
 /// life: their last transitions, when the local port is already zero, still pass. The agent
 /// sets its size (`--port-table`); what it evicts is counted by difference (see [`wanted`]).
 #[map]
-static MATCHED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65_536, 0);
+static MATCHED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(filter::DEFAULT_PORT_TABLE, 0);
 
 /// Set by the agent at load time: 1 when `FILTER_PORTS` holds the user's ports, 0 for no filter.
 #[no_mangle]

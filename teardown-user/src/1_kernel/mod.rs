@@ -173,10 +173,10 @@ pub enum Fault {
 }
 
 /// Ports the kernel filter holds at most (the size of its map).
-pub const MAX_FILTER_PORTS: usize = 64;
+pub const MAX_FILTER_PORTS: usize = teardown_common::filter::MAX_PORTS as usize;
 
 /// The matched-socket table's size by default ([`ProbeConfig::port_table`]).
-pub const DEFAULT_PORT_TABLE: u32 = 65_536;
+pub const DEFAULT_PORT_TABLE: u32 = teardown_common::filter::DEFAULT_PORT_TABLE;
 
 impl Default for ProbeConfig {
     fn default() -> Self {
