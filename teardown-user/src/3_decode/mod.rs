@@ -165,6 +165,11 @@ pub fn not_judged(slots: &[(u32, u64)]) -> std::collections::BTreeMap<String, u6
     out
 }
 
+/// Whether [`not_judged`] names one of its slots so (a recording's names are checked by it).
+pub fn is_not_judged_name(name: &str) -> bool {
+    (0..raw::lost::NOT_JUDGED_SLOTS).any(|slot| not_judged(&[(slot, 1)]).contains_key(name))
+}
+
 /// The symbolic name of an errno the teardown paths set, e.g. `ECONNRESET`.
 pub fn errno_name(err: i32) -> std::borrow::Cow<'static, str> {
     match err {

@@ -220,12 +220,24 @@ impl<R: BufRead> Reader<R> {
             if text.is_empty() {
                 continue;
             }
-            return serde_json::from_slice(text)
-                .map(Some)
-                .map_err(|e| ReadError::Line {
-                    line,
-                    what: json_error(&e),
-                });
+            let record: Record = serde_json::from_slice(text).map_err(|e| ReadError::Line {
+                line,
+                what: json_error(&e),
+            })?;
+            // Names the summary prints and keeps: only those a trace writes, so that a
+            // recording can neither grow the summary without bound nor send text to a terminal.
+            if let Record::Lost { not_judged, .. } = &record {
+                if let Some(name) = not_judged.keys().find(|k| !super::is_not_judged_name(k)) {
+                    return Err(ReadError::Line {
+                        line,
+                        what: format!(
+                            "`{}` is not something an event counted instead of sent can be",
+                            crate::escape::text(name)
+                        ),
+                    });
+                }
+            }
+            return Ok(Some(record));
         }
     }
 
@@ -360,6 +372,23 @@ mod tests {
         assert!(
             r.next_record().unwrap().is_some(),
             "reading goes on after a bad line"
+        );
+    }
+
+    #[test]
+    fn a_count_of_something_no_trace_counts_is_a_bad_line() {
+        let mut out = Vec::new();
+        Writer::new(&mut out, &header()).unwrap();
+        out.extend_from_slice(
+            b"{\"type\":\"lost\",\"ts_ns\":1,\"total\":1,\"not_judged\":{\"SYN_SENT>CLOSE\":1}}\n\
+              {\"type\":\"lost\",\"ts_ns\":2,\"total\":1,\"not_judged\":{\"\\u001b[2J\":1}}\n",
+        );
+        let mut r = Reader::new(&out[..]).unwrap();
+        assert!(matches!(r.next_record(), Ok(Some(Record::Lost { .. }))));
+        let err = r.next_record().unwrap_err().to_string();
+        assert!(
+            err.starts_with("line 3: `\\x1b[2J` is not something an event counted instead of sent"),
+            "{err}"
         );
     }
 

@@ -94,7 +94,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
             }
             Ok(None) => break,
             Err(e @ ReadError::Line { .. }) if args.skip_bad_lines => {
-                log::debug!("skipped: {e}");
+                log::debug!("skipped: {}", crate::escape::text(&e.to_string()));
                 skipped += 1;
             }
             Err(e @ ReadError::Line { .. }) => anyhow::bail!(
