@@ -67,8 +67,9 @@ pub enum RecordEnd {
 /// Events of the same kind in the same state (retransmissions, RSTs) stored one by one before the
 /// next are folded into a run: a lossy path's thousands of retransmissions then cost one.
 pub const VERBATIM_REPEATS: usize = 3;
-/// Runs stored per connection at most: beyond, the last one is overwritten by each newer event
-/// (the close stays known) and the events it stood for are counted in [`Connection::unstored`].
+/// Runs stored per connection at most: beyond, each newer event takes the place of the latest
+/// run that is not a state change (the state changes and the close stay known), and the events
+/// that run stood for are counted in [`Connection::unstored`].
 pub const MAX_STEPS: usize = 32;
 
 /// One stored event, or a run of events of one kind in one state folded into one (a state change
@@ -190,11 +191,16 @@ impl Connection {
             }
         }
         if self.events.len() >= MAX_STEPS {
-            if let Some(last) = self.events.last_mut() {
-                self.unstored = self.unstored.saturating_add(last.count());
-                *last = Run::from(ev);
-            }
-            return;
+            // Full: the state changes are what the verdict reads, so the latest other step
+            // gives its place (the last one only when every step is a state change).
+            let last = self.events.len() - 1;
+            let gone = self
+                .events
+                .iter()
+                .rposition(|s| !matches!(s.ev.kind, EventKind::State { .. }))
+                .unwrap_or(last);
+            let gone = self.events.remove(gone);
+            self.unstored = self.unstored.saturating_add(gone.count());
         }
         if self.events.len() == 2 && self.events.capacity() == 2 {
             // A connection that goes on past its handshake usually closes in five or six
@@ -1407,6 +1413,46 @@ mod tests {
         assert_eq!(c.event_count(), events.len() as u64);
         assert_eq!(c.unstored, (events.len() - MAX_STEPS) as u64);
         assert_eq!(c.end, RecordEnd::Closed, "the close is still seen");
+        assert_eq!(c.last_state(), Some(Close));
+    }
+
+    #[test]
+    fn a_full_connection_keeps_its_state_changes_over_its_other_steps() {
+        let mut events = vec![
+            ev(1, 0xa, Close, SynSent, C, S),
+            ev(2, 0xa, SynSent, Established, C, S),
+        ];
+        // Toggles, some followed by retransmissions (four steps each: three, then a run),
+        // the last ones without: the table fills with a state change last.
+        let mut t = 10;
+        let mut state = Established;
+        for i in 0..10 {
+            let next = if state == Established {
+                CloseWait
+            } else {
+                Established
+            };
+            events.push(ev(t, 0xa, state, next, C, S));
+            state = next;
+            if i < 5 {
+                events.extend(retransmits(0xa, state, t + 1, 6));
+            }
+            t += 100_000_000;
+        }
+        // A retransmission, then the close, once every place is taken.
+        events.extend(retransmits(0xa, state, t, 1));
+        events.push(ev(t + 50_000_000, 0xa, state, Close, Z, S));
+        let states = |evs: &mut dyn Iterator<Item = EventKind>| -> Vec<EventKind> {
+            evs.filter(|k| matches!(k, EventKind::State { .. }))
+                .collect()
+        };
+        let sent = states(&mut events.iter().map(|e| e.kind));
+        let out = run(&events);
+        let c = &out[0].conn;
+        assert_eq!(c.events.len(), MAX_STEPS);
+        assert_eq!(states(&mut c.events.iter().map(|r| r.ev.kind)), sent);
+        assert!(c.unstored > 0);
+        assert_eq!(c.event_count(), events.len() as u64);
         assert_eq!(c.last_state(), Some(Close));
     }
 
