@@ -57,11 +57,13 @@ fn in_text(summary: &str, names: &str) -> Option<u64> {
     let at_risk = summary
         .lines()
         .find_map(|l| l.strip_prefix("  may have cost events: "));
-    let parts = lost.into_iter().chain(at_risk).flat_map(|p| p.split("; "));
-    parts.into_iter().find_map(|part| {
-        let (n, what) = part.split_once(' ')?;
-        what.contains(names).then(|| n.parse().ok()).flatten()
-    })
+    lost.into_iter()
+        .chain(at_risk)
+        .flat_map(|p| p.split("; "))
+        .find_map(|part| {
+            let (n, what) = part.split_once(' ')?;
+            what.contains(names).then(|| n.parse().ok()).flatten()
+        })
 }
 
 /// How long a count must stand still to be taken as final.

@@ -96,7 +96,7 @@ pub struct LostReport {
     pub undecodable: u64,
     pub recursion: u64,
     pub timer_recursion: u64,
-    /// `recursion` by program.
+    /// `recursion` and `timer_recursion` by program.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub recursion_by_program: BTreeMap<&'static str, u64>,
     /// A recording made before causes were told apart: its losses not told apart.
@@ -263,26 +263,16 @@ impl Summary {
         let mut parts = Vec::new();
         if l.port_table_evicted > 0 {
             parts.push(format!(
-                "{} {} from the --port table (a socket evicted while still open loses its last \
+                "{} from the --port table (a socket evicted while still open loses its last \
                  events): raise --port-table",
-                l.port_table_evicted,
-                if l.port_table_evicted == 1 {
-                    "socket evicted"
-                } else {
-                    "sockets evicted"
-                }
+                plural(l.port_table_evicted, "socket evicted", "sockets evicted")
             ));
         }
         if l.timer_recursion > 0 {
             parts.push(format!(
-                "{} {} of the timer programs skipped by the kernel, one of ours already running \
-                 on that CPU (a timewait socket's fact may be missing)",
-                l.timer_recursion,
-                if l.timer_recursion == 1 {
-                    "run"
-                } else {
-                    "runs"
-                }
+                "{} of the timer programs skipped by the kernel, one of ours already running on \
+                 that CPU (a timewait socket's fact may be missing)",
+                plural(l.timer_recursion, "run", "runs")
             ));
         }
         parts
@@ -292,13 +282,6 @@ impl Summary {
     /// nothing when none were lost.
     fn lost_causes(&self) -> String {
         let l = self.lost();
-        let plural = |n: u64, one: &str, many: &str| {
-            if n == 1 {
-                format!("1 {one}")
-            } else {
-                format!("{n} {many}")
-            }
-        };
         let mut parts = Vec::new();
         if l.ring_full > 0 {
             parts.push(format!(
@@ -343,6 +326,15 @@ impl Summary {
             return String::new();
         }
         format!(" ({})", parts.join("; "))
+    }
+}
+
+/// `1 ONE` or `N MANY`.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
     }
 }
 
