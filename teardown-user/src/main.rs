@@ -43,6 +43,7 @@ const EXAMPLES: &str = "Examples:
   sudo teardown trace --port 443 -d 30s        connections to or from port 443, for 30 s
   sudo teardown trace --format jsonl -o t.jsonl
   sudo teardown record events.jsonl            keep the raw events to judge them later
+  sudo teardown serve                          a host agent: JSON Lines, metrics on :9464
   teardown replay events.jsonl                 the same output, no root, no kernel
   sudo teardown timewait                       TIME_WAIT and CLOSE_WAIT build-up, now
   sudo teardown top                            the same, live";
@@ -54,6 +55,8 @@ enum Command {
     Trace(trace::TraceArgs),
     /// Trace like `trace`, and also write the raw events to a file for `replay`.
     Record(trace::RecordArgs),
+    /// Run as a host agent: `trace` to JSON Lines, with metrics on 127.0.0.1:9464.
+    Serve(trace::ServeArgs),
     /// Judge the connections of a recording: the output of `trace`, with no kernel and no root.
     Replay(replay::ReplayArgs),
     /// Report the sockets in TIME_WAIT, CLOSE_WAIT and other closing states, right now.
@@ -69,6 +72,7 @@ impl Command {
         match self {
             Command::Trace(args) => args.kernel_log = on,
             Command::Record(args) => args.trace.kernel_log = on,
+            Command::Serve(args) => args.trace.kernel_log = on,
             Command::Replay(_) | Command::Timewait(_) | Command::Top(_) => {}
         }
     }
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Trace(args) => block_on(trace::run(args, None)).map(drop),
         Command::Record(args) => block_on(trace::run(args.trace, Some(args.file))).map(drop),
+        Command::Serve(args) => block_on(trace::run(args.trace, None)).map(drop),
         Command::Replay(args) => replay::run(args).map(drop),
         Command::Timewait(args) => timewait::run(args),
         Command::Top(args) => top::run(args),
@@ -154,6 +159,32 @@ mod tests {
         cli.command
             .set_kernel_log(verbosity(cli.verbose).kernel_log);
         cli.command
+    }
+
+    #[test]
+    fn serve_writes_json_lines_and_serves_metrics_on_loopback_by_default() {
+        let Command::Serve(s) = parsed(&["teardown", "serve"]) else {
+            panic!("not a serve");
+        };
+        assert_eq!(
+            s.trace.output.format,
+            teardown::commands::output::Format::Jsonl
+        );
+        assert_eq!(s.trace.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        // A port alone is on loopback too; an address is taken as given.
+        let Command::Serve(s) = parsed(&["teardown", "serve", "--metrics", "9500"]) else {
+            panic!("not a serve");
+        };
+        assert_eq!(s.trace.metrics, Some("127.0.0.1:9500".parse().unwrap()));
+        let Command::Trace(t) = parsed(&["teardown", "trace", "--metrics", "[::]:9464"]) else {
+            panic!("not a trace");
+        };
+        assert_eq!(t.metrics, Some("[::]:9464".parse().unwrap()));
+        let Command::Trace(t) = parsed(&["teardown", "trace"]) else {
+            panic!("not a trace");
+        };
+        assert_eq!(t.metrics, None);
+        assert_eq!(t.output.format, teardown::commands::output::Format::Text);
     }
 
     #[test]

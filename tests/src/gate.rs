@@ -57,6 +57,18 @@ pub const CONTAINERS: Need = Need {
     tools: &["ip", "ss", "podman", "runc", "busybox", "nsenter"],
 };
 
+/// A real Prometheus server scraping the agent: what [`KERNEL`] needs, and `prometheus`.
+pub const PROMETHEUS: Need = Need {
+    btf: true,
+    tools: &["ip", "ss", "prometheus"],
+};
+
+/// systemd's own check of a unit file (`systemd-analyze verify`, which works offline).
+pub const SYSTEMD_ANALYZE: Need = Need {
+    btf: false,
+    tools: &["systemd-analyze"],
+};
+
 /// Commands run as an unprivileged user with chosen capabilities: the kernel programs, network
 /// namespaces, `setpriv` and `unshare` (util-linux).
 pub const PRIVILEGE: Need = Need {

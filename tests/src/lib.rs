@@ -6,6 +6,7 @@ pub mod gate;
 pub mod lab;
 pub mod loopback;
 pub mod netns;
+pub mod prometheus;
 pub mod tracer;
 pub mod unprivileged;
 pub mod wait;

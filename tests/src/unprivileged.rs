@@ -46,6 +46,11 @@ pub const TOP: &[&str] = &[
     "dac_read_search",
 ];
 
+/// What `serve` uses, and what its systemd unit and Kubernetes manifest grant (the deploy
+/// tests check both against this): `top`'s set, for the same reasons, since it both traces and
+/// polls every namespace.
+pub const SERVE: &[&str] = TOP;
+
 /// A directory every user can read, with a copy of the binary in it (the one cargo built may
 /// sit under a directory `nobody` cannot enter) and one that `nobody` owns for the files the
 /// commands write; removed when dropped.

@@ -19,7 +19,7 @@ use teardown_integration_tests::{
     cli::Running,
     gate, loopback,
     netns::Netns,
-    unprivileged::{without, Nobody, TIMEWAIT, TOP, TRACE},
+    unprivileged::{without, Nobody, SERVE, TIMEWAIT, TOP, TRACE},
 };
 
 fn text(o: &Output) -> (String, String) {
@@ -448,4 +448,155 @@ fn a_recording_is_not_world_writable() {
     let mode = std::fs::metadata(&file).unwrap().permissions().mode();
     assert_eq!(mode & 0o002, 0, "world-writable: {mode:o}");
     assert!(std::fs::read_to_string(&file).unwrap().starts_with('{'));
+}
+
+/// What `serve` as `nobody` with `caps` said and served: its stderr, and the metrics scraped
+/// once they counted a closed connection's two ends and the figures covered `hidden` (at most
+/// 15 s), or None when it did not start.
+fn serve_as_nobody(nobody: &Nobody, caps: &[&str], hidden: u64) -> (String, Option<String>) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = nobody.out().join("serve.jsonl");
+    let _ = std::fs::remove_file(&out);
+    let mut child = Running::new(
+        nobody
+            .run(
+                caps,
+                &[
+                    "serve",
+                    "--port",
+                    &port.to_string(),
+                    "--metrics",
+                    "127.0.0.1:0",
+                    "--figures-every",
+                    "1s",
+                    "--duration",
+                    "30s",
+                    "-o",
+                    out.to_str().unwrap(),
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut err = Vec::new();
+    let mut started = false;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        started = line.starts_with("tracing");
+        err.push(line);
+        if started {
+            break;
+        }
+    }
+    let mut scraped = None;
+    if started {
+        let addr = err
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("metrics at http://")?
+                    .strip_suffix("/metrics")
+            })
+            .unwrap()
+            .to_owned();
+        loopback::close_one_on(port, false).unwrap();
+        let hidden_tw = format!(
+            "teardown_closing_sockets{{namespace=\"netns {hidden}\",state=\"TIME_WAIT\",\
+             socket=\"timewait\"}} "
+        );
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = scrape(&addr);
+            let ends: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("teardown_connections_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            let done = ends >= 2.0 && text.contains(&hidden_tw);
+            if done || Instant::now() >= end {
+                scraped = Some(text);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // SIGTERM: the clean stop the service manager asks for.
+        teardown_integration_tests::cli::signal(child.id(), libc::SIGTERM).unwrap();
+    }
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    err.extend(rx.try_iter());
+    let err = err.join("\n");
+    if started {
+        assert!(status.success(), "{err}");
+    }
+    let _ = std::fs::remove_file(&out);
+    (err, scraped)
+}
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The set that deploy/ grants (the deploy tests check the files against SERVE) is enough for
+/// all of `serve`, and each of its capabilities is needed: without one, it is named.
+#[test]
+fn serve_works_with_exactly_the_capabilities_its_unit_grants() {
+    if !gate::can_run(gate::PRIVILEGE) {
+        return;
+    }
+    let nobody = Nobody::new();
+    let hidden = HiddenNamespace::new();
+    let (syslog_needed, _) = kallsyms_needs_syslog();
+    let (err, scraped) = serve_as_nobody(&nobody, SERVE, hidden.inode);
+    let text = scraped.unwrap_or_else(|| panic!("serve did not start: {err}"));
+    assert!(!err.contains("lacking"), "{err}");
+    assert!(!err.contains("priority could not be raised"), "{err}");
+    // Both ends judged, and the namespace only a root process is in, found and entered.
+    let hidden_tw = format!(
+        "teardown_closing_sockets{{namespace=\"netns {}\",state=\"TIME_WAIT\",socket=\"timewait\"}} 1",
+        hidden.inode
+    );
+    assert!(text.contains(&hidden_tw), "{text}\n{err}");
+    assert!(
+        text.contains("teardown_network_namespaces{status=\"unobserved\"} 0"),
+        "{text}\n{err}"
+    );
+    for dropped in SERVE {
+        if *dropped == "syslog" && !syslog_needed {
+            continue;
+        }
+        let (err, scraped) = serve_as_nobody(&nobody, &without(SERVE, dropped), hidden.inode);
+        let name = cap_name(dropped);
+        if *dropped == "sys_admin" {
+            // Neither loads the programs nor enters the namespaces: an error, said once.
+            assert!(scraped.is_none(), "{err}");
+            assert!(err.contains(&name), "{err}");
+            assert_eq!(err.matches("error:").count(), 1, "{err}");
+        } else {
+            assert!(scraped.is_some(), "{dropped}: {err}");
+            let note = err
+                .lines()
+                .find(|l| l.contains(&name))
+                .unwrap_or_else(|| panic!("{dropped}: no note names {name}: {err}"));
+            assert!(note.starts_with("note: "), "{note}");
+        }
+    }
 }

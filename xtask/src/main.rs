@@ -137,6 +137,18 @@ fn test(host_only: bool, args: Vec<String>) -> Result<()> {
             "the container tests run busybox httpd in podman",
         )?;
     }
+    // A real Prometheus server scrapes `serve` (its recommendations, exporters, are not needed),
+    // and systemd checks the unit file offline.
+    setup::ensure_tool_lean(
+        "prometheus",
+        "prometheus",
+        "the fleet tests query a real Prometheus server that scrapes the agent",
+    )?;
+    setup::ensure_tool(
+        "systemd-analyze",
+        "systemd",
+        "the deploy tests check the systemd unit with `systemd-analyze verify`",
+    )?;
     // The privilege tests run each command as an unprivileged user with chosen capabilities.
     setup::ensure_tool(
         "setpriv",

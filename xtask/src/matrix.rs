@@ -326,6 +326,11 @@ const HOST_ONLY: &[(&str, &str)] = &[
         "top_terminal",
         "a pseudo-terminal (devpts), which the guests do not mount",
     ),
+    ("prometheus", "a Prometheus server, installed on the host"),
+    (
+        "deploy",
+        "the repository's deploy/ files and systemd-analyze",
+    ),
     (
         "bounded_memory",
         "hundreds of thousands of sockets and minutes of load, too much for an emulated guest",

@@ -273,3 +273,11 @@ pub fn ensure_tool(cmd: &str, package: &str, why: &str) -> Result<()> {
     }
     apt_install(&[package], why)
 }
+
+/// [`ensure_tool`] without the package's recommendations.
+pub fn ensure_tool_lean(cmd: &str, package: &str, why: &str) -> Result<()> {
+    if find_program(cmd).is_ok() {
+        return Ok(());
+    }
+    apt_install_lean(&[package], why)
+}

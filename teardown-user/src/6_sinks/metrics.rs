@@ -13,12 +13,13 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
 
 use prometheus_client::{
+    collector::Collector,
     encoding::{text::encode, EncodeLabelSet},
     metrics::{
         counter::Counter,
@@ -105,7 +106,8 @@ impl NamespaceLabels {
         }
     }
 
-    fn of(&mut self, netns: u32) -> &'static str {
+    /// The label of a namespace known by its inode alone (a connection's).
+    pub fn of(&mut self, netns: u32) -> &'static str {
         if netns == 0 {
             return "unknown";
         }
@@ -135,6 +137,22 @@ impl NamespaceLabels {
         label
     }
 }
+
+impl NamespaceLabels {
+    /// The label of a namespace that sock_diag polled: `own` is this process's, which is the
+    /// host's even when the kernel's events carry no namespace.
+    pub fn of_polled(&mut self, netns: u32, own: bool) -> &'static str {
+        if own {
+            "host"
+        } else {
+            self.of(netns)
+        }
+    }
+}
+
+/// The labels, shared by the sink and whatever else labels series by namespace (the closing
+/// figures), so that one namespace has one label, and the bound holds for them all.
+pub type SharedLabels = Arc<Mutex<NamespaceLabels>>;
 
 /// The registry and its metrics, shared by the sink, the trace loop and the HTTP thread.
 pub struct Metrics {
@@ -247,6 +265,12 @@ impl Metrics {
         }
     }
 
+    /// Adds metrics that are made at each scrape (the closing figures of every namespace).
+    pub fn with_collector(mut self, collector: Box<dyn Collector>) -> Metrics {
+        self.registry.register_collector(collector);
+        self
+    }
+
     /// The losses by cause, as the trace knows them. Counters only move forward.
     pub fn set_lost(&self, lost: &LostReport) {
         let values = [
@@ -308,12 +332,12 @@ impl Default for Metrics {
 /// The sink that feeds [`Metrics`].
 pub struct MetricsSink {
     metrics: Arc<Metrics>,
-    namespaces: NamespaceLabels,
+    namespaces: SharedLabels,
 }
 
 impl MetricsSink {
     /// Counts into `metrics`, connections and timewait facts labelled with their namespace.
-    pub fn new(metrics: Arc<Metrics>, namespaces: NamespaceLabels) -> MetricsSink {
+    pub fn new(metrics: Arc<Metrics>, namespaces: SharedLabels) -> MetricsSink {
         MetricsSink {
             metrics,
             namespaces,
@@ -324,7 +348,7 @@ impl MetricsSink {
 impl Sink for MetricsSink {
     fn connection(&mut self, report: &Report<'_>) -> io::Result<()> {
         let v = report.verdict;
-        let namespace = self.namespaces.of(report.conn.netns);
+        let namespace = label_of(&self.namespaces, report.conn.netns);
         let m = &self.metrics;
         m.connections
             .get_or_create(&ConnectionLabels {
@@ -366,7 +390,7 @@ impl Sink for MetricsSink {
                 TwFate::Purged => "purged",
             },
         };
-        let namespace = self.namespaces.of(note.fact.netns);
+        let namespace = label_of(&self.namespaces, note.fact.netns);
         self.metrics
             .timewait_facts
             .get_or_create(&FactLabels { fact, namespace })
@@ -380,6 +404,14 @@ impl Sink for MetricsSink {
         self.metrics.set_lost(&summary.lost());
         Ok(())
     }
+}
+
+/// The label of `netns`. A poisoned lock (a panic while labelling) still holds valid labels.
+fn label_of(labels: &SharedLabels, netns: u32) -> &'static str {
+    labels
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .of(netns)
 }
 
 /// Errors of the metrics endpoint: the cause, said once (it is not also a `source()`), and what
@@ -523,7 +555,8 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         metrics.set_totals(10, 0, 3);
         metrics.set_totals(7, 2, 1);
-        let mut sink = MetricsSink::new(Arc::clone(&metrics), NamespaceLabels::new(None, None, 4));
+        let labels = Arc::new(Mutex::new(NamespaceLabels::new(None, None, 4)));
+        let mut sink = MetricsSink::new(Arc::clone(&metrics), labels);
         let fact = |what| TimewaitNote {
             id: 1,
             of_conforming: true,

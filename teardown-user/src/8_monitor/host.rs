@@ -277,6 +277,9 @@ impl HostReport {
             m.per_local.extend(r.per_local.iter().cloned());
             m.per_remote.extend(r.per_remote.iter().cloned());
             m.port_pressure.extend(r.port_pressure.iter().cloned());
+            m.port_pressure_totals.destinations += r.port_pressure_totals.destinations;
+            m.port_pressure_totals.timewait += r.port_pressure_totals.timewait;
+            m.port_pressure_totals.blocking += r.port_pressure_totals.blocking;
             m.close_wait_leaks
                 .extend(r.close_wait_leaks.iter().cloned());
             m.stalls.extend(r.stalls.iter().cloned());

@@ -23,7 +23,7 @@ pub mod report;
 pub use collect::Collector;
 pub use figures::{Level, PortPressure, Reuse, StateCounts, Thresholds, TimewaitGroup, TwBuckets};
 pub use host::{HostCollector, HostReport, NamespaceOwner, NamespaceReport};
-pub use report::{build_report, Leak, Report, ReportConfig, Stall};
+pub use report::{build_report, Leak, PressureTotals, Report, ReportConfig, Stall};
 
 /// Errors reading the kernel's settings.
 #[derive(Debug, thiserror::Error)]

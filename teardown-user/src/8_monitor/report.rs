@@ -95,6 +95,14 @@ pub struct Exits {
     pub recent: Vec<TwExit>,
 }
 
+/// Timewait sockets holding ephemeral ports, summed over every destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PressureTotals {
+    pub destinations: usize,
+    pub timewait: usize,
+    pub blocking: usize,
+}
+
 /// The owner scan's cost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OwnerScanInfo {
@@ -113,6 +121,8 @@ pub struct Report {
     pub per_remote: Vec<TimewaitGroup<SocketAddr>>,
     pub rate: EntryRate,
     pub port_pressure: Vec<PortPressure>,
+    /// Sums over every destination, the ones `port_pressure` leaves out included.
+    pub port_pressure_totals: PressureTotals,
     pub tw_buckets: TwBuckets,
     /// The CLOSE_WAIT age from which a socket is a leak.
     pub close_wait_threshold_ms: u64,
@@ -229,6 +239,11 @@ pub fn build_report(
     let mut per_remote = per_remote(snap);
     per_remote.truncate(cfg.top);
     let mut pressure = port_pressure(snap, settings, &cfg.thresholds);
+    let port_pressure_totals = PressureTotals {
+        destinations: pressure.len(),
+        timewait: pressure.iter().map(|p| p.timewait).sum(),
+        blocking: pressure.iter().map(|p| p.blocking).sum(),
+    };
     pressure.truncate(cfg.top);
     let buckets = tw_buckets(&counts, settings, previous_overflow, &cfg.thresholds);
     let leaks: Vec<Leak> = leak_candidates(tracker, now, cfg)
@@ -291,6 +306,7 @@ pub fn build_report(
         per_remote,
         rate: entry_rate(tracker, snap),
         port_pressure: pressure,
+        port_pressure_totals,
         tw_buckets: buckets,
         close_wait_threshold_ms: cfg.close_wait_threshold_ms,
         close_wait_leaks: leaks,

@@ -1,5 +1,5 @@
 //! Stage 9, views: how `top` shows the monitor's figures (stage 8) and the live trace's
-//! deviations (stage 7).
+//! deviations (stage 7), and how the metrics endpoint shows those figures ([`gauges`]).
 //!
 //! The live terminal view of `teardown top`, split as ratatui apps usually are:
 //!
@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod batch;
+pub mod gauges;
 pub mod ui;
 
 use std::sync::atomic::{AtomicBool, Ordering};

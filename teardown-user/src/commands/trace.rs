@@ -2,7 +2,12 @@
 //! a [`Pipeline`] that the live loop ([`crate::live::live`]) drives until Ctrl-C, SIGTERM or
 //! `--duration`, or until its standard output is closed.
 
-use std::{io::BufWriter, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    io::BufWriter,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
@@ -14,9 +19,14 @@ use crate::{
     kernel::clock,
     kernel::{Hook, Probe, ProbeConfig},
     live::{live, LiveOptions, Pipeline, TimewaitFollow},
+    monitor::{HostCollector, ReportConfig},
     sinks::Summary,
-    sinks::{metrics::NamespaceLabels, Metrics, MetricsSink},
-    sock_diag::namespaces::ContainerDirectory,
+    sinks::{
+        metrics::{NamespaceLabels, SharedLabels},
+        Metrics, MetricsSink,
+    },
+    sock_diag::{namespaces::ContainerDirectory, PollOptions},
+    views::gauges::{self, FigureGauges, FiguresThread},
 };
 
 #[derive(Clone, Debug, clap::Args)]
@@ -83,14 +93,32 @@ pub struct TraceArgs {
     pub timewait_netns: Vec<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics while tracing: connections by role,
     /// variant and conformance, findings, time in each closing state, timewait facts, kernel
-    /// events and losses. E.g. 127.0.0.1:9464; port 0 picks a free one (the address is said).
-    #[arg(long, value_name = "ADDR")]
+    /// events and losses by cause, and the closing sockets of every network namespace (see
+    /// --figures-every). A port alone (9464) is on loopback, 127.0.0.1; give an address to be
+    /// reached from elsewhere (e.g. 10.1.2.3:9464). Port 0 picks a free one (the address is
+    /// said).
+    #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_metrics_addr)]
     pub metrics: Option<std::net::SocketAddr>,
     /// Network namespaces that get a `namespace` label of their own in the metrics (the
     /// container's name, `host`, or `netns N`), in the order they are first seen; the others
     /// are summed under `other`, so that the series stay few on a host with many containers.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub metrics_namespaces: usize,
+    /// Destinations (address:port) that get a series of their own in the metrics' port
+    /// pressure: the host's N with the most ports held by timewait sockets; the others of each
+    /// namespace are summed as `other`.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub metrics_destinations: usize,
+    /// With --metrics: poll every network namespace's closing sockets through sock_diag this
+    /// often, for the metrics' gauges (TIME_WAIT, CLOSE_WAIT and the other closing states per
+    /// namespace, leaks, port pressure, timewait table limits): what `teardown timewait`
+    /// reports. A poll walks every socket of every namespace; 0 turns it off.
+    #[arg(long, value_name = "SECS", default_value = "15s", value_parser = super::args::parse_duration)]
+    pub figures_every: Duration,
+    /// With --metrics: a CLOSE_WAIT socket older than this many seconds counts as a leak in
+    /// `teardown_close_wait_leaks`.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = super::args::parse_secs)]
+    pub close_wait_threshold: f64,
     /// The nice value of the thread that reads and judges the events (-20 to 19). Raised by
     /// default: on a host whose cores the workload saturates, an agent at the workload's
     /// priority gets too small a share to keep up at its busiest, exactly when it matters; it
@@ -104,6 +132,34 @@ pub struct TraceArgs {
 }
 
 impl TraceArgs {
+    /// The thread that polls every namespace for the metrics' gauges (none with
+    /// --figures-every 0).
+    fn figures(
+        &self,
+        gauges: Arc<FigureGauges>,
+        labels: &SharedLabels,
+    ) -> anyhow::Result<Option<FiguresThread>> {
+        if self.figures_every.is_zero() {
+            return Ok(None);
+        }
+        let cfg = ReportConfig {
+            close_wait_threshold_ms: super::timewait::secs_to_ms(self.close_wait_threshold),
+            top: self.metrics_destinations,
+            ..ReportConfig::default()
+        };
+        let collector = HostCollector::new(PollOptions::default(), cfg, None)
+            .context("cannot open this thread's network namespace")?;
+        let thread = gauges::spawn(
+            collector,
+            self.figures_every,
+            gauges,
+            Arc::clone(labels),
+            self.metrics_destinations,
+        )
+        .context("cannot start the thread that polls the namespaces")?;
+        Ok(Some(thread))
+    }
+
     /// The timewait sockets to follow; an error names a namespace that does not exist.
     fn timewait_follow(&self) -> anyhow::Result<Option<TimewaitFollow>> {
         if self.timewait_poll.is_zero() {
@@ -146,6 +202,16 @@ impl TraceArgs {
             netns,
         }))
     }
+}
+
+/// `--metrics`: `ADDR:PORT`, or a port alone on loopback.
+fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok((std::net::Ipv4Addr::LOCALHOST, port).into());
+    }
+    s.parse().map_err(|_| {
+        format!("{s:?} is not a port or an address:port (e.g. 9464, 127.0.0.1:9464, [::1]:9464)")
+    })
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -204,6 +270,27 @@ impl From<HookArg> for Hook {
             HookArg::Tracepoint => Hook::Tracepoint,
         }
     }
+}
+
+/// `teardown serve`: `trace` as a long-running host agent, with the defaults of one.
+#[derive(Clone, Debug, clap::Args)]
+#[command(
+    mut_arg("format", |a| a.default_value("jsonl")),
+    mut_arg("metrics", |a| a.default_value("127.0.0.1:9464")),
+    after_help = "Examples:
+  sudo teardown serve                              JSON Lines on stdout, metrics on 127.0.0.1:9464
+  sudo teardown serve -o /var/log/teardown/teardown.jsonl --metrics 10.1.2.3:9464
+  sudo teardown serve --conforming none            only what deviates, and the counters
+
+What a fleet runs on each host (deploy/ has a systemd unit and a Kubernetes DaemonSet): every
+teardown judged, to JSON Lines on stdout (for journald or a container's log) or to -o FILE,
+which SIGHUP reopens (logrotate's postrotate); Prometheus metrics of the judged teardowns and of
+every network namespace's closing sockets, on loopback unless an address is given. Memory is
+bounded whatever the uptime. SIGTERM or SIGINT stop it cleanly: the programs detached, the
+output flushed, the summary on stderr. Every option of `trace` applies.")]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -291,14 +378,23 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         .output
         .reopenable_sink(home_netns, containers.clone())?;
     let mut sinks = vec![sink];
+    let labels = Arc::new(Mutex::new(NamespaceLabels::new(
+        home_netns,
+        containers,
+        args.metrics_namespaces,
+    )));
     let metrics = match args.metrics {
         Some(addr) => {
-            let m = Arc::new(Metrics::new());
+            let gauges = Arc::new(FigureGauges::default());
+            let m = Arc::new(Metrics::new().with_collector(Box::new(Arc::clone(&gauges))));
             let server = crate::sinks::metrics::serve(addr, Arc::clone(&m))?;
             crate::say!("metrics at http://{}/metrics", server.addr);
-            let labels = NamespaceLabels::new(home_netns, containers, args.metrics_namespaces);
-            sinks.push(Box::new(MetricsSink::new(Arc::clone(&m), labels)));
-            Some((m, server))
+            sinks.push(Box::new(MetricsSink::new(
+                Arc::clone(&m),
+                Arc::clone(&labels),
+            )));
+            let figures = args.figures(gauges, &labels)?;
+            Some((m, server, figures))
         }
         None => None,
     };
@@ -371,7 +467,7 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
             None => "stop with Ctrl-C".to_owned(),
         }
     );
-    let live_metrics = metrics.as_ref().map(|(m, _)| Arc::clone(m));
+    let live_metrics = metrics.as_ref().map(|(m, _, _)| Arc::clone(m));
     let options = LiveOptions {
         say_losses: true,
         nice: (args.nice != 0).then_some(args.nice),
