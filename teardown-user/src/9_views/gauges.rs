@@ -305,9 +305,11 @@ pub fn spawn(
                 if host.unreadable_processes > 0 && !said_unreadable {
                     said_unreadable = true;
                     crate::say!(
-                        "note: the figures may miss network namespaces: {} processes could not \
-                         be read{}",
-                        host.unreadable_processes,
+                        "note: the figures may miss network namespaces: {} could not be read{}",
+                        match host.unreadable_processes {
+                            1 => "1 process".to_string(),
+                            n => format!("{n} processes"),
+                        },
                         if crate::kernel::caps::Capability::SysPtrace.held() {
                             ""
                         } else {
