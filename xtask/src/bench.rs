@@ -19,6 +19,7 @@ mod bpfstats;
 mod namespaces;
 mod procs;
 mod report;
+mod serve_soak;
 mod soak;
 mod timers;
 
@@ -91,6 +92,17 @@ pub struct BenchArgs {
     /// minute).
     #[arg(long)]
     pub only_namespaces: bool,
+    /// Run the fleet soak alone: `teardown serve` (metrics scraped every 15 s) under a steady
+    /// churn of --serve-soak-rate connections per second for --serve-soak-seconds; results go to
+    /// serve-soak.json and serve-soak.md (latest.* are left as they are).
+    #[arg(long)]
+    pub serve_soak: bool,
+    /// Seconds of the fleet soak.
+    #[arg(long, default_value_t = 1800.0)]
+    pub serve_soak_seconds: f64,
+    /// Connections per second of the fleet soak's churn.
+    #[arg(long, default_value_t = 2000.0)]
+    pub serve_soak_rate: f64,
     /// Seconds of `teardown trace` with no churn, before the rounds: the timer programs' cost
     /// on timers that are not a timewait socket's (0: skip it).
     #[arg(long, default_value_t = 10.0)]
@@ -417,6 +429,44 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
 
     let began = Instant::now();
+    if args.serve_soak {
+        if !(args.serve_soak_seconds >= 60.0 && args.serve_soak_seconds <= 86_400.0) {
+            bail!("--serve-soak-seconds must be between 60 and 86400");
+        }
+        let m = machine();
+        let machine = format!(
+            "Linux {}, {}, {} cores, {} MiB",
+            m.kernel, m.cpu_model, m.cores, m.mem_total_mib
+        );
+        println!(
+            "bench: the fleet soak: teardown serve under {} connections/s for {:.0} min; machine: \
+             {machine}",
+            args.serve_soak_rate,
+            args.serve_soak_seconds / 60.0
+        );
+        let r = serve_soak::run(
+            &teardown,
+            &xtask,
+            &work,
+            args.serve_soak_seconds,
+            args.serve_soak_rate,
+            args.threads,
+        );
+        let md = serve_soak::markdown(&r, &machine);
+        for (name, text) in [
+            ("serve-soak.json", serde_json::to_string_pretty(&r)?),
+            ("serve-soak.md", md.clone()),
+        ] {
+            std::fs::write(out_dir.join(name), text)
+                .with_context(|| format!("cannot write {}", out_dir.join(name).display()))?;
+        }
+        let _ = std::fs::remove_dir_all(&work);
+        println!("\n{md}");
+        if let Some(e) = r.error {
+            bail!("the fleet soak failed: {e}");
+        }
+        return Ok(());
+    }
     if args.only_namespaces {
         let machine = machine();
         println!(

@@ -59,6 +59,10 @@ pub struct ChurnArgs {
     /// --handshake, else for --seconds), instead of churning.
     #[arg(long, value_name = "N")]
     pub hold: Option<u64>,
+    /// Connections per second in all, paced evenly over the client threads (default: as many
+    /// as they can make): a steady load, as a soak wants.
+    #[arg(long, value_name = "N")]
+    pub rate: Option<f64>,
     /// For `cargo xtask bench`: say `{"ready":..}` on stdout, then wait for a line on stdin.
     #[arg(long, hide = true)]
     pub handshake: bool,
@@ -103,6 +107,9 @@ pub fn churn(args: ChurnArgs) -> Result<()> {
     }
     if !(args.seconds > 0.0 && args.seconds <= 24.0 * 3600.0) {
         bail!("--seconds must be positive (and at most a day)");
+    }
+    if args.rate.is_some_and(|r| !(r >= 1.0 && r <= 1e6)) {
+        bail!("--rate must be between 1 and 1000000 connections per second");
     }
     if args.port == 0 || args.port >= 32768 {
         bail!(
@@ -283,7 +290,10 @@ fn client(
     rst_pct: u8,
     deadline: Instant,
     budget: Arc<AtomicU64>,
+    // The time between two of this thread's connections, when paced.
+    every: Option<Duration>,
 ) -> ClientStats {
+    let start = Instant::now();
     let mut st = ClientStats {
         ok: 0,
         errors: 0,
@@ -299,6 +309,15 @@ fn client(
             .is_err()
         {
             break;
+        }
+        if let Some(every) = every {
+            // Connection n starts at start + n x every: a late one does not make the next
+            // ones early, so the rate holds over the run, not only on average.
+            let due = start + every.mul_f64(n as f64);
+            let now = Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
         }
         n += 1;
         let rst = rst_pct > 0 && (n % 100) < u64::from(rst_pct);
@@ -359,10 +378,13 @@ fn run_churn(args: &ChurnArgs) -> Result<ChurnResult> {
     for _ in 0..args.threads {
         let budget = budget.clone();
         let (sf, rst) = (args.server_first, args.rst_pct);
+        let every = args
+            .rate
+            .map(|r| Duration::from_secs_f64(args.threads as f64 / r));
         handles.push(
             thread::Builder::new()
                 .name("churn-client".into())
-                .spawn(move || client(addr, sf, rst, deadline, budget))
+                .spawn(move || client(addr, sf, rst, deadline, budget, every))
                 .context("spawning a client thread")?,
         );
     }
