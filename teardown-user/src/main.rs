@@ -43,7 +43,7 @@ const EXAMPLES: &str = "Examples:
   sudo teardown trace --port 443 -d 30s        connections to or from port 443, for 30 s
   sudo teardown trace --format jsonl -o t.jsonl
   sudo teardown record events.jsonl            keep the raw events to judge them later
-  sudo teardown serve                          a host agent: JSON Lines, metrics on :9464
+  sudo teardown serve                          a host agent: JSON Lines, metrics on 127.0.0.1:9464
   teardown replay events.jsonl                 the same output, no root, no kernel
   sudo teardown timewait                       TIME_WAIT and CLOSE_WAIT build-up, now
   sudo teardown top                            the same, live";
@@ -180,6 +180,17 @@ mod tests {
             panic!("not a trace");
         };
         assert_eq!(t.metrics, Some("[::]:9464".parse().unwrap()));
+        assert!(
+            t.figures_every.is_zero(),
+            "trace polls no namespace unless asked"
+        );
+        // A node's IPv6 address filled in before the port, without brackets.
+        let Command::Serve(s) = parsed(&["teardown", "serve", "--metrics", "fd00::1:9464"]) else {
+            panic!("not a serve");
+        };
+        assert_eq!(s.trace.metrics, Some("[fd00::1]:9464".parse().unwrap()));
+        assert_eq!(s.trace.figures_every, std::time::Duration::from_secs(15));
+        assert!(Cli::try_parse_from(["teardown", "serve", "--figures-every", "10ms"]).is_err());
         let Command::Trace(t) = parsed(&["teardown", "trace"]) else {
             panic!("not a trace");
         };

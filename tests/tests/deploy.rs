@@ -54,6 +54,23 @@ fn the_unit_grants_exactly_the_proven_capabilities() {
     assert_eq!(unit_values(&unit, "NoNewPrivileges"), ["yes"]);
     assert!(unit_values(&unit, "User").is_empty());
     assert!(unit_values(&unit, "PermissionsStartOnly").is_empty());
+    // No setting that takes back what the capabilities give: ProtectKernelLogs drops
+    // CAP_SYSLOG from the bounding set; ProtectKernelTunables hides /proc/kallsyms (the timer
+    // programs' address); RestrictNamespaces=yes would forbid setns() into the namespaces.
+    for (key, forbidden) in [
+        ("ProtectKernelLogs", "yes"),
+        ("ProtectKernelTunables", "yes"),
+        ("RestrictNamespaces", "yes"),
+        ("PrivateNetwork", "yes"),
+    ] {
+        assert!(
+            !unit_values(&unit, key).contains(&forbidden),
+            "{key}={forbidden} undoes what serve needs"
+        );
+    }
+    assert_eq!(unit_values(&unit, "RestrictNamespaces"), ["net"]);
+    // Kernels before 5.11 charge the ring buffer to RLIMIT_MEMLOCK.
+    assert_eq!(unit_values(&unit, "LimitMEMLOCK"), ["infinity"]);
     // SIGHUP reopens the output: what logrotate's postrotate asks with `systemctl reload`.
     assert_eq!(
         unit_values(&unit, "ExecReload"),
@@ -146,19 +163,27 @@ fn the_daemonset_asks_for_what_the_agent_uses_and_nothing_more() {
         BTreeSet::from(["ALL".into()])
     );
     assert_eq!(strings(&sc["capabilities"]["add"]), proven());
-    // Of the host's files: the kernel's BTF alone, read-only (/proc is the host's already,
-    // through hostPID).
+    // Of the host's files, read-only: the kernel's BTF, and the kubelet's pod directories
+    // (which name each pod's namespace); /proc is the host's already, through hostPID.
     let volumes = pod["volumes"].as_vec().unwrap();
-    let host_paths: Vec<&str> = volumes
+    let host_paths: BTreeSet<&str> = volumes
         .iter()
         .filter_map(|v| v["hostPath"]["path"].as_str())
         .collect();
-    assert_eq!(host_paths, ["/sys/kernel/btf"]);
-    assert_eq!(volumes.len(), 1);
+    assert_eq!(
+        host_paths,
+        BTreeSet::from(["/sys/kernel/btf", "/var/log/pods"])
+    );
+    assert_eq!(volumes.len(), 2);
     let mounts = c["volumeMounts"].as_vec().unwrap();
-    assert_eq!(mounts.len(), 1);
-    assert_eq!(mounts[0]["mountPath"].as_str(), Some("/sys/kernel/btf"));
-    assert_eq!(mounts[0]["readOnly"].as_bool(), Some(true));
+    assert_eq!(mounts.len(), 2);
+    for m in mounts {
+        assert!(
+            host_paths.contains(m["mountPath"].as_str().unwrap()),
+            "{m:?}"
+        );
+        assert_eq!(m["readOnly"].as_bool(), Some(true), "{m:?}");
+    }
     // The metrics on the node's address (reached by Prometheus), on the port it declares.
     let args: Vec<&str> = c["args"]
         .as_vec()
@@ -173,6 +198,12 @@ fn the_daemonset_asks_for_what_the_agent_uses_and_nothing_more() {
         c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
         Some("status.hostIP")
     );
-    // Memory is bounded: the agent's own bound sits well below the limit.
+    // A memory limit, so that the node is safe from the agent whatever happens.
     assert!(c["resources"]["limits"]["memory"].as_str().is_some());
+    // Not `latest` (always pulled, never pinned) for a pod with CAP_SYS_ADMIN on every node.
+    let image = c["image"].as_str().unwrap();
+    assert!(
+        !image.ends_with(":latest") && image.contains(':'),
+        "{image}"
+    );
 }

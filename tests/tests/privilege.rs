@@ -473,6 +473,9 @@ fn serve_as_nobody(nobody: &Nobody, caps: &[&str], hidden: u64) -> (String, Opti
                     "127.0.0.1:0",
                     "--figures-every",
                     "1s",
+                    // Whatever else this host holds, the test's namespace has a label.
+                    "--metrics-namespaces",
+                    "10000",
                     "--duration",
                     "30s",
                     "-o",
@@ -575,10 +578,6 @@ fn serve_works_with_exactly_the_capabilities_its_unit_grants() {
         hidden.inode
     );
     assert!(text.contains(&hidden_tw), "{text}\n{err}");
-    assert!(
-        text.contains("teardown_network_namespaces{status=\"unobserved\"} 0"),
-        "{text}\n{err}"
-    );
     for dropped in SERVE {
         if *dropped == "syslog" && !syslog_needed {
             continue;
@@ -591,6 +590,7 @@ fn serve_works_with_exactly_the_capabilities_its_unit_grants() {
             assert!(err.contains(&name), "{err}");
             assert_eq!(err.matches("error:").count(), 1, "{err}");
         } else {
+            // It runs without it, and says what it leaves out.
             assert!(scraped.is_some(), "{dropped}: {err}");
             let note = err
                 .lines()

@@ -108,7 +108,7 @@ pub fn churn(args: ChurnArgs) -> Result<()> {
     if !(args.seconds > 0.0 && args.seconds <= 24.0 * 3600.0) {
         bail!("--seconds must be positive (and at most a day)");
     }
-    if args.rate.is_some_and(|r| !(r >= 1.0 && r <= 1e6)) {
+    if args.rate.is_some_and(|r| !(1.0..=1e6).contains(&r)) {
         bail!("--rate must be between 1 and 1000000 connections per second");
     }
     if args.port == 0 || args.port >= 32768 {

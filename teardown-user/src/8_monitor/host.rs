@@ -280,6 +280,10 @@ impl HostReport {
             m.port_pressure_totals.destinations += r.port_pressure_totals.destinations;
             m.port_pressure_totals.timewait += r.port_pressure_totals.timewait;
             m.port_pressure_totals.blocking += r.port_pressure_totals.blocking;
+            m.port_pressure_totals.worst_used_pct = m
+                .port_pressure_totals
+                .worst_used_pct
+                .max(r.port_pressure_totals.worst_used_pct);
             m.close_wait_leaks
                 .extend(r.close_wait_leaks.iter().cloned());
             m.stalls.extend(r.stalls.iter().cloned());

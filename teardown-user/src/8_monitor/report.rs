@@ -96,11 +96,13 @@ pub struct Exits {
 }
 
 /// Timewait sockets holding ephemeral ports, summed over every destination.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct PressureTotals {
     pub destinations: usize,
     pub timewait: usize,
     pub blocking: usize,
+    /// The worst destination's `used_pct` (0 without any).
+    pub worst_used_pct: f64,
 }
 
 /// The owner scan's cost.
@@ -243,6 +245,7 @@ pub fn build_report(
         destinations: pressure.len(),
         timewait: pressure.iter().map(|p| p.timewait).sum(),
         blocking: pressure.iter().map(|p| p.blocking).sum(),
+        worst_used_pct: pressure.first().map_or(0.0, |p| p.used_pct),
     };
     pressure.truncate(cfg.top);
     let buckets = tw_buckets(&counts, settings, previous_overflow, &cfg.thresholds);

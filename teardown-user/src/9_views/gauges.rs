@@ -59,10 +59,20 @@ const TIMEWAIT: &str = "timewait";
 const FULL: &str = "full";
 
 impl Figures {
-    /// The figures of `host`, labelled by `labels`, with the `top` destinations of the host.
-    pub fn of(host: &HostReport, labels: &SharedLabels, top: usize) -> Figures {
-        let mut labels = labels.lock().unwrap_or_else(PoisonError::into_inner);
+    /// The figures of `host`, labelled by `labels`, with the `top` destinations of the host;
+    /// `taken_at_s` is when the poll began (Unix time).
+    pub fn of(host: &HostReport, labels: &SharedLabels, top: usize, taken_at_s: f64) -> Figures {
+        // The labels first, the lock held only for that: the thread that judges events takes
+        // it for every connection.
+        let names: Vec<&'static str> = {
+            let mut labels = labels.lock().unwrap_or_else(PoisonError::into_inner);
+            host.namespaces
+                .iter()
+                .map(|ns| labels.of_polled(ns.owner.netns, ns.owner.own))
+                .collect()
+        };
         let mut f = Figures {
+            taken_at_s,
             namespaces: [
                 host.namespaces.len() as u64,
                 host.unobserved.len() as u64,
@@ -72,11 +82,9 @@ impl Figures {
         };
         // Every destination of the host, to pick the top ones among them.
         let mut all = Vec::new();
-        for ns in &host.namespaces {
-            let label = labels.of_polled(ns.owner.netns, ns.owner.own);
+        for (ns, &label) in host.namespaces.iter().zip(&names) {
             let r = &ns.report;
             let c = &r.counts;
-            f.taken_at_s = f.taken_at_s.max(r.taken_at_ms as f64 / 1e3);
             for (state, socket, n) in [
                 ("TIME_WAIT", TIMEWAIT, c.time_wait),
                 ("FIN_WAIT2", TIMEWAIT, c.fin_wait2_timewait),
@@ -91,18 +99,25 @@ impl Figures {
             *f.leaks.entry(label).or_default() += r.close_wait_leaks.len() as u64;
             *f.stuck.entry(label).or_default() += r.stalls.len() as u64;
             if label != "other" {
-                f.timewait_limit.insert(label, r.tw_buckets.max);
-                f.ephemeral_ports
-                    .insert(label, u64::from(r.settings.port_range_size()));
+                // Two namespaces may share a label (two containers of one name): the larger
+                // limit and range, the overflows summed.
+                let max = |m: &mut BTreeMap<&'static str, u64>, v: u64| {
+                    let e = m.entry(label).or_insert(v);
+                    *e = (*e).max(v);
+                };
+                max(&mut f.timewait_limit, r.tw_buckets.max);
+                max(
+                    &mut f.ephemeral_ports,
+                    u64::from(r.settings.port_range_size()),
+                );
                 if let Some(o) = r.tw_buckets.overflow_total {
-                    f.timewait_overflows.insert(label, o);
+                    *f.timewait_overflows.entry(label).or_default() += o;
                 }
             }
-            let worst = r.port_pressure.first().map_or(0.0, |p| p.used_pct / 100.0);
-            let e = f.port_pressure.entry(label).or_insert(0.0);
-            *e = e.max(worst);
-            // What the namespace's listed destinations leave of its totals is summed.
             let totals = r.port_pressure_totals;
+            let e = f.port_pressure.entry(label).or_insert(0.0);
+            *e = e.max(totals.worst_used_pct / 100.0);
+            // What the namespace's listed destinations leave of its totals is summed.
             let (mut tw_rest, mut held_rest) = (totals.timewait as u64, totals.blocking as u64);
             for p in &r.port_pressure {
                 tw_rest -= (p.timewait as u64).min(tw_rest);
@@ -268,6 +283,47 @@ impl Collector for FigureGauges {
     }
 }
 
+/// Says once, on one line, which namespaces the figures newly leave out and why, and that
+/// unreadable processes may hide some. `said` keeps the ones said while they stay out.
+fn say_left_out(
+    host: &HostReport,
+    said: &mut std::collections::BTreeSet<u32>,
+    said_unreadable: &mut bool,
+) {
+    said.retain(|n| host.unobserved.iter().any(|u| u.owner.netns == *n));
+    let new: Vec<_> = host
+        .unobserved
+        .iter()
+        .filter(|u| said.insert(u.owner.netns))
+        .collect();
+    if let Some(first) = new.first() {
+        crate::say!(
+            "note: the figures leave out {}: {}{}",
+            first.owner.label(),
+            crate::escape::text(&first.error),
+            match new.len() {
+                1 => String::new(),
+                n => format!(" (and {} more namespaces)", n - 1),
+            }
+        );
+    }
+    if host.unreadable_processes > 0 && !*said_unreadable {
+        *said_unreadable = true;
+        crate::say!(
+            "note: the figures may miss network namespaces: {} could not be read{}",
+            match host.unreadable_processes {
+                1 => "1 process".to_string(),
+                n => format!("{n} processes"),
+            },
+            if crate::kernel::caps::Capability::SysPtrace.held() {
+                ""
+            } else {
+                " (CAP_SYS_PTRACE is lacking)"
+            }
+        );
+    }
+}
+
 /// The polling thread, until dropped.
 pub struct FiguresThread {
     stop: Arc<AtomicBool>,
@@ -297,36 +353,17 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("figures".into())
         .spawn(move || {
+            // The namespaces said to be left out, while they are.
             let mut said = std::collections::BTreeSet::new();
             let mut said_unreadable = false;
             while !stop2.load(Ordering::Relaxed) {
                 let started = Instant::now();
+                let taken_at_s = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
                 let host = collector.poll();
-                if host.unreadable_processes > 0 && !said_unreadable {
-                    said_unreadable = true;
-                    crate::say!(
-                        "note: the figures may miss network namespaces: {} could not be read{}",
-                        match host.unreadable_processes {
-                            1 => "1 process".to_string(),
-                            n => format!("{n} processes"),
-                        },
-                        if crate::kernel::caps::Capability::SysPtrace.held() {
-                            ""
-                        } else {
-                            " (CAP_SYS_PTRACE is lacking)"
-                        }
-                    );
-                }
-                for u in &host.unobserved {
-                    if said.insert(u.owner.netns) {
-                        crate::say!(
-                            "note: the figures leave out {}: {}",
-                            u.owner.label(),
-                            crate::escape::text(&u.error)
-                        );
-                    }
-                }
-                gauges.set(Figures::of(&host, &labels, top));
+                say_left_out(&host, &mut said, &mut said_unreadable);
+                gauges.set(Figures::of(&host, &labels, top, taken_at_s));
                 // Wakes up now and then to see the stop flag.
                 while !stop2.load(Ordering::Relaxed) && started.elapsed() < every {
                     std::thread::sleep(Duration::from_millis(100).min(every));
@@ -414,7 +451,7 @@ mod tests {
             ns(1, true, &["10.0.0.9:443", "10.0.0.8:443", "10.0.0.7:80"], 5),
             ns(7, false, &["10.0.0.6:5432"], 9),
         ]);
-        let f = Figures::of(&h, &labels, 2);
+        let f = Figures::of(&h, &labels, 2, 1.0);
         let get = |n: &'static str, d: &str| f.destinations.get(&(n, d.to_string())).copied();
         assert_eq!(get("netns 7", "10.0.0.6:5432"), Some((9, 9)));
         // Ties go to the lower address.
@@ -439,7 +476,7 @@ mod tests {
             ns(6, false, &["10.0.0.9:443"], 3),
             ns(8, false, &["10.0.0.9:443"], 4),
         ]);
-        let f = Figures::of(&h, &labels, 10);
+        let f = Figures::of(&h, &labels, 10, 1.0);
         assert_eq!(f.sockets[&("netns 5", "TIME_WAIT", TIMEWAIT)], 2);
         assert_eq!(f.sockets[&("other", "TIME_WAIT", TIMEWAIT)], 7);
         // A limit summed would limit nothing: `other` has none.
@@ -457,6 +494,7 @@ mod tests {
             &host(vec![ns(1, true, &["10.0.0.9:443"], 3)]),
             &labels,
             5,
+            1_700_000_000.0,
         ));
         let text = metrics.encode();
         for want in [

@@ -112,8 +112,10 @@ pub struct TraceArgs {
     /// With --metrics: poll every network namespace's closing sockets through sock_diag this
     /// often, for the metrics' gauges (TIME_WAIT, CLOSE_WAIT and the other closing states per
     /// namespace, leaks, port pressure, timewait table limits): what `teardown timewait`
-    /// reports. A poll walks every socket of every namespace; 0 turns it off.
-    #[arg(long, value_name = "SECS", default_value = "15s", value_parser = super::args::parse_duration)]
+    /// reports. A poll walks every socket of every namespace, and entering the other
+    /// namespaces takes CAP_SYS_ADMIN. 0 (trace's default) turns it off; `serve` polls every
+    /// 15 s.
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_figures_every)]
     pub figures_every: Duration,
     /// With --metrics: a CLOSE_WAIT socket older than this many seconds counts as a leak in
     /// `teardown_close_wait_leaks`.
@@ -204,14 +206,36 @@ impl TraceArgs {
     }
 }
 
-/// `--metrics`: `ADDR:PORT`, or a port alone on loopback.
+/// `--metrics`: `ADDR:PORT`, or a port alone on loopback. An IPv6 address may come without
+/// brackets (`fd00::1:9464`), as `ADDR:PORT` does when ADDR is filled in from a variable (a
+/// Kubernetes node's address): the last colon separates the port.
 fn parse_metrics_addr(s: &str) -> Result<std::net::SocketAddr, String> {
     if let Ok(port) = s.parse::<u16>() {
         return Ok((std::net::Ipv4Addr::LOCALHOST, port).into());
     }
-    s.parse().map_err(|_| {
-        format!("{s:?} is not a port or an address:port (e.g. 9464, 127.0.0.1:9464, [::1]:9464)")
-    })
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    s.rsplit_once(':')
+        .and_then(|(ip, port)| Some((ip.parse::<std::net::Ipv6Addr>().ok()?, port.parse().ok()?)))
+        .map(|(ip, port)| (ip, port).into())
+        .ok_or_else(|| {
+            format!(
+                "{s:?} is not a port or an address:port (e.g. 9464, 127.0.0.1:9464, [::1]:9464)"
+            )
+        })
+}
+
+/// `--figures-every`: 0 (off), or at least a second (a poll walks every socket of the host).
+fn parse_figures_every(s: &str) -> Result<Duration, String> {
+    let d = super::args::parse_duration(s)?;
+    if !d.is_zero() && d < Duration::from_secs(1) {
+        return Err(format!(
+            "{s:?}: poll at most once a second (a poll walks every socket of every namespace), \
+             or 0 for no figures"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -277,6 +301,7 @@ impl From<HookArg> for Hook {
 #[command(
     mut_arg("format", |a| a.default_value("jsonl")),
     mut_arg("metrics", |a| a.default_value("127.0.0.1:9464")),
+    mut_arg("figures_every", |a| a.default_value("15s")),
     after_help = "Examples:
   sudo teardown serve                              JSON Lines on stdout, metrics on 127.0.0.1:9464
   sudo teardown serve -o /var/log/teardown/teardown.jsonl --metrics 10.1.2.3:9464
