@@ -383,7 +383,7 @@ fn conforming_connections_are_written_in_the_form_asked() {
             ] {
                 assert_eq!(c[key], f[key], "{name}: {key}");
             }
-            for key in ["role", "variant", "conformance", "time_wait"] {
+            for key in ["role", "variant", "conformance", "time_wait", "zeek"] {
                 assert_eq!(
                     c["verdict"][key], f["verdict"][key],
                     "{name}: verdict.{key}"
@@ -414,4 +414,80 @@ fn conforming_connections_are_written_in_the_form_asked() {
         timewait_left_out > 0,
         "no timewait line of a conforming connection"
     );
+}
+
+/// `--format zeek`: Zeek's header, one row per connection (the two traced ends of one merged),
+/// each saying what the JSON Lines record of its end judged last says.
+#[test]
+fn the_zeek_log_has_a_row_per_connection_in_the_json_lines_words() {
+    for name in ALL {
+        let log = replay(name, &["--format", "zeek"]);
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.first(), Some(&"#separator \\x09"), "{name}: {log}");
+        let header = |key: &str| -> Vec<&str> {
+            lines
+                .iter()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("{name}: no {key} in {log}"))
+                .split('\t')
+                .collect()
+        };
+        let fields = header("#fields\t");
+        assert_eq!(header("#types\t").len(), fields.len(), "{name}");
+        assert_eq!(header("#path\t"), ["conn"], "{name}");
+        assert!(
+            lines.last().is_some_and(|l| l.starts_with("#close\t")),
+            "{name}: {log}"
+        );
+        let col = |k: &str| fields.iter().position(|f| *f == k).unwrap();
+        let rows: Vec<Vec<&str>> = lines
+            .iter()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split('\t').collect())
+            .collect();
+        for r in &rows {
+            assert_eq!(r.len(), fields.len(), "{name}: {r:?}");
+        }
+
+        let json = json_lines(&replay(
+            name,
+            &["--format", "jsonl", "--conforming", "full"],
+        ));
+        let ends: Vec<&serde_json::Value> =
+            json.iter().filter(|v| v["type"] == "connection").collect();
+        let ids: Vec<u64> = ends.iter().filter_map(|e| e["id"].as_u64()).collect();
+        let paired = ends
+            .iter()
+            .filter(|e| e["peer"].as_u64().is_some_and(|p| ids.contains(&p)))
+            .count();
+        assert_eq!(rows.len(), ends.len() - paired / 2, "{name}: {log}");
+        for r in &rows {
+            let addr = |h: &str, p: &str| {
+                std::net::SocketAddr::new(h.parse().unwrap(), p.parse().unwrap()).to_string()
+            };
+            let orig = addr(r[col("id.orig_h")], r[col("id.orig_p")]);
+            let resp = addr(r[col("id.resp_h")], r[col("id.resp_p")]);
+            // The end judged last is the later line.
+            let end = ends
+                .iter()
+                .rev()
+                .find(|e| {
+                    let (l, rm) = (e["local"].as_str().unwrap(), e["remote"].as_str().unwrap());
+                    (l == orig && rm == resp) || (l == resp && rm == orig)
+                })
+                .unwrap_or_else(|| panic!("{name}: no JSON Lines end for {r:?}"));
+            let z = &end["verdict"]["zeek"];
+            assert_eq!(r[col("conn_state")], z["conn_state"], "{name}");
+            assert_eq!(r[col("history")], z["history"], "{name}");
+            assert_eq!(r[col("proto")], "tcp");
+            let bytes =
+                |v: &serde_json::Value| v.as_u64().map_or("-".to_owned(), |n| n.to_string());
+            assert_eq!(r[col("orig_bytes")], bytes(&z["orig_bytes"]), "{name}");
+            assert_eq!(r[col("resp_bytes")], bytes(&z["resp_bytes"]), "{name}");
+            // The originator is the end that sent the SYN: its local address is orig.
+            let originator = z["originator"].as_str().unwrap();
+            let local = end["local"].as_str().unwrap();
+            assert_eq!(originator == "this_end", local == orig, "{name}: {r:?}");
+        }
+    }
 }

@@ -129,7 +129,7 @@ pub(super) fn role_of(conn: &Connection, t: &Trace<'_>) -> Role {
 }
 
 /// The evidence that the passive closer's ACK rode on its FIN (three segments).
-fn merged_evidence(
+pub(super) fn merged_evidence(
     active: Option<&Trace<'_>>,
     passive: Option<&Trace<'_>>,
 ) -> Option<&'static str> {

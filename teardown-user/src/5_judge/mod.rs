@@ -8,6 +8,7 @@
 //! - `classify`: the role of each end and how the connection ended (variant, finding);
 //! - `decide`: [`judge`], which folds, classifies and checks one connection into a verdict;
 //! - [`verdict`]: the verdict and its parts, as the sinks read them;
+//! - [`zeek`]: the connection in Zeek's conn.log words (`conn_state`, `history`);
 //! - [`render`]: text for the terminal.
 //!
 //! [`judge`] never panics, whatever the events: every input gives exactly one verdict.
@@ -18,6 +19,7 @@ pub mod model;
 pub mod render;
 pub mod seq;
 pub mod verdict;
+pub mod zeek;
 
 #[cfg(test)]
 mod tests;

@@ -432,6 +432,9 @@ pub struct Verdict {
     pub checks: Vec<SeqCheck>,
     /// The peer's trace was used.
     pub with_peer: bool,
+    /// The connection in Zeek's words (conn.log's `conn_state` and `history`): the same for
+    /// both ends when both were traced.
+    pub zeek: super::zeek::Zeek,
 }
 
 /// Collects findings, notes and unknowns while judging.

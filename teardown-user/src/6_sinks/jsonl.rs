@@ -470,7 +470,24 @@ mod compact {
             }
             b.push(b']');
         }
-        raw(b, "}}\n");
+        // Zeek's words: written by hand too, the letters and codes being plain ASCII.
+        let z = &v.zeek;
+        raw(b, ",\"zeek\":{\"conn_state\":\"");
+        raw(b, z.conn_state.code());
+        raw(b, "\",\"history\":\"");
+        raw(b, z.history.as_str());
+        raw(b, "\",\"originator\":");
+        value(b, &z.originator);
+        for (key, bytes) in [
+            (",\"orig_bytes\":", z.orig_bytes),
+            (",\"resp_bytes\":", z.resp_bytes),
+        ] {
+            if let Some(n) = bytes {
+                raw(b, key);
+                num(b, n);
+            }
+        }
+        raw(b, "}}}\n");
     }
 }
 
@@ -680,7 +697,7 @@ mod tests {
                     assert_eq!(&compact[key], value, "{key}");
                 }
             }
-            for key in ["role", "variant", "conformance", "time_wait"] {
+            for key in ["role", "variant", "conformance", "time_wait", "zeek"] {
                 assert_eq!(compact["verdict"][key], full["verdict"][key], "{key}");
             }
             assert_eq!(

@@ -1,12 +1,14 @@
 //! Stage 6, sinks: where verdicts (stage 5) go.
 //!
-//! Where judged connections go: the terminal, JSON Lines, or anything else behind [`Sink`].
+//! Where judged connections go: the terminal, JSON Lines, a Zeek conn.log, or anything else
+//! behind [`Sink`].
 
 mod channel;
 mod jsonl;
 pub mod metrics;
 mod summary;
 mod text;
+mod zeek;
 
 use std::{io, net::SocketAddr};
 
@@ -15,6 +17,7 @@ pub use jsonl::{Conforming, JsonlSink};
 pub use metrics::{Metrics, MetricsSink};
 pub use summary::{LostReport, Summary, TimewaitCounts};
 pub use text::TextSink;
+pub use zeek::ZeekSink;
 
 use crate::{judge::Verdict, track::timewait::TimewaitNote, track::Connection};
 

@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    sinks::{Conforming, JsonlSink, Sink, TextSink},
+    sinks::{Conforming, JsonlSink, Sink, TextSink, ZeekSink},
     sock_diag::namespaces::ContainerDirectory,
     track::Filter,
     track::TrackerConfig,
@@ -26,6 +26,9 @@ pub enum Format {
     Text,
     /// One JSON object per connection timeline, then a summary object (schema in the README).
     Jsonl,
+    /// A Zeek conn.log (TSV, with Zeek's #fields and #types header): one row per connection,
+    /// both ends merged when both were traced; the summary goes to stderr.
+    Zeek,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -187,10 +190,10 @@ impl OutputArgs {
         home_netns: Option<u32>,
         containers: Option<ContainerDirectory>,
     ) -> anyhow::Result<(Box<dyn Sink + Send>, Option<Reopen>)> {
-        if self.format == Format::Text && self.conforming.is_some() {
+        if self.format != Format::Jsonl && self.conforming.is_some() {
             anyhow::bail!(
                 "--conforming chooses what JSON Lines writes; add --format jsonl (the text \
-                 format always shows every connection)"
+                 format and the Zeek log always show every connection)"
             );
         }
         let (out, reopen): (Box<dyn io::Write + Send>, _) = match &self.output {
@@ -220,6 +223,7 @@ impl OutputArgs {
                 )
                 .with_containers(containers),
             ),
+            Format::Zeek => Box::new(ZeekSink::new(out)),
         };
         Ok((sink, reopen))
     }

@@ -327,6 +327,38 @@ fn assert_reset_while_established(c: &Traced, s: &Traced) {
     assert_deviates(s, Variant::AbortByRst, &["reset_received"]);
 }
 
+/// Zeek's `conn_state` and `history` of the connection (docs/zeek.md derives each scenario's
+/// from Zeek's definitions), as the end judged last gives them, with the whole of the other's
+/// trace: what the conn.log row says. Both ends take the client for the originator.
+fn assert_zeek(c: &Traced, s: &Traced, conn_state: &str, history: &str) {
+    use teardown::judge::zeek::Originator;
+    let last = |t: &Traced| t.finished.conn.events.last().map_or(0, |r| r.ev.ts_ns);
+    let later = if last(c) >= last(s) { c } else { s };
+    let z = &later.verdict.zeek;
+    assert_eq!(
+        (z.conn_state.code(), z.history.as_str()),
+        (conn_state, history),
+        "Zeek's words for the connection, from the {} end",
+        if std::ptr::eq(later, c) {
+            "client"
+        } else {
+            "server"
+        }
+    );
+    assert_eq!(c.verdict.zeek.originator, Originator::ThisEnd);
+    assert_eq!(s.verdict.zeek.originator, Originator::Peer);
+}
+
+/// [`assert_zeek`] for a connection whose client alone has a socket.
+fn assert_zeek_client(c: &Traced, conn_state: &str, history: &str) {
+    let z = &c.verdict.zeek;
+    assert_eq!(
+        (z.conn_state.code(), z.history.as_str()),
+        (conn_state, history)
+    );
+    assert_eq!(z.originator, teardown::judge::zeek::Originator::ThisEnd);
+}
+
 fn lab(slot: u8, family: Family) -> Lab {
     Lab::new(slot, family).unwrap_or_else(|e| panic!("building the lab: {e}"))
 }
@@ -374,6 +406,7 @@ fn four_way_client_first_in(slot: u8, family: Family) {
         Some(teardown::judge::TimeWaitPath::FinWait2TimewaitThenTimeWait)
     );
     assert!(c.verdict.with_peer && s.verdict.with_peer);
+    assert_zeek(&c, &s, "SF", "ShADFf");
 }
 
 fn four_way_server_first() {
@@ -395,6 +428,7 @@ fn four_way_server_first() {
     assert_documented_seq(&s, &c, 0);
     assert_conforms(&s, Role::ActiveCloser, Variant::FourWayClose);
     assert_conforms(&c, Role::PassiveCloser, Variant::FourWayClose);
+    assert_zeek(&c, &s, "SF", "ShAfFa");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -450,6 +484,7 @@ fn assert_three_segment_close(c: &Traced, s: &Traced) {
 
     assert_conforms(c, Role::ActiveCloser, Variant::ThreeSegmentClose);
     assert_conforms(s, Role::PassiveCloser, Variant::ThreeSegmentClose);
+    assert_zeek(c, s, "SF", "ShAFf");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,6 +512,7 @@ fn half_close_with_data() {
     assert!(close.done() && !close.dead(), "{close:?}");
     assert_conforms(&c, Role::ActiveCloser, Variant::HalfCloseWithData);
     assert_conforms(&s, Role::PassiveCloser, Variant::HalfCloseWithData);
+    assert_zeek(&c, &s, "SF", "ShAFdf");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -584,6 +620,11 @@ fn simultaneous_close() {
             assert_eq!(seq(t, "FIN_WAIT2->CLOSE").snd_una, own.wrapping_add(1));
         }
     }
+    // Zeek writes the FINs in the order they left; the responder's pure ACK of the
+    // originator's FIN (from CLOSING, or its TIME_WAIT entry) follows both.
+    let fin = |t: &Traced| event(t, "ESTABLISHED->FIN_WAIT1").ts_ns;
+    let fins = if fin(&c) <= fin(&s) { "Ff" } else { "fF" };
+    assert_zeek(&c, &s, "SF", &format!("ShA{fins}a"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -652,6 +693,7 @@ fn final_ack_lost_in(slot: u8, family: Family) {
     );
     assert_conforms(&s, Role::PassiveCloser, Variant::FourWayClose);
     assert_fin_retransmitted(&s, 4);
+    assert_zeek(&c, &s, "SF", "ShAFaf");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -686,6 +728,7 @@ fn first_fin_lost() {
     assert_conforms(&c, Role::ActiveCloser, Variant::FourWayClose);
     assert_conforms(&s, Role::PassiveCloser, Variant::FourWayClose);
     assert_fin_retransmitted(&c, 2);
+    assert_zeek(&c, &s, "SF", "ShAFaf");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -744,6 +787,7 @@ fn fin_wait2_timeout() {
     assert_deviates(&c, Variant::FinWait2Timeout, &["no_peer_fin"]);
     assert_eq!(c.verdict.role, Role::ActiveCloser);
     assert_eq!(s.verdict.role, Role::PassiveCloser);
+    assert_zeek(&c, &s, "RSTO", "ShAFaR");
 }
 
 /// The usual path with `tcp_fin_timeout` <= 60: the orphaned socket became a FIN_WAIT2 timewait
@@ -798,6 +842,7 @@ fn fin_wait2_timewait_expires() {
     // The server did send its FIN (step 3), and met the RST of a host with no socket left.
     assert_deviates(&s, Variant::AbortByRst, &["reset_received"]);
     assert_eq!(s.verdict.role, Role::PassiveCloser);
+    assert_zeek(&c, &s, "RSTO", "ShAFafR");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -850,6 +895,7 @@ fn last_ack_given_up() {
     assert_eq!(s.verdict.role, Role::PassiveCloser);
     // The client did its part: it became a FIN_WAIT2 timewait socket, which got the FIN.
     assert_conforms(&c, Role::ActiveCloser, Variant::OrphanedFinWait2);
+    assert_zeek(&c, &s, "SF", "ShAFaf");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -873,6 +919,7 @@ fn reset_linger_zero() {
     assert_eq!(sock(&s, "ESTABLISHED->CLOSE").err, libc::ECONNRESET);
     assert_eq!(c.verdict.role, Role::ActiveCloser);
     assert_eq!(s.verdict.role, Role::PassiveCloser);
+    assert_zeek(&c, &s, "RSTO", "ShAR");
 }
 
 fn reset_unread_data() {
@@ -891,6 +938,7 @@ fn reset_unread_data() {
     let (c, s) = ends(&lab, tracer);
 
     assert_reset_while_established(&c, &s);
+    assert_zeek(&c, &s, "RSTO", "ShAdR");
 }
 
 fn reset_data_after_close() {
@@ -901,8 +949,9 @@ fn reset_data_after_close() {
     server_acks_fin(&lab, &mut s);
     s.write_all(b"too late").unwrap();
     // The RST is sent by the client's timewait socket (FIN_WAIT2 sub-state).
-    let (c, _) = rst_into_close_wait(&lab, tracer, s, "TIME_WAIT");
+    let (c, s) = rst_into_close_wait(&lab, tracer, s, "TIME_WAIT");
     assert_deviates(&c, Variant::AbortByRst, &["no_peer_fin"]);
+    assert_zeek(&c, &s, "RSTO", "ShAFR");
 }
 
 fn reset_in_close_wait() {
@@ -932,6 +981,7 @@ fn reset_in_close_wait() {
         "validator misjudges the cause: {:?} (the server wrote nothing; the peer aborted)",
         reset.cause
     );
+    assert_zeek(&c, &s, "RSTO", "ShAFaR");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -993,6 +1043,7 @@ fn close_wait_leak() {
         "{:?}",
         c.verdict.notes
     );
+    assert_zeek(&c, &s, "S2", "ShAFa");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1066,6 +1117,9 @@ fn time_wait_reuse() {
         new_fin.wrapping_sub(old_end) > 65_535 && new_fin.wrapping_sub(old_end) < 1 << 31,
         "old end {old_end}, new FIN {new_fin}"
     );
+    for (c, s) in clients.iter().zip(&servers) {
+        assert_zeek(c, s, "SF", "ShAFaf");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1100,4 +1154,5 @@ fn syn_to_closed_port() {
         c.verdict.reset.as_ref().map(|r| r.by),
         Some(teardown::judge::ResetBy::Peer)
     );
+    assert_zeek_client(c, "REJ", "Sr");
 }
