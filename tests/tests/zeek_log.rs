@@ -6,7 +6,7 @@
 
 use std::{io::Read, net::TcpListener};
 
-use teardown_integration_tests::{cli, gate, loopback::close_one};
+use teardown_integration_tests::{cli, gate, loopback::close_one, wait::wait_until};
 
 #[test]
 fn a_live_trace_writes_a_zeek_conn_log() {
@@ -84,4 +84,94 @@ fn a_live_trace_writes_a_zeek_conn_log() {
         "{words:?}"
     );
     assert!(lines.last().unwrap().starts_with("#close\t"), "{log}");
+}
+
+/// The ends judged so far, as the metrics count them.
+fn ends_counted(addr: &str) -> std::io::Result<f64> {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("teardown_connections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// SIGHUP on `-o conn.log`: the renamed file ends with its `#close`, the new one begins with
+/// Zeek's header, and the rows of each are whole.
+#[test]
+fn a_rotated_zeek_log_is_closed_and_the_new_one_has_the_header() {
+    if !gate::can_run(gate::KERNEL) {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let dir = std::env::temp_dir();
+    let out = dir.join(format!("teardown-conn-{}.log", std::process::id()));
+    let rotated = dir.join(format!("teardown-conn-{}.log.1", std::process::id()));
+    let (mut agent, said) = cli::start_tracing_saying(&[
+        "trace",
+        "--format",
+        "zeek",
+        "--port",
+        &port,
+        "-o",
+        out.to_str().unwrap(),
+        "--metrics",
+        "127.0.0.1:0",
+    ])
+    .unwrap();
+    let metrics = said
+        .iter()
+        .find_map(|l| {
+            l.strip_prefix("metrics at http://")?
+                .strip_suffix("/metrics")
+        })
+        .unwrap_or_else(|| panic!("no metrics address in {said:?}"))
+        .to_owned();
+    let judged = |n: f64| {
+        wait_until(
+            "the ends judged",
+            std::time::Duration::from_secs(15),
+            || Ok(ends_counted(&metrics)? >= n),
+        )
+        .unwrap()
+    };
+    // An abort: both ends reported at once, its row written as the second comes.
+    close_one(&listener, true).unwrap();
+    judged(2.0);
+    std::fs::rename(&out, &rotated).unwrap();
+    cli::signal(agent.id(), libc::SIGHUP).unwrap();
+    wait_until(
+        "the reopened file",
+        std::time::Duration::from_secs(10),
+        || Ok(out.exists()),
+    )
+    .unwrap();
+    close_one(&listener, true).unwrap();
+    judged(4.0);
+    cli::signal(agent.id(), libc::SIGTERM).unwrap();
+    assert!(agent.wait().unwrap().success());
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&out).unwrap();
+    std::fs::remove_file(&rotated).unwrap();
+    std::fs::remove_file(&out).unwrap();
+    let rows = |text: &str| text.lines().filter(|l| !l.starts_with('#')).count();
+    for (what, text) in [("renamed", &old), ("new", &new)] {
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "#separator \\x09", "the {what} file: {text}");
+        assert!(lines.iter().any(|l| l.starts_with("#fields\t")), "{text}");
+        assert!(
+            lines.last().unwrap().starts_with("#close\t"),
+            "the {what} file: {text}"
+        );
+        assert_eq!(rows(text), 1, "the {what} file: {text}");
+        let row = lines.iter().find(|l| !l.starts_with('#')).unwrap();
+        assert_eq!(row.split('\t').count(), 22, "{row}");
+        assert!(row.contains("\tRSTO\t"), "{row}");
+    }
 }

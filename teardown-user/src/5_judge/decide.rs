@@ -290,6 +290,6 @@ pub fn judge_with(conn: &Connection, peer: Option<&Connection>, opts: &JudgeOpti
         check_counts: CheckCounts::of(&checks),
         checks,
         with_peer: peer.is_some(),
-        zeek: super::zeek::zeek(conn, &us, peer_ref),
+        zeek: super::zeek::zeek(conn, &us, peer_ref, opts.timewait),
     }
 }

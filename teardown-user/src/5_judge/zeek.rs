@@ -121,10 +121,8 @@ pub enum Originator {
     Guessed,
 }
 
-/// At most this many letters: each of 6 kinds once per direction, and T's repeats.
+/// At most this many letters: each of 7 kinds once per direction.
 const MAX_LETTERS: usize = 32;
-/// T is written at the 1st, 10th, 100th ... retransmission: at most this many times.
-const MAX_T: u32 = 8;
 
 /// A history string, kept inline: judging a connection allocates nothing for it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -293,98 +291,145 @@ fn events<'t>(e: &'t EndView<'_, '_>) -> impl Iterator<Item = &'t Event> + 't {
 }
 
 /// What is known of the payload one direction sent: its bytes, and the span in which its first
-/// byte left (None when it sent none, or when the sequence numbers do not tell).
+/// segment with payload and without a FIN left (None when it sent none, when the payload may
+/// all have gone on the FIN, or when the sequence numbers do not tell).
 struct Payload {
     bytes: Option<u64>,
     first: Option<(u64, u64)>,
+    /// Where the payload went for sure, on a segment of its own or on the FIN: no other letter
+    /// whose place is only a span can be placed against it.
+    span: Option<(u64, u64)>,
+}
+
+/// A sequence field followed from event to event in 64 bits: each step is taken forward modulo
+/// 2^32, so any total counts as long as less than 4 GiB passed between two events.
+struct Unwrap {
+    prev: u32,
+    total: u64,
+}
+
+impl Unwrap {
+    fn new(base: u32) -> Unwrap {
+        Unwrap {
+            prev: base,
+            total: 0,
+        }
+    }
+
+    fn at(&mut self, v: u32) -> u64 {
+        self.total += u64::from(v.wrapping_sub(self.prev));
+        self.prev = v;
+        self.total
+    }
 }
 
 /// The payload `sender` sent, from its own sequence numbers (`snd_nxt`, `write_seq`) when it
-/// was traced, else from the receiver's (`rcv_nxt`).
+/// was traced, bounded by what `receiver` shows; from the receiver's (`rcv_nxt`) alone else.
 fn payload(sender: Option<&EndView<'_, '_>>, receiver: Option<&EndView<'_, '_>>) -> Payload {
     let unknown = Payload {
         bytes: None,
         first: None,
+        span: None,
     };
-    if let Some(s) = sender {
-        let Some(base_ev) = established_at(s.t) else {
-            return unknown;
+    let received = receiver.and_then(received);
+    let Some(s) = sender else {
+        // The sender was not traced: what the receiver got.
+        return match received {
+            Some(r) => Payload {
+                bytes: Some(r.total),
+                first: r.first_before_fin.map(|h| (r.base_ts, h)),
+                span: r.first_any.map(|h| (r.base_ts, h)),
+            },
+            None => unknown,
         };
-        let Some(base) = base_ev.seq.map(|q| q.snd_nxt) else {
-            return unknown;
+    };
+    let Some(base_ev) = established_at(s.t) else {
+        return unknown;
+    };
+    let Some(base) = base_ev.seq.map(|q| q.snd_nxt) else {
+        return unknown;
+    };
+    let fin = fin_at(s.t);
+    let mut sent = Unwrap::new(base);
+    let (mut lo, mut hi, mut any) = (base_ev.ts_ns, None, None);
+    let mut total = 0u64;
+    for ev in events(s).filter(|e| e.ts_ns >= base_ev.ts_ns) {
+        let Some(q) = ev.seq else { continue };
+        let fin_before = fin.is_some_and(|f| f.ts_ns < ev.ts_ns);
+        // Bytes sent by the moment of `ev`, less our FIN once it was sent.
+        let n = sent.at(q.snd_nxt).saturating_sub(u64::from(fin_before));
+        // Queued at our FIN, all of it leaves before the FIN or with it.
+        let queued = if fin.is_some_and(|f| std::ptr::eq(f, ev)) {
+            u64::from(q.write_seq.wrapping_sub(q.snd_nxt))
+        } else {
+            0
         };
-        let fin = fin_at(s.t);
-        // Bytes sent by the moment of `ev`: its snd_nxt, less our FIN once it was sent.
-        let sent = |ev: &Event| -> Option<u32> {
-            let q = ev.seq?;
-            let fin_before = fin.is_some_and(|f| f.ts_ns < ev.ts_ns);
-            Some(
-                q.snd_nxt
-                    .wrapping_sub(base)
-                    .wrapping_sub(u32::from(fin_before)),
-            )
-        };
-        // What the application queued, all of which leaves before the FIN.
-        let queued = fin
-            .and_then(|f| f.seq)
-            .map(|q| q.write_seq.wrapping_sub(base));
-        let mut lo = base_ev.ts_ns;
-        let mut hi = None;
-        let mut total = 0u32;
-        for ev in events(s).filter(|e| e.ts_ns >= base_ev.ts_ns) {
-            let Some(n) = sent(ev) else { continue };
-            // A wrapped (negative) difference is no payload: a reading before the base.
-            let n = if n > u32::MAX / 2 { 0 } else { n };
-            total = total.max(n);
-            if n == 0 && hi.is_none() {
+        total = total.max(n + queued);
+        if any.is_none() && n + queued > 0 {
+            any = Some(ev.ts_ns);
+        }
+        if hi.is_none() {
+            if n == 0 {
                 lo = ev.ts_ns;
-            } else if n > 0 && hi.is_none() {
+            } else if !fin_before {
+                // Sent before our FIN: a segment with payload and no FIN.
                 hi = Some(ev.ts_ns);
             }
         }
-        if let (Some(f), Some(q)) = (fin, queued) {
-            if q > 0 && q < u32::MAX / 2 {
-                total = total.max(q);
-                hi = Some(hi.map_or(f.ts_ns, |h| h.min(f.ts_ns)));
-            }
-        }
-        // The receiver had it by its first event showing it.
-        if let Some(h) = receiver.and_then(|r| first_received(r)) {
-            hi = Some(hi.map_or(h, |x| x.min(h)));
-        }
-        return Payload {
-            bytes: Some(u64::from(total)),
-            first: hi.filter(|_| total > 0).map(|h| (lo.min(h), h)),
-        };
     }
-    // The sender was not traced: what the receiver got.
-    let Some(r) = receiver else { return unknown };
-    let Some(base_ev) = established_at(r.t) else {
-        return unknown;
-    };
-    let Some(base) = base_ev.seq.map(|q| q.rcv_nxt) else {
-        return unknown;
-    };
-    let mut total = 0u32;
-    let mut hi = None;
-    for ev in events(r).filter(|e| e.ts_ns >= base_ev.ts_ns) {
-        let Some(q) = ev.seq else { continue };
-        let fin_in = ev.sock.is_some_and(|s| s.done()) || peer_fin_seen_before(r.t, ev);
-        let n = q.rcv_nxt.wrapping_sub(base).wrapping_sub(u32::from(fin_in));
-        let n = if n > u32::MAX / 2 { 0 } else { n };
-        total = total.max(n);
-        if n > 0 && hi.is_none() {
-            hi = Some(ev.ts_ns);
-        }
+    // The receiver had payload before the FIN came: it came on a segment of its own.
+    if let Some(h) = received.as_ref().and_then(|r| r.first_before_fin) {
+        hi = Some(hi.map_or(h, |x| x.min(h)));
     }
+    if let Some(h) = received.as_ref().and_then(|r| r.first_any) {
+        any = Some(any.map_or(h, |x| x.min(h)));
+    }
+    // Bytes sent after our FIN's transition may all have gone on the FIN (Zeek writes no D
+    // for it): then the first segment with payload alone is unknown.
     Payload {
-        bytes: Some(u64::from(total)),
-        // Sent at some moment after the handshake: the receiver's handshake is the bound.
-        first: hi.filter(|_| total > 0).map(|h| (base_ev.ts_ns, h)),
+        bytes: Some(total),
+        first: hi.filter(|_| total > 0).map(|h| (lo.min(h), h)),
+        span: any.filter(|_| total > 0).map(|h| (lo.min(h), h)),
     }
 }
 
-/// Whether the end had received the peer's FIN before `ev` (its -> CLOSE_WAIT or -> CLOSING).
+/// What an end received of its peer's payload.
+struct Received {
+    total: u64,
+    /// The first event showing payload before the peer's FIN came.
+    first_before_fin: Option<u64>,
+    /// The first event showing payload at all.
+    first_any: Option<u64>,
+    /// The end's handshake: the payload left after it.
+    base_ts: u64,
+}
+
+/// What `r` received: `rcv_nxt` past the handshake's, the peer's FIN discounted.
+fn received(r: &EndView<'_, '_>) -> Option<Received> {
+    let base_ev = established_at(r.t)?;
+    let mut got = Unwrap::new(base_ev.seq?.rcv_nxt);
+    let mut out = Received {
+        total: 0,
+        first_before_fin: None,
+        first_any: None,
+        base_ts: base_ev.ts_ns,
+    };
+    for ev in events(r).filter(|e| e.ts_ns >= base_ev.ts_ns) {
+        let Some(q) = ev.seq else { continue };
+        let fin_in = ev.sock.is_some_and(|s| s.done()) || peer_fin_seen_before(r.t, ev);
+        let n = got.at(q.rcv_nxt).saturating_sub(u64::from(fin_in));
+        out.total = out.total.max(n);
+        if n > 0 && !fin_in && out.first_before_fin.is_none() {
+            out.first_before_fin = Some(ev.ts_ns);
+        }
+        if n > 0 && out.first_any.is_none() {
+            out.first_any = Some(ev.ts_ns);
+        }
+    }
+    Some(out)
+}
+
+/// Whether the end had received the peer's FIN by `ev` (its -> CLOSE_WAIT or -> CLOSING).
 fn peer_fin_seen_before(t: &Trace<'_>, ev: &Event) -> bool {
     [
         t.mark(Meaning::ReceiveFin),
@@ -395,27 +440,37 @@ fn peer_fin_seen_before(t: &Trace<'_>, ev: &Event) -> bool {
     .any(|f| f.ts_ns <= ev.ts_ns)
 }
 
-/// The first event of `r` showing payload from its peer (rcv_nxt past the handshake's, the
-/// peer's FIN discounted).
-fn first_received(r: &EndView<'_, '_>) -> Option<u64> {
-    let base_ev = established_at(r.t)?;
-    let base = base_ev.seq?.rcv_nxt;
-    events(r)
-        .filter(|e| e.ts_ns >= base_ev.ts_ns)
-        .find(|ev| {
-            ev.seq.is_some_and(|q| {
-                let fin_in = ev.sock.is_some_and(|s| s.done()) || peer_fin_seen_before(r.t, ev);
-                let n = q.rcv_nxt.wrapping_sub(base).wrapping_sub(u32::from(fin_in));
-                n > 0 && n < u32::MAX / 2
-            })
-        })
-        .map(|e| e.ts_ns)
+/// Whether our FIN is acknowledged at `ev` (snd_una caught up with write_seq, the FIN
+/// included), from its sequence numbers.
+fn fin_acked_at(ev: &Event) -> bool {
+    ev.seq.is_some_and(|q| q.snd_una == q.write_seq)
+}
+
+/// A pure ACK the events show: when, from which direction, whether it surely went alone (the
+/// ACK of the originator's FIN may have ridden on the responder's FIN or payload, which the
+/// caller, knowing both ends, decides), and its order among the segments of that moment.
+#[derive(Clone, Copy, Debug)]
+struct PureAck {
+    t: u64,
+    dir: Dir,
+    alone: bool,
+    order: u8,
 }
 
 /// The segments one end's events show: its own and, by what it received, its peer's.
 /// `pure_acks` collects the pure ACKs known, to be written under the rules of [`zeek`].
-fn segments_of(e: &EndView<'_, '_>, seg: &mut Segments, pure_acks: &mut Vec<(u64, Dir, bool)>) {
+fn segments_of(e: &EndView<'_, '_>, seg: &mut Segments, pure_acks: &mut Vec<PureAck>) {
     let (us, peer) = (e.dir, e.dir.other());
+    let no_reset = e.t.resets_sent.is_empty() && e.t.resets_received.is_empty();
+    // An ACK answering a FIN received in the same event comes after that FIN.
+    let mut ack = |t, dir, alone, order| {
+        pure_acks.push(PureAck {
+            t,
+            dir,
+            alone,
+            order,
+        })
+    };
     for (rule, ev) in &e.t.marks {
         let t = ev.ts_ns;
         match rule.meaning {
@@ -436,22 +491,21 @@ fn segments_of(e: &EndView<'_, '_>, seg: &mut Segments, pure_acks: &mut Vec<(u64
             },
             Meaning::SendFin | Meaning::SendThirdWave => seg.add(t, 4, Kind::Fin, us),
             Meaning::ReceiveFin => seg.add(t, 4, Kind::Fin, peer),
+            // FIN_WAIT1 -> CLOSING: the peer's FIN, and our ACK of it at once (tcp_fin).
             Meaning::SimultaneousFin => {
                 seg.add(t, 4, Kind::Fin, peer);
-                pure_acks.push((t, us, true));
+                ack(t, us, true, 6);
             }
-            // The ACK of our FIN: pure unless it rode on the peer's FIN or payload (decided by
-            // the caller, who knows both).
-            Meaning::FinAcked => pure_acks.push((t, peer, false)),
+            // The ACK of our FIN: alone unless it rode on the peer's FIN or payload.
+            Meaning::FinAcked => ack(t, peer, false, 2),
+            // The TIME_WAIT entry on the peer's FIN: our ACK of it.
             Meaning::TimeWaitEntry if ev.sock.is_some_and(|s| s.done()) => {
                 seg.add(t, 4, Kind::Fin, peer);
-                pure_acks.push((t, us, true));
+                ack(t, us, true, 6);
             }
-            Meaning::ClosingAcked => pure_acks.push((t, peer, true)),
-            Meaning::FinalAck
-                if e.t.resets_received.is_empty() && ev.sock.is_none_or(|s| s.err == 0) =>
-            {
-                pure_acks.push((t, peer, true));
+            // Our FIN ACKed, not a reset nor a timeout (which end these states too).
+            Meaning::ClosingAcked | Meaning::FinalAck if no_reset && fin_acked_at(ev) => {
+                ack(t, peer, true, 2);
             }
             _ => {}
         }
@@ -462,38 +516,48 @@ fn segments_of(e: &EndView<'_, '_>, seg: &mut Segments, pure_acks: &mut Vec<(u64
     for r in &e.t.resets_received {
         seg.add(r.first_ts, 5, Kind::Rst, peer);
     }
-    // Retransmissions before our FIN carry payload (a SYN's are in SYN_SENT / SYN_RECV): T at
-    // the 1st, 10th, 100th ... of them, where the time of that one is known (a run's first or
-    // last), else within the run.
-    let mut count = 0u64;
-    let mut next = 1u64;
-    let mut written = 0;
-    for r in &e.t.retransmits {
-        if !matches!(
+    // The first retransmission before our FIN carries payload (a SYN's are in SYN_SENT /
+    // SYN_RECV). Only the first T is written: Zeek counts resent packets on the wire, the
+    // hooks resent buffers (one may be several packets), so its 10th is not ours.
+    if let Some(r) = e.t.retransmits.iter().find(|r| {
+        matches!(
             r.ev.kind.state_after(),
             TcpState::Established | TcpState::CloseWait
-        ) {
-            continue;
-        }
-        let (from, to) = (count + 1, count + r.count());
-        while next <= to && written < MAX_T {
-            let (lo, hi) = if next == from {
-                (r.first_ts, r.first_ts)
-            } else if next == to {
-                (r.ev.ts_ns, r.ev.ts_ns)
-            } else {
-                (r.first_ts, r.ev.ts_ns)
-            };
-            seg.add_span(lo, hi, 3, Kind::Retrans, us);
-            written += 1;
-            next = next.saturating_mul(10);
-        }
-        count = to;
+        )
+    }) {
+        seg.add(r.first_ts, 3, Kind::Retrans, us);
     }
 }
 
+/// Whether the ACK of the originator's FIN (the originator's FIN_WAIT1 -> FIN_WAIT2) went
+/// alone, not on the responder's FIN: from both ends (the responder sent its FIN after the
+/// originator had the ACK, or never), or from the kernel's own rule for an orphan (an orphan
+/// whose FIN is ACKed alone becomes a FIN_WAIT2 timewait socket, docs/close-sequence.md fact 8).
+/// None when only timing could tell.
+fn ack_alone(orig: &Trace<'_>, resp: Option<&Trace<'_>>) -> Option<bool> {
+    let fa = orig.mark(Meaning::FinAcked)?;
+    if let Some(r) = resp {
+        return Some(
+            r.mark(Meaning::SendThirdWave)
+                .is_none_or(|la| la.ts_ns > fa.ts_ns),
+        );
+    }
+    let close = orig.close?;
+    if !fa.sock.is_some_and(|s| s.dead()) || orig.close_from() != Some(TcpState::FinWait2) {
+        return None;
+    }
+    Some(!close.sock.is_some_and(|s| s.done()))
+}
+
 /// The connection in Zeek's words, from `conn` and, when traced, its `peer`.
-pub fn zeek(conn: &Connection, us: &Trace<'_>, peer: Option<(&Connection, &Trace<'_>)>) -> Zeek {
+/// `timewait` is what became of its timewait socket, when the verdict waited for it: an orphan
+/// whose socket reached TIME_WAIT got the peer's FIN after its last event.
+pub fn zeek(
+    conn: &Connection,
+    us: &Trace<'_>,
+    peer: Option<(&Connection, &Trace<'_>)>,
+    timewait: Option<super::TimewaitOutcome>,
+) -> Zeek {
     let started = |t: &Trace<'_>| t.has(Meaning::Connect);
     let answered = |t: &Trace<'_>| t.has(Meaning::SynReceived);
     let originator = if started(us) {
@@ -533,6 +597,18 @@ pub fn zeek(conn: &Connection, us: &Trace<'_>, peer: Option<(&Connection, &Trace
     if let Some(p) = &theirs {
         segments_of(p, &mut seg, &mut acks);
     }
+    // The orphan's timewait socket got the peer's FIN (and ACKed it) after its last event.
+    if timewait.is_some_and(|t| t.reached == crate::sock_diag::TwSubstate::TimeWait) {
+        if let Some(close) = us.close {
+            seg.add_span(close.ts_ns, u64::MAX, 4, Kind::Fin, our_dir.other());
+            acks.push(PureAck {
+                t: u64::MAX,
+                dir: our_dir,
+                alone: true,
+                order: 6,
+            });
+        }
+    }
     let orig_payload = payload(orig, resp);
     let resp_payload = payload(resp, orig);
     for (p, dir) in [(&orig_payload, Dir::Orig), (&resp_payload, Dir::Resp)] {
@@ -541,38 +617,34 @@ pub fn zeek(conn: &Connection, us: &Trace<'_>, peer: Option<(&Connection, &Trace
         }
     }
     // Pure ACKs. The originator's first is the handshake's third segment, always known. The
-    // responder's first is known only if nothing before it may have been one: payload from the
-    // originator (acknowledged, perhaps by a pure ACK, at a moment the hooks do not show), or an
-    // ACK of a FIN that may have ridden on the responder's payload.
-    let resp_acks_known = orig_payload.bytes == Some(0);
-    if resp_acks_known {
-        let active = orig.map(|o| o.t);
-        let merged = super::classify::merged_evidence(active, resp.map(|r| r.t)).is_some();
-        let mut first: Option<u64> = None;
-        let mut ambiguous_before: Option<u64> = None;
-        for &(t, dir, certain) in acks.iter().filter(|a| a.1 == Dir::Resp) {
-            let pure = if certain {
+    // responder's first is known only if nothing before it may have been one unseen: payload
+    // from the originator (acknowledged, perhaps by a pure ACK, at a moment the hooks do not
+    // show), or an ACK of the originator's FIN that may have ridden on the responder's FIN or
+    // payload.
+    if orig_payload.bytes == Some(0) {
+        let mut first: Option<PureAck> = None;
+        let mut ambiguous_from: Option<u64> = None;
+        for a in acks.iter().filter(|a| a.dir == Dir::Resp) {
+            let alone = if a.alone {
                 Some(true)
-            } else if merged {
-                Some(false)
             } else {
-                // The ACK of the originator's FIN, alone unless the responder's payload left
-                // around then.
-                match resp_payload.first {
-                    Some((lo, hi)) if lo < t && t <= hi => None,
-                    _ if resp_payload.bytes.is_none() => None,
-                    _ => Some(true),
+                match (
+                    orig.and_then(|o| ack_alone(o.t, resp.map(|r| r.t))),
+                    resp_payload.bytes,
+                ) {
+                    (Some(false), _) => Some(false),
+                    (Some(true), Some(0)) => Some(true),
+                    _ => None,
                 }
             };
-            let _ = dir;
-            match pure {
-                Some(true) => first = Some(first.map_or(t, |f| f.min(t))),
-                Some(false) => {}
-                None => ambiguous_before = Some(ambiguous_before.map_or(t, |a| a.min(t))),
+            match alone {
+                Some(true) if first.is_none_or(|f| a.t < f.t) => first = Some(*a),
+                Some(_) => {}
+                None => ambiguous_from = Some(ambiguous_from.map_or(a.t, |x| x.min(a.t))),
             }
         }
-        if let Some(t) = first.filter(|&t| ambiguous_before.is_none_or(|a| a > t)) {
-            seg.add(t, 2, Kind::Ack, Dir::Resp);
+        if let Some(a) = first.filter(|f| ambiguous_from.is_none_or(|x| x > f.t)) {
+            seg.add(a.t, a.order, Kind::Ack, Dir::Resp);
         }
     }
 
@@ -601,12 +673,22 @@ pub fn zeek(conn: &Connection, us: &Trace<'_>, peer: Option<(&Connection, &Trace
         }
     }
     let all = &firsts[..n];
+    // Payload whose letter is not placed still went at some moment of its span.
+    let blockers = [
+        (Dir::Orig, orig_payload.span),
+        (Dir::Resp, resp_payload.span),
+    ];
     let placed = |s: &Seen| {
+        let inside = |lo: u64, hi: u64| hi > s.lo && lo < s.hi;
         s.lo == s.hi
-            || !all
+            || (!all
                 .iter()
                 .flatten()
-                .any(|o| !std::ptr::eq(o, s) && o.hi > s.lo && o.lo < s.hi)
+                .any(|o| !std::ptr::eq(o, s) && inside(o.lo, o.hi))
+                && !blockers.iter().any(|&(dir, span)| {
+                    !(s.kind == Kind::Data && s.dir == dir)
+                        && span.is_some_and(|(lo, hi)| inside(lo, hi))
+                }))
     };
     let mut keep: [Option<Seen>; 48] = [None; 48];
     let mut k = 0;
@@ -868,6 +950,147 @@ mod tests {
         let mut with_data = both;
         with_data.no_payload = false;
         assert_eq!(conn_state(with_data, "ShADRr"), ConnState::Rstr);
+    }
+
+    /// One end's connection from (time, old, new, snd_nxt, flags) steps; write_seq and snd_una
+    /// follow snd_nxt (every byte ACKed), rcv_nxt stays at 1000.
+    fn one_end(
+        local: &str,
+        remote: &str,
+        steps: &[(u64, TcpState, TcpState, u32, u32)],
+    ) -> Connection {
+        use crate::decode::{Comm, SeqSnapshot, SockSnapshot};
+        let (local, remote) = (local.parse().unwrap(), remote.parse().unwrap());
+        let events: Vec<crate::track::Run> = steps
+            .iter()
+            .map(|&(ts_ns, old, new, n, flags)| {
+                crate::track::Run::from(Event {
+                    ts_ns,
+                    sk: 0xffff_8881_0000_0a00,
+                    kind: EventKind::State { old, new },
+                    local,
+                    remote,
+                    pid: 0,
+                    comm: Comm::default(),
+                    netns: 0,
+                    seq: Some(SeqSnapshot {
+                        snd_una: n,
+                        snd_nxt: n,
+                        rcv_nxt: 1000,
+                        write_seq: n,
+                    }),
+                    sock: Some(SockSnapshot { flags, err: 0 }),
+                })
+            })
+            .collect();
+        Connection {
+            id: 1,
+            sk: 0xffff_8881_0000_0a00,
+            local,
+            remote,
+            process: None,
+            netns: 0,
+            events,
+            unstored: 0,
+            seen_from_start: true,
+            events_maybe_lost: false,
+            state_at_start: None,
+            end: crate::track::RecordEnd::Closed,
+        }
+    }
+
+    fn words(c: &Connection) -> (&'static str, String, Originator) {
+        let t = Trace::of(&c.events);
+        let z = zeek(c, &t, None, None);
+        (
+            z.conn_state.code(),
+            z.history.as_str().to_owned(),
+            z.originator,
+        )
+    }
+
+    /// A server traced alone, which closes first, no payload either way: the client's FIN and
+    /// the server's ACK of it come in one event (its TIME_WAIT entry), the FIN first.
+    #[test]
+    fn an_ack_answering_a_fin_comes_after_it() {
+        use TcpState::*;
+        const DONE: u32 = teardown_common::sock_flag::DONE;
+        let server = one_end(
+            "10.0.0.1:80",
+            "10.0.0.2:40000",
+            &[
+                (1_000, Listen, SynRecv, 0, 0),
+                (2_000, SynRecv, Established, 501, 0),
+                (3_000, Established, FinWait1, 501, 0),
+                (4_000, FinWait1, FinWait2, 502, 0),
+                (5_000, FinWait2, Close, 502, DONE),
+            ],
+        );
+        assert_eq!(
+            words(&server),
+            ("SF", "ShAfFa".to_owned(), Originator::Peer)
+        );
+        // The client of the same close, traced alone: the server's final ACK after its FIN.
+        let client = one_end(
+            "10.0.0.2:40000",
+            "10.0.0.1:80",
+            &[
+                (1_000, Close, SynSent, 0, 0),
+                (2_000, SynSent, Established, 101, 0),
+                (3_000, Established, CloseWait, 101, DONE),
+                (4_000, CloseWait, LastAck, 101, DONE),
+                (5_000, LastAck, Close, 102, DONE),
+            ],
+        );
+        assert_eq!(
+            words(&client),
+            ("SF", "ShAfFa".to_owned(), Originator::ThisEnd)
+        );
+    }
+
+    /// Payload counted across 32-bit wraps: 5 GiB between the handshake and the FIN, in steps
+    /// under 4 GiB, is neither 0 nor 1 GiB.
+    #[test]
+    fn payload_is_counted_past_the_sequence_space() {
+        use TcpState::*;
+        const DONE: u32 = teardown_common::sock_flag::DONE;
+        let gib = 1u64 << 30;
+        // Sequence numbers are modulo 2^32: 5 GiB past 101 is 1 GiB past it, again.
+        let at = |n: u64| ((101 + n) % (1 << 32)) as u32;
+        let client = one_end(
+            "10.0.0.2:40000",
+            "10.0.0.1:80",
+            &[
+                (1_000, Close, SynSent, 0, 0),
+                (2_000, SynSent, Established, at(0), 0),
+                (3_000, Established, CloseWait, at(3 * gib), DONE),
+                (4_000, CloseWait, LastAck, at(5 * gib), DONE),
+                (5_000, LastAck, Close, at(5 * gib + 1), DONE),
+            ],
+        );
+        let t = Trace::of(&client.events);
+        let z = zeek(&client, &t, None, None);
+        assert_eq!(z.orig_bytes, Some(5 * gib));
+        assert_eq!(z.history.as_str(), "ShADfF", "{:?}", z.history);
+        // Payload queued at the FIN and sent after its transition may all go on the FIN:
+        // counted, but no D (Zeek writes none for a FIN segment).
+        let mut queued = one_end(
+            "10.0.0.2:40000",
+            "10.0.0.1:80",
+            &[
+                (1_000, Close, SynSent, 0, 0),
+                (2_000, SynSent, Established, 101, 0),
+                (3_000, Established, FinWait1, 101, 0),
+                (4_000, FinWait1, FinWait2, 107, 0),
+            ],
+        );
+        if let Some(q) = queued.events[2].ev.seq.as_mut() {
+            q.write_seq = 106;
+        }
+        let t = Trace::of(&queued.events);
+        let z = zeek(&queued, &t, None, None);
+        assert_eq!(z.orig_bytes, Some(5));
+        assert_eq!(z.history.as_str(), "ShAF");
     }
 
     #[test]

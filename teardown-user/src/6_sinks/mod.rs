@@ -17,7 +17,7 @@ pub use jsonl::{Conforming, JsonlSink};
 pub use metrics::{Metrics, MetricsSink};
 pub use summary::{LostReport, Summary, TimewaitCounts};
 pub use text::TextSink;
-pub use zeek::ZeekSink;
+pub use zeek::{zeek_close, zeek_header, ZeekSink};
 
 use crate::{judge::Verdict, track::timewait::TimewaitNote, track::Connection};
 

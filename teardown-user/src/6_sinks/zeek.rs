@@ -4,17 +4,19 @@
 //! Zeek logs a connection once, both directions merged. When both ends were traced, each end
 //! is reported with the other's events, and the one reported last knows the most (the peer had
 //! finished): the first end's row waits for it, and is written alone only if the peer is not
-//! reported by the end of the trace (or too many rows wait). The fields the hooks cannot fill
+//! reported within a minute of the trace's time, by the end of the trace, or before too many
+//! rows wait. The fields the hooks cannot fill
 //! (packet and IP byte counts, the service, local nets) are Zeek's unset field, `-`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::net::SocketAddr;
 
 use super::{Report, Sink, Summary};
 use crate::judge::zeek::{Originator, Zeek};
 
-/// Zeek's conn.log columns (Zeek 6 and 7, base/protocols/conn/main.zeek), and their types.
+/// Zeek's conn.log columns (base/protocols/conn/main.zeek; `ip_proto` since Zeek 7.1), and
+/// their types.
 pub const FIELDS: [(&str, &str); 22] = [
     ("ts", "time"),
     ("uid", "string"),
@@ -42,28 +44,72 @@ pub const FIELDS: [(&str, &str); 22] = [
 
 /// Rows waiting for their peer's at most: past it, the oldest is written alone.
 const MAX_WAITING: usize = 65_536;
+/// How long (in the trace's time) a row waits for its peer's at most: a peer that a one-sided
+/// filter (`--pid`, `--netns`) leaves out is never reported.
+const WAIT_NS: i128 = 60_000_000_000;
 
 /// One row, as far as one end knows it.
 #[derive(Clone, Debug)]
 struct Row {
-    ts_ns: i128,
-    duration_ns: u64,
+    first_ns: i128,
+    last_ns: i128,
     orig: SocketAddr,
     resp: SocketAddr,
     /// The originator's end id when traced, else this end's: the connection's uid.
     uid: u64,
+    /// Judged with the peer's trace.
+    with_peer: bool,
     zeek: Zeek,
+}
+
+impl Row {
+    /// The two ends' rows as one: the words of the one that knew more (judged with its peer;
+    /// of two, the later), the times of both.
+    fn merged(first: Row, second: Row) -> Row {
+        let (first_ns, last_ns) = (
+            first.first_ns.min(second.first_ns),
+            first.last_ns.max(second.last_ns),
+        );
+        let mut r = if second.with_peer || !first.with_peer {
+            second
+        } else {
+            first
+        };
+        r.first_ns = first_ns;
+        r.last_ns = last_ns;
+        r
+    }
 }
 
 pub struct ZeekSink<W: Write> {
     out: W,
     header_written: bool,
     /// Rows of ends whose peer is to come, by the peer's id.
-    waiting: BTreeMap<u64, Row>,
-    /// Their order of arrival (peer ids), to write the oldest first when too many wait.
+    waiting: HashMap<u64, Row>,
+    /// Peer ids in order of arrival, to write the oldest first when too many wait (ids no
+    /// longer waiting are skipped when met).
     order: VecDeque<u64>,
     /// Ends whose row was written alone (peer ids expected): their peer's is not written again.
-    written_alone: VecDeque<u64>,
+    written_alone: HashSet<u64>,
+    written_alone_order: VecDeque<u64>,
+}
+
+/// Zeek's header of a conn.log, with its `#open` time now.
+pub fn zeek_header() -> String {
+    let names: Vec<&str> = FIELDS.iter().map(|f| f.0).collect();
+    let types: Vec<&str> = FIELDS.iter().map(|f| f.1).collect();
+    format!(
+        "#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n#unset_field\t-\n#path\tconn\n\
+         #open\t{}\n#fields\t{}\n#types\t{}\n",
+        zeek_date(unix_now()),
+        names.join("\t"),
+        types.join("\t")
+    )
+}
+
+/// The last line of a conn.log, with its `#close` time now.
+pub fn zeek_close() -> String {
+    format!("#close\t{}\n", zeek_date(unix_now()))
 }
 
 impl<W: Write> ZeekSink<W> {
@@ -71,9 +117,10 @@ impl<W: Write> ZeekSink<W> {
         ZeekSink {
             out,
             header_written: false,
-            waiting: BTreeMap::new(),
+            waiting: HashMap::new(),
             order: VecDeque::new(),
-            written_alone: VecDeque::new(),
+            written_alone: HashSet::new(),
+            written_alone_order: VecDeque::new(),
         }
     }
 
@@ -82,42 +129,56 @@ impl<W: Write> ZeekSink<W> {
             return Ok(());
         }
         self.header_written = true;
-        let names: Vec<&str> = FIELDS.iter().map(|f| f.0).collect();
-        let types: Vec<&str> = FIELDS.iter().map(|f| f.1).collect();
-        writeln!(self.out, "#separator \\x09")?;
-        writeln!(self.out, "#set_separator\t,")?;
-        writeln!(self.out, "#empty_field\t(empty)")?;
-        writeln!(self.out, "#unset_field\t-")?;
-        writeln!(self.out, "#path\tconn")?;
-        writeln!(self.out, "#open\t{}", zeek_date(unix_now()))?;
-        writeln!(self.out, "#fields\t{}", names.join("\t"))?;
-        writeln!(self.out, "#types\t{}", types.join("\t"))
+        self.out.write_all(zeek_header().as_bytes())
     }
 
     fn write_row(&mut self, r: &Row) -> io::Result<()> {
         let z = &r.zeek;
-        let count = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
+        let duration = u64::try_from(r.last_ns - r.first_ns).unwrap_or(0);
+        // Zeek leaves the duration and the byte counts unset when the duration is 0.
+        let count = |n: Option<u64>| match n {
+            Some(n) if duration > 0 => n.to_string(),
+            _ => "-".to_string(),
+        };
         let history = match z.history.as_str() {
             "" => "-",
             h => h,
         };
+        let duration = if duration > 0 {
+            seconds(i128::from(duration))
+        } else {
+            "-".to_string()
+        };
         writeln!(
             self.out,
-            "{}\tT{:x}\t{}\t{}\t{}\t{}\ttcp\t-\t{}\t{}\t{}\t{}\t-\t-\t0\t{history}\t-\t-\t-\t-\t-\t6",
-            seconds(r.ts_ns),
+            "{}\tC{:x}\t{}\t{}\t{}\t{}\ttcp\t-\t{duration}\t{}\t{}\t{}\t-\t-\t0\t{history}\t-\t-\t-\t-\t-\t6",
+            seconds(r.first_ns),
             r.uid,
-            r.orig.ip(),
+            r.orig.ip().to_canonical(),
             r.orig.port(),
-            r.resp.ip(),
+            r.resp.ip().to_canonical(),
             r.resp.port(),
-            seconds(i128::from(r.duration_ns)),
             count(z.orig_bytes),
             count(z.resp_bytes),
             z.conn_state.code(),
         )
     }
-}
 
+    /// Writes `row` alone (its peer is not to be waited for any longer): its peer's, if it comes,
+    /// is not written again.
+    fn write_alone(&mut self, peer: u64, row: &Row) -> io::Result<()> {
+        self.write_row(row)?;
+        if self.written_alone.insert(peer) {
+            self.written_alone_order.push_back(peer);
+        }
+        while self.written_alone_order.len() > MAX_WAITING {
+            if let Some(old) = self.written_alone_order.pop_front() {
+                self.written_alone.remove(&old);
+            }
+        }
+        Ok(())
+    }
+}
 /// `1796220632.788123`: Zeek's time, seconds with microseconds.
 fn seconds(ns: i128) -> String {
     let us = ns.div_euclid(1000);
@@ -168,49 +229,52 @@ impl<W: Write + Send> Sink for ZeekSink<W> {
             Originator::ThisEnd | Originator::Guessed => (c.local, c.remote),
             Originator::Peer => (c.remote, c.local),
         };
-        let first = c.first_ts();
-        let last = c.events.last().map_or(first, |r| r.ev.ts_ns);
         let uid = match (z.originator, report.peer_id) {
             (Originator::Peer, Some(p)) => p,
             _ => c.id,
         };
+        let wall = i128::from(report.wall_offset_ns);
         let row = Row {
-            ts_ns: i128::from(first) + i128::from(report.wall_offset_ns),
-            duration_ns: last.saturating_sub(first),
+            first_ns: i128::from(c.first_ts()) + wall,
+            last_ns: i128::from(c.last_ts()) + wall,
             orig,
             resp,
             uid,
+            with_peer: report.verdict.with_peer,
             zeek: z,
         };
-        // The second end of a pair: its row, which knows both, replaces the first's.
-        if self.waiting.remove(&c.id).is_some() {
-            self.order.retain(|&w| w != c.id);
-            return self.write_row(&row);
+        // The second end of a pair: the two rows as one.
+        if let Some(first) = self.waiting.remove(&c.id) {
+            return self.write_row(&Row::merged(first, row));
         }
-        if let Some(i) = self.written_alone.iter().position(|&w| w == c.id) {
-            self.written_alone.remove(i);
+        if self.written_alone.remove(&c.id) {
             return Ok(());
         }
-        match report.peer_id {
-            // The first end of a pair: wait for the peer's report.
-            Some(peer) => {
-                if self.waiting.len() >= MAX_WAITING {
-                    if let Some(oldest) = self.order.pop_front() {
-                        if let Some(r) = self.waiting.remove(&oldest) {
-                            self.write_row(&r)?;
-                            self.written_alone.push_back(oldest);
-                            if self.written_alone.len() > MAX_WAITING {
-                                self.written_alone.pop_front();
-                            }
-                        }
-                    }
-                }
-                self.waiting.insert(peer, row);
-                self.order.push_back(peer);
-                Ok(())
+        let Some(peer) = report.peer_id else {
+            return self.write_row(&row);
+        };
+        // Rows that waited too long, or too many, are written alone, oldest first.
+        while let Some(&oldest) = self.order.front() {
+            let Some(r) = self.waiting.get(&oldest) else {
+                // Its peer came: only its place in the order was left.
+                self.order.pop_front();
+                continue;
+            };
+            if self.waiting.len() < MAX_WAITING && r.last_ns + WAIT_NS > row.last_ns {
+                break;
             }
-            None => self.write_row(&row),
+            self.order.pop_front();
+            if let Some(r) = self.waiting.remove(&oldest) {
+                self.write_alone(oldest, &r)?;
+            }
         }
+        // The first end of a pair: wait for the peer's report.
+        // Another end waiting for the same peer (the peer's id reused): written as it is.
+        if let Some(old) = self.waiting.insert(peer, row) {
+            self.write_row(&old)?;
+        }
+        self.order.push_back(peer);
+        Ok(())
     }
 
     fn finish(&mut self, _summary: &Summary) -> io::Result<()> {
@@ -221,7 +285,7 @@ impl<W: Write + Send> Sink for ZeekSink<W> {
                 self.write_row(&r)?;
             }
         }
-        writeln!(self.out, "#close\t{}", zeek_date(unix_now()))?;
+        self.out.write_all(zeek_close().as_bytes())?;
         self.out.flush()
     }
 }

@@ -223,7 +223,16 @@ impl OutputArgs {
                 )
                 .with_containers(containers),
             ),
-            Format::Zeek => Box::new(ZeekSink::new(out)),
+            Format::Zeek => {
+                // A rotated conn.log is closed, and the new one has the header.
+                if let Some(r) = &reopen {
+                    r.set_framing(Framing {
+                        close: crate::sinks::zeek_close,
+                        open: crate::sinks::zeek_header,
+                    });
+                }
+                Box::new(ZeekSink::new(out))
+            }
         };
         Ok((sink, reopen))
     }
@@ -323,6 +332,16 @@ struct OutputFile(Arc<Mutex<OpenFile>>);
 struct OpenFile {
     out: BufWriter<File>,
     path: PathBuf,
+    /// What a file of this format ends and begins with (a Zeek log's `#close` and header):
+    /// written to the old file and the new one when it is reopened.
+    framing: Option<Framing>,
+}
+
+/// The last and first lines of a file of a format that has them.
+#[derive(Clone, Copy)]
+pub struct Framing {
+    pub close: fn() -> String,
+    pub open: fn() -> String,
 }
 
 /// Reopens the `-o` file at its path: after logrotate renamed it, what follows goes to a new
@@ -335,6 +354,7 @@ impl OutputFile {
         let open = Arc::new(Mutex::new(OpenFile {
             out: BufWriter::with_capacity(OUT_BUFFER, file),
             path: path.to_owned(),
+            framing: None,
         }));
         (OutputFile(Arc::clone(&open)), Reopen(open))
     }
@@ -376,10 +396,21 @@ impl Reopen {
     /// in use.
     pub fn reopen(&self) -> io::Result<()> {
         let mut open = self.lock();
-        open.out.flush()?;
         let file = open_output_file(&open.path, Mode::Append)?;
+        if let Some(f) = open.framing {
+            open.out.write_all((f.close)().as_bytes())?;
+        }
+        open.out.flush()?;
         open.out = BufWriter::with_capacity(OUT_BUFFER, file);
+        if let Some(f) = open.framing {
+            open.out.write_all((f.open)().as_bytes())?;
+        }
         Ok(())
+    }
+
+    /// Sets what the file ends and begins with at each reopen.
+    fn set_framing(&self, framing: Framing) {
+        self.lock().framing = Some(framing);
     }
 }
 

@@ -951,7 +951,11 @@ fn reset_data_after_close() {
     // The RST is sent by the client's timewait socket (FIN_WAIT2 sub-state).
     let (c, s) = rst_into_close_wait(&lab, tracer, s, "TIME_WAIT");
     assert_deviates(&c, Variant::AbortByRst, &["no_peer_fin"]);
-    assert_zeek(&c, &s, "RSTO", "ShAFR");
+    // The client's RST, where the kernel traces its timewait socket's (6.10 and later), comes
+    // before the server had it: whether the server's bytes left before it is unknown, and `d`
+    // is left out. Elsewhere the RST is seen where the server received it, after its bytes.
+    let rst_traced = c.steps().iter().any(|s| s == "rst_sent@TIME_WAIT");
+    assert_zeek(&c, &s, "RSTO", if rst_traced { "ShAFR" } else { "ShAFdR" });
 }
 
 fn reset_in_close_wait() {
