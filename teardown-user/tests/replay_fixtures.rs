@@ -12,9 +12,15 @@ fn fixtures() -> PathBuf {
 }
 
 fn replay(name: &str, args: &[&str]) -> String {
+    replay_file(&fixtures().join(format!("{name}.events.jsonl")), args)
+}
+
+/// `teardown replay PATH ARGS`: its stdout, once it succeeded.
+fn replay_file(path: &std::path::Path, args: &[&str]) -> String {
+    let name = path.display();
     let out = Command::new(env!("CARGO_BIN_EXE_teardown"))
         .arg("replay")
-        .arg(fixtures().join(format!("{name}.events.jsonl")))
+        .arg(path)
         .args(args)
         .output()
         .unwrap();
@@ -630,20 +636,8 @@ fn recorded_connections_get_zeeks_words() {
             );
             let path = dir.join(format!("{name}-{is_server}.jsonl"));
             std::fs::write(&path, cut.join("\n") + "\n").unwrap();
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_teardown"))
-                .args(["replay", "--format", "jsonl", "--conforming", "full"])
-                .arg(&path)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let got = words(
-                &json_lines(&String::from_utf8(out.stdout).unwrap()),
-                is_server,
-            );
+            let out = replay_file(&path, &["--format", "jsonl", "--conforming", "full"]);
+            let got = words(&json_lines(&out), is_server);
             let who = if is_server {
                 "the server alone"
             } else {

@@ -194,3 +194,19 @@ pub fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// The connection ends a running agent's metrics endpoint at `addr` (`host:port`) counted so
+/// far: the sum of `teardown_connections_total`.
+pub fn connections_counted(addr: &str) -> io::Result<f64> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("teardown_connections_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}

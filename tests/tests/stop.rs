@@ -440,21 +440,6 @@ fn top_batch_into_a_closed_pipe_ends_cleanly() {
     assert!(!said.iter().any(|l| l.contains("error")), "{said:?}");
 }
 
-/// The value of `teardown_connections_total`, summed over its labels, at `addr`.
-fn connections_counted(addr: &str) -> std::io::Result<f64> {
-    use std::io::Write as _;
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("teardown_connections_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
 /// SIGHUP reopens the -o file: after it was renamed (as logrotate does), the records before
 /// the signal are in the renamed file, those after it in a new file at the path; none is lost
 /// or written twice, and no record is cut in two.
@@ -495,7 +480,7 @@ fn sighup_reopens_the_output_file() {
         }
         let want = f64::from(4 * round);
         wait_until("the ends judged", Duration::from_secs(15), || {
-            Ok(connections_counted(&metrics)? >= want)
+            Ok(cli::connections_counted(&metrics)? >= want)
         })
         .unwrap();
         if round == 1 {

@@ -86,21 +86,6 @@ fn a_live_trace_writes_a_zeek_conn_log() {
     assert!(lines.last().unwrap().starts_with("#close\t"), "{log}");
 }
 
-/// The ends judged so far, as the metrics count them.
-fn ends_counted(addr: &str) -> std::io::Result<f64> {
-    use std::io::Write as _;
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("teardown_connections_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
 /// SIGHUP on `-o conn.log`: the renamed file ends with its `#close`, the new one begins with
 /// Zeek's header, and the rows of each are whole.
 #[test]
@@ -137,7 +122,7 @@ fn a_rotated_zeek_log_is_closed_and_the_new_one_has_the_header() {
         wait_until(
             "the ends judged",
             std::time::Duration::from_secs(15),
-            || Ok(ends_counted(&metrics)? >= n),
+            || Ok(cli::connections_counted(&metrics)? >= n),
         )
         .unwrap()
     };
