@@ -291,11 +291,14 @@ fn a_connection_that_retransmits_thousands_of_times_stays_small() {
         "no folded run: {client_line}"
     );
     // Every retransmission the client's kernel made is counted in its record: one segment each
-    // without segmentation offload, so the tracepoint's count and the kernel's agree to a few
-    // (the namespace's also has the server's; the two are not counted at quite the same
-    // place).
+    // without segmentation offload, so the tracepoint's count and the kernel's agree closely
+    // (the namespace's also has the server's; the two are not counted at quite the same place,
+    // and under load the tracepoint also sees attempts RetransSegs does not count: a few
+    // percent more, never fewer).
     assert!(
-        folded >= 3_000 && folded.abs_diff(retransmitted_in_all) <= 50,
+        folded >= 3_000
+            && folded + 50 >= retransmitted_in_all
+            && folded <= retransmitted_in_all + retransmitted_in_all / 20 + 50,
         "{folded} retransmissions in the record, {retransmitted_in_all} in the kernel: {client_line}"
     );
 }
