@@ -179,6 +179,7 @@ impl<W: Write> ZeekSink<W> {
         Ok(())
     }
 }
+
 /// `1796220632.788123`: Zeek's time, seconds with microseconds.
 fn seconds(ns: i128) -> String {
     let us = ns.div_euclid(1000);
