@@ -237,6 +237,7 @@ fn abort_with_linger_zero(ip: IpAddr) {
 /// CLOSE_WAIT -> CLOSE with EPIPE.
 fn data_after_peer_closed(ip: IpAddr) {
     let tracer = Tracer::start();
+    let every_reset = tracer.caps.every_reset;
     let (client, mut server, port) = pair(ip);
     drop(client);
     assert!(read_to_eof(&mut server).is_empty());
@@ -250,19 +251,33 @@ fn data_after_peer_closed(ip: IpAddr) {
     let (c, s) = split_ends(tracer.connections(ip, port), port);
     let mut client_steps = c.steps();
     // The RST comes from the closed socket, or from the timewait socket that replaced it,
-    // depending on whether the data arrives before or after the replacement.
-    let rst = client_steps.pop().unwrap();
+    // depending on whether the data arrives before or after the replacement; a timewait
+    // socket's RST is traced only by kernels that trace every reset (6.10 and later).
+    let rst = if client_steps
+        .last()
+        .is_some_and(|s| s.starts_with("rst_sent@"))
+    {
+        client_steps.pop()
+    } else {
+        assert!(
+            !every_reset,
+            "no RST traced on the client: {client_steps:?}"
+        );
+        None
+    };
     assert!(
-        rst == "rst_sent@CLOSE" || rst == "rst_sent@TIME_WAIT",
-        "{rst}"
+        rst.as_deref()
+            .is_none_or(|r| r == "rst_sent@CLOSE" || r == "rst_sent@TIME_WAIT"),
+        "{rst:?}"
     );
     assert_eq!(client_steps, steps(CLIENT_OPEN, &ACTIVE_CLOSE));
     assert_eq!(s.steps(), steps(SERVER_OPEN, &RESET_IN_CLOSE_WAIT));
     let last = s.finished.conn.events.last().unwrap().ev;
     assert_eq!(last.sock.unwrap().err, libc::EPIPE);
-    // Reset by the full socket: our RST ended it. Reset by its timewait socket: the full
-    // socket had closed normally, and what is missing is the peer's FIN (step 3).
-    let client_finding = if rst == "rst_sent@CLOSE" {
+    // Reset by the full socket: our RST ended it. Reset by its timewait socket (traced or
+    // not): the full socket had closed normally, and what is missing is the peer's FIN (step
+    // 3); the verdict is judged with the server's end, which got the RST.
+    let client_finding = if rst.as_deref() == Some("rst_sent@CLOSE") {
         "reset_sent"
     } else {
         "no_peer_fin"
