@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use teardown::commands::{replay, timewait, top, trace};
+use teardown::commands::{replay, report, timewait, top, trace};
 
 /// Watch TCP connections close, and check each teardown against the documented sequence.
 ///
@@ -45,6 +45,8 @@ const EXAMPLES: &str = "Examples:
   sudo teardown record events.jsonl            keep the raw events to judge them later
   sudo teardown serve                          a host agent: JSON Lines, metrics on 127.0.0.1:9464
   teardown replay events.jsonl                 the same output, no root, no kernel
+  teardown replay events.jsonl --svg-dir svg   and a ladder diagram of each deviating one
+  teardown report events.jsonl                 events.html: totals, charts, every ladder
   sudo teardown timewait                       TIME_WAIT and CLOSE_WAIT build-up, now
   sudo teardown top                            the same, live";
 
@@ -59,6 +61,9 @@ enum Command {
     Serve(trace::ServeArgs),
     /// Judge the connections of a recording: the output of `trace`, with no kernel and no root.
     Replay(replay::ReplayArgs),
+    /// Write a recording's connections as one HTML page (no network needed to view it):
+    /// totals, TIME_WAIT and CLOSE_WAIT over time, a table, and each teardown's ladder diagram.
+    Report(report::ReportArgs),
     /// Report the sockets in TIME_WAIT, CLOSE_WAIT and other closing states, right now.
     Timewait(timewait::TimewaitArgs),
     /// A live terminal view of closing sockets, port pressure, leaks and deviating teardowns.
@@ -73,7 +78,7 @@ impl Command {
             Command::Trace(args) => args.kernel_log = on,
             Command::Record(args) => args.trace.kernel_log = on,
             Command::Serve(args) => args.trace.kernel_log = on,
-            Command::Replay(_) | Command::Timewait(_) | Command::Top(_) => {}
+            Command::Replay(_) | Command::Report(_) | Command::Timewait(_) | Command::Top(_) => {}
         }
     }
 }
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
         Command::Record(args) => block_on(trace::run(args.trace, Some(args.file))).map(drop),
         Command::Serve(args) => block_on(trace::run(args.trace, None)).map(drop),
         Command::Replay(args) => replay::run(args).map(drop),
+        Command::Report(args) => report::run(args).map(drop),
         Command::Timewait(args) => timewait::run(args),
         Command::Top(args) => top::run(args),
     };

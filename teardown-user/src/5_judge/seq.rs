@@ -73,7 +73,7 @@ pub enum At {
 }
 
 impl At {
-    fn meaning(self) -> Meaning {
+    pub(crate) fn meaning(self) -> Meaning {
         match self {
             At::SendFin => Meaning::SendFin,
             At::ReceiveFin => Meaning::ReceiveFin,
@@ -232,6 +232,22 @@ pub const RELATIONS: &[Relation] = &[
         Code::Step4SeqMismatch,
     ),
 ];
+
+/// Where each end's events show a documented step: the (side, transition) pairs at which
+/// [`RELATIONS`] read it, each once. The side that is the step's sender shows it leave, the
+/// other shows it arrive.
+pub fn evidence(step: Step) -> impl Iterator<Item = (DocSide, At)> {
+    RELATIONS
+        .iter()
+        .enumerate()
+        .filter(move |(_, r)| r.step == step)
+        .filter(|(i, r)| {
+            !RELATIONS[..*i]
+                .iter()
+                .any(|e| e.step == r.step && e.side == r.side && e.at == r.at)
+        })
+        .map(|(_, r)| (r.side, r.at))
+}
 
 /// A source of U, V or W: a field read at a transition on one side, minus one when it is the
 /// `rcv_nxt` just after the FIN.

@@ -50,7 +50,8 @@ impl Role {
         }
     }
 
-    pub(super) fn doc_side(self) -> Option<DocSide> {
+    /// Its side in the document's table, if it took part in a close.
+    pub fn doc_side(self) -> Option<DocSide> {
         match self {
             Role::ActiveCloser | Role::Simultaneous => Some(DocSide::Active),
             Role::PassiveCloser => Some(DocSide::Passive),

@@ -504,6 +504,7 @@ mod tests {
         sink.connection(&Report {
             conn,
             peer_id: Some(9),
+            peer: None,
             verdict: &verdict,
             wall_offset_ns: 1_700_000_000_000_000_000,
         })
@@ -588,6 +589,7 @@ mod tests {
             .connection(&Report {
                 conn: &conn,
                 peer_id: None,
+                peer: None,
                 verdict: &verdict,
                 wall_offset_ns: 0,
             })
@@ -672,6 +674,7 @@ mod tests {
         sink.connection(&Report {
             conn: &conn,
             peer_id: None,
+            peer: None,
             verdict: &verdict,
             wall_offset_ns: 0,
         })

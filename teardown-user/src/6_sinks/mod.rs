@@ -5,8 +5,11 @@
 
 mod channel;
 mod jsonl;
+pub mod ladder;
 pub mod metrics;
+pub mod report;
 mod summary;
+mod svg_dir;
 mod text;
 mod zeek;
 
@@ -15,7 +18,9 @@ use std::{io, net::SocketAddr};
 pub use channel::DeviationLines;
 pub use jsonl::{Conforming, JsonlSink};
 pub use metrics::{Metrics, MetricsSink};
+pub use report::ReportSink;
 pub use summary::{LostReport, Summary, TimewaitCounts};
+pub use svg_dir::SvgDirSink;
 pub use text::TextSink;
 pub use zeek::{zeek_close, zeek_header, ZeekSink};
 
@@ -26,6 +31,8 @@ pub struct Report<'a> {
     pub conn: &'a Connection,
     /// The id of the other end, when it was traced too.
     pub peer_id: Option<u64>,
+    /// The other end's events, when it was traced too (`peer_id` is its id).
+    pub peer: Option<&'a Connection>,
     pub verdict: &'a Verdict,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC when the trace began, to print wall-clock times.
     pub wall_offset_ns: i64,

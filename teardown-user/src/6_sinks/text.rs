@@ -262,6 +262,7 @@ mod netns_tests {
         sink.connection(&Report {
             conn: &conn,
             peer_id: None,
+            peer: None,
             verdict: &verdict,
             wall_offset_ns: 0,
         })

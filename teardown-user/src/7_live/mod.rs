@@ -500,6 +500,7 @@ impl Pipeline {
         let report = Report {
             conn: &f.conn,
             peer_id: f.peer.as_ref().map(|p| p.id),
+            peer: f.peer.as_deref(),
             verdict,
             wall_offset_ns: self.wall_offset_ns,
         };

@@ -4,6 +4,7 @@ pub mod args;
 pub mod error;
 pub mod output;
 pub mod replay;
+pub mod report;
 pub mod timewait;
 pub mod top;
 pub mod trace;

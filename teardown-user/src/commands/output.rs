@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    sinks::{Conforming, JsonlSink, Sink, TextSink, ZeekSink},
+    sinks::{ladder::Chosen, Conforming, JsonlSink, Sink, SvgDirSink, TextSink, ZeekSink},
     sock_diag::namespaces::ContainerDirectory,
     track::Filter,
     track::TrackerConfig,
@@ -52,9 +52,46 @@ pub struct OutputArgs {
     /// process: slow to close, a CLOSE_WAIT leak in the making. 0 turns the note off.
     #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = super::args::parse_secs)]
     pub slow_close: f64,
+    /// Also draw the ladder diagram of chosen connections (see --svg) as DIR/connection-ID.svg:
+    /// the documented close drawn faintly, what this connection did over it. DIR is created.
+    #[arg(long, value_name = "DIR")]
+    pub svg_dir: Option<PathBuf>,
+    /// Which connections --svg-dir draws.
+    #[arg(long, value_enum, value_name = "WHICH", default_value_t = SvgChoice::Deviating, requires = "svg_dir")]
+    pub svg: SvgChoice,
+}
+
+/// `--svg`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SvgChoice {
+    /// Those that deviate from the documented sequence (findings).
+    Deviating,
+    /// Those that deviate or whose record is incomplete.
+    NotConforming,
+    /// Every connection.
+    All,
 }
 
 impl OutputArgs {
+    /// `--svg-dir`'s sink, when asked for.
+    pub fn svg_sink(&self) -> anyhow::Result<Option<Box<dyn Sink + Send>>> {
+        let Some(dir) = &self.svg_dir else {
+            return Ok(None);
+        };
+        let chosen = match self.svg {
+            SvgChoice::Deviating => Chosen::Deviating,
+            SvgChoice::NotConforming => Chosen::NotConforming,
+            SvgChoice::All => Chosen::All,
+        };
+        let sink = SvgDirSink::new(dir, chosen).with_context(|| {
+            format!(
+                "cannot create the directory {} for --svg-dir (give a directory you can write)",
+                dir.display()
+            )
+        })?;
+        Ok(Some(Box::new(sink)))
+    }
+
     /// The slow-close threshold in nanoseconds (0: off).
     pub fn slow_close_ns(&self) -> u64 {
         super::timewait::secs_to_ms(self.slow_close) * 1_000_000

@@ -3,7 +3,7 @@
 use std::{
     fs::File,
     io::{self, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
@@ -29,42 +29,69 @@ pub struct ReplayArgs {
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
-    let stdin = args.file.as_os_str() == "-";
-    let name = if stdin {
-        "standard input".to_owned()
-    } else {
-        args.file.display().to_string()
-    };
-    let input: Box<dyn io::Read> = if stdin {
-        Box::new(io::stdin())
-    } else {
-        if args.file.is_dir() {
-            anyhow::bail!(
-                "{name} is a directory: replay reads a recording, a file `teardown record FILE` \
-                 writes"
-            );
-        }
-        Box::new(
-            File::open(&args.file).with_context(|| format!("cannot open the recording {name}"))?,
-        )
-    };
+    let (name, input) = open(&args.file)?;
+    // Replayed elsewhere, no namespace is "ours": only a live trace marks foreign ones.
+    let mut sinks = vec![args.output.sink(None, None)?];
+    if let Some(svg) = args.output.svg_sink()? {
+        sinks.push(svg);
+    }
+    let summary = judge(
+        &name,
+        input,
+        &args.filters,
+        args.output.slow_close_ns(),
+        args.skip_bad_lines,
+        sinks,
+    )?;
+    // A closed stdout (EPIPE) stopped the replay early, cleanly: the summary goes to stderr.
+    if args.output.output.is_some()
+        || args.output.format != super::output::Format::Text
+        || super::output::stdout_closed()
+    {
+        crate::say!("{}", summary.to_text());
+    }
+    Ok(summary)
+}
+
+/// The recording at `file` ("-": standard input), and its name for messages.
+pub fn open(file: &Path) -> anyhow::Result<(String, Box<dyn io::Read>)> {
+    if file.as_os_str() == "-" {
+        return Ok(("standard input".to_owned(), Box::new(io::stdin())));
+    }
+    let name = file.display().to_string();
+    if file.is_dir() {
+        anyhow::bail!(
+            "{name} is a directory: replay reads a recording, a file `teardown record FILE` writes"
+        );
+    }
+    let f = File::open(file).with_context(|| format!("cannot open the recording {name}"))?;
+    Ok((name, Box::new(f)))
+}
+
+/// A recording through the pipeline into `sinks`, as a live trace would have judged it.
+pub fn judge(
+    name: &str,
+    input: Box<dyn io::Read>,
+    filters: &FilterArgs,
+    slow_close_ns: u64,
+    skip_bad_lines: bool,
+    sinks: Vec<Box<dyn crate::sinks::Sink + Send>>,
+) -> anyhow::Result<Summary> {
     // Each error of the reader says its cause and where; this says which file, once.
     let mut reader = Reader::new(BufReader::new(input))
         .map_err(|e| anyhow::anyhow!("{name} cannot be replayed: {e}"))?;
-    // Replayed elsewhere, no namespace is "ours": only a live trace marks foreign ones.
-    let sink = args.output.sink(None, None)?;
     let mut pipeline = Pipeline::new(
-        args.filters.tracker(),
-        args.filters.filter()?,
-        vec![sink],
+        filters.tracker(),
+        filters.filter()?,
+        sinks,
         reader.header.wall_offset_ns,
     );
     pipeline.match_netns(reader.header.netns);
-    pipeline.slow_close_after(args.output.slow_close_ns());
+    pipeline.slow_close_after(slow_close_ns);
     if reader.header.tw_timers {
         pipeline.timewait_from_kernel();
     }
-    if !reader.header.netns && !args.filters.netns.is_empty() {
+    if !reader.header.netns && !filters.netns.is_empty() {
         anyhow::bail!(
             "--netns: the events of this recording carry no network namespace (it was made \
              without kernel BTF, or by an older teardown); filter by --addr or --port instead"
@@ -93,7 +120,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
                 pipeline.on_lost(total, by_cause, &not_judged, since_ns, ts_ns);
             }
             Ok(None) => break,
-            Err(e @ ReadError::Line { .. }) if args.skip_bad_lines => {
+            Err(e @ ReadError::Line { .. }) if skip_bad_lines => {
                 log::debug!("skipped: {}", crate::escape::text(&e.to_string()));
                 skipped += 1;
             }
@@ -107,16 +134,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<Summary> {
             break;
         }
     }
-    if args.skip_bad_lines {
+    if skip_bad_lines {
         pipeline.set_skipped_lines(skipped);
     }
-    let summary = pipeline.finish().context("cannot write the output")?;
-    // A closed stdout (EPIPE) stopped the replay early, cleanly: the summary goes to stderr.
-    if args.output.output.is_some()
-        || args.output.format != super::output::Format::Text
-        || super::output::stdout_closed()
-    {
-        crate::say!("{}", summary.to_text());
-    }
-    Ok(summary)
+    pipeline.finish().context("cannot write the output")
 }

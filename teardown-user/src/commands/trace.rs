@@ -403,6 +403,9 @@ pub async fn run(args: TraceArgs, record: Option<PathBuf>) -> anyhow::Result<Sum
         .output
         .reopenable_sink(home_netns, containers.clone())?;
     let mut sinks = vec![sink];
+    if let Some(svg) = args.output.svg_sink()? {
+        sinks.push(svg);
+    }
     let labels = Arc::new(Mutex::new(NamespaceLabels::new(
         home_netns,
         containers,
