@@ -63,6 +63,18 @@ pub const PROMETHEUS: Need = Need {
     tools: &["ip", "ss", "prometheus"],
 };
 
+/// Debian's chromium, headless, opening the pages and drawings `teardown` writes (no kernel).
+pub const CHROMIUM: Need = Need {
+    btf: false,
+    tools: &["chromium"],
+};
+
+/// The scenario lab's live traces opened in chromium: what the lab needs, and `chromium`.
+pub const LAB_CHROMIUM: Need = Need {
+    btf: true,
+    tools: &["ip", "ss", "nft", "chromium"],
+};
+
 /// systemd's own check of a unit file (`systemd-analyze verify`, which works offline).
 pub const SYSTEMD_ANALYZE: Need = Need {
     btf: false,

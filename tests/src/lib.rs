@@ -1,5 +1,6 @@
 //! Harness for the root/kernel integration tests: the one gate that says whether a test can run
 //! here, the real tracer, network namespaces, and bounded waits.
+pub mod browser;
 pub mod cli;
 pub mod containers;
 pub mod gate;

@@ -174,6 +174,11 @@ impl Tracer {
         let end = SocketAddr::new(ip, port);
         let (events, lost) = self.stop();
         assert_eq!(lost, 0, "the kernel lost events during a small test");
+        if let Some(path) = RECORD_TO.with(|r| r.borrow_mut().take()) {
+            if let Err(e) = write_recording(&path, &events, end) {
+                panic!("cannot write the recording {}: {e}", path.display());
+            }
+        }
         let mut tracker = Tracker::new(TrackerConfig::default());
         let mut out = Vec::new();
         for e in events {
@@ -188,6 +193,47 @@ impl Tracer {
             })
             .collect()
     }
+}
+
+thread_local! {
+    /// Where the next [`Tracer::connections`] of this thread writes its events as a recording.
+    static RECORD_TO: std::cell::RefCell<Option<std::path::PathBuf>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The next [`Tracer::connections`] on this thread also writes the events of its connections
+/// (those with its end) as a recording at `path`, as `teardown record` would.
+pub fn record_next(path: &std::path::Path) {
+    RECORD_TO.with(|r| *r.borrow_mut() = Some(path.to_path_buf()));
+}
+
+fn write_recording(
+    path: &std::path::Path,
+    events: &[Event],
+    end: SocketAddr,
+) -> std::io::Result<()> {
+    use teardown::decode::recording::{Header, Record, Writer};
+    let header = Header {
+        format: "teardown-recording".to_owned(),
+        version: 1,
+        wall_offset_ns: teardown::kernel::clock::wall_offset_ns(),
+        hook: "btf".to_owned(),
+        seq: true,
+        netns: true,
+        tw_timers: false,
+    };
+    let file = std::fs::File::create(path)?;
+    let mut w = Writer::new(std::io::BufWriter::new(file), &header)?;
+    // By socket: a socket's last events may carry another address (its 4-tuple cleared).
+    let sockets: std::collections::HashSet<u64> = events
+        .iter()
+        .filter(|e| e.local == end || e.remote == end)
+        .map(|e| e.sk)
+        .collect();
+    for e in events.iter().filter(|e| sockets.contains(&e.sk)) {
+        w.write(&Record::Event(*e))?;
+    }
+    w.flush()
 }
 
 impl Drop for Tracer {

@@ -149,6 +149,13 @@ fn test(host_only: bool, args: Vec<String>) -> Result<()> {
         "systemd",
         "the deploy tests check the systemd unit with `systemd-analyze verify`",
     )?;
+    // The report's tests open its pages and drawings in a real browser: Debian's chromium,
+    // headless (its recommendations, fonts beyond the default and extensions, are not needed).
+    setup::ensure_tool_lean(
+        "chromium",
+        "chromium",
+        "the report tests open the HTML report and the SVG ladders in headless chromium",
+    )?;
     // The privilege tests run each command as an unprivileged user with chosen capabilities.
     setup::ensure_tool(
         "setpriv",

@@ -339,6 +339,7 @@ const HOST_ONLY: &[(&str, &str)] = &[
         "a pseudo-terminal (devpts), which the guests do not mount",
     ),
     ("prometheus", "a Prometheus server, installed on the host"),
+    ("report_browser", "Debian's chromium, installed on the host"),
     (
         "deploy",
         "the repository's deploy/ files and systemd-analyze",

@@ -10,6 +10,8 @@
 //! (`report`) draws the same model with the same layout in the browser.
 
 pub mod svg;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 
@@ -192,15 +194,25 @@ fn missing_step(code: Code) -> Option<Step> {
     }
 }
 
-/// The state an end enters with a step, by the document: the `to` of the transition at which
-/// the relations read that step on that side.
-fn doc_state_after(step: Step, side: DocSide) -> Option<TcpState> {
-    let (_, at) = seq::evidence(step).find(|(s, _)| *s == side)?;
-    let meaning = at.meaning();
-    TRANSITIONS
-        .iter()
-        .find(|r| r.meaning == meaning)
-        .map(|r| r.to)
+/// The state an end is in after a step, by the document: from ESTABLISHED, through each step
+/// so far, the transition of [`TRANSITIONS`] that records that step on that side (one the
+/// relations read it at, `seq::evidence`); a step no transition records leaves the state as
+/// it was (the passive closer sends step 2 from CLOSE_WAIT and stays there).
+fn doc_state_after(step: Step, side: DocSide) -> TcpState {
+    let mut state = TcpState::Established;
+    for spec in STEPS.iter().take_while(|s| s.step <= step) {
+        let meanings: Vec<_> = seq::evidence(spec.step)
+            .filter(|(s, _)| *s == side)
+            .map(|(_, at)| at.meaning())
+            .collect();
+        if let Some(r) = TRANSITIONS
+            .iter()
+            .find(|r| r.from == state && r.step == Some(spec.step) && meanings.contains(&r.meaning))
+        {
+            state = r.to;
+        }
+    }
+    state
 }
 
 /// What a retransmission in `state` resent.
@@ -499,24 +511,33 @@ impl Ladder {
             });
         }
 
-        // The untraced peer's states, as the document has them after each step it took part in.
+        // The untraced peer's states, as the document has them after each step it sent, or
+        // that it answered (a later step of its own was seen).
         if r.peer.is_none() && waves.is_some() {
             let peer_side = we_are.other();
-            for a in arrows.iter().filter(|a| a.kind == ArrowKind::Step) {
-                let Some(step) = a.step.and_then(Step::from_number) else {
+            let seen: Vec<&Arrow> = arrows
+                .iter()
+                .filter(|a| a.kind == ArrowKind::Step && a.step.is_some())
+                .collect();
+            let peer_sent_after =
+                |n: u8| seen.iter().any(|a| a.from == peer_lane && a.step > Some(n));
+            let mut marks = Vec::new();
+            for a in &seen {
+                let Some(n) = a.step else { continue };
+                if a.from != peer_lane && !peer_sent_after(n) {
                     continue;
-                };
-                let Some(state) = doc_state_after(step, peer_side) else {
+                }
+                let Some(state) = Step::from_number(n).map(|s| doc_state_after(s, peer_side))
+                else {
                     continue;
                 };
                 let row = if a.from == peer_lane { a.row } else { a.to_row };
-                let known = states
-                    .iter()
-                    .rev()
-                    .find(|s| s.lane == peer_lane)
-                    .is_some_and(|s| s.state == state);
+                let known = marks
+                    .last()
+                    .or(states.iter().rev().find(|s| s.lane == peer_lane))
+                    .is_some_and(|s: &StateMark| s.state == state);
                 if !known {
-                    states.push(StateMark {
+                    marks.push(StateMark {
                         row,
                         lane: peer_lane,
                         state,
@@ -524,6 +545,7 @@ impl Ladder {
                     });
                 }
             }
+            states.extend(marks);
         }
 
         let time_wait = time_wait_bar(v, we_are, us_lane, &step_rows, &us_trace, r.peer);
