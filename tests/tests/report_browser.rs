@@ -482,6 +482,13 @@ fn live_final_ack_lost() {
         "no FIN resent by the passive closer (right): {d:#?}"
     );
     assert_four_steps(&d, passive);
+    let lost = d.of_kind("missing");
+    assert_eq!(lost.len(), 1, "{d:#?}");
+    assert_eq!(
+        lost[0].label,
+        "ACK seq=U+1 ack=W+1 not received: the FIN came again"
+    );
+    assert!(lost[0].from_left, "the active closer's ACK");
     let active = end_of(&ends, "active_closer");
     let (d, _) = open_ladder(&page, active["id"].as_u64().unwrap());
     assert!(

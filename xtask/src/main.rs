@@ -7,6 +7,7 @@ mod bench;
 mod churn;
 mod matrix;
 mod scenario;
+mod screenshot;
 mod setup;
 mod sh;
 
@@ -76,6 +77,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The README's picture (root): a live trace of the lab's final-ack-lost scenario, its
+    /// `teardown report` opened in headless chromium, written to docs/report.png.
+    Screenshot,
 }
 
 fn main() -> Result<()> {
@@ -89,6 +93,7 @@ fn main() -> Result<()> {
         Task::Churn { args } => churn::churn(args),
         Task::Bench { args } => bench::bench(args),
         Task::Scenario { args } => scenario::scenario(args),
+        Task::Screenshot => screenshot::screenshot(),
     }
 }
 

@@ -1,10 +1,12 @@
-//! `scenario --list` / `scenario NAME`: runs one scenario of the lab by hand (as root) and
-//! prints its trace: every event of both ends with sequence fields and socket flags, and each
-//! end's verdict. `cargo xtask scenario NAME` builds and runs this.
+//! `scenario --list` / `scenario NAME [--record FILE]`: runs one scenario of the lab by hand
+//! (as root) and prints its trace: every event of both ends with sequence fields and socket
+//! flags, and each end's verdict. `--record FILE` also writes the scenario's events as a
+//! recording (`teardown replay` and `teardown report` read it). `cargo xtask scenario NAME`
+//! builds and runs this.
 
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode};
 
-use teardown_integration_tests::{gate, lab::scenarios};
+use teardown_integration_tests::{gate, lab::scenarios, tracer};
 
 fn list() {
     println!("Scenarios (cargo xtask scenario NAME):");
@@ -21,7 +23,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("--help" | "-h") => {
-            println!("usage: scenario --list | scenario NAME");
+            println!("usage: scenario --list | scenario NAME [--record FILE]");
             ExitCode::SUCCESS
         }
         Some(name) => {
@@ -32,6 +34,14 @@ fn main() -> ExitCode {
             };
             if !gate::can_run_as(name, gate::LAB) {
                 return ExitCode::from(2);
+            }
+            match &args[1..] {
+                [] => {}
+                [flag, file] if flag == "--record" => tracer::record_next(Path::new(file)),
+                _ => {
+                    eprintln!("usage: scenario NAME [--record FILE]");
+                    return ExitCode::from(2);
+                }
             }
             println!("scenario {} (#{}): {}\n", s.name, s.number, s.about);
             match std::panic::catch_unwind(s.run) {

@@ -475,6 +475,37 @@ impl Ladder {
                 second.label = format!("{} (carried by the FIN,ACK)", second.label);
             }
         }
+        // The final ACK lost: the active closer answered the FIN (it entered TIME_WAIT, which
+        // sends step 4), yet the passive closer sent its FIN again from LAST_ACK.
+        let active_lane = if we_are == DocSide::Active {
+            us_lane
+        } else {
+            peer_lane
+        };
+        let answered = items
+            .iter()
+            .any(|i| i.lane == active_lane && i.what == What::Arrive(Step::ThirdWave));
+        let resent = items.iter().any(|i| {
+            i.lane != active_lane && matches!(i.what, What::Retransmit(TcpState::LastAck, _))
+        });
+        let third = arrows
+            .iter()
+            .find(|a| a.step == Some(3) && a.kind == ArrowKind::Step)
+            .map(|a| a.to_row);
+        if let (true, true, Some(row)) = (answered, resent, third) {
+            arrows.push(Arrow {
+                from: active_lane,
+                row,
+                to_row: row,
+                kind: ArrowKind::Missing,
+                label: format!(
+                    "{} not received: the FIN came again",
+                    step_label(Step::FourthWave)
+                ),
+                count: 1,
+                step: None,
+            });
+        }
         // The template rows may have moved with inserted rows.
         for (k, r) in step_rows.iter().enumerate() {
             if let Some(r) = r {
@@ -548,7 +579,7 @@ impl Ladder {
             states.extend(marks);
         }
 
-        let time_wait = time_wait_bar(v, we_are, us_lane, &step_rows, &us_trace, r.peer);
+        let time_wait = time_wait_bar(v, we_are, us_lane, &arrows, &us_trace, r.peer);
         Ladder {
             id: conn.id,
             lanes: lanes(r, us_lane, v),
@@ -636,7 +667,7 @@ fn time_wait_bar(
     v: &Verdict,
     we_are: DocSide,
     us_lane: u8,
-    step_rows: &[Option<u16>; 4],
+    arrows: &[Arrow],
     us: &Trace<'_>,
     peer: Option<&Connection>,
 ) -> Option<TimeWaitBar> {
@@ -664,7 +695,13 @@ fn time_wait_bar(
             None => final_ack.then_some(true),
         }
     }?;
-    let row = step_rows[3].or(step_rows[2])?;
+    // From the FIN's arrival at the active closer (its TIME_WAIT entry), else the final ACK.
+    let third = arrows
+        .iter()
+        .find(|a| a.step == Some(3) && a.kind == ArrowKind::Step)
+        .map(|a| a.to_row);
+    let fourth = arrows.iter().find(|a| a.step == Some(4)).map(|a| a.row);
+    let row = third.or(fourth)?;
     Some(TimeWaitBar {
         lane: active_lane,
         row,

@@ -364,12 +364,13 @@ pub fn render(l: &Ladder, title: &str) -> String {
         let lane = usize::from(bar.lane.min(1));
         let x = g.lane_x[lane];
         let y = g.y(bar.row) + 22;
-        let height = g.time_wait_rows * g.row_height;
-        // On the inner side, where no state names are.
+        // It outlasts everything drawn: down to the last row, and its words under it.
+        let end = g.y((l.rows.len() as u32 + g.time_wait_rows).saturating_sub(1) as u16);
+        let height = end.saturating_sub(y).max(g.row_height);
         let (tx, anchor) = if lane == 0 {
-            (x + 14, "start")
+            (x - 6, "start")
         } else {
-            (x - 14, "end")
+            (x + 6, "end")
         };
         let _ = writeln!(
             s,
@@ -377,7 +378,7 @@ pub fn render(l: &Ladder, title: &str) -> String {
              <text x=\"{tx}\" y=\"{}\" text-anchor=\"{anchor}\">{}</text></g>",
             if bar.inferred { " inferred" } else { "" },
             x - 6,
-            y + height / 2,
+            y + height + 16,
             xml(&text)
         );
     }

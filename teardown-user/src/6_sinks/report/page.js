@@ -160,10 +160,13 @@
     const bar = r.bar;
     if (bar) {
       const lane = Math.min(bar[0], 1);
-      const x = G.laneX[lane], yy = y(bar[1]) + 22, height = G.timeWaitRows * G.rowHeight;
+      const x = G.laneX[lane], yy = y(bar[1]) + 22;
+      // As svg::render: down to the last row, its words under it.
+      const end = y(Math.max(0, times.length + G.timeWaitRows - 1));
+      const height = Math.max(end - yy, G.rowHeight);
       const g = sv("g", { class: bar[5] ? "timewait inferred" : "timewait" });
       g.appendChild(sv("rect", { x: x - 6, y: yy, width: 12, height: height }));
-      g.appendChild(sv("text", { x: lane === 0 ? x + 14 : x - 14, y: yy + Math.floor(height / 2), "text-anchor": lane === 0 ? "start" : "end" }, timeWaitText(bar)));
+      g.appendChild(sv("text", { x: lane === 0 ? x - 6 : x + 6, y: yy + height + 16, "text-anchor": lane === 0 ? "start" : "end" }, timeWaitText(bar)));
       svg.appendChild(g);
     }
     if (r.findings.length) svg.appendChild(sv("text", { class: "findings", x: 10, y: h - 20 }, "findings: " + r.findings.join(", ")));
