@@ -5,6 +5,7 @@
 //! recording replays to the same output as the live trace that made it.
 
 mod feed;
+pub mod from_lines;
 mod run;
 mod timewait;
 

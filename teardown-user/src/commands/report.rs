@@ -1,19 +1,24 @@
-//! `teardown report`: a recording judged into one self-contained HTML page.
+//! `teardown report`: a recording (or a JSON Lines trace) judged into one self-contained HTML
+//! page.
 
 use std::{
     fs::File,
-    io::{BufWriter, Write as _},
+    io::{self, BufRead as _, BufReader, BufWriter, Read as _, Write as _},
     path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
 
 use super::{output::FilterArgs, replay};
-use crate::sinks::{ReportSink, Sink, Summary};
+use crate::{
+    live::from_lines,
+    sinks::{ReportSink, Sink, Summary},
+};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ReportArgs {
-    /// A recording made by `teardown record` ("-" reads standard input).
+    /// A recording made by `teardown record`, or what `trace --format jsonl` wrote (its
+    /// connections are judged again from their events); "-" reads standard input.
     pub file: PathBuf,
     /// Where to write the page [default: the recording's name with `.html`, beside it; with
     /// standard input, `teardown-report.html`].
@@ -21,7 +26,7 @@ pub struct ReportArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub filters: FilterArgs,
-    /// As `replay --slow-close`.
+    /// As `replay --slow-close`. (The filters above apply to recordings only.)
     #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = super::args::parse_secs)]
     pub slow_close: f64,
     /// Skip lines that cannot be read, and count them, instead of stopping at the first.
@@ -72,14 +77,33 @@ pub fn run(args: ReportArgs) -> anyhow::Result<Summary> {
         &source,
     ));
     let slow_close_ns = super::timewait::secs_to_ms(args.slow_close) * 1_000_000;
-    let summary = replay::judge(
-        &name,
-        input,
-        &args.filters,
-        slow_close_ns,
-        args.skip_bad_lines,
-        vec![sink],
-    )?;
+    // A recording's header, or a trace's first line: which one decides how it is read.
+    let mut input = BufReader::new(input);
+    let mut first = String::new();
+    input
+        .read_line(&mut first)
+        .with_context(|| format!("cannot read {name}"))?;
+    let input = io::Cursor::new(first.clone().into_bytes()).chain(input);
+    let summary = if from_lines::is_trace_line(&first) {
+        let f = &args.filters;
+        if !(f.port.is_empty() && f.addr.is_empty() && f.pid.is_empty() && f.netns.is_empty()) {
+            anyhow::bail!(
+                "{name} is a JSON Lines trace: --port, --addr, --pid and --netns filter \
+                 recordings (the trace was filtered when it was made)"
+            );
+        }
+        from_lines::judge_lines(BufReader::new(input), &mut [sink], slow_close_ns)
+            .map_err(|e| anyhow::anyhow!("{name} cannot be reported: {e}"))?
+    } else {
+        replay::judge(
+            &name,
+            Box::new(input),
+            &args.filters,
+            slow_close_ns,
+            args.skip_bad_lines,
+            vec![sink],
+        )?
+    };
     let mut err = std::io::stderr().lock();
     let _ = writeln!(
         err,
