@@ -16,6 +16,7 @@
 //! same span as the CPU time.
 
 mod bpfstats;
+mod html_report;
 mod namespaces;
 mod procs;
 mod report;
@@ -107,6 +108,14 @@ pub struct BenchArgs {
     /// on timers that are not a timewait socket's (0: skip it).
     #[arg(long, default_value_t = 10.0)]
     pub idle_seconds: f64,
+    /// Only the HTML report's section: a 100,000-connection recording made from the replay
+    /// fixtures, reported and opened in headless chromium (--rounds times); results go to
+    /// report.json and report.md (latest.* are left as they are).
+    #[arg(long)]
+    pub only_report: bool,
+    /// Connections of the HTML report's recording.
+    #[arg(long, default_value_t = 100_000)]
+    pub report_connections: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -429,6 +438,36 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
 
     let began = Instant::now();
+    if args.only_report {
+        if !(1..=10_000_000).contains(&args.report_connections) {
+            bail!("--report-connections must be between 1 and 10000000");
+        }
+        let m = machine();
+        let machine = format!(
+            "Linux {}, {}, {} cores, {} MiB",
+            m.kernel, m.cpu_model, m.cores, m.mem_total_mib
+        );
+        println!(
+            "bench: only the HTML report: a {}-connection recording made from the replay \
+             fixtures, reported and opened in headless chromium {} times; machine: {machine}",
+            args.report_connections, args.rounds
+        );
+        let r = html_report::run(&teardown, &work, args.report_connections, args.rounds);
+        let md = html_report::markdown(&r, &machine);
+        for (name, text) in [
+            ("report.json", serde_json::to_string_pretty(&r)?),
+            ("report.md", md.clone()),
+        ] {
+            std::fs::write(out_dir.join(name), text)
+                .with_context(|| format!("cannot write {}", out_dir.join(name).display()))?;
+        }
+        let _ = std::fs::remove_dir_all(&work);
+        println!("\n{md}");
+        if let Some(e) = r.error {
+            bail!("the HTML report's benchmark failed: {e}");
+        }
+        return Ok(());
+    }
     if args.serve_soak {
         if !(args.serve_soak_seconds >= 60.0 && args.serve_soak_seconds <= 86_400.0) {
             bail!("--serve-soak-seconds must be between 60 and 86400");

@@ -4,6 +4,7 @@
 //! `cargo xtask <task>` (the alias is in .cargo/config.toml).
 
 mod bench;
+mod chromium;
 mod churn;
 mod matrix;
 mod scenario;

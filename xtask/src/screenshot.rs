@@ -76,18 +76,8 @@ pub fn screenshot() -> Result<()> {
     let profile = work.join("chromium-profile");
     sh::run(
         Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
-                "--window-size=1280,2000",
-            ])
+            .args(crate::chromium::HEADLESS)
+            .args(["--hide-scrollbars", "--window-size=1280,2000"])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(format!("--screenshot={}", png.display()))
             .arg(format!("file://{}#conn={id}", page.display())),

@@ -15,7 +15,10 @@
   }
   window.addEventListener("error", (e) => showError("script error: " + e.message));
 
-  const D = JSON.parse(document.getElementById("report-data").textContent);
+  const dataElement = document.getElementById("report-data");
+  const D = JSON.parse(dataElement.textContent);
+  // Parsed: the text (most of the page's size) is not kept in the document twice.
+  dataElement.remove();
   const S = D.strings;
   const G = D.layout;
   const SVG = "http://www.w3.org/2000/svg";
