@@ -59,6 +59,18 @@ fn report(recording: &Path, dir: &Path) -> PathBuf {
     page
 }
 
+/// The ladder of every end of `recording`, as `replay --svg-dir DIR --svg all` writes them.
+fn svg_files(recording: &Path, dir: &Path) {
+    teardown(&[
+        "replay".as_ref(),
+        recording.as_os_str(),
+        "--svg-dir".as_ref(),
+        dir.as_os_str(),
+        "--svg".as_ref(),
+        "all".as_ref(),
+    ]);
+}
+
 /// Each reported end of `recording` as JSON Lines (full form): id -> its line.
 fn ends(recording: &Path) -> Vec<serde_json::Value> {
     let out = teardown(&[
@@ -261,14 +273,7 @@ fn the_page_and_the_svg_files_draw_the_same_ladders() {
         let rec = fixture(name);
         let page = report(&rec, &dir);
         let svgs = dir.join("svg");
-        teardown(&[
-            "replay".as_ref(),
-            rec.as_os_str(),
-            "--svg-dir".as_ref(),
-            svgs.as_os_str(),
-            "--svg".as_ref(),
-            "all".as_ref(),
-        ]);
+        svg_files(&rec, &svgs);
         for end in ends(&rec) {
             let id = end["id"].as_u64().unwrap();
             let file = fs::read_to_string(svgs.join(format!("connection-{id}.svg")))
@@ -325,14 +330,7 @@ fn names_from_the_trace_are_text_never_markup() {
     assert!(dom.contains("<title>teardown report</title>"));
     // The SVG file: well-formed XML with the name as text (chromium's XML parser says so).
     let svgs = dir.join("svg");
-    teardown(&[
-        "replay".as_ref(),
-        rec.as_os_str(),
-        "--svg-dir".as_ref(),
-        svgs.as_os_str(),
-        "--svg".as_ref(),
-        "all".as_ref(),
-    ]);
+    svg_files(&rec, &svgs);
     let file = svgs.join(format!("connection-{id}.svg"));
     let run = browser::dom(&browser::file_url(&file, None));
     assert!(
@@ -379,14 +377,7 @@ fn screenshots_show_the_ladder() {
     // The RST of an abort, drawn red, in the SVG file opened alone.
     let rec = fixture("linger_zero");
     let svgs = dir.join("svg");
-    teardown(&[
-        "replay".as_ref(),
-        rec.as_os_str(),
-        "--svg-dir".as_ref(),
-        svgs.as_os_str(),
-        "--svg".as_ref(),
-        "all".as_ref(),
-    ]);
+    svg_files(&rec, &svgs);
     let sent = ends(&rec)
         .into_iter()
         .find(|e| e["verdict"]["reset"]["by"] == "us")
