@@ -169,3 +169,114 @@ fn the_page_of_a_trace_is_the_page_of_its_recording() {
         }
     }
 }
+
+/// Runs teardown expecting it to fail; returns what it said.
+fn teardown_fails(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_teardown"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "teardown {args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut n: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn a_report_never_writes_over_its_input_nor_leaves_half_a_page() {
+    let dir = scratch("safe");
+    let rec = dir.join("rec.events.jsonl");
+    std::fs::copy(&fixtures()[0], &rec).unwrap();
+    let original = std::fs::read(&rec).unwrap();
+    // The recording under another name: a link to it, and a path through `.`.
+    let link = dir.join("link.html");
+    std::os::unix::fs::symlink(&rec, &link).unwrap();
+    let dotted = dir.join(".").join("rec.events.jsonl");
+    for page in [&link, &dotted] {
+        let said = teardown_fails(&[
+            "report".as_ref(),
+            rec.as_os_str(),
+            "-o".as_ref(),
+            page.as_os_str(),
+        ]);
+        assert!(said.contains("would overwrite its recording"), "{said}");
+        assert_eq!(std::fs::read(&rec).unwrap(), original);
+    }
+
+    // A trace whose second line cannot be read: the page there before is kept, and no partial
+    // file is left beside it.
+    let lines = teardown(&[
+        "replay".as_ref(),
+        rec.as_os_str(),
+        "--format".as_ref(),
+        "jsonl".as_ref(),
+        "--conforming".as_ref(),
+        "compact".as_ref(),
+    ]);
+    let first = String::from_utf8(lines)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut line: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(line["type"], "connection", "{first}");
+    let page = dir.join("page.html");
+    std::fs::write(&page, "the page before").unwrap();
+    let mut bad_inputs = Vec::new();
+    // More steps than a trace keeps of a connection.
+    let steps = line["steps"].as_array_mut().unwrap();
+    let last = steps.last().unwrap().clone();
+    steps.resize(33, last);
+    bad_inputs.push(("too many steps", line.to_string()));
+    // A line longer than any a trace writes.
+    bad_inputs.push(("longer than", "x".repeat(200 * 1024)));
+    for (why, second) in &bad_inputs {
+        let trace = dir.join("bad.trace.jsonl");
+        std::fs::write(&trace, format!("{first}\n{second}\n")).unwrap();
+        let said = teardown_fails(&[
+            "report".as_ref(),
+            trace.as_os_str(),
+            "-o".as_ref(),
+            page.as_os_str(),
+        ]);
+        assert!(said.contains("line 2"), "{why}: {said}");
+        if *why == "longer than" {
+            assert!(said.contains(why), "{said}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(&page).unwrap(),
+            "the page before",
+            "{why}"
+        );
+        assert_eq!(
+            names_in(&dir),
+            [
+                "bad.trace.jsonl",
+                "link.html",
+                "page.html",
+                "rec.events.jsonl"
+            ],
+            "{why}"
+        );
+    }
+    // The good line alone makes a page, which takes the old page's place.
+    let trace = dir.join("bad.trace.jsonl");
+    std::fs::write(&trace, format!("{first}\n")).unwrap();
+    teardown(&[
+        "report".as_ref(),
+        trace.as_os_str(),
+        "-o".as_ref(),
+        page.as_os_str(),
+    ]);
+    assert_eq!(data(&page)["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(names_in(&dir).len(), 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -283,7 +283,7 @@ fn trim(b: &[u8]) -> &[u8] {
 /// Reads one line, newline included, but never more than MAX_LINE + 1 bytes of it: a longer
 /// line is left unfinished (`buf` then holds more than MAX_LINE bytes), however long it goes on.
 /// Returns the bytes read, 0 at the end of the input.
-fn read_line_bounded<R: BufRead>(input: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
+pub fn read_line_bounded<R: BufRead>(input: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
     const LIMIT: u64 = MAX_LINE as u64 + 1;
     input.take(LIMIT).read_until(b'\n', buf)
 }

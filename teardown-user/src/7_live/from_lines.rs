@@ -16,11 +16,14 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    decode::{Comm, Event, EventKind, SeqSnapshot, SockSnapshot, Task, TcpState},
+    decode::{
+        recording::{read_line_bounded, MAX_LINE},
+        Comm, Event, EventKind, SeqSnapshot, SockSnapshot, Task, TcpState,
+    },
     judge::{self, JudgeOptions},
     sinks::{Report, Sink, Summary},
     sock_diag::watch::TwFact,
-    track::{timewait::TimewaitNote, Connection, RecordEnd, Run},
+    track::{timewait::TimewaitNote, Connection, RecordEnd, Run, MAX_STEPS},
 };
 
 /// Why a line could not be read.
@@ -177,8 +180,17 @@ fn connection(v: &Value) -> Option<(Connection, Option<u64>)> {
     let netns = v.get("netns").and_then(Value::as_u64).unwrap_or(0) as u32;
     let t0 = (v.get("start_unix")?.as_f64()? * 1e9) as u64;
     let steps = match v.get("form").and_then(Value::as_str) {
-        Some("compact") => compact_steps(v.get("steps")?.as_array()?)?,
-        _ => full_steps(v.get("events")?.as_array()?)?,
+        Some("compact") => v.get("steps")?.as_array()?,
+        _ => v.get("events")?.as_array()?,
+    };
+    // A trace keeps at most MAX_STEPS runs of a connection: more is not a trace's line, and
+    // the ladders are drawn for that bound.
+    if steps.len() > MAX_STEPS {
+        return None;
+    }
+    let steps = match v.get("form").and_then(Value::as_str) {
+        Some("compact") => compact_steps(steps)?,
+        _ => full_steps(steps)?,
     };
     let end = match v.get("end").and_then(Value::as_str) {
         Some("closed") => RecordEnd::Closed,
@@ -189,8 +201,12 @@ fn connection(v: &Value) -> Option<(Connection, Option<u64>)> {
     let runs: Vec<Run> = steps
         .into_iter()
         .map(|(t, kind, seq, sock, run)| {
+            let last = run.map_or(t, |(_, last)| last);
+            if last < t {
+                return None;
+            }
             let ev = Event {
-                ts_ns: t0 + run.map_or(t, |(_, last)| last),
+                ts_ns: t0.checked_add(last)?,
                 sk,
                 kind,
                 local,
@@ -201,13 +217,13 @@ fn connection(v: &Value) -> Option<(Connection, Option<u64>)> {
                 seq,
                 sock,
             };
-            Run {
+            Some(Run {
                 ev,
                 repeats: run.map_or(0, |(count, _)| count.saturating_sub(1)),
                 first_ts: t0 + t,
-            }
+            })
         })
-        .collect();
+        .collect::<Option<_>>()?;
     let seen_from_start = runs.first().is_some_and(|r| r.ev.starts_connection());
     let conn = Connection {
         id,
@@ -246,17 +262,27 @@ pub fn judge_lines(
         line,
         why: e.to_string(),
     };
-    for (n, line) in input.lines().enumerate() {
-        let n = n as u64 + 1;
-        let line = line.map_err(|e| io_error(n, e))?;
-        if line.trim().is_empty() {
-            continue;
+    let mut input = input;
+    let mut buf = Vec::new();
+    for n in 1u64.. {
+        buf.clear();
+        if read_line_bounded(&mut input, &mut buf).map_err(|e| io_error(n, e))? == 0 {
+            break;
         }
         let bad = |why: &str| LineError {
             line: n,
             why: why.to_owned(),
         };
-        let v: Value = serde_json::from_str(&line).map_err(|e| bad(&e.to_string()))?;
+        if buf.len() > MAX_LINE {
+            // Reading on would look for the next line however far it is.
+            return Err(bad(&format!(
+                "longer than {MAX_LINE} bytes, which no line of a trace is"
+            )));
+        }
+        if buf.trim_ascii().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&buf).map_err(|e| bad(&e.to_string()))?;
         match v.get("type").and_then(Value::as_str) {
             Some("connection") => conns.push(
                 connection(&v).ok_or_else(|| bad("a connection line this teardown cannot read"))?,

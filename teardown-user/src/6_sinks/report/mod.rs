@@ -555,17 +555,19 @@ impl<W: Write> ReportSink<W> {
                 Some((from, from.saturating_add(len)))
             })
             .collect();
-        last = last.max(first + 1);
+        last = last.max(first.saturating_add(1));
         let step = (last - first).div_ceil(SERIES_POINTS as u64 - 1).max(1);
         let points = |spans: &[(u64, u64)]| -> Vec<usize> {
             // Sorted starts and ends: each point is a count of starts minus ends before it.
+            // An end never precedes its start (a trace's lines may give times out of order),
+            // so no point counts more ends than starts.
             let mut starts: Vec<u64> = spans.iter().map(|s| s.0).collect();
-            let mut ends: Vec<u64> = spans.iter().map(|s| s.1).collect();
+            let mut ends: Vec<u64> = spans.iter().map(|&(s, e)| e.max(s)).collect();
             starts.sort_unstable();
             ends.sort_unstable();
             (0..SERIES_POINTS)
                 .map(|i| {
-                    let at = first + step * i as u64;
+                    let at = first.saturating_add(step.saturating_mul(i as u64));
                     let begun = starts.partition_point(|s| *s <= at);
                     let ended = ends.partition_point(|e| *e <= at);
                     begun - ended
