@@ -231,6 +231,11 @@ fn a_report_never_writes_over_its_input_nor_leaves_half_a_page() {
     let page = dir.join("page.html");
     std::fs::write(&page, "the page before").unwrap();
     let mut bad_inputs = Vec::new();
+    // Times past the end of u64 nanoseconds.
+    let mut far = line.clone();
+    far["start_unix"] = 1e300.into();
+    far["steps"][0][0] = 5.into();
+    bad_inputs.push(("times out of range", far.to_string()));
     // More steps than a trace keeps of a connection.
     let steps = line["steps"].as_array_mut().unwrap();
     let last = steps.last().unwrap().clone();
