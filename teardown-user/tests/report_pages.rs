@@ -285,3 +285,36 @@ fn a_report_never_writes_over_its_input_nor_leaves_half_a_page() {
     assert_eq!(names_in(&dir).len(), 4);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A process name with control characters is written into the page as every text output
+/// writes it (an escape sequence), so the page and the SVG files name it alike.
+#[test]
+fn a_process_name_is_escaped_as_in_every_text_output() {
+    let dir = scratch("comm");
+    let text = std::fs::read_to_string(&fixtures()[0]).unwrap();
+    assert!(text.contains("\"comm\":\"python3\""));
+    let rec = dir.join("named.events.jsonl");
+    std::fs::write(
+        &rec,
+        text.replace("\"comm\":\"python3\"", "\"comm\":\"py\\u001b[2J\\u0007\""),
+    )
+    .unwrap();
+    let page = dir.join("page.html");
+    teardown(&[
+        "report".as_ref(),
+        rec.as_os_str(),
+        "-o".as_ref(),
+        page.as_os_str(),
+    ]);
+    let strings: Vec<String> = data(&page)["strings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        strings.iter().any(|s| s == "py\\x1b[2J\\x07"),
+        "{strings:?}"
+    );
+    assert!(!strings.iter().any(|s| s.contains('\u{1b}')), "{strings:?}");
+}

@@ -29,12 +29,28 @@ pub fn human_ns(ns: u64) -> String {
     if ns < 1_000 {
         format!("{ns}ns")
     } else if ns < 1_000_000 {
-        format!("{:.1}µs", ns as f64 / 1e3)
+        format!("{}µs", decimal(ns, 1_000, 1))
     } else if ns < 1_000_000_000 {
-        format!("{:.1}ms", ns as f64 / 1e6)
+        format!("{}ms", decimal(ns, 1_000_000, 1))
     } else {
-        format!("{:.2}s", ns as f64 / 1e9)
+        format!("{}s", decimal(ns, 1_000_000_000, 2))
     }
+}
+
+/// `value / unit` with `places` decimals (`unit` a multiple of 10^places), rounded half up in
+/// integers: the report's script rounds so too, and the page and the SVG files agree to the
+/// digit (floating-point formatting rounds ties to even in Rust and up in JavaScript).
+pub fn decimal(value: u64, unit: u64, places: u32) -> String {
+    let scale = 10u64.pow(places);
+    let quantum = (unit / scale).max(1);
+    let n = (u128::from(value) + u128::from(quantum / 2)) / u128::from(quantum);
+    let scale = u128::from(scale);
+    format!(
+        "{}.{:0width$}",
+        n / scale,
+        n % scale,
+        width = places as usize
+    )
 }
 
 /// A duration for people: `850ms`, `42s`, `3m05s`, `2h03m`.
@@ -78,6 +94,12 @@ mod tests {
         assert_eq!(human_ns(850), "850ns");
         assert_eq!(human_ns(43_800_000), "43.8ms");
         assert_eq!(human_ns(2_500_000_000), "2.50s");
+        // Ties round up, as the report's script rounds them.
+        assert_eq!(human_ns(62_500), "62.5µs");
+        assert_eq!(human_ns(1_250_000), "1.3ms");
+        assert_eq!(human_ns(1_005_000_000), "1.01s");
+        assert_eq!(decimal(62_500, 1_000_000, 3), "0.063");
+        assert_eq!(decimal(u64::MAX, 1_000_000_000, 2), "18446744073.71");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::{ArrowKind, Ladder, TimeWaitEnd};
 use crate::{
     judge::{DocSide, Step, STEPS},
-    kernel::clock::human_ns,
+    kernel::clock::{decimal, human_ns},
 };
 
 /// Where things go, in SVG user units.
@@ -184,7 +184,7 @@ pub fn legend(l: &Ladder) -> String {
 
 /// A row's time label: `+42.186 ms`.
 pub fn time_text(ns: u64) -> String {
-    format!("+{:.3} ms", ns as f64 / 1e6)
+    format!("+{} ms", decimal(ns, 1_000_000, 3))
 }
 
 /// An arrow label's y, its line's middle being at `mid`: above the line, and a merged step's

@@ -321,7 +321,9 @@ impl<W: Write> Sink for ReportSink<W> {
             Some(p) => {
                 num(&mut b, p.pid);
                 b.push(b',');
-                let comm = self.strings.id(&p.comm.as_str());
+                // As every text output shows it (a control character as its escape), so
+                // the page and the SVG files name a process alike.
+                let comm = self.strings.id(&crate::escape::text(&p.comm.as_str()));
                 num(&mut b, comm);
             }
             None => b.extend_from_slice(b"null,null"),

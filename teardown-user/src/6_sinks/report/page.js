@@ -37,11 +37,18 @@
     if (text !== undefined) e.textContent = text;
     return e;
   }
+  // As clock::decimal: rounded half up in integers (exact below 2^53 ns, 104 days), where
+  // toFixed would round some ties apart from the SVG files.
+  function decimal(v, unit, places) {
+    const scale = 10 ** places, q = unit / scale, x = v + Math.floor(q / 2);
+    const n = (x - (x % q)) / q;
+    return Math.floor(n / scale) + "." + String(n % scale).padStart(places, "0");
+  }
   function humanNs(ns) {
     if (ns < 1e3) return ns + "ns";
-    if (ns < 1e6) return (ns / 1e3).toFixed(1) + "µs";
-    if (ns < 1e9) return (ns / 1e6).toFixed(1) + "ms";
-    return (ns / 1e9).toFixed(2) + "s";
+    if (ns < 1e6) return decimal(ns, 1e3, 1) + "µs";
+    if (ns < 1e9) return decimal(ns, 1e6, 1) + "ms";
+    return decimal(ns, 1e9, 2) + "s";
   }
   function utc(ms) {
     return new Date(ms).toISOString().replace("T", " ").replace("Z", " UTC");
@@ -128,7 +135,7 @@
     svg.appendChild(tmpl);
     let last = null;
     times.forEach((t, i) => {
-      if (t !== last) svg.appendChild(sv("text", { class: "time", x: 10, y: y(i) + 4 }, "+" + (t / 1e6).toFixed(3) + " ms"));
+      if (t !== last) svg.appendChild(sv("text", { class: "time", x: 10, y: y(i) + 4 }, "+" + decimal(t, 1e6, 3) + " ms"));
       last = t;
     });
     let prevStep = null;
