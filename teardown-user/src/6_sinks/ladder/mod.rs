@@ -38,7 +38,8 @@ pub enum ArrowKind {
     Merged,
     /// A documented step that never came (a finding says so).
     Missing,
-    /// A documented step the events cannot show (a timewait socket's, without events).
+    /// A documented step that came though no event shows it (events lost, a timewait
+    /// socket's segment): a later step was seen, or the close ended as documented.
     Unseen,
     /// A segment sent again (`count` times).
     Retransmit,
@@ -403,38 +404,67 @@ impl Ladder {
             .iter()
             .filter_map(|f| missing_step(f.code))
             .collect();
-        let mut template = [0u16; 4];
-        // Rows of steps not seen go after the last step seen, or at the end.
-        let mut last_step_row: Option<u16> = None;
-        let mut step_rows: [Option<u16>; 4] = [None; 4];
-        for spec in &STEPS {
-            let n = spec.step.number();
-            let k = usize::from(n - 1);
-            let sender_lane = if side_of(us_lane) == spec.sender {
-                us_lane
-            } else {
-                peer_lane
-            };
+        // Where each step was seen leaving and arriving, in the rows as they are now.
+        let seen: [(Option<u16>, Option<u16>); 4] = STEPS.map(|spec| {
             let arrived = find(&|i: &Item| i.what == What::Arrive(spec.step));
             let sent = find(&|i: &Item| i.what == What::Send(spec.step)).or_else(|| {
                 arrived
                     .is_none()
                     .then(|| find(&|i: &Item| i.what == What::Answer(spec.step)))?
             });
+            (sent, arrived)
+        });
+        // A step not seen came unseen (lost events, a timewait socket's segment) when a later
+        // step was seen or the close ended as documented; else it never came, the close ended
+        // or stopped before it (a RST, a connection still open), and only the template shows it.
+        let reset = items
+            .iter()
+            .any(|i| matches!(i.what, What::ResetSent(_) | What::ResetReceived(_)));
+        let closed_on = |lane: u8| {
+            let last = items.iter().rev().find_map(|i| match i.what {
+                What::State(s) if i.lane == lane => Some(s),
+                _ => None,
+            });
+            matches!(last, Some(TcpState::TimeWait | TcpState::Close))
+        };
+        // A traced peer shows what it sent and received: it must have closed too.
+        let closed = !reset && closed_on(us_lane) && (r.peer.is_none() || closed_on(peer_lane));
+        let mut template = [0u16; 4];
+        // Rows of steps not seen go after the last step seen, or at the end.
+        let mut last_step_row: Option<u16> = None;
+        let mut step_rows: [Option<u16>; 4] = [None; 4];
+        // Rows inserted so far: a row found before them moves down with them.
+        let mut inserted: Vec<u16> = Vec::new();
+        for (k, spec) in STEPS.iter().enumerate() {
+            let n = spec.step.number();
+            let sender_lane = if side_of(us_lane) == spec.sender {
+                us_lane
+            } else {
+                peer_lane
+            };
+            let moved = |r: u16| inserted.iter().fold(r, |r, &at| r + u16::from(r >= at));
+            let (sent, arrived) = (seen[k].0.map(moved), seen[k].1.map(moved));
+            let later_seen = seen[k + 1..].iter().any(|(s, a)| s.or(*a).is_some());
             let kind = match (sent, arrived) {
                 _ if waves.is_none() => None,
                 (Some(_), _) | (_, Some(_)) => Some(ArrowKind::Step),
                 _ if missing.contains(&spec.step) => Some(ArrowKind::Missing),
-                _ => Some(ArrowKind::Unseen),
+                _ if later_seen || closed => Some(ArrowKind::Unseen),
+                _ => None,
             };
             let (row, to_row) = match (sent, arrived) {
                 (Some(s), Some(a)) => (s, a.max(s)),
                 (Some(s), None) => (s, s),
                 (None, Some(a)) => (a, a),
                 (None, None) => {
-                    // Where it would have come: after the step before it, on a row of its own.
-                    let at = last_step_row.map_or(rows.len(), |r| usize::from(r) + 1);
-                    let at = at.min(rows.len());
+                    // Where it would have come: after the step before it and before the next
+                    // one seen, on a row of its own.
+                    let next = seen[k + 1..]
+                        .iter()
+                        .find_map(|(s, a)| s.or(*a).map(moved))
+                        .map_or(rows.len(), usize::from);
+                    let at = last_step_row.map_or(next, |r| usize::from(r) + 1);
+                    let at = at.min(next).min(rows.len());
                     let t = at
                         .checked_sub(1)
                         .and_then(|p| rows.get(p))
@@ -442,6 +472,7 @@ impl Ladder {
                         .unwrap_or(0);
                     rows.insert(at, t);
                     shift_rows(&mut arrows, &mut states, &mut step_rows, at as u16);
+                    inserted.push(at as u16);
                     (at as u16, at as u16)
                 }
             };

@@ -242,3 +242,90 @@ proptest! {
         prop_assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
     }
 }
+
+/// A passive closer whose ESTABLISHED -> CLOSE_WAIT event was lost: steps 1 and 2 came (step 3
+/// and 4 were seen after them) but no event shows them.
+fn first_steps_lost() -> Connection {
+    let mut c = conn(vec![
+        st(MS, Listen, SynRecv, [0; 4], 0, 0),
+        st(2 * MS, SynRecv, Established, [V, V, U, V], 0, 0),
+        st(
+            20 * MS,
+            CloseWait,
+            LastAck,
+            [V, V, U + 1, V],
+            DONE | DEAD,
+            0,
+        ),
+        st(
+            30 * MS,
+            LastAck,
+            Close,
+            [V + 1, V + 1, U + 1, V + 1],
+            DONE | DEAD,
+            0,
+        ),
+    ]);
+    c.events_maybe_lost = true;
+    c
+}
+
+#[test]
+fn a_step_not_seen_before_one_seen_is_drawn_unseen_in_its_place() {
+    let l = ladder_of(&first_steps_lost());
+    let step = |n| l.arrows.iter().find(|a| a.step == Some(n)).unwrap();
+    let kinds: Vec<ArrowKind> = (1..=4).map(|n| step(n).kind).collect();
+    use ArrowKind::{Step as Seen, Unseen};
+    assert_eq!(kinds, [Unseen, Unseen, Seen, Seen], "{l:#?}");
+    // In the document's order, each on its own row, and the rows of the steps seen still
+    // at their events' times (after the first event's, 1 ms).
+    let rows: Vec<u16> = (1..=4).map(|n| step(n).row).collect();
+    assert!(rows.windows(2).all(|w| w[0] < w[1]), "{rows:?}");
+    assert_eq!(l.rows[usize::from(step(3).row)], 19 * MS);
+    assert_eq!(l.rows[usize::from(step(4).row)], 29 * MS);
+    assert_eq!(l.template.to_vec(), rows);
+}
+
+/// A passive closer reset in CLOSE_WAIT, and one still there when the trace ended.
+fn cut_short(reset: bool) -> Connection {
+    let mut events = vec![
+        st(MS, Listen, SynRecv, [0; 4], 0, 0),
+        st(2 * MS, SynRecv, Established, [V, V, U, V], 0, 0),
+        st(10 * MS, Established, CloseWait, [V, V, U + 1, V], DONE, 0),
+    ];
+    if reset {
+        events.push(ev(
+            15 * MS,
+            EventKind::ResetReceived { state: CloseWait },
+            Some([V, V, U + 1, V]),
+            DONE,
+            0,
+        ));
+        events.push(st(15 * MS, CloseWait, Close, [V, V, U + 1, V], DONE, 104));
+    }
+    let mut c = conn(events);
+    if !reset {
+        c.end = RecordEnd::StillOpen;
+    }
+    c
+}
+
+#[test]
+fn steps_after_a_close_stopped_are_only_the_template() {
+    for reset in [true, false] {
+        let l = ladder_of(&cut_short(reset));
+        let kinds: Vec<(u8, ArrowKind)> = l
+            .arrows
+            .iter()
+            .filter_map(|a| a.step.map(|n| (n, a.kind)))
+            .collect();
+        // Steps 3 and 4 never came: nothing says they did, unseen or otherwise.
+        assert_eq!(
+            kinds,
+            [(1, ArrowKind::Step), (2, ArrowKind::Step)],
+            "reset {reset}: {l:#?}"
+        );
+        assert!(l.template.iter().all(|&r| usize::from(r) < l.rows.len()));
+        assert!(l.template[1] < l.template[2] && l.template[2] < l.template[3]);
+    }
+}
