@@ -430,7 +430,7 @@ impl Ladder {
         // A traced peer shows what it sent and received: it must have closed too.
         let closed = !reset && closed_on(us_lane) && (r.peer.is_none() || closed_on(peer_lane));
         let mut template = [0u16; 4];
-        // Rows of steps not seen go after the last step seen, or at the end.
+        // The row of the step before, for a step not seen (placed after it).
         let mut last_step_row: Option<u16> = None;
         let mut step_rows: [Option<u16>; 4] = [None; 4];
         // Rows inserted so far: a row found before them moves down with them.
