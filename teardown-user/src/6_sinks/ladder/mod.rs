@@ -38,8 +38,9 @@ pub enum ArrowKind {
     Merged,
     /// A documented step that never came (a finding says so).
     Missing,
-    /// A documented step that came though no event shows it (events lost, a timewait
-    /// socket's segment): a later step was seen, or the close ended as documented.
+    /// A documented step no event shows that came (a later step was seen) or is taken to
+    /// have come: the close ended as documented, without an error and no step missing before
+    /// it (events lost; an orphan's timewait socket, which has no events, took the rest).
     Unseen,
     /// A segment sent again (`count` times).
     Retransmit,
@@ -214,6 +215,24 @@ fn doc_state_after(step: Step, side: DocSide) -> TcpState {
         }
     }
     state
+}
+
+/// Its last state change is a documented end of the close without an error: into TIME_WAIT,
+/// or to CLOSE from FIN_WAIT2 (an orphan's timewait socket takes over), TIME_WAIT or LAST_ACK
+/// (not a timeout nor an error from any state).
+fn closed_in_order(c: &Connection) -> bool {
+    let last = c.events.iter().rev().find_map(|run| match run.ev.kind {
+        EventKind::State { old, new } => Some((old, new, run.ev.sock.map_or(0, |s| s.err))),
+        _ => None,
+    });
+    match last {
+        Some((_, TcpState::TimeWait, 0)) => true,
+        Some((old, TcpState::Close, 0)) => matches!(
+            old,
+            TcpState::FinWait2 | TcpState::TimeWait | TcpState::LastAck
+        ),
+        _ => false,
+    }
 }
 
 /// What a retransmission in `state` resent.
@@ -420,15 +439,8 @@ impl Ladder {
         let reset = items
             .iter()
             .any(|i| matches!(i.what, What::ResetSent(_) | What::ResetReceived(_)));
-        let closed_on = |lane: u8| {
-            let last = items.iter().rev().find_map(|i| match i.what {
-                What::State(s) if i.lane == lane => Some(s),
-                _ => None,
-            });
-            matches!(last, Some(TcpState::TimeWait | TcpState::Close))
-        };
         // A traced peer shows what it sent and received: it must have closed too.
-        let closed = !reset && closed_on(us_lane) && (r.peer.is_none() || closed_on(peer_lane));
+        let closed = !reset && closed_in_order(conn) && r.peer.is_none_or(closed_in_order);
         let mut template = [0u16; 4];
         // The row of the step before, for a step not seen (placed after it).
         let mut last_step_row: Option<u16> = None;
@@ -445,11 +457,13 @@ impl Ladder {
             let moved = |r: u16| inserted.iter().fold(r, |r, &at| r + u16::from(r >= at));
             let (sent, arrived) = (seen[k].0.map(moved), seen[k].1.map(moved));
             let later_seen = seen[k + 1..].iter().any(|(s, a)| s.or(*a).is_some());
+            // After a step that never came, the rest did not either.
+            let missed_before = missing.iter().any(|m| *m < spec.step);
             let kind = match (sent, arrived) {
                 _ if waves.is_none() => None,
                 (Some(_), _) | (_, Some(_)) => Some(ArrowKind::Step),
                 _ if missing.contains(&spec.step) => Some(ArrowKind::Missing),
-                _ if later_seen || closed => Some(ArrowKind::Unseen),
+                _ if later_seen || (closed && !missed_before) => Some(ArrowKind::Unseen),
                 _ => None,
             };
             let (row, to_row) = match (sent, arrived) {

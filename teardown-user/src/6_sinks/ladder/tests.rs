@@ -329,3 +329,51 @@ fn steps_after_a_close_stopped_are_only_the_template() {
         assert!(l.template[1] < l.template[2] && l.template[2] < l.template[3]);
     }
 }
+
+/// An active closer whose FIN was never ACKed: FIN_WAIT1 resent it, then gave up (ETIMEDOUT).
+fn fin_never_acked() -> Connection {
+    conn(vec![
+        st(MS, Close, SynSent, [U, U, 0, U], 0, 0),
+        st(2 * MS, SynSent, Established, [U, U, V, U], 0, 0),
+        st(10 * MS, Established, FinWait1, [U, U, V, U], 0, 0),
+        ev(
+            20 * MS,
+            EventKind::Retransmit { state: FinWait1 },
+            Some([U, U + 1, V, U + 1]),
+            DEAD,
+            0,
+        ),
+        st(900 * MS, FinWait1, Close, [U, U + 1, V, U + 1], DEAD, 110),
+    ])
+}
+
+#[test]
+fn after_a_step_that_never_came_the_rest_did_not_either() {
+    let l = ladder_of(&fin_never_acked());
+    let kinds: Vec<(u8, ArrowKind)> = l
+        .arrows
+        .iter()
+        .filter_map(|a| a.step.map(|n| (n, a.kind)))
+        .collect();
+    assert_eq!(
+        kinds,
+        [(1, ArrowKind::Step), (2, ArrowKind::Missing)],
+        "{l:#?}"
+    );
+    // The same end closed by an error without a finding of a missing step: nothing unseen.
+    let mut c = fin_never_acked();
+    c.events.truncate(3);
+    c.events.push(Run::from(st(
+        30 * MS,
+        FinWait1,
+        Close,
+        [U, U + 1, V, U + 1],
+        DEAD,
+        104,
+    )));
+    let l = ladder_of(&c);
+    assert!(
+        l.arrows.iter().all(|a| a.kind != ArrowKind::Unseen),
+        "{l:#?}"
+    );
+}

@@ -37,11 +37,11 @@
     if (text !== undefined) e.textContent = text;
     return e;
   }
-  // As clock::decimal: rounded half up in integers (exact below 2^53 ns, 104 days), where
-  // toFixed would round some ties apart from the SVG files.
+  // As clock::decimal: rounded half up in integers (exact below 2^53 ns, 104 days, as no sum
+  // passes it), where toFixed would round some ties apart from the SVG files.
   function decimal(v, unit, places) {
-    const scale = 10 ** places, q = unit / scale, x = v + Math.floor(q / 2);
-    const n = (x - (x % q)) / q;
+    const scale = 10 ** places, q = unit / scale, r = v % q;
+    const n = (v - r) / q + (r >= Math.ceil(q / 2) ? 1 : 0);
     return Math.floor(n / scale) + "." + String(n % scale).padStart(places, "0");
   }
   function humanNs(ns) {
