@@ -32,6 +32,16 @@ fn teardown(args: &[&std::ffi::OsStr]) -> Vec<u8> {
     out.stdout
 }
 
+/// `teardown report INPUT -o PAGE`, which must succeed.
+fn report(input: &std::path::Path, page: &std::path::Path) {
+    teardown(&[
+        "report".as_ref(),
+        input.as_os_str(),
+        "-o".as_ref(),
+        page.as_os_str(),
+    ]);
+}
+
 /// The page's JSON document.
 fn data(page: &std::path::Path) -> serde_json::Value {
     let html = std::fs::read_to_string(page).unwrap();
@@ -53,12 +63,7 @@ fn every_reported_end_of_every_fixture_is_in_its_page() {
     let dir = scratch("ends");
     for rec in fixtures() {
         let page = dir.join("page.html");
-        teardown(&[
-            "report".as_ref(),
-            rec.as_os_str(),
-            "-o".as_ref(),
-            page.as_os_str(),
-        ]);
+        report(&rec, &page);
         let d = data(&page);
         let jsonl = teardown(&[
             "replay".as_ref(),
@@ -115,12 +120,7 @@ fn the_page_of_a_trace_is_the_page_of_its_recording() {
     let dir = scratch("trace");
     for rec in fixtures() {
         let from_rec = dir.join("rec.html");
-        teardown(&[
-            "report".as_ref(),
-            rec.as_os_str(),
-            "-o".as_ref(),
-            from_rec.as_os_str(),
-        ]);
+        report(&rec, &from_rec);
         for form in ["compact", "full"] {
             let trace = dir.join(format!("{form}.trace.jsonl"));
             let lines = teardown(&[
@@ -133,12 +133,7 @@ fn the_page_of_a_trace_is_the_page_of_its_recording() {
             ]);
             std::fs::write(&trace, lines).unwrap();
             let from_trace = dir.join(format!("{form}.html"));
-            teardown(&[
-                "report".as_ref(),
-                trace.as_os_str(),
-                "-o".as_ref(),
-                from_trace.as_os_str(),
-            ]);
+            report(&trace, &from_trace);
             let (a, b) = (rounded(&data(&from_rec)), rounded(&data(&from_trace)));
             for (x, y) in a["rows"]
                 .as_array()
@@ -275,12 +270,7 @@ fn a_report_never_writes_over_its_input_nor_leaves_half_a_page() {
     // The good line alone makes a page, which takes the old page's place.
     let trace = dir.join("bad.trace.jsonl");
     std::fs::write(&trace, format!("{first}\n")).unwrap();
-    teardown(&[
-        "report".as_ref(),
-        trace.as_os_str(),
-        "-o".as_ref(),
-        page.as_os_str(),
-    ]);
+    report(&trace, &page);
     assert_eq!(data(&page)["rows"].as_array().unwrap().len(), 1);
     assert_eq!(names_in(&dir).len(), 4);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -300,12 +290,7 @@ fn a_process_name_is_escaped_as_in_every_text_output() {
     )
     .unwrap();
     let page = dir.join("page.html");
-    teardown(&[
-        "report".as_ref(),
-        rec.as_os_str(),
-        "-o".as_ref(),
-        page.as_os_str(),
-    ]);
+    report(&rec, &page);
     let strings: Vec<String> = data(&page)["strings"]
         .as_array()
         .unwrap()

@@ -286,6 +286,14 @@ fn a_step_not_seen_before_one_seen_is_drawn_unseen_in_its_place() {
     assert_eq!(l.template.to_vec(), rows);
 }
 
+/// The documented steps drawn, with how.
+fn step_kinds(l: &Ladder) -> Vec<(u8, ArrowKind)> {
+    l.arrows
+        .iter()
+        .filter_map(|a| a.step.map(|n| (n, a.kind)))
+        .collect()
+}
+
 /// A passive closer reset in CLOSE_WAIT, and one still there when the trace ended.
 fn cut_short(reset: bool) -> Connection {
     let mut events = vec![
@@ -314,11 +322,7 @@ fn cut_short(reset: bool) -> Connection {
 fn steps_after_a_close_stopped_are_only_the_template() {
     for reset in [true, false] {
         let l = ladder_of(&cut_short(reset));
-        let kinds: Vec<(u8, ArrowKind)> = l
-            .arrows
-            .iter()
-            .filter_map(|a| a.step.map(|n| (n, a.kind)))
-            .collect();
+        let kinds = step_kinds(&l);
         // Steps 3 and 4 never came: nothing says they did, unseen or otherwise.
         assert_eq!(
             kinds,
@@ -350,11 +354,7 @@ fn fin_never_acked() -> Connection {
 #[test]
 fn after_a_step_that_never_came_the_rest_did_not_either() {
     let l = ladder_of(&fin_never_acked());
-    let kinds: Vec<(u8, ArrowKind)> = l
-        .arrows
-        .iter()
-        .filter_map(|a| a.step.map(|n| (n, a.kind)))
-        .collect();
+    let kinds = step_kinds(&l);
     assert_eq!(
         kinds,
         [(1, ArrowKind::Step), (2, ArrowKind::Missing)],
