@@ -224,14 +224,26 @@ fn write_recording(
     };
     let file = std::fs::File::create(path)?;
     let mut w = Writer::new(std::io::BufWriter::new(file), &header)?;
-    // By socket: a socket's last events may carry another address (its 4-tuple cleared).
-    let sockets: std::collections::HashSet<u64> = events
-        .iter()
-        .filter(|e| e.local == end || e.remote == end)
-        .map(|e| e.sk)
-        .collect();
-    for e in events.iter().filter(|e| sockets.contains(&e.sk)) {
-        w.write(&Record::Event(*e))?;
+    // By socket, one life at a time: a socket's last events carry a zeroed port (it was
+    // unhashed), and a freed socket's address soon serves another connection, often another
+    // test's running at the same time.
+    let mut ours: std::collections::HashMap<u64, bool> = std::collections::HashMap::new();
+    for e in events {
+        // A usable tuple without our end is another connection's; a zeroed one belongs to
+        // whichever life the socket had.
+        let theirs =
+            e.has_tuple() && !e.local.ip().is_unspecified() && !e.remote.ip().is_unspecified();
+        let mine = if e.local == end || e.remote == end {
+            true
+        } else if e.starts_connection() || theirs {
+            false
+        } else {
+            ours.get(&e.sk).copied().unwrap_or(false)
+        };
+        ours.insert(e.sk, mine);
+        if mine {
+            w.write(&Record::Event(*e))?;
+        }
     }
     w.flush()
 }
