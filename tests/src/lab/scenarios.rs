@@ -19,7 +19,7 @@ use teardown::{
     decode::{Event, SeqSnapshot, SockSnapshot},
     judge::{Outcome, Role, Variant},
     monitor::{Collector, ReportConfig},
-    sock_diag::TcpState,
+    sock_diag::{TcpState, TwSubstate},
 };
 
 use super::{ack_now, read_to_eof, wait_until, Family, Lab, Side, WAIT};
@@ -65,7 +65,7 @@ scenarios! {
     8 "fin-wait2-timeout" fin_wait2_timeout:
         "orphaned FIN_WAIT2 full socket times out (keepalive timer path): RST",
     8 "fin-wait2-timewait-expires" fin_wait2_timewait_expires:
-        "orphaned FIN_WAIT2 timewait socket expires (tcp_fin_timeout=2); the late FIN meets a RST",
+        "orphaned FIN_WAIT2 timewait socket expires (tcp_fin_timeout=5); the late FIN meets a RST",
     9 "last-ack-given-up" last_ack_given_up:
         "nothing comes back from the peer: LAST_ACK retransmits, then gives up",
     10 "reset-linger-zero" reset_linger_zero:
@@ -792,23 +792,40 @@ fn fin_wait2_timeout() {
 
 /// The usual path with `tcp_fin_timeout` <= 60: the orphaned socket became a FIN_WAIT2 timewait
 /// socket when its FIN was ACKed (no event when it expires); once it expired, the server's late
-/// FIN finds no socket and gets a RST.
+/// FIN finds no socket and gets a RST. The timer is 5 s: an emulated guest under load has let
+/// 2 s pass between two looks at the namespace, and the socket was gone before the second.
 fn fin_wait2_timewait_expires() {
+    const FIN_TIMEOUT_MS: u64 = 5_000;
     let lab = lab(9, Family::V4);
-    lab.sysctl(Side::Client, "net.ipv4.tcp_fin_timeout", "2")
-        .unwrap();
+    lab.sysctl(
+        Side::Client,
+        "net.ipv4.tcp_fin_timeout",
+        &(FIN_TIMEOUT_MS / 1_000).to_string(),
+    )
+    .unwrap();
     let tracer = Tracer::start();
     let (c, mut s) = lab.pair().unwrap();
     drop(c);
-    server_acks_fin(&lab, &mut s);
-    let tw = lab.timewait(Side::Client).unwrap();
-    assert!(
-        tw.len() == 1 && tw[0].remaining_ms <= 2_000,
-        "a FIN_WAIT2 timewait socket on a 2 s timer: {tw:?}"
-    );
-    wait_until("the FIN_WAIT2 timewait socket to expire", WAIT, || {
-        Ok(lab.timewait(Side::Client)?.is_empty())
+    assert!(read_to_eof(&mut s).unwrap().is_empty());
+    ack_now(&s).unwrap();
+    // Seen in the same look that finds it: its timer is the one set from tcp_fin_timeout.
+    let mut tw = Vec::new();
+    wait_until("a FIN_WAIT2 timewait socket of the client", WAIT, || {
+        tw = lab.timewait(Side::Client)?;
+        Ok(!tw.is_empty())
     })
+    .unwrap();
+    assert!(
+        tw.len() == 1
+            && tw[0].substate == TwSubstate::FinWait2
+            && tw[0].remaining_ms <= FIN_TIMEOUT_MS,
+        "one FIN_WAIT2 timewait socket on a {FIN_TIMEOUT_MS} ms timer: {tw:?}"
+    );
+    wait_until(
+        "the FIN_WAIT2 timewait socket to expire",
+        Duration::from_millis(FIN_TIMEOUT_MS) + WAIT,
+        || Ok(lab.timewait(Side::Client)?.is_empty()),
+    )
     .unwrap();
     drop(s); // the FIN meets no socket: RST
     lab.wait_gone(Side::Server, TcpState::LastAck, WAIT)
